@@ -1,0 +1,25 @@
+# The two commands of the README: `make run` and `make test`. Both create .venv when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: run test down bench lint
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/switchboard up
+
+test: $(VENV)/.installed
+	$(VENV)/bin/switchboard infra up
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+down: $(VENV)/.installed
+	$(VENV)/bin/switchboard down
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/switchboard bench

@@ -1,0 +1,68 @@
+"""Pid files: start detached processes, check them, stop them by pid (never by name)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The pid in a pid file, if the file exists and the process is alive."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    # A zombie child counts as gone.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        if state == "Z":
+            return None
+    except OSError:
+        pass
+    return pid
+
+
+def spawn(argv: list[str], *, pid_file: Path, log_file: Path, env: dict | None = None, cwd: Path | None = None) -> int:
+    """Start a detached process writing to `log_file`, record its pid, and return it."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=cwd, start_new_session=True,
+        )
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop(pid_file: Path, *, timeout_s: float = 30) -> bool:
+    """SIGTERM the recorded process, SIGKILL it after `timeout_s`; True if one was running."""
+    pid = read_pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if read_pid(pid_file) is None:
+            break
+        time.sleep(0.2)
+    else:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    pid_file.unlink(missing_ok=True)
+    return True

@@ -1,0 +1,1 @@
+"""Switchboard's common package: event models, settings, Kafka and Postgres plumbing, auth, metrics."""

@@ -1,0 +1,65 @@
+"""HS256 bearer tokens (SPEC §4): `sub` and `role` in {frontend, operator, admin}."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import jwt
+from fastapi import Depends, Request
+
+from shared.errors import ApiError
+
+Role = Literal["frontend", "operator", "admin"]
+ROLES: tuple[str, ...] = ("frontend", "operator", "admin")
+ALGORITHM = "HS256"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling, taken from the token alone."""
+
+    sub: str
+    role: str
+
+
+def issue_token(secret: str, sub: str, role: str, ttl_s: int = 12 * 3600) -> str:
+    """Sign a token for `sub` with `role`, valid for `ttl_s` seconds."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    now = int(time.time())
+    return jwt.encode({"sub": sub, "role": role, "iat": now, "exp": now + ttl_s}, secret, algorithm=ALGORITHM)
+
+
+def verify_token(secret: str, token: str) -> Principal:
+    """Check signature, expiry and claims; raise ApiError(401) on any problem."""
+    try:
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "role", "exp"]})
+    except jwt.ExpiredSignatureError:
+        raise ApiError(401, "token_expired", "the bearer token has expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise ApiError(401, "invalid_token", f"the bearer token is not valid: {exc}") from None
+    sub, role = claims.get("sub"), claims.get("role")
+    if not isinstance(sub, str) or not sub or role not in ROLES:
+        raise ApiError(401, "invalid_token", "the bearer token lacks a valid sub or role")
+    return Principal(sub=sub, role=role)
+
+
+def _principal(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "missing_token", "an `Authorization: Bearer <token>` header is required")
+    return verify_token(request.app.state.auth_secret, token.strip())
+
+
+def require(*roles: str):
+    """A FastAPI dependency admitting only tokens whose role is one of `roles`."""
+
+    def dependency(principal: Principal = Depends(_principal)) -> Principal:
+        if principal.role not in roles:
+            raise ApiError(403, "forbidden_role", f"role {principal.role!r} may not call this; needs {' or '.join(roles)}")
+        return principal
+
+    return dependency

@@ -1,0 +1,63 @@
+"""Postgres plumbing: an asyncpg pool with safe session limits and named queries from `.sql` files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import asyncpg
+
+SESSION_SETTINGS = {
+    # A stuck transaction must never pin the xmin horizon of the queue tables for long.
+    "idle_in_transaction_session_timeout": "30000",
+    "statement_timeout": "30000",
+    "timezone": "UTC",
+}
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20, app: str = "switchboard") -> asyncpg.Pool:
+    """An asyncpg pool whose sessions carry Switchboard's timeouts and an application name."""
+    settings = dict(SESSION_SETTINGS, application_name=app)
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, server_settings=settings, command_timeout=60
+    )
+
+
+_BLOCK = re.compile(r"^--\s*name:\s*(?P<name>[a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+
+class Queries:
+    """Named SQL blocks read from a `queries.sql` file (`-- name: x` then a description line)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        text = path.read_text()
+        self._sql: dict[str, str] = {}
+        marks = list(_BLOCK.finditer(text))
+        for i, mark in enumerate(marks):
+            end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+            body = text[mark.end() : end].strip()
+            lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
+            sql = "\n".join(lines).strip().rstrip(";").strip()
+            if not sql:
+                raise ValueError(f"{path}: query {mark['name']!r} is empty")
+            self._sql[mark["name"]] = sql
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self._sql[name]
+        except KeyError:
+            raise AttributeError(f"{self.path} has no query named {name!r}") from None
+
+    def names(self) -> list[str]:
+        """Every query name in the file."""
+        return sorted(self._sql)
+
+
+async def ping(pool: asyncpg.Pool) -> bool:
+    """True when Postgres answers a trivial query."""
+    try:
+        async with pool.acquire(timeout=2) as conn:
+            return await conn.fetchval("SELECT 1", timeout=2) == 1
+    except Exception:
+        return False

@@ -1,0 +1,240 @@
+"""The event contract of SPEC §2: one envelope, one discriminated union per topic."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+SCHEMA_VERSION = 1
+ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+
+TOPIC_INBOUND = "chat.inbound"
+TOPIC_TIMEOUTS = "chat.timeouts"
+TOPIC_LIFECYCLE = "chat.lifecycle"
+TOPIC_DLQ = "chat.dlq"
+ALL_TOPICS = (TOPIC_INBOUND, TOPIC_TIMEOUTS, TOPIC_LIFECYCLE, TOPIC_DLQ)
+
+ChatId = Annotated[str, Field(pattern=ID_PATTERN, description="Chat id; also the Kafka key.")]
+MessageId = Annotated[str, Field(pattern=ID_PATTERN, description="Frontend-chosen message id.")]
+OperatorId = Annotated[str, Field(pattern=ID_PATTERN, description="Operator id (a token's `sub`).")]
+Outcome = Literal["answered", "released", "timed_out", "reassigned", "completed"]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(timezone.utc)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _aware(cls, value):
+        if isinstance(value, datetime) and value.tzinfo is None:
+            raise ValueError("datetime must carry a timezone (UTC)")
+        return value
+
+
+class Envelope(_Strict):
+    """Fields every event carries."""
+
+    event_id: uuid.UUID = Field(description="Unique id; consumers apply each id once.")
+    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Envelope version.")
+    chat_id: ChatId
+    occurred_at: datetime = Field(description="When the fact happened (UTC, ISO 8601).")
+    producer: str = Field(min_length=1, max_length=64, description="Who produced it.")
+
+
+# ---- chat.inbound ---------------------------------------------------------------------
+
+
+class UserMessagePayload(_Strict):
+    message_id: MessageId
+    text: str = Field(min_length=1, max_length=4000)
+    sent_at: datetime | None = None
+
+
+class OperatorMessagePayload(_Strict):
+    message_id: MessageId
+    operator_id: OperatorId
+    text: str = Field(min_length=1, max_length=4000)
+    sent_at: datetime | None = None
+
+
+class UserMessage(Envelope):
+    """A chat's user wrote something."""
+
+    type: Literal["user_message"] = "user_message"
+    payload: UserMessagePayload
+
+
+class OperatorMessage(Envelope):
+    """An operator wrote into a chat."""
+
+    type: Literal["operator_message"] = "operator_message"
+    payload: OperatorMessagePayload
+
+
+InboundEvent = Annotated[Union[UserMessage, OperatorMessage], Field(discriminator="type")]
+
+# ---- chat.timeouts --------------------------------------------------------------------
+
+
+class AssignmentIdlePayload(_Strict):
+    assignment_id: uuid.UUID
+    operator_id: OperatorId
+    deadline: datetime
+
+
+class AssignmentIdle(Envelope):
+    """An assignment's operator stayed silent past the idle deadline."""
+
+    type: Literal["assignment_idle"] = "assignment_idle"
+    payload: AssignmentIdlePayload
+
+
+TimeoutEvent = Annotated[Union[AssignmentIdle], Field(discriminator="type")]
+
+# ---- chat.lifecycle (facts written by the assigner) -----------------------------------
+
+
+class MessageRecordedPayload(_Strict):
+    message_id: MessageId
+    sender: Literal["user", "operator"]
+    operator_id: OperatorId | None = None
+    text: str
+    sent_at: datetime | None = None
+    recorded_at: datetime
+    assignment_id: uuid.UUID | None = Field(
+        None, description="The author's active assignment on this chat, if any."
+    )
+    first_response_ms: int | None = Field(
+        None, description="Set on the assigned operator's first message of an assignment."
+    )
+
+
+class ChatQueuedPayload(_Strict):
+    reason: Literal["new", "user_reply", "reopened", "released", "timed_out"]
+    waiting_since: datetime
+    queued_at: datetime
+
+
+class ChatAssignedPayload(_Strict):
+    assignment_id: uuid.UUID
+    operator_id: OperatorId
+    assigned_at: datetime
+    via: Literal["pull", "reassign"]
+
+
+class AssignmentEndedPayload(_Strict):
+    assignment_id: uuid.UUID
+    operator_id: OperatorId
+    outcome: Outcome
+    started_at: datetime
+    ended_at: datetime
+
+
+class ChatAnsweredPayload(_Strict):
+    operator_id: OperatorId
+    answered_at: datetime
+
+
+class ChatCompletedPayload(_Strict):
+    completed_by: str
+    completed_at: datetime
+
+
+class ChatReopenedPayload(_Strict):
+    reopened_at: datetime
+
+
+class MessageRecorded(Envelope):
+    """A user or operator message was stored (exactly once per chat and message id)."""
+
+    type: Literal["message_recorded"] = "message_recorded"
+    payload: MessageRecordedPayload
+
+
+class ChatQueued(Envelope):
+    """The chat entered (or re-entered) `waiting_assignment`."""
+
+    type: Literal["chat_queued"] = "chat_queued"
+    payload: ChatQueuedPayload
+
+
+class ChatAssigned(Envelope):
+    """An assignment started: the chat is `assigned` to an operator."""
+
+    type: Literal["chat_assigned"] = "chat_assigned"
+    payload: ChatAssignedPayload
+
+
+class AssignmentEnded(Envelope):
+    """An assignment ended, with its outcome."""
+
+    type: Literal["assignment_ended"] = "assignment_ended"
+    payload: AssignmentEndedPayload
+
+
+class ChatAnswered(Envelope):
+    """An operator answered: the chat waits for the real user's reply."""
+
+    type: Literal["chat_answered"] = "chat_answered"
+    payload: ChatAnsweredPayload
+
+
+class ChatCompleted(Envelope):
+    """The chat was completed by an admin or its operator."""
+
+    type: Literal["chat_completed"] = "chat_completed"
+    payload: ChatCompletedPayload
+
+
+class ChatReopened(Envelope):
+    """A completed chat received a user message and is open again."""
+
+    type: Literal["chat_reopened"] = "chat_reopened"
+    payload: ChatReopenedPayload
+
+
+LifecycleFact = Union[
+    MessageRecorded, ChatQueued, ChatAssigned, AssignmentEnded, ChatAnswered, ChatCompleted, ChatReopened
+]
+LifecycleEvent = Annotated[LifecycleFact, Field(discriminator="type")]
+
+INBOUND = TypeAdapter(InboundEvent)
+TIMEOUTS = TypeAdapter(TimeoutEvent)
+LIFECYCLE = TypeAdapter(LifecycleEvent)
+ADAPTERS: dict[str, TypeAdapter] = {
+    TOPIC_INBOUND: INBOUND,
+    TOPIC_TIMEOUTS: TIMEOUTS,
+    TOPIC_LIFECYCLE: LIFECYCLE,
+}
+
+
+def new_event_id() -> uuid.UUID:
+    """A fresh random event id."""
+    return uuid.uuid4()
+
+
+def encode(event: BaseModel) -> bytes:
+    """Serialise an event envelope to the JSON bytes put on Kafka."""
+    return event.model_dump_json().encode()
+
+
+def decode_json(raw: bytes | None) -> dict:
+    """Parse a record value into a JSON object, or raise ValueError naming the problem."""
+    if raw is None:
+        raise ValueError("empty record value")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("record value is not a JSON object")
+    return data

@@ -1,0 +1,99 @@
+"""The HTTP shell every service shares: JSON errors, health, readiness, metrics, request metrics."""
+
+from __future__ import annotations
+
+import time
+from typing import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared import metrics
+from shared.errors import ApiError
+
+Readiness = Callable[[], Awaitable[dict[str, bool]]]
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}},
+        }
+    },
+}
+ERROR_RESPONSES = {
+    code: {"description": desc, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    for code, desc in {
+        401: "Missing, malformed, expired or badly signed bearer token.",
+        403: "The token's role or subject may not do this.",
+        422: "The request does not match its schema; the message names the field.",
+    }.items()
+}
+
+
+def _field_of(err: dict) -> str:
+    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    return ".".join(loc) or "body"
+
+
+def create_app(service: str, *, title: str, lifespan, readiness: Readiness, auth_secret: str,
+               max_body_bytes: int = 1024 * 1024, version: str = "1.0.0") -> FastAPI:
+    """A FastAPI app with Switchboard's error shape, `/healthz`, `/readyz`, `/metrics` and request metrics."""
+    app = FastAPI(title=title, version=version, lifespan=lifespan, responses=ERROR_RESPONSES)
+    app.state.auth_secret = auth_secret
+    app.state.service = service
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        message = f"{_field_of(first)}: {first.get('msg', 'invalid request')}"
+        details = [{"field": _field_of(e), "message": e.get("msg"), "type": e.get("type")} for e in errors]
+        return JSONResponse(
+            {"error": {"code": "validation_error", "message": message, "details": details}}, status_code=422
+        )
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            body = {"error": {"code": "payload_too_large", "message": f"body exceeds {max_body_bytes} bytes"}}
+            return JSONResponse(body, status_code=413)
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        metrics.HTTP_REQUESTS.labels(service, template, request.method, str(response.status_code)).inc()
+        metrics.HTTP_LATENCY.labels(service, template, request.method).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/healthz", tags=["ops"], summary="The process is up.")
+    async def healthz():
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", tags=["ops"], summary="Kafka and Postgres reachable, migrations applied.")
+    async def readyz():
+        checks = await readiness()
+        ok = all(checks.values())
+        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus text format.")
+    async def metrics_endpoint():
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,307 @@
+"""Kafka plumbing: an idempotent producer, topic creation, readiness, and the batch consumer.
+
+The consumer applies each partition's batch in one Postgres transaction that also records the
+applied event ids, and commits the Kafka offsets only after that transaction has committed.
+Records that can never be applied go to the dead-letter topic with their reason; transient
+failures are retried in place with bounded backoff and never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, TopicAlreadyExistsError
+from pydantic import BaseModel, ValidationError
+
+from shared import metrics
+from shared.events import ADAPTERS, ALL_TOPICS, TOPIC_DLQ, decode_json, utcnow
+from shared.settings import Settings
+
+log = logging.getLogger("switchboard.kafka")
+
+MAX_BACKOFF_S = 5.0
+
+
+def make_producer(settings: Settings, **overrides) -> AIOKafkaProducer:
+    """A producer that waits for every in-sync replica and never duplicates on retry."""
+    options = dict(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        request_timeout_ms=int(settings.kafka_send_timeout_s * 1000),
+        max_request_size=2 * 1024 * 1024,
+        client_id="switchboard",
+    )
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+async def ensure_topics(settings: Settings, names: Sequence[str] = ALL_TOPICS) -> list[str]:
+    """Create the SPEC §2 topics (with the configured prefix) that do not exist yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [settings.topic(n) for n in names]
+        missing = [t for t in wanted if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=1) for t in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+        return missing
+    finally:
+        await admin.close()
+
+
+async def kafka_ready(bootstrap_servers: str, timeout_s: float = 3.0) -> bool:
+    """True when the broker answers a metadata request (not merely accepts a connection)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        await asyncio.wait_for(admin.list_topics(), timeout_s)
+        return True
+    except Exception:
+        return False
+    finally:
+        try:
+            await admin.close()
+        except Exception:
+            pass
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A decoded event with where it came from."""
+
+    event: BaseModel
+    topic: str
+    partition: int
+    offset: int
+
+
+class Poison(Exception):
+    """A record that can never be applied; it goes to the dead-letter topic."""
+
+
+ApplyBatch = Callable[[asyncpg.Connection, list[Incoming]], Awaitable[None]]
+
+
+def decode_record(logical_topic: str, key: bytes | None, value: bytes | None) -> BaseModel:
+    """Decode and validate one record of a topic, or raise Poison with the reason."""
+    adapter = ADAPTERS.get(logical_topic)
+    if adapter is None:
+        raise Poison(f"no schema for topic {logical_topic}")
+    try:
+        data = decode_json(value)
+    except ValueError as exc:
+        raise Poison(str(exc)) from None
+    if data.get("schema_version", 1) != 1 and "schema_version" in data:
+        raise Poison(f"unsupported schema_version {data.get('schema_version')!r}")
+    try:
+        event = adapter.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise Poison(f"validation failed at {where or 'record'}: {first['msg']}") from None
+    expected = event.chat_id.encode()
+    if key != expected:
+        raise Poison(f"record key {key!r} does not match chat_id {event.chat_id!r}")
+    return event
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, lock: asyncio.Lock, group: str):
+        self._lock = lock
+        self._group = group
+
+    async def on_partitions_revoked(self, revoked):
+        # Wait for the batch in flight: its offsets are committed before the partition goes.
+        async with self._lock:
+            log.info("partitions revoked", extra={"group": self._group, "partitions": str(sorted(revoked))})
+
+    async def on_partitions_assigned(self, assigned):
+        log.info("partitions assigned", extra={"group": self._group, "partitions": str(sorted(assigned))})
+
+
+class BatchConsumer:
+    """Consumes topics as one group; applies each partition batch once, exactly once in effect."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        group_id: str,
+        topics: Sequence[str],
+        claim_sql: str,
+        apply: ApplyBatch,
+        max_records: int | None = None,
+    ):
+        self.settings = settings
+        self.pool = pool
+        self.producer = producer
+        self.group_id = group_id
+        self.logical = {settings.topic(t): t for t in topics}
+        self.claim_sql = claim_sql
+        self.apply = apply
+        self.max_records = max_records or settings.consumer_max_records
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self.last_progress = time.monotonic()
+        self.healthy = False
+
+    async def start(self) -> None:
+        """Join the group and start consuming in a background task."""
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_records,
+            max_poll_interval_ms=300_000,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=3_000,
+            client_id=f"switchboard-{self.group_id}",
+        )
+        self._consumer.subscribe(list(self.logical), listener=_Rebalance(self._lock, self.group_id))
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.group_id}")
+
+    async def stop(self) -> None:
+        """Finish the batch in flight, commit it, leave the group."""
+        self._stopping.set()
+        if self._task:
+            try:
+                await asyncio.wait_for(self._task, 30)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+        if self._consumer:
+            await self._consumer.stop()
+
+    @property
+    def running(self) -> bool:
+        """True while the consume loop is alive."""
+        return self._task is not None and not self._task.done()
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stopping.is_set():
+            try:
+                batches = await consumer.getmany(
+                    timeout_ms=self.settings.consumer_poll_timeout_ms, max_records=self.max_records
+                )
+            except KafkaError as exc:
+                log.warning("poll failed, retrying", extra={"group": self.group_id, "error": repr(exc)})
+                metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            self.last_progress = time.monotonic()
+            failed = False
+            async with self._lock:
+                for tp, records in batches.items():
+                    if not records or tp not in consumer.assignment():
+                        continue
+                    try:
+                        await self._handle(consumer, tp, records)
+                    except Exception as exc:  # transient: retry the same records, never skip
+                        failed = True
+                        metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
+                        log.warning(
+                            "batch failed, will retry",
+                            extra={"group": self.group_id, "partition": f"{tp.topic}/{tp.partition}",
+                                   "offset": records[0].offset, "error": repr(exc)},
+                        )
+                        consumer.seek(tp, records[0].offset)
+            self.healthy = not failed
+            await self._export_lag(consumer)
+            if failed:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+            else:
+                backoff = 0.1
+
+    async def _handle(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records) -> None:
+        logical = self.logical[tp.topic]
+        good: list[Incoming] = []
+        for rec in records:
+            try:
+                event = decode_record(logical, rec.key, rec.value)
+            except Poison as poison:
+                await self._dead_letter(tp, rec, str(poison))
+                continue
+            good.append(Incoming(event, logical, tp.partition, rec.offset))
+        started = time.perf_counter()
+        applied: list[Incoming] = []
+        if good:
+            async with self.pool.acquire() as conn:
+                async with conn.transaction():
+                    fresh = set(await conn.fetchval(self.claim_sql, [g.event.event_id for g in good]) or [])
+                    seen = set()
+                    for g in good:
+                        if g.event.event_id in fresh and g.event.event_id not in seen:
+                            seen.add(g.event.event_id)
+                            applied.append(g)
+                    if applied:
+                        await self.apply(conn, applied)
+        try:
+            await consumer.commit({tp: records[-1].offset + 1})
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partition moved to another member; it re-reads these records and skips them by id.
+            log.warning("offset commit refused after rebalance", extra={"group": self.group_id, "error": repr(exc)})
+        now = utcnow()
+        metrics.CONSUMER_BATCH_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
+        metrics.CONSUMER_EVENTS.labels(self.group_id, logical, "applied").inc(len(applied))
+        metrics.CONSUMER_EVENTS.labels(self.group_id, logical, "duplicate").inc(len(good) - len(applied))
+        for g in applied:
+            metrics.EVENT_APPLY_LATENCY.labels(self.group_id).observe(
+                max(0.0, (now - g.event.occurred_at).total_seconds())
+            )
+
+    async def _dead_letter(self, tp: TopicPartition, rec, reason: str) -> None:
+        logical = self.logical[tp.topic]
+        headers = [
+            ("dlq.reason", reason.encode()[:4000]),
+            ("dlq.source_topic", tp.topic.encode()),
+            ("dlq.source_partition", str(tp.partition).encode()),
+            ("dlq.source_offset", str(rec.offset).encode()),
+            ("dlq.consumer_group", self.group_id.encode()),
+        ]
+        await self.producer.send_and_wait(
+            self.settings.topic(TOPIC_DLQ), value=rec.value, key=rec.key, headers=headers
+        )
+        metrics.DLQ_RECORDS.labels(self.group_id, logical).inc()
+        log.warning(
+            "record sent to dead-letter topic",
+            extra={"group": self.group_id, "partition": f"{tp.topic}/{tp.partition}", "offset": rec.offset,
+                   "reason": reason[:300]},
+        )
+
+    async def _export_lag(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                pos = await asyncio.wait_for(consumer.position(tp), 1)
+            except Exception:
+                continue
+            metrics.CONSUMER_LAG.labels(self.group_id, self.logical[tp.topic], str(tp.partition)).set(
+                max(0, high - pos)
+            )

@@ -1,0 +1,125 @@
+"""What a running service holds (pool, producer, consumers, loops) and how it starts and stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from shared import db, migrations
+from shared.kafka import BatchConsumer, ensure_topics, kafka_ready, make_producer
+from shared.settings import Settings
+
+log = logging.getLogger("switchboard.runtime")
+
+
+class Runtime:
+    """One service's connections and background work; `start` and `stop` are its whole lifecycle."""
+
+    def __init__(self, settings: Settings, service: str, schema: str, migrations_dir: Path):
+        self.settings = settings
+        self.service = service
+        self.schema = schema
+        self.migrations_dir = migrations_dir
+        self.pool: asyncpg.Pool | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.consumers: list[BatchConsumer] = []
+        self._loops: list[asyncio.Task] = []
+        self._kafka_checked = (0.0, False)
+
+    async def start(self, *, with_producer: bool = True) -> None:
+        """Connect to Postgres, apply this schema's migrations, create topics, start the producer."""
+        s = self.settings
+        self.pool = await _retry("postgres", lambda: db.create_pool(
+            s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max, app=self.service))
+        async with self.pool.acquire() as conn:
+            applied = await migrations.apply(conn, self.schema, self.migrations_dir)
+        if applied:
+            log.info("migrations applied", extra={"schema": self.schema, "count": len(applied)})
+        await _retry("kafka topics", lambda: ensure_topics(s))
+        if with_producer:
+            self.producer = make_producer(s)
+            await _retry("kafka producer", self.producer.start)
+
+    def add_consumer(self, consumer: BatchConsumer) -> BatchConsumer:
+        """Register a consumer to be started by `start_background` and stopped by `stop`."""
+        self.consumers.append(consumer)
+        return consumer
+
+    def add_loop(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        """Run a background loop until `stop`; a crash is logged and the loop restarted."""
+
+        async def supervised():
+            while True:
+                try:
+                    await factory()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("background loop crashed; restarting", extra={"loop": name})
+                    await asyncio.sleep(1)
+
+        self._loops.append(asyncio.create_task(supervised(), name=name))
+
+    async def start_consumers(self) -> None:
+        """Join every registered consumer group."""
+        for consumer in self.consumers:
+            await _retry(f"consumer {consumer.group_id}", consumer.start)
+
+    async def stop(self) -> None:
+        """Finish in-flight batches, commit, and close everything."""
+        for consumer in self.consumers:
+            await consumer.stop()
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.producer:
+            await self.producer.stop()
+        if self.pool:
+            await self.pool.close()
+
+    async def readiness(self) -> dict[str, bool]:
+        """Kafka and Postgres reachable, migrations applied, consumers alive."""
+        checks = {"postgres": False, "migrations": False}
+        if self.pool and await db.ping(self.pool):
+            checks["postgres"] = True
+            try:
+                async with self.pool.acquire(timeout=2) as conn:
+                    checks["migrations"] = not await migrations.pending(conn, self.schema, self.migrations_dir)
+            except Exception:
+                pass
+        checks["kafka"] = await self._kafka_ok()
+        if self.consumers:
+            checks["consumers"] = all(c.running for c in self.consumers)
+        return checks
+
+    async def _kafka_ok(self) -> bool:
+        at, ok = self._kafka_checked
+        if time.monotonic() - at < 1.0:
+            return ok
+        ok = await kafka_ready(self.settings.kafka_bootstrap_servers, timeout_s=2)
+        self._kafka_checked = (time.monotonic(), ok)
+        return ok
+
+
+async def _retry(what: str, attempt: Callable[[], Awaitable], tries: int = 30):
+    delay = 0.2
+    for n in range(1, tries + 1):
+        try:
+            return await attempt()
+        except Exception as exc:
+            if n == tries:
+                raise
+            log.warning("not reachable yet, retrying", extra={"what": what, "error": repr(exc), "attempt": n})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)

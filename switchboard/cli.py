@@ -1,0 +1,233 @@
+"""The `switchboard` command: local infrastructure, the services, tokens, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from switchboard import services as registry
+
+app = typer.Typer(help="Switchboard: route live chats to human operators.", no_args_is_help=True)
+infra_app = typer.Typer(help="Local Kafka and PostgreSQL without Docker.", no_args_is_help=True)
+app.add_typer(infra_app, name="infra")
+console = Console(stderr=True)
+
+
+def _settings():
+    from shared.settings import ConfigError, load_settings
+
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2)
+
+
+def _dev_env() -> None:
+    """Defaults for local runs: the development secret is allowed only here."""
+    from shared.settings import DEV_SECRET
+
+    if "SWITCHBOARD_AUTH_SECRET" not in os.environ:
+        os.environ["SWITCHBOARD_AUTH_SECRET"] = DEV_SECRET
+        os.environ["SWITCHBOARD_DEV_MODE"] = "1"
+
+
+def infra_up_impl(echo=console.print) -> None:
+    """Start Kafka and Postgres when none answers, create the database and the topics."""
+    from deploy.local import kafka, postgres
+    from shared.kafka import ensure_topics, kafka_ready
+    from shared.settings import Settings
+
+    url = os.environ.get("SWITCHBOARD_DATABASE_URL", Settings.model_fields["database_url"].default)
+    bootstrap = os.environ.get("SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS", Settings.model_fields["kafka_bootstrap_servers"].default)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # probes of a stopped broker are expected
+    postgres.ensure(url, echo=echo)
+    echo(f"PostgreSQL ready: {url}")
+    if not asyncio.run(kafka_ready(bootstrap, 2)):
+        host, _, port = bootstrap.rpartition(":")
+        if host not in ("127.0.0.1", "localhost"):
+            raise RuntimeError(f"Kafka at {bootstrap} does not answer; not starting a local one")
+        kafka.start(int(port), echo=echo)
+    echo(f"Kafka ready: {bootstrap}")
+    partitions = int(os.environ.get("SWITCHBOARD_TOPIC_PARTITIONS", "6"))
+    created = asyncio.run(ensure_topics(Settings(auth_secret="x" * 16, kafka_bootstrap_servers=bootstrap,
+                                                 topic_partitions=partitions,
+                                                 topic_prefix=os.environ.get("SWITCHBOARD_TOPIC_PREFIX", ""))))
+    if created:
+        echo(f"created topics: {', '.join(created)}")
+
+
+@infra_app.command("up")
+def infra_up() -> None:
+    """Start local Kafka and PostgreSQL (idempotent)."""
+    infra_up_impl()
+
+
+@infra_app.command("down")
+def infra_down() -> None:
+    """Stop the Kafka broker and the PostgreSQL cluster this project started."""
+    from deploy.local import kafka, postgres
+
+    if kafka.stop():
+        console.print("Kafka stopped")
+    if postgres.stop():
+        console.print("PostgreSQL stopped")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply every service's pending migrations."""
+    from shared import db, migrations
+
+    settings = _settings()
+
+    async def run():
+        pool = await db.create_pool(settings.database_url, min_size=1, max_size=2, app="migrate")
+        async with pool.acquire() as conn:
+            for name in registry.NAMES:
+                mod = registry.module(name)
+                done = await migrations.apply(conn, mod.SCHEMA, registry.migrations_dir(name))
+                console.print(f"{name}: {len(done)} migration(s) applied")
+        await pool.close()
+
+    asyncio.run(run())
+
+
+@app.command()
+def run(service: str = typer.Argument(..., help="ingest | assigner | idle_monitor | stats"),
+        port: Optional[int] = typer.Option(None, help="Override the service's HTTP port.")) -> None:
+    """Run one service in the foreground (HTTP and its Kafka loops)."""
+    import uvicorn
+
+    from shared import logs
+
+    if service not in registry.NAMES:
+        console.print(f"[red]unknown service {service!r}; choose from {', '.join(registry.NAMES)}[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    logs.configure(service, settings.log_level)
+    application = registry.module(service).create_app(settings)
+    uvicorn.run(application, host=settings.http_host, port=port or settings.port_of(service),
+                log_config=None, timeout_graceful_shutdown=20)
+
+
+@app.command()
+def token(role: str = typer.Option(..., help="frontend | operator | admin"),
+          sub: str = typer.Option(..., help="The subject: operator id, frontend name or admin name."),
+          ttl: int = typer.Option(12 * 3600, help="Seconds of validity.")) -> None:
+    """Print a signed bearer token."""
+    from shared.auth import issue_token
+
+    settings = _settings()
+    try:
+        typer.echo(issue_token(settings.auth_secret, sub, role, ttl))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2)
+
+
+def _pid_file(name: str):
+    from deploy.local.paths import local_dir
+
+    return local_dir() / f"{name}.pid"
+
+
+@app.command()
+def up(demo: bool = typer.Option(True, help="Start the demo traffic generator."),
+       detach: bool = typer.Option(False, help="Return once everything is ready instead of staying in the foreground."),
+       ) -> None:
+    """Start Kafka and Postgres if needed, migrate, start the four services, print URLs and tokens."""
+    from deploy.local import process
+    from deploy.local.paths import local_dir
+    from shared.auth import issue_token
+
+    _dev_env()
+    infra_up_impl()
+    settings = _settings()
+    migrate()
+    started = []
+    for name in registry.NAMES:
+        pid_file = _pid_file(name)
+        if process.read_pid(pid_file) is None:
+            process.spawn([sys.executable, "-m", "switchboard", "run", name], pid_file=pid_file,
+                          log_file=local_dir() / "logs" / f"{name}.log", env=dict(os.environ))
+            started.append(name)
+    if demo and process.read_pid(_pid_file("demo")) is None:
+        process.spawn([sys.executable, "-m", "switchboard", "demo"], pid_file=_pid_file("demo"),
+                      log_file=local_dir() / "logs" / "demo.log", env=dict(os.environ))
+    _wait_ready(settings)
+    base = f"http://{settings.http_host}"
+    console.print("[bold green]Switchboard is up[/bold green]")
+    for name in registry.NAMES:
+        port = settings.port_of(name)
+        console.print(f"  {name:13s} {base}:{port}  (metrics {base}:{port}/metrics, API {base}:{port}/docs)")
+    console.print(f"  operator console  {base}:{settings.assigner_port}/console/")
+    console.print(f"  admin page        {base}:{settings.assigner_port}/console/admin.html")
+    console.print(f"  logs              {local_dir() / 'logs'}")
+    for role, sub in (("operator", "op-1"), ("operator", "op-2"), ("admin", "admin"), ("frontend", "web")):
+        console.print(f"  token {role:9s} {sub:6s} {issue_token(settings.auth_secret, sub, role)}")
+    if detach:
+        return
+    console.print("Ctrl-C stops everything this command started.")
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        down()
+
+
+def _wait_ready(settings, timeout_s: float = 90) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    pending = set(registry.NAMES)
+    while pending and time.monotonic() < deadline:
+        for name in list(pending):
+            try:
+                r = httpx.get(f"http://{settings.http_host}:{settings.port_of(name)}/readyz", timeout=2)
+                if r.status_code == 200:
+                    pending.discard(name)
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.5)
+    if pending:
+        console.print(f"[red]not ready after {timeout_s}s: {', '.join(sorted(pending))} (see .local/logs)[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def down() -> None:
+    """Stop the services, the demo, and the Kafka and Postgres this project started."""
+    from deploy.local import process
+
+    for name in ("demo", *registry.NAMES):
+        if process.stop(_pid_file(name)):
+            console.print(f"{name} stopped")
+    infra_down()
+
+
+@app.command()
+def status() -> None:
+    """Show which local processes run and whether each service is ready."""
+    import httpx
+
+    from deploy.local import kafka, process
+
+    settings = _settings()
+    console.print(f"kafka pid: {process.read_pid(kafka.layout().pid_file)}")
+    for name in registry.NAMES:
+        try:
+            code = httpx.get(f"http://{settings.http_host}:{settings.port_of(name)}/readyz", timeout=2).status_code
+        except httpx.HTTPError:
+            code = "down"
+        console.print(f"{name:13s} pid {process.read_pid(_pid_file(name))}  readyz {code}")

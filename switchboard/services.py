@@ -1,0 +1,21 @@
+"""The four services, by name: where their code, schema and migrations are."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+NAMES = ("ingest", "assigner", "idle_monitor", "stats")
+ROOT = Path(__file__).resolve().parents[1] / "services"
+
+
+def module(name: str):
+    """The service's `main` module (it exposes `create_app(settings)`, `SCHEMA`, `MIGRATIONS`)."""
+    if name not in NAMES:
+        raise ValueError(f"unknown service {name!r}; choose from {', '.join(NAMES)}")
+    return importlib.import_module(f"services.{name}.main")
+
+
+def migrations_dir(name: str) -> Path:
+    """The folder of a service's numbered migrations."""
+    return ROOT / name / "sql" / "migrations"
