@@ -231,3 +231,33 @@ def status() -> None:
         except httpx.HTTPError:
             code = "down"
         console.print(f"{name:13s} pid {process.read_pid(_pid_file(name))}  readyz {code}")
+
+
+@app.command()
+def demo(rate: float = typer.Option(2.0, help="New user messages per second."),
+         operators: int = typer.Option(3, help="Simulated operators."),
+         duration: float = typer.Option(0, help="Seconds to run; 0 runs until stopped.")) -> None:
+    """Simulated users and operators against the running services (for the local demo)."""
+    from switchboard.demo import run_demo
+
+    run_demo(_settings(), rate=rate, operators=operators, duration=duration)
+
+
+@app.command()
+def reconcile() -> None:
+    """Recount every stats figure from the assigner's records; exit 1 on any difference."""
+    from switchboard.reconcile import run_reconcile
+
+    raise typer.Exit(run_reconcile(_settings()))
+
+
+stats_app = typer.Typer(help="Statistics maintenance.", no_args_is_help=True)
+app.add_typer(stats_app, name="stats")
+
+
+@stats_app.command("rebuild")
+def stats_rebuild() -> None:
+    """Replay chat.lifecycle from the earliest offset into fresh tables; compare with the live figures."""
+    from switchboard.reconcile import run_rebuild
+
+    raise typer.Exit(run_rebuild(_settings()))

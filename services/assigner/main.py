@@ -1,0 +1,50 @@
+"""Assigner: owns chat state; consumes chat.inbound and chat.timeouts; serves operators and admins."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.assigner import api, handlers
+from services.assigner.outbox import OutboxRelay
+from services.assigner.store import Store
+from shared.events import TOPIC_INBOUND, TOPIC_TIMEOUTS
+from shared.http import create_app as create_http_app
+from shared.kafka import BatchConsumer
+from shared.runtime import Runtime
+from shared.settings import Settings
+
+SCHEMA = "assigner"
+MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
+GROUP_ID = "assigner"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Wire the assigner: Postgres store, inbound/timeouts consumer, outbox relay, HTTP API."""
+    runtime = Runtime(settings, "assigner", SCHEMA, MIGRATIONS)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await runtime.start()
+        store = Store(runtime.pool, settings)
+        app.state.store = store
+        app.state.settings = settings
+        runtime.add_consumer(BatchConsumer(
+            settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
+            topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS], claim_sql=store.q.claim_event_ids,
+            apply=handlers.make_apply(store),
+        ))
+        relay = OutboxRelay(runtime.pool, runtime.producer, settings, store.q)
+        runtime.add_loop("outbox-relay", relay.run)
+        runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(store))
+        await runtime.start_consumers()
+        yield
+        await runtime.stop()
+
+    app = create_http_app("assigner", title="Switchboard assigner", lifespan=lifespan,
+                          readiness=runtime.readiness, auth_secret=settings.auth_secret)
+    app.include_router(api.router)
+    api.mount_console(app)
+    return app

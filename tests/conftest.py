@@ -1,0 +1,39 @@
+"""Fixtures: real Kafka and Postgres (started by the project's own code), isolated per test."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+import pytest
+
+from tests import harness
+
+BASE_URL = os.environ.get("SWITCHBOARD_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/switchboard")
+BOOTSTRAP = os.environ.get("SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+
+
+@pytest.fixture(scope="session")
+def infra():
+    """Kafka and Postgres are up (started by `switchboard infra up` when they are not)."""
+    from switchboard.cli import infra_up_impl
+
+    infra_up_impl(echo=lambda *_: None)
+    return {"database_url": BASE_URL, "bootstrap": BOOTSTRAP}
+
+
+@pytest.fixture(scope="session")
+async def template_db(infra):
+    """A migrated template database, copied for each test."""
+    name = await harness.create_template(BASE_URL)
+    yield name
+    await harness.drop_database(BASE_URL, name)
+
+
+@pytest.fixture
+async def env(infra, template_db):
+    """A fresh database and fresh topics for one test."""
+    test_env = await harness.make_env(BASE_URL, template_db, BOOTSTRAP)
+    yield test_env
+    await harness.drop_database(BASE_URL, urlparse(test_env.database_url).path.lstrip("/"))
+    await harness.delete_topics(BOOTSTRAP, test_env.settings.topic_prefix)
