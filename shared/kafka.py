@@ -152,7 +152,7 @@ class BatchConsumer:
         self.settings = settings
         self.pool = pool
         self.producer = producer
-        self.group_id = group_id
+        self.group_id = settings.group(group_id)
         self.logical = {settings.topic(t): t for t in topics}
         self.claim_sql = claim_sql
         self.apply = apply

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
         """The real topic name of a logical topic such as `chat.inbound`."""
         return f"{self.topic_prefix}{name}"
 
+    def group(self, name: str) -> str:
+        """The real consumer group id of a logical group (prefixed like topics, so tests never share one)."""
+        return f"{self.topic_prefix}{name}"
+
     def port_of(self, service: str) -> int:
         """The HTTP port configured for a service."""
         return getattr(self, f"{service}_port")

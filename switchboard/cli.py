@@ -261,3 +261,14 @@ def stats_rebuild() -> None:
     from switchboard.reconcile import run_rebuild
 
     raise typer.Exit(run_rebuild(_settings()))
+
+
+@app.command("bench-ingest")
+def bench_ingest(messages: int = typer.Option(5000, help="Messages to send in all."),
+                 concurrency: int = typer.Option(32, help="Requests in flight."),
+                 batch: int = typer.Option(0, help="Use the batch endpoint with this many messages a call (0: single)."),
+                 url: Optional[str] = typer.Option(None, help="Ingest base URL; default: start ingest in-process.")) -> None:
+    """Measure ingest's accepted messages per second and accept latency (p50/p99)."""
+    from switchboard.bench_ingest import main as bench_main
+
+    bench_main(_settings(), messages=messages, concurrency=concurrency, batch=batch, url=url)
