@@ -147,6 +147,7 @@ class BatchConsumer:
         topics: Sequence[str],
         claim_sql: str,
         apply: ApplyBatch,
+        after_commit: Callable[[object], None] | None = None,
         max_records: int | None = None,
     ):
         self.settings = settings
@@ -156,6 +157,7 @@ class BatchConsumer:
         self.logical = {settings.topic(t): t for t in topics}
         self.claim_sql = claim_sql
         self.apply = apply
+        self.after_commit = after_commit
         self.max_records = max_records or settings.consumer_max_records
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -249,6 +251,7 @@ class BatchConsumer:
             good.append(Incoming(event, logical, tp.partition, rec.offset))
         started = time.perf_counter()
         applied: list[Incoming] = []
+        result = None
         if good:
             async with self.pool.acquire() as conn:
                 async with conn.transaction():
@@ -259,7 +262,9 @@ class BatchConsumer:
                             seen.add(g.event.event_id)
                             applied.append(g)
                     if applied:
-                        await self.apply(conn, applied)
+                        result = await self.apply(conn, applied)
+            if applied and self.after_commit is not None:
+                self.after_commit(result)
         try:
             await consumer.commit({tp: records[-1].offset + 1})
         except (CommitFailedError, IllegalStateError) as exc:

@@ -34,7 +34,7 @@ def create_app(settings: Settings) -> FastAPI:
         runtime.add_consumer(BatchConsumer(
             settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
             topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS], claim_sql=store.q.claim_event_ids,
-            apply=handlers.make_apply(store),
+            apply=handlers.make_apply(store), after_commit=handlers.after_commit,
         ))
         relay = OutboxRelay(runtime.pool, runtime.producer, settings, store.q)
         runtime.add_loop("outbox-relay", relay.run)

@@ -1,0 +1,199 @@
+"""HTTP API of the assigner (SPEC §4): operators pull and release; admins reassign and watch."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.assigner import domain, metrics
+from services.assigner.store import Pulled, Store
+from shared.auth import Principal, require
+from shared.errors import ApiError
+from shared.events import ID_PATTERN
+
+router = APIRouter()
+STATIC = Path(__file__).parent / "static"
+
+
+class MessageOut(BaseModel):
+    message_id: str
+    sender: Literal["user", "operator"]
+    operator_id: str | None
+    text: str
+    sent_at: datetime | None
+    recorded_at: datetime
+
+
+class ChatOut(BaseModel):
+    chat_id: str
+    state: Literal["waiting_assignment", "assigned", "waiting_real_user_reply", "completed"]
+    assigned_operator_id: str | None
+    last_operator_id: str | None
+    waiting_since: datetime | None
+    message_count: int
+    messages: list[MessageOut]
+
+
+class AssignmentOut(BaseModel):
+    assignment_id: uuid.UUID
+    chat: ChatOut
+    assigned_at: datetime
+    idle_deadline: datetime
+
+
+class ReleasedOut(BaseModel):
+    assignment_id: uuid.UUID
+    chat_id: str
+    status: Literal["released", "completed"]
+
+
+class ReassignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    operator_id: str = Field(pattern=ID_PATTERN, description="The operator who gets the chat.")
+
+
+class QueueOut(BaseModel):
+    chats_by_state: dict[str, int]
+    oldest_waiting_since: datetime | None
+    oldest_waiting_age_s: float
+    active_assignments: int
+    operators: list[dict]
+
+
+class StuckChat(BaseModel):
+    chat_id: str
+    state: str
+    assigned_operator_id: str | None
+    last_operator_id: str | None
+    waiting_since: datetime | None
+    assigned_at: datetime | None
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _domain_error(exc: domain.DomainError) -> ApiError:
+    return ApiError(exc.status, exc.code, str(exc))
+
+
+async def _assignment_body(store: Store, pulled: Pulled) -> dict:
+    chat = await store.chat_view(pulled.chat_id)
+    return {
+        "assignment_id": pulled.assignment_id,
+        "chat": chat,
+        "assigned_at": pulled.assigned_at,
+        "idle_deadline": pulled.assigned_at + timedelta(seconds=store.settings.idle_timeout_s),
+    }
+
+
+NO_CONTENT = {204: {"description": "Nothing is waiting for this operator."}}
+
+
+@router.post("/v1/assignments/next", response_model=AssignmentOut, responses=NO_CONTENT, tags=["operator"],
+             summary="Pull the next chat (retry-safe: at capacity, returns the current assignment).")
+async def pull_next(store: Store = Depends(_store), me: Principal = Depends(require("operator"))):
+    started = time.perf_counter()
+    pulled = await store.pull(me.sub)
+    result = "assigned" if pulled.new else ("current" if pulled.assignment_id else "empty")
+    metrics.PULL_LATENCY.labels(result).observe(time.perf_counter() - started)
+    if pulled.assignment_id is None:
+        return Response(status_code=204)
+    return await _assignment_body(store, pulled)
+
+
+@router.get("/v1/assignments/current", response_model=AssignmentOut, responses=NO_CONTENT, tags=["operator"],
+            summary="The caller's current assignment.")
+async def current(store: Store = Depends(_store), me: Principal = Depends(require("operator"))):
+    pulled = await store.current(me.sub)
+    if pulled.assignment_id is None:
+        return Response(status_code=204)
+    return await _assignment_body(store, pulled)
+
+
+@router.post("/v1/assignments/{assignment_id}/release", response_model=ReleasedOut, tags=["operator"],
+             summary="Hand the chat back to the queue (it keeps its place).")
+async def release(assignment_id: uuid.UUID, store: Store = Depends(_store),
+                  me: Principal = Depends(require("operator"))):
+    try:
+        chat_id = await store.release(me.sub, assignment_id)
+    except domain.DomainError as exc:
+        raise _domain_error(exc) from None
+    return {"assignment_id": assignment_id, "chat_id": chat_id, "status": "released"}
+
+
+@router.post("/v1/assignments/{assignment_id}/complete", response_model=ReleasedOut, tags=["operator"],
+             summary="Complete the chat of the caller's active assignment.")
+async def complete_assignment(assignment_id: uuid.UUID, store: Store = Depends(_store),
+                              me: Principal = Depends(require("operator"))):
+    try:
+        chat_id = await store.complete_own(me.sub, assignment_id)
+    except domain.DomainError as exc:
+        raise _domain_error(exc) from None
+    return {"assignment_id": assignment_id, "chat_id": chat_id, "status": "completed"}
+
+
+@router.get("/v1/chats/{chat_id}", response_model=ChatOut, tags=["operator"],
+            summary="A chat with its messages (its assigned operator, or an admin).")
+async def chat(chat_id: str, store: Store = Depends(_store), me: Principal = Depends(require("operator", "admin"))):
+    view = await store.chat_view(chat_id)
+    if view is None:
+        if me.role == "admin":
+            raise ApiError(404, "chat_not_found", f"chat {chat_id} does not exist")
+        raise ApiError(403, "not_your_chat", f"chat {chat_id} is not assigned to you")
+    if me.role != "admin" and view["assigned_operator_id"] != me.sub:
+        raise ApiError(403, "not_your_chat", f"chat {chat_id} is not assigned to you")
+    return view
+
+
+@router.post("/v1/admin/chats/{chat_id}/reassign", response_model=AssignmentOut, tags=["admin"],
+             summary="Give a chat to an operator; a current assignment ends as reassigned.")
+async def reassign(chat_id: str, body: ReassignIn, store: Store = Depends(_store),
+                   _: Principal = Depends(require("admin"))):
+    try:
+        await store.reassign(chat_id, body.operator_id)
+    except domain.DomainError as exc:
+        raise _domain_error(exc) from None
+    view = await store.chat_view(chat_id)
+    current = await store.current(body.operator_id)
+    assigned = current if current.chat_id == chat_id else None
+    if assigned is None:
+        raise ApiError(409, "reassign_lost", f"chat {chat_id} changed hands again; read it and retry")
+    return {"assignment_id": assigned.assignment_id, "chat": view, "assigned_at": assigned.assigned_at,
+            "idle_deadline": assigned.assigned_at + timedelta(seconds=store.settings.idle_timeout_s)}
+
+
+@router.post("/v1/admin/chats/{chat_id}/complete", response_model=ChatOut, tags=["admin"],
+             summary="Complete a chat in any state.")
+async def admin_complete(chat_id: str, store: Store = Depends(_store), me: Principal = Depends(require("admin"))):
+    try:
+        await store.admin_complete(me.sub, chat_id)
+    except domain.DomainError as exc:
+        raise _domain_error(exc) from None
+    return await store.chat_view(chat_id)
+
+
+@router.get("/v1/admin/queue", response_model=QueueOut, tags=["admin"],
+            summary="Chats per state, oldest waiting age, active assignments and who holds them.")
+async def queue(store: Store = Depends(_store), _: Principal = Depends(require("admin"))):
+    return await store.queue_summary()
+
+
+@router.get("/v1/admin/stuck-chats", response_model=list[StuckChat], tags=["admin"],
+            summary="Chats waiting or assigned for longer than older_than_s seconds.")
+async def stuck(older_than_s: float = Query(300, ge=0, le=30 * 86400), store: Store = Depends(_store),
+                _: Principal = Depends(require("admin"))):
+    return await store.stuck_chats(older_than_s)
+
+
+def mount_console(app: FastAPI) -> None:
+    """Serve the operator console and admin page (plain HTML + JS) under /console/."""
+    if STATIC.is_dir():
+        app.mount("/console", StaticFiles(directory=STATIC, html=True), name="console")

@@ -1,0 +1,67 @@
+"""The transactional outbox relay: publishes lifecycle facts to chat.lifecycle in commit order.
+
+One relay publishes at a time (an advisory lock), in id order, keyed by chat, with the idempotent
+producer; rows are deleted only after Kafka acknowledged them, in the same transaction that read
+them. A crash after the ack and before the delete republishes the same event ids, which every
+consumer skips. A fact whose transaction rolled back was never visible to the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from services.assigner import metrics
+from shared.db import Queries
+from shared.events import TOPIC_LIFECYCLE
+from shared.settings import Settings
+
+log = logging.getLogger("switchboard.assigner.outbox")
+
+
+class OutboxRelay:
+    """Moves committed lifecycle facts from `assigner.outbox` to Kafka."""
+
+    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings, queries: Queries):
+        self.pool = pool
+        self.producer = producer
+        self.settings = settings
+        self.q = queries
+        self.topic = settings.topic(TOPIC_LIFECYCLE)
+
+    async def publish_once(self) -> int:
+        """Publish one batch; returns how many facts left (0 when idle or another relay holds the lock)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(self.q.try_lock_outbox):
+                return 0
+            rows = await conn.fetch(self.q.outbox_batch, self.settings.outbox_batch_size)
+            if not rows:
+                return 0
+            futures = [
+                await self.producer.send(self.topic, value=r["envelope"].encode(), key=r["chat_id"].encode())
+                for r in rows
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), self.settings.kafka_send_timeout_s * 2)
+            await conn.execute(self.q.outbox_delete, [r["id"] for r in rows])
+        metrics.OUTBOX_PUBLISHED.inc(len(rows))
+        return len(rows)
+
+    async def run(self) -> None:
+        """Publish until cancelled; back off while Kafka or Postgres is unavailable."""
+        backoff = 0.1
+        while True:
+            try:
+                sent = await self.publish_once()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox relay failed; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if sent < self.settings.outbox_batch_size:
+                await asyncio.sleep(self.settings.outbox_poll_interval_s)

@@ -1,0 +1,166 @@
+-- Named queries of the assigner. Python refers to them by name (shared.db.Queries).
+
+-- name: claim_event_ids
+-- Record applied event ids in the applying transaction; returns the ids that were new.
+WITH ins AS (
+    INSERT INTO assigner.processed_events (event_id)
+    SELECT unnest($1::uuid[])
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+)
+SELECT coalesce(array_agg(event_id), '{}') FROM ins;
+
+-- name: lock_chats
+-- Load and lock chats with their current assignment, in chat_id order so batches never deadlock.
+SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.assignment_id, c.waiting_since,
+       c.queued_at, c.operator_replied_at, c.last_user_message_at, c.message_count, c.created_at,
+       a.started_at AS assignment_started_at,
+       coalesce(a.first_response_at IS NOT NULL, false) AS assignment_responded
+FROM assigner.chats c
+LEFT JOIN assigner.assignments a ON a.assignment_id = c.assignment_id
+WHERE c.chat_id = ANY($1::text[])
+ORDER BY c.chat_id
+FOR UPDATE OF c;
+
+-- name: known_messages
+-- Which (chat_id, message_id) pairs are already stored (a message is applied once, whatever its event id).
+SELECT m.chat_id, m.message_id
+FROM assigner.messages m
+JOIN unnest($1::text[], $2::text[]) AS k(chat_id, message_id)
+  ON m.chat_id = k.chat_id AND m.message_id = k.message_id;
+
+-- name: upsert_chats
+-- Write the new state of several chats at once.
+INSERT INTO assigner.chats AS c (chat_id, state, assigned_operator_id, last_operator_id, assignment_id,
+                                 waiting_since, queued_at, operator_replied_at, last_user_message_at,
+                                 message_count, created_at, updated_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::timestamptz[],
+                     $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int[],
+                     $11::timestamptz[], $12::timestamptz[])
+ON CONFLICT (chat_id) DO UPDATE SET
+    state = EXCLUDED.state,
+    assigned_operator_id = EXCLUDED.assigned_operator_id,
+    last_operator_id = EXCLUDED.last_operator_id,
+    assignment_id = EXCLUDED.assignment_id,
+    waiting_since = EXCLUDED.waiting_since,
+    queued_at = EXCLUDED.queued_at,
+    operator_replied_at = EXCLUDED.operator_replied_at,
+    last_user_message_at = EXCLUDED.last_user_message_at,
+    message_count = EXCLUDED.message_count,
+    updated_at = EXCLUDED.updated_at;
+
+-- name: insert_messages
+-- Store recorded messages.
+INSERT INTO assigner.messages (chat_id, message_id, seq, sender, operator_id, text, sent_at, recorded_at,
+                               assignment_id, handled_by, event_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+                     $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[], $11::uuid[]);
+
+-- name: mark_first_responses
+-- Remember when each assignment got its operator's first message.
+UPDATE assigner.assignments a
+SET first_response_at = u.at
+FROM unnest($1::uuid[], $2::timestamptz[]) AS u(assignment_id, at)
+WHERE a.assignment_id = u.assignment_id AND a.first_response_at IS NULL;
+
+-- name: end_assignments
+-- End active assignments with their outcome.
+UPDATE assigner.assignments a
+SET ended_at = u.ended_at, outcome = u.outcome
+FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS u(assignment_id, ended_at, outcome)
+WHERE a.assignment_id = u.assignment_id AND a.ended_at IS NULL;
+
+-- name: insert_assignments
+-- Start assignment records.
+INSERT INTO assigner.assignments (assignment_id, chat_id, operator_id, via, started_at)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]);
+
+-- name: insert_outbox
+-- Queue lifecycle facts for the relay, in the order given (ids follow fact order).
+INSERT INTO assigner.outbox (chat_id, event_id, type, envelope)
+SELECT chat_id, event_id, type, envelope
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[]) WITH ORDINALITY
+     AS f(chat_id, event_id, type, envelope, ord)
+ORDER BY ord;
+
+-- name: lock_operator
+-- Serialise one operator's pulls and reassignments to it (capacity is checked under this lock).
+SELECT pg_advisory_xact_lock(hashtext('assigner.operator:' || $1::text));
+
+-- name: active_assignments_of
+-- An operator's active assignments, oldest first.
+SELECT assignment_id, chat_id, started_at
+FROM assigner.assignments
+WHERE operator_id = $1 AND ended_at IS NULL
+ORDER BY started_at, assignment_id;
+
+-- name: claim_next_chat
+-- The oldest waiting chat this operator may take (not theirs last, unless cooled down), skipping locked rows.
+SELECT chat_id, state, assigned_operator_id, last_operator_id, assignment_id, waiting_since, queued_at,
+       operator_replied_at, last_user_message_at, message_count, created_at
+FROM assigner.chats
+WHERE state = 'waiting_assignment'
+  AND (last_operator_id IS DISTINCT FROM $1::text OR queued_at <= $2::timestamptz)
+ORDER BY waiting_since, chat_id
+LIMIT 1
+FOR UPDATE SKIP LOCKED;
+
+-- name: assignment_by_id
+-- One assignment record.
+SELECT assignment_id, chat_id, operator_id, via, started_at, first_response_at, ended_at, outcome
+FROM assigner.assignments
+WHERE assignment_id = $1;
+
+-- name: chat_by_id
+-- One chat row (no lock).
+SELECT chat_id, state, assigned_operator_id, last_operator_id, assignment_id, waiting_since, queued_at,
+       message_count
+FROM assigner.chats
+WHERE chat_id = $1;
+
+-- name: chat_messages
+-- A chat's most recent messages (up to $2), oldest first.
+SELECT message_id, sender, operator_id, text, sent_at, recorded_at
+FROM (
+    SELECT seq, message_id, sender, operator_id, text, sent_at, recorded_at
+    FROM assigner.messages WHERE chat_id = $1 ORDER BY seq DESC LIMIT $2
+) recent
+ORDER BY seq;
+
+-- name: count_by_state
+-- Chats per state.
+SELECT state, count(*) AS n FROM assigner.chats GROUP BY state;
+
+-- name: oldest_waiting
+-- When the longest-waiting chat entered the queue.
+SELECT min(waiting_since) FROM assigner.chats WHERE state = 'waiting_assignment';
+
+-- name: active_by_operator
+-- Active assignments per operator.
+SELECT operator_id, count(*) AS n FROM assigner.assignments WHERE ended_at IS NULL GROUP BY operator_id ORDER BY operator_id;
+
+-- name: stuck_chats
+-- Chats waiting, or assigned, since before $1 (oldest first, at most $2).
+SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.waiting_since, a.started_at AS assigned_at
+FROM assigner.chats c
+LEFT JOIN assigner.assignments a ON a.assignment_id = c.assignment_id
+WHERE (c.state = 'waiting_assignment' AND c.waiting_since < $1)
+   OR (c.state = 'assigned' AND a.started_at < $1)
+ORDER BY coalesce(a.started_at, c.waiting_since)
+LIMIT $2;
+
+-- name: try_lock_outbox
+-- Only one relay publishes at a time, so facts leave in id order.
+SELECT pg_try_advisory_xact_lock(hashtext('assigner.outbox.relay'));
+
+-- name: outbox_batch
+-- The oldest unpublished facts.
+SELECT id, chat_id, envelope FROM assigner.outbox ORDER BY id LIMIT $1;
+
+-- name: outbox_delete
+-- Forget facts Kafka has acknowledged.
+DELETE FROM assigner.outbox WHERE id = ANY($1::bigint[]);
+
+-- name: outbox_backlog
+-- Facts not yet published.
+SELECT count(*) FROM assigner.outbox;

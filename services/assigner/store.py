@@ -1,0 +1,340 @@
+"""Postgres side of the assigner: load and lock chats, run the domain, persist state and facts."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Iterable
+
+import asyncpg
+
+from services.assigner import domain, metrics
+from services.assigner.domain import Chat, Decision, Fact
+from shared import events
+from shared.db import Queries
+from shared.settings import Settings
+
+QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
+MESSAGES_SHOWN = 500
+
+FACT_MODELS = {
+    "message_recorded": events.MessageRecorded,
+    "chat_queued": events.ChatQueued,
+    "chat_assigned": events.ChatAssigned,
+    "assignment_ended": events.AssignmentEnded,
+    "chat_answered": events.ChatAnswered,
+    "chat_completed": events.ChatCompleted,
+    "chat_reopened": events.ChatReopened,
+}
+
+
+class UnknownChat(domain.DomainError):
+    status = 404
+    code = "chat_not_found"
+
+
+class UnknownAssignment(domain.DomainError):
+    status = 404
+    code = "assignment_not_found"
+
+
+class OperatorAtCapacity(domain.DomainError):
+    status = 409
+    code = "operator_at_capacity"
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """The outcome of a pull: the assignment given (or kept), or nothing."""
+
+    assignment_id: uuid.UUID | None
+    chat_id: str | None
+    assigned_at: datetime | None
+    new: bool
+
+
+def chat_from_row(row) -> Chat:
+    """A domain Chat from a chats row (optionally joined with its assignment)."""
+    keys = row.keys()
+    return Chat(
+        chat_id=row["chat_id"], state=row["state"], assigned_operator_id=row["assigned_operator_id"],
+        last_operator_id=row["last_operator_id"], assignment_id=row["assignment_id"],
+        waiting_since=row["waiting_since"], queued_at=row["queued_at"],
+        operator_replied_at=row["operator_replied_at"], last_user_message_at=row["last_user_message_at"],
+        message_count=row["message_count"], created_at=row["created_at"],
+        assignment_started_at=row["assignment_started_at"] if "assignment_started_at" in keys else None,
+        assignment_responded=bool(row["assignment_responded"]) if "assignment_responded" in keys else False,
+    )
+
+
+class Changes:
+    """What a transaction will write: final chat states and facts in order."""
+
+    def __init__(self):
+        self.chats: dict[str, Chat] = {}
+        self.facts: list[tuple[str, Fact, datetime]] = []
+        self.message_seq: list[int] = []
+        self.handled_by: list[str | None] = []
+
+    def add(self, chat_id: str, before: Chat | None, decision: Decision, at: datetime) -> None:
+        """Record one decision's result."""
+        if decision.chat is not None:
+            self.chats[chat_id] = decision.chat
+        for fact in decision.facts:
+            self.facts.append((chat_id, fact, at))
+            if fact.type == "message_recorded":
+                self.message_seq.append(decision.chat.message_count)
+                self.handled_by.append(before.assigned_operator_id if before else None)
+
+
+def _envelope(chat_id: str, fact: Fact, at: datetime):
+    model = FACT_MODELS[fact.type]
+    return model(event_id=uuid.uuid4(), chat_id=chat_id, occurred_at=at, producer="assigner", payload=fact.payload)
+
+
+class Store:
+    """The assigner's use cases, each one Postgres transaction."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings):
+        self.pool = pool
+        self.settings = settings
+        self.q = QUERIES
+
+    # ---- shared persistence -------------------------------------------------------------
+
+    async def lock_chats(self, conn: asyncpg.Connection, chat_ids: Iterable[str]) -> dict[str, Chat]:
+        """Lock and load chats by id (missing ones are absent from the result)."""
+        rows = await conn.fetch(self.q.lock_chats, sorted(set(chat_ids)))
+        return {r["chat_id"]: chat_from_row(r) for r in rows}
+
+    async def persist(self, conn: asyncpg.Connection, changes: Changes) -> None:
+        """Write chats, assignments, messages and outbox rows of a transaction, set-based."""
+        if changes.chats:
+            cs = list(changes.chats.values())
+            now = events.utcnow()
+            await conn.execute(
+                self.q.upsert_chats,
+                [c.chat_id for c in cs], [c.state for c in cs], [c.assigned_operator_id for c in cs],
+                [c.last_operator_id for c in cs], [c.assignment_id for c in cs], [c.waiting_since for c in cs],
+                [c.queued_at for c in cs], [c.operator_replied_at for c in cs],
+                [c.last_user_message_at for c in cs], [c.message_count for c in cs],
+                [c.created_at or now for c in cs], [now] * len(cs),
+            )
+        firsts, ends, starts, msgs = [], [], [], []
+        for chat_id, fact, _at in changes.facts:
+            p = fact.payload
+            if fact.type == "message_recorded":
+                msgs.append((chat_id, p))
+                if p.first_response_ms is not None:
+                    firsts.append((p.assignment_id, p.recorded_at))
+            elif fact.type == "assignment_ended":
+                ends.append((p.assignment_id, p.ended_at, p.outcome))
+            elif fact.type == "chat_assigned":
+                starts.append((p.assignment_id, chat_id, p.operator_id, p.via, p.assigned_at))
+        if firsts:
+            await conn.execute(self.q.mark_first_responses, *map(list, zip(*firsts)))
+        if ends:
+            await conn.execute(self.q.end_assignments, *map(list, zip(*ends)))
+        if starts:
+            await conn.execute(self.q.insert_assignments, *map(list, zip(*starts)))
+        if msgs:
+            await conn.execute(
+                self.q.insert_messages,
+                [c for c, _ in msgs], [p.message_id for _, p in msgs], changes.message_seq,
+                [p.sender for _, p in msgs], [p.operator_id for _, p in msgs], [p.text for _, p in msgs],
+                [p.sent_at for _, p in msgs], [p.recorded_at for _, p in msgs],
+                [p.assignment_id for _, p in msgs], changes.handled_by,
+                [uuid.uuid4() for _ in msgs],
+            )
+        if changes.facts:
+            envs = [_envelope(chat_id, fact, at) for chat_id, fact, at in changes.facts]
+            await conn.execute(
+                self.q.insert_outbox,
+                [e.chat_id for e in envs], [e.event_id for e in envs], [e.type for e in envs],
+                [e.model_dump_json() for e in envs],
+            )
+
+    @staticmethod
+    def count_outcomes(changes: Changes) -> None:
+        """Bump assignment counters once the transaction committed."""
+        for _chat_id, fact, _at in changes.facts:
+            if fact.type == "chat_assigned":
+                metrics.ASSIGNMENTS_STARTED.labels(fact.payload.via).inc()
+            elif fact.type == "assignment_ended":
+                metrics.ASSIGNMENTS_ENDED.labels(fact.payload.outcome).inc()
+
+    # ---- consumer use case --------------------------------------------------------------
+
+    async def apply_events(self, conn: asyncpg.Connection, items: list[events.Envelope]) -> Changes:
+        """Apply inbound messages and timeouts of one partition batch, in order, inside `conn`'s transaction."""
+        chats = await self.lock_chats(conn, (e.chat_id for e in items))
+        msg_events = [e for e in items if e.type in ("user_message", "operator_message")]
+        known = set()
+        if msg_events:
+            rows = await conn.fetch(self.q.known_messages, [e.chat_id for e in msg_events],
+                                    [e.payload.message_id for e in msg_events])
+            known = {(r["chat_id"], r["message_id"]) for r in rows}
+        changes = Changes()
+        for event in items:
+            at = events.utcnow()
+            cmd = _command_of(event, at)
+            if isinstance(cmd, (domain.ReceiveUserMessage, domain.ReceiveOperatorMessage)):
+                key = (event.chat_id, cmd.message_id)
+                if key in known:
+                    continue  # the same message under another event id: applied once only
+                known.add(key)
+            before = chats.get(event.chat_id)
+            decision = domain.decide(before, cmd, event.chat_id)
+            if decision.chat is not None:
+                chats[event.chat_id] = decision.chat
+            changes.add(event.chat_id, before, decision, at)
+        await self.persist(conn, changes)
+        return changes
+
+    # ---- operator and admin use cases ---------------------------------------------------
+
+    async def pull(self, operator_id: str) -> Pulled:
+        """Give the operator its current assignment if at capacity, else the next chat it may take."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(self.q.lock_operator, operator_id)
+            active = await conn.fetch(self.q.active_assignments_of, operator_id)
+            if len(active) >= self.settings.operator_capacity:
+                a = active[0]
+                return Pulled(a["assignment_id"], a["chat_id"], a["started_at"], new=False)
+            now = events.utcnow()
+            row = await conn.fetchrow(self.q.claim_next_chat, operator_id,
+                                      now - timedelta(seconds=self.settings.repeat_cooldown_s))
+            if row is None:
+                return Pulled(None, None, None, new=False)
+            chat = chat_from_row(row)
+            cmd = domain.AssignToPuller(operator_id=operator_id, assignment_id=uuid.uuid4(), at=now)
+            changes = Changes()
+            changes.add(chat.chat_id, chat, domain.decide(chat, cmd), now)
+            await self.persist(conn, changes)
+        self.count_outcomes(changes)
+        return Pulled(cmd.assignment_id, chat.chat_id, now, new=True)
+
+    async def current(self, operator_id: str) -> Pulled:
+        """The operator's oldest active assignment, if any."""
+        async with self.pool.acquire() as conn:
+            active = await conn.fetch(self.q.active_assignments_of, operator_id)
+        if not active:
+            return Pulled(None, None, None, new=False)
+        a = active[0]
+        return Pulled(a["assignment_id"], a["chat_id"], a["started_at"], new=False)
+
+    async def assignment(self, assignment_id: uuid.UUID):
+        """An assignment record, or UnknownAssignment."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(self.q.assignment_by_id, assignment_id)
+        if row is None:
+            raise UnknownAssignment(f"assignment {assignment_id} does not exist")
+        return row
+
+    async def _command_on_chat(self, chat_id: str, cmd, operator_lock: str | None = None) -> Changes:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if operator_lock is not None:
+                await conn.execute(self.q.lock_operator, operator_lock)
+            chats = await self.lock_chats(conn, [chat_id])
+            chat = chats.get(chat_id)
+            if chat is None:
+                raise UnknownChat(f"chat {chat_id} does not exist")
+            if isinstance(cmd, domain.ReassignChat):
+                active = await conn.fetch(self.q.active_assignments_of, cmd.operator_id)
+                holds_this = any(a["chat_id"] == chat_id for a in active)
+                if not holds_this and len(active) >= self.settings.operator_capacity:
+                    raise OperatorAtCapacity(
+                        f"operator {cmd.operator_id} already holds {len(active)} chat(s), the capacity")
+            changes = Changes()
+            changes.add(chat_id, chat, domain.decide(chat, cmd), cmd.at)
+            await self.persist(conn, changes)
+        self.count_outcomes(changes)
+        return changes
+
+    async def release(self, operator_id: str, assignment_id: uuid.UUID) -> str:
+        """The operator hands its assignment back; returns the chat id."""
+        record = await self._own_assignment(operator_id, assignment_id)
+        cmd = domain.ReleaseAssignment(operator_id=operator_id, assignment_id=assignment_id, at=events.utcnow())
+        await self._command_on_chat(record["chat_id"], cmd)
+        return record["chat_id"]
+
+    async def complete_own(self, operator_id: str, assignment_id: uuid.UUID) -> str:
+        """The operator completes the chat of its active assignment; returns the chat id."""
+        record = await self._own_assignment(operator_id, assignment_id)
+        cmd = domain.CompleteChat(by=f"operator:{operator_id}", at=events.utcnow(),
+                                  assignment_id=assignment_id, operator_id=operator_id)
+        await self._command_on_chat(record["chat_id"], cmd)
+        return record["chat_id"]
+
+    async def _own_assignment(self, operator_id: str, assignment_id: uuid.UUID):
+        record = await self.assignment(assignment_id)
+        if record["operator_id"] != operator_id:
+            raise domain.NotYourAssignment(f"assignment {assignment_id} is not yours")
+        if record["ended_at"] is not None:
+            raise domain.AssignmentNotActive(f"assignment {assignment_id} ended ({record['outcome']})")
+        return record
+
+    async def admin_complete(self, admin: str, chat_id: str) -> None:
+        """An admin completes a chat in any state."""
+        await self._command_on_chat(chat_id, domain.CompleteChat(by=f"admin:{admin}", at=events.utcnow()))
+
+    async def reassign(self, chat_id: str, operator_id: str) -> Changes:
+        """An admin gives a chat to an operator (who must have room)."""
+        cmd = domain.ReassignChat(operator_id=operator_id, assignment_id=uuid.uuid4(), at=events.utcnow())
+        return await self._command_on_chat(chat_id, cmd, operator_lock=operator_id)
+
+    # ---- reads --------------------------------------------------------------------------
+
+    async def chat_view(self, chat_id: str) -> dict | None:
+        """The chat as the API shows it, messages included."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(self.q.chat_by_id, chat_id)
+            if row is None:
+                return None
+            msgs = await conn.fetch(self.q.chat_messages, chat_id, MESSAGES_SHOWN)
+        return {
+            "chat_id": row["chat_id"], "state": row["state"],
+            "assigned_operator_id": row["assigned_operator_id"], "last_operator_id": row["last_operator_id"],
+            "waiting_since": row["waiting_since"], "message_count": row["message_count"],
+            "messages": [
+                {"message_id": m["message_id"], "sender": m["sender"], "operator_id": m["operator_id"],
+                 "text": m["text"], "sent_at": m["sent_at"] or m["recorded_at"], "recorded_at": m["recorded_at"]}
+                for m in msgs
+            ],
+        }
+
+    async def queue_summary(self) -> dict:
+        """Counts per state, oldest waiting age, active assignments per operator."""
+        async with self.pool.acquire() as conn:
+            counts = {r["state"]: r["n"] for r in await conn.fetch(self.q.count_by_state)}
+            oldest = await conn.fetchval(self.q.oldest_waiting)
+            holders = await conn.fetch(self.q.active_by_operator)
+        now = events.utcnow()
+        return {
+            "chats_by_state": {s: counts.get(s, 0) for s in domain.STATES},
+            "oldest_waiting_since": oldest,
+            "oldest_waiting_age_s": (now - oldest).total_seconds() if oldest else 0.0,
+            "active_assignments": sum(r["n"] for r in holders),
+            "operators": [{"operator_id": r["operator_id"], "active_assignments": r["n"]} for r in holders],
+        }
+
+    async def stuck_chats(self, older_than_s: float, limit: int = 500) -> list[dict]:
+        """Chats waiting or assigned for longer than `older_than_s`."""
+        cutoff = events.utcnow() - timedelta(seconds=older_than_s)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(self.q.stuck_chats, cutoff, limit)
+        return [dict(r) for r in rows]
+
+
+def _command_of(event: events.Envelope, at: datetime):
+    p = event.payload
+    if event.type == "user_message":
+        return domain.ReceiveUserMessage(message_id=p.message_id, text=p.text, sent_at=p.sent_at, at=at)
+    if event.type == "operator_message":
+        return domain.ReceiveOperatorMessage(message_id=p.message_id, operator_id=p.operator_id, text=p.text,
+                                             sent_at=p.sent_at, at=at)
+    if event.type == "assignment_idle":
+        return domain.TimeOutAssignment(assignment_id=p.assignment_id, at=at)
+    raise TypeError(f"the assigner does not apply {event.type}")
