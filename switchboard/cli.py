@@ -94,8 +94,9 @@ def migrate() -> None:
         pool = await db.create_pool(settings.database_url, min_size=1, max_size=2, app="migrate")
         async with pool.acquire() as conn:
             for name in registry.NAMES:
-                mod = registry.module(name)
-                done = await migrations.apply(conn, mod.SCHEMA, registry.migrations_dir(name))
+                if not registry.has_migrations(name):
+                    continue
+                done = await migrations.apply(conn, registry.schema(name), registry.migrations_dir(name))
                 console.print(f"{name}: {len(done)} migration(s) applied")
         await pool.close()
 

@@ -16,6 +16,16 @@ def module(name: str):
     return importlib.import_module(f"services.{name}.main")
 
 
+def schema(name: str) -> str:
+    """The Postgres schema a service owns (named after it)."""
+    return name
+
+
+def has_migrations(name: str) -> bool:
+    """True when the service ships at least one migration."""
+    return any(migrations_dir(name).glob("*.sql"))
+
+
 def migrations_dir(name: str) -> Path:
     """The folder of a service's numbered migrations."""
     return ROOT / name / "sql" / "migrations"

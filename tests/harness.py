@@ -42,8 +42,8 @@ async def create_template(base_url: str) -> str:
     conn = await asyncpg.connect(with_db(base_url, name))
     try:
         for service in registry.NAMES:
-            mod = registry.module(service)
-            await migrations.apply(conn, mod.SCHEMA, registry.migrations_dir(service))
+            if registry.has_migrations(service):
+                await migrations.apply(conn, registry.schema(service), registry.migrations_dir(service))
     finally:
         await conn.close()
     return name
