@@ -23,7 +23,7 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/switchboard"
-    auth_secret: str = Field(min_length=16, description="HS256 key for bearer tokens.")
+    auth_secret: str = Field(min_length=32, description="HS256 key for bearer tokens.")
     dev_mode: bool = Field(False, description="Allows the well-known development secret.")
     topic_prefix: str = Field("", description="Prepended to every topic name (tests isolate with it).")
     topic_partitions: int = Field(6, ge=1)

@@ -59,7 +59,7 @@ def infra_up_impl(echo=console.print) -> None:
         kafka.start(int(port), echo=echo)
     echo(f"Kafka ready: {bootstrap}")
     partitions = int(os.environ.get("SWITCHBOARD_TOPIC_PARTITIONS", "6"))
-    created = asyncio.run(ensure_topics(Settings(auth_secret="x" * 16, kafka_bootstrap_servers=bootstrap,
+    created = asyncio.run(ensure_topics(Settings(auth_secret="x" * 32, kafka_bootstrap_servers=bootstrap,
                                                  topic_partitions=partitions,
                                                  topic_prefix=os.environ.get("SWITCHBOARD_TOPIC_PREFIX", ""))))
     if created:
