@@ -1,0 +1,176 @@
+"""The idle monitor's entrypoints: the `chat.lifecycle` subscriber and the ticker that fires deadlines.
+
+Metrics (see docs/metrics.md):
+- `switchboard_idle_timers_armed` (gauge): deadlines armed now, read from Postgres, so every
+  instance reports the same figure (aggregate with `max`, not `sum`).
+- `switchboard_idle_timers_armed_total`, `switchboard_idle_timers_disarmed_total`,
+  `switchboard_idle_timers_fired_total` (counters).
+- `switchboard_idle_fire_lateness_seconds` (histogram): fire time minus deadline.
+- `switchboard_idle_fire_failures_total` (counter): ticker rounds that failed (Kafka did not
+  acknowledge every event, or Postgres was unreachable); their deadlines stay armed and fire
+  on a later round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import timedelta
+from typing import Callable
+
+from aiokafka import AIOKafkaProducer
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from services.idle_monitor import domain
+from services.idle_monitor.store import Store
+from shared.events import TOPIC_TIMEOUTS, encode, utcnow
+from shared.kafka import ApplyBatch, Incoming
+from shared.settings import Settings
+
+log = logging.getLogger("switchboard.idle_monitor")
+
+FIRE_BATCH_SIZE = 500
+MAX_BACKOFF_S = 5.0
+GAUGE_REFRESH_S = 1.0
+# Kafka's default log retention: no record older than this can be redelivered, so tombstones
+# and applied ids older than it (plus a day) can no longer stop anything.
+RETENTION = timedelta(days=8)
+PRUNE_EVERY_S = 3600.0
+PRUNE_BATCH = 10_000
+
+
+class _ArmedGauge:
+    """`switchboard_idle_timers_armed`: the deadlines armed now, as last counted by a ticker.
+
+    A plain `Gauge` of this name cannot be registered beside the counter
+    `switchboard_idle_timers_armed_total` (prometheus_client reserves a counter's stem), yet
+    the text format served on /metrics names them apart, so this collector describes nothing
+    and only collects.
+    """
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        yield GaugeMetricFamily(
+            "switchboard_idle_timers_armed", "Idle deadlines currently armed.", value=self.value
+        )
+
+
+TIMERS_ARMED = _ArmedGauge()
+REGISTRY.register(TIMERS_ARMED)
+TIMERS_ARMED_TOTAL = Counter("switchboard_idle_timers_armed_total", "Idle deadlines armed.")
+TIMERS_DISARMED_TOTAL = Counter(
+    "switchboard_idle_timers_disarmed_total", "Idle deadlines disarmed because their assignment ended."
+)
+TIMERS_FIRED_TOTAL = Counter(
+    "switchboard_idle_timers_fired_total", "Idle deadlines fired (assignment_idle acknowledged by Kafka)."
+)
+FIRE_LATENESS = Histogram(
+    "switchboard_idle_fire_lateness_seconds", "How long after its deadline a timer fired.",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60, 300),
+)
+FIRE_FAILURES = Counter(
+    "switchboard_idle_fire_failures_total",
+    "Idle ticker rounds that failed (Kafka did not acknowledge every event, or Postgres failed); retried.",
+)
+
+
+def make_apply(store: Store, settings: Settings) -> ApplyBatch:
+    """The batch handler for `chat.lifecycle`: arm on `chat_assigned`, disarm on `assignment_ended`."""
+
+    async def on_lifecycle(conn, batch: list[Incoming]) -> None:
+        """Apply one partition batch of lifecycle facts to the timers (caller's transaction)."""
+        changes = domain.plan_timer_changes((i.event for i in batch), settings.idle_timeout_s)
+        if changes.empty:
+            return
+        applied = await store.apply_changes(conn, changes)
+        TIMERS_ARMED_TOTAL.inc(applied.armed)
+        TIMERS_DISARMED_TOTAL.inc(applied.disarmed)
+
+    return on_lifecycle
+
+
+class FireFailed(RuntimeError):
+    """Kafka did not acknowledge some `assignment_idle` events; their deadlines stay armed."""
+
+
+class Ticker:
+    """Fires due deadlines every `idle_check_interval_s`; several instances may run side by side."""
+
+    def __init__(self, store: Store, producer: AIOKafkaProducer, settings: Settings, *,
+                 batch_size: int = FIRE_BATCH_SIZE, clock: Callable = utcnow):
+        self.store = store
+        self.producer = producer
+        self.settings = settings
+        self.batch_size = batch_size
+        self.clock = clock
+
+    async def fire_due(self) -> int:
+        """Publish `assignment_idle` for each due deadline; delete those Kafka acknowledged; returns that count.
+
+        The claimed rows stay locked until Kafka answered, so no other instance fires them
+        meanwhile; a crash between the ack and the commit fires again with the same event id.
+        """
+        topic = self.settings.topic(TOPIC_TIMEOUTS)
+        async with self.store.pool.acquire() as conn:
+            async with conn.transaction():
+                due = await self.store.claim_due(conn, self.clock(), self.batch_size)
+                if not due:
+                    return 0
+                pending = [
+                    await self.producer.send(topic, value=encode(domain.idle_fact(d)), key=d.chat_id.encode())
+                    for d in due
+                ]
+                results = await asyncio.wait_for(
+                    asyncio.gather(*pending, return_exceptions=True), self.settings.kafka_send_timeout_s * 2
+                )
+                fired_at = utcnow()
+                acked = [d for d, r in zip(due, results) if not isinstance(r, BaseException)]
+                if acked:
+                    await self.store.delete_fired(conn, [d.assignment_id for d in acked])
+        TIMERS_FIRED_TOTAL.inc(len(acked))
+        for d in acked:
+            FIRE_LATENESS.observe(domain.lateness_s(d, fired_at))
+        if len(acked) < len(due):
+            errors = {repr(r) for r in results if isinstance(r, BaseException)}
+            raise FireFailed(f"{len(due) - len(acked)} of {len(due)} assignment_idle events not acknowledged: "
+                             + "; ".join(sorted(errors))[:500])
+        return len(acked)
+
+    async def refresh_gauge(self) -> None:
+        """Count the armed deadlines into `switchboard_idle_timers_armed`."""
+        TIMERS_ARMED.value = float(await self.store.count_armed())
+
+    async def run(self) -> None:
+        """Fire, refresh the gauge, prune old ids; sleep when idle; back off (bounded) when Kafka or Postgres fail."""
+        interval = self.settings.idle_check_interval_s
+        backoff = interval
+        next_gauge = next_prune = 0.0
+        while True:
+            try:
+                fired = await self.fire_due()
+                now = time.monotonic()
+                if now >= next_gauge:
+                    await self.refresh_gauge()
+                    next_gauge = now + max(interval, GAUGE_REFRESH_S)
+                if now >= next_prune:
+                    await self.store.prune(utcnow() - RETENTION, PRUNE_BATCH)
+                    next_prune = now + PRUNE_EVERY_S
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                FIRE_FAILURES.inc()
+                log.warning("idle ticker round failed, retrying", extra={"error": repr(exc)[:500],
+                                                                          "retry_in_s": backoff})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            backoff = interval
+            if fired < self.batch_size:
+                await asyncio.sleep(interval)

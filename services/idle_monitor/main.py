@@ -1,0 +1,48 @@
+"""Idle monitor: arms a deadline per assignment from `chat.lifecycle`; fires `assignment_idle` on `chat.timeouts`."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.idle_monitor import api, handlers
+from services.idle_monitor.store import Store
+from shared.events import TOPIC_LIFECYCLE
+from shared.http import create_app as create_http_app
+from shared.kafka import BatchConsumer
+from shared.runtime import Runtime
+from shared.settings import Settings
+
+SCHEMA = "idle_monitor"
+MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
+GROUP_ID = "idle_monitor"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Wire the idle monitor: Postgres store, lifecycle consumer, deadline ticker, HTTP API."""
+    runtime = Runtime(settings, "idle_monitor", SCHEMA, MIGRATIONS)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await runtime.start()
+        store = Store(runtime.pool)
+        app.state.store = store
+        app.state.settings = settings
+        app.state.consumer = runtime.add_consumer(BatchConsumer(
+            settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
+            topics=[TOPIC_LIFECYCLE], claim_sql=store.q.claim_event_ids,
+            apply=handlers.make_apply(store, settings),
+        ))
+        ticker = handlers.Ticker(store, runtime.producer, settings)
+        app.state.ticker = ticker
+        runtime.add_loop("idle-ticker", ticker.run)
+        await runtime.start_consumers()
+        yield
+        await runtime.stop()
+
+    app = create_http_app("idle_monitor", title="Switchboard idle monitor", lifespan=lifespan,
+                          readiness=runtime.readiness, auth_secret=settings.auth_secret)
+    app.include_router(api.router)
+    return app

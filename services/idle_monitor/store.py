@@ -1,0 +1,89 @@
+"""Postgres access for the idle monitor: armed deadlines, ended-assignment tombstones, applied ids."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+import asyncpg
+
+from services.idle_monitor.domain import Deadline, TimerChanges
+from shared.db import Queries
+
+QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
+
+
+@dataclass(frozen=True)
+class Applied:
+    """How many deadlines a batch armed and disarmed."""
+
+    armed: int
+    disarmed: int
+
+
+def _deadline(row: asyncpg.Record) -> Deadline:
+    return Deadline(
+        assignment_id=row["assignment_id"],
+        chat_id=row["chat_id"],
+        operator_id=row["operator_id"],
+        assigned_at=row["assigned_at"],
+        deadline=row["deadline"],
+    )
+
+
+class Store:
+    """The idle monitor's schema, reached through named queries."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+        self.q = QUERIES
+
+    async def apply_changes(self, conn: asyncpg.Connection, changes: TimerChanges) -> Applied:
+        """Disarm, then arm, inside the caller's transaction (so tombstones written here block arming)."""
+        disarmed = armed = 0
+        if changes.disarm:
+            disarmed = await conn.fetchval(
+                self.q.disarm_deadlines,
+                [e.assignment_id for e in changes.disarm],
+                [e.ended_at for e in changes.disarm],
+            )
+        if changes.arm:
+            armed = await conn.fetchval(
+                self.q.arm_deadlines,
+                [d.assignment_id for d in changes.arm],
+                [d.chat_id for d in changes.arm],
+                [d.operator_id for d in changes.arm],
+                [d.assigned_at for d in changes.arm],
+                [d.deadline for d in changes.arm],
+            )
+        return Applied(armed=armed, disarmed=disarmed)
+
+    async def claim_due(self, conn: asyncpg.Connection, now: datetime, limit: int) -> list[Deadline]:
+        """Lock the deadlines due at `now` that no other instance holds (caller's transaction)."""
+        return [_deadline(r) for r in await conn.fetch(self.q.claim_due_deadlines, now, limit)]
+
+    async def delete_fired(self, conn: asyncpg.Connection, assignment_ids: Sequence[uuid.UUID]) -> None:
+        """Delete deadlines whose fire Kafka acknowledged (caller's transaction)."""
+        await conn.execute(self.q.delete_fired_deadlines, list(assignment_ids))
+
+    async def count_armed(self) -> int:
+        """How many deadlines are armed."""
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval(self.q.count_armed_deadlines)
+
+    async def list_armed(self, limit: int) -> list[asyncpg.Record]:
+        """Armed deadlines, soonest first."""
+        async with self.pool.acquire() as conn:
+            return await conn.fetch(self.q.list_armed_deadlines, limit)
+
+    async def prune(self, before: datetime, batch: int) -> int:
+        """Forget tombstones and applied ids older than `before`, at most `batch` of each; returns rows deleted."""
+        deleted = 0
+        async with self.pool.acquire() as conn:
+            for query in (self.q.prune_ended_assignments, self.q.prune_processed_events):
+                status = await conn.execute(query, before, batch)
+                deleted += int(status.split()[-1])
+        return deleted
