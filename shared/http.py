@@ -7,6 +7,7 @@ from typing import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -43,11 +44,15 @@ def _field_of(err: dict) -> str:
 
 
 def create_app(service: str, *, title: str, lifespan, readiness: Readiness, auth_secret: str,
-               max_body_bytes: int = 1024 * 1024, version: str = "1.0.0") -> FastAPI:
+               max_body_bytes: int = 1024 * 1024, version: str = "1.0.0",
+               cors_origins: tuple[str, ...] = ("*",)) -> FastAPI:
     """A FastAPI app with Switchboard's error shape, `/healthz`, `/readyz`, `/metrics` and request metrics."""
     app = FastAPI(title=title, version=version, lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.auth_secret = auth_secret
     app.state.service = service
+    # Bearer tokens, never cookies: the browser console on another port may call every service.
+    app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"],
+                       allow_headers=["Authorization", "Content-Type"], max_age=600)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
