@@ -1,0 +1,47 @@
+"""Stats: counts chat.lifecycle facts into per-operator and per-chat figures; serves them over HTTP."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.stats import api, handlers, store
+from shared.events import TOPIC_LIFECYCLE
+from shared.http import create_app as create_http_app
+from shared.kafka import BatchConsumer
+from shared.runtime import Runtime
+from shared.settings import Settings
+
+SCHEMA = "stats"
+MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
+GROUP_ID = "stats"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Wire stats: migrations, the chat.lifecycle consumer (group `stats`), the HTTP API."""
+    runtime = Runtime(settings, "stats", SCHEMA, MIGRATIONS)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await runtime.start()
+        # Sessions of this pool resolve the unqualified stats queries in the live schema.
+        pool = await store.create_pool(settings, SCHEMA)
+        app.state.store = store.Store(pool)
+        runtime.add_consumer(BatchConsumer(
+            settings=settings, pool=pool, producer=runtime.producer, group_id=GROUP_ID,
+            topics=[TOPIC_LIFECYCLE], claim_sql=store.QUERIES.claim_event_ids,
+            apply=handlers.make_apply(),
+        ))
+        await runtime.start_consumers()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            await pool.close()
+
+    app = create_http_app("stats", title="Switchboard stats", lifespan=lifespan,
+                          readiness=runtime.readiness, auth_secret=settings.auth_secret)
+    app.include_router(api.router)
+    return app
