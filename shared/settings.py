@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     assigner_port: int = SERVICE_PORTS["assigner"]
     idle_monitor_port: int = SERVICE_PORTS["idle_monitor"]
     stats_port: int = SERVICE_PORTS["stats"]
-    ingest_url: str = "http://127.0.0.1:8001"
+    ingest_url: str = Field("http://127.0.0.1:8001", description="Ingest as browsers reach it (console replies).")
+    stats_url: str = Field("http://127.0.0.1:8004", description="Stats as browsers reach it (admin page).")
     log_level: str = "INFO"
 
     @model_validator(mode="after")
