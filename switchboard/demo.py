@@ -1,0 +1,97 @@
+"""Demo traffic: simulated users write through ingest, simulated operators pull, reply, release.
+
+Only talks to the local services over HTTP (127.0.0.1); bounded by `duration` when given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+
+import httpx
+
+from shared.auth import issue_token
+from shared.settings import Settings
+
+log = logging.getLogger("switchboard.demo")
+
+OPENERS = ["hey", "hi, my order is late", "I can't log in", "is anyone there?", "refund please",
+           "the app crashes on start", "how do I change my address?"]
+FOLLOW_UPS = ["how are you?", "any news?", "thanks!", "one more thing…", "still broken", "ok great"]
+REPLIES = ["Hello! Let me check that for you.", "Sorry about that — looking into it now.",
+           "Could you share your order number?", "That should be fixed now.", "Happy to help!"]
+
+
+class Demo:
+    """A small support floor: users open chats and sometimes follow up; operators work the queue."""
+
+    def __init__(self, settings: Settings, rate: float, operators: int):
+        self.settings = settings
+        self.rate = rate
+        self.operators = operators
+        self.base = f"http://{settings.http_host}"
+        self.frontend = {"Authorization": f"Bearer {issue_token(settings.auth_secret, 'demo-web', 'frontend')}"}
+        self.open_chats: list[str] = []
+        self.stop_at: float | None = None
+
+    def _running(self) -> bool:
+        return self.stop_at is None or time.monotonic() < self.stop_at
+
+    async def say(self, client: httpx.AsyncClient, chat_id: str, text: str, operator_id: str | None = None) -> None:
+        """Publish one message through ingest as the frontend would."""
+        body = {"message_id": f"demo-{uuid.uuid4().hex[:12]}", "text": text,
+                "sender": "operator" if operator_id else "user"}
+        if operator_id:
+            body["operator_id"] = operator_id
+        url = f"{self.base}:{self.settings.ingest_port}/v1/chats/{chat_id}/messages"
+        r = await client.post(url, json=body, headers=self.frontend)
+        if r.status_code != 202:
+            log.warning("ingest refused a demo message", extra={"status": r.status_code, "body": r.text[:200]})
+
+    async def users(self, client: httpx.AsyncClient) -> None:
+        """New chats at `rate` per second; some existing chats get a follow-up."""
+        while self._running():
+            if self.open_chats and random.random() < 0.3:
+                await self.say(client, random.choice(self.open_chats), random.choice(FOLLOW_UPS))
+            else:
+                chat_id = f"demo-{uuid.uuid4().hex[:8]}"
+                self.open_chats = (self.open_chats + [chat_id])[-200:]
+                await self.say(client, chat_id, random.choice(OPENERS))
+            await asyncio.sleep(random.expovariate(self.rate))
+
+    async def operator(self, client: httpx.AsyncClient, operator_id: str) -> None:
+        """Pull, think, then reply (usually), release (sometimes) or go silent (rarely)."""
+        headers = {"Authorization": f"Bearer {issue_token(self.settings.auth_secret, operator_id, 'operator')}"}
+        url = f"{self.base}:{self.settings.assigner_port}"
+        while self._running():
+            r = await client.post(f"{url}/v1/assignments/next", headers=headers)
+            if r.status_code != 200:
+                await asyncio.sleep(1.0)
+                continue
+            a = r.json()
+            await asyncio.sleep(random.uniform(1.0, 4.0))
+            roll = random.random()
+            if roll < 0.8:
+                await self.say(client, a["chat"]["chat_id"], random.choice(REPLIES), operator_id)
+            elif roll < 0.9:
+                await client.post(f"{url}/v1/assignments/{a['assignment_id']}/release", headers=headers)
+            elif roll < 0.95:
+                await client.post(f"{url}/v1/assignments/{a['assignment_id']}/complete", headers=headers)
+            else:
+                await asyncio.sleep(random.uniform(5, 15))  # a silent operator; the idle monitor may step in
+
+    async def run(self, duration: float) -> None:
+        """Run users and operators until `duration` seconds have passed (0: until cancelled)."""
+        if duration:
+            self.stop_at = time.monotonic() + duration
+        async with httpx.AsyncClient(timeout=10) as client:
+            tasks = [self.users(client)] + [self.operator(client, f"demo-op-{i + 1}") for i in range(self.operators)]
+            await asyncio.gather(*tasks)
+
+
+def run_demo(settings: Settings, *, rate: float, operators: int, duration: float) -> None:
+    """Entry point of `switchboard demo`."""
+    asyncio.run(Demo(settings, rate, operators).run(duration))
