@@ -88,8 +88,20 @@ class Demo:
         if duration:
             self.stop_at = time.monotonic() + duration
         async with httpx.AsyncClient(timeout=10) as client:
-            tasks = [self.users(client)] + [self.operator(client, f"demo-op-{i + 1}") for i in range(self.operators)]
-            await asyncio.gather(*tasks)
+            loops = [lambda: self.users(client)] + [
+                (lambda op=f"demo-op-{i + 1}": self.operator(client, op)) for i in range(self.operators)
+            ]
+            await asyncio.gather(*(self._resilient(make) for make in loops))
+
+    async def _resilient(self, make_loop) -> None:
+        # A service restarting must not end the demo: wait and start the loop again.
+        while self._running():
+            try:
+                await make_loop()
+                return
+            except httpx.HTTPError as exc:
+                log.warning("demo request failed; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(1.0)
 
 
 def run_demo(settings: Settings, *, rate: float, operators: int, duration: float) -> None:
