@@ -1,0 +1,170 @@
+"""Ingest's pure model: what a frontend may post, the event it becomes, and which answer each key gets."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from shared.events import (
+    ID_PATTERN,
+    OperatorMessage,
+    OperatorMessagePayload,
+    UserMessage,
+    UserMessagePayload,
+    encode,
+)
+
+PRODUCER = "ingest"
+MAX_BATCH = 500
+# A single message is at most 4,000 characters; even fully \u-escaped astral text stays below this.
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_BATCH_BYTES = MAX_BATCH * MAX_MESSAGE_BYTES // 2
+
+
+class _Forbidding(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MessageIn(_Forbidding):
+    """The body of `POST /v1/chats/{chat_id}/messages`."""
+
+    message_id: str = Field(pattern=ID_PATTERN, description="Frontend-chosen id; retries reuse it.")
+    sender: Literal["user", "operator"] = Field(description="Who wrote the message.")
+    operator_id: str | None = Field(
+        None, pattern=ID_PATTERN, validate_default=True,
+        description="Required when sender is `operator`, absent when it is `user`.",
+    )
+    text: str = Field(min_length=1, max_length=4000, description="1 to 4,000 characters.")
+    sent_at: datetime | None = Field(None, description="When the frontend saw it (ISO 8601 with a zone).")
+
+    @field_validator("operator_id", mode="after")
+    @classmethod
+    def _operator_id_matches_sender(cls, value: str | None, info: ValidationInfo) -> str | None:
+        sender = info.data.get("sender")
+        if sender == "operator" and value is None:
+            raise ValueError("operator_id is required when sender is 'operator'")
+        if sender == "user" and value is not None:
+            raise ValueError("operator_id must be absent when sender is 'user'")
+        return value
+
+    @field_validator("sent_at", mode="after")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("sent_at must carry a timezone (UTC)")
+        return value
+
+
+class BatchItemIn(MessageIn):
+    """One message of `POST /v1/messages:batch`: a message body plus the chat it belongs to."""
+
+    chat_id: str = Field(pattern=ID_PATTERN, description="The chat; also the Kafka key.")
+
+
+class BatchIn(_Forbidding):
+    """The body of `POST /v1/messages:batch`; items are validated one by one."""
+
+    messages: list[Any] = Field(min_length=1, max_length=MAX_BATCH, description=f"1 to {MAX_BATCH} messages.")
+
+
+class _ChatIdIn(_Forbidding):
+    chat_id: str = Field(pattern=ID_PATTERN)
+
+
+def check_chat_id(chat_id: str) -> None:
+    """Raise ValidationError (field `chat_id`) unless the id matches ID_PATTERN."""
+    _ChatIdIn(chat_id=chat_id)
+
+
+@dataclass(frozen=True)
+class Key:
+    """The idempotency key of a message: one chat, one frontend-chosen message id."""
+
+    chat_id: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A valid message with the event it becomes if its key is new."""
+
+    key: Key
+    event_id: uuid.UUID
+    envelope: bytes
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the idempotency table holds for a key: its event id, the record to publish, whether Kafka acked it."""
+
+    key: Key
+    event_id: uuid.UUID
+    envelope: bytes | None
+    acked: bool
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The answer for one message: its event id, and whether an earlier request already got it accepted."""
+
+    event_id: uuid.UUID
+    duplicate: bool
+
+
+def to_event(chat_id: str, message: MessageIn, event_id: uuid.UUID, occurred_at: datetime):
+    """The `chat.inbound` envelope for a posted message."""
+    if message.sender == "operator":
+        payload = OperatorMessagePayload(message_id=message.message_id, operator_id=message.operator_id,
+                                         text=message.text, sent_at=message.sent_at)
+        return OperatorMessage(event_id=event_id, chat_id=chat_id, occurred_at=occurred_at,
+                               producer=PRODUCER, payload=payload)
+    payload = UserMessagePayload(message_id=message.message_id, text=message.text, sent_at=message.sent_at)
+    return UserMessage(event_id=event_id, chat_id=chat_id, occurred_at=occurred_at, producer=PRODUCER,
+                       payload=payload)
+
+
+def draft(chat_id: str, message: MessageIn, event_id: uuid.UUID, occurred_at: datetime) -> Draft:
+    """A Draft: the key and the exact record value to publish should the key be new."""
+    event = to_event(chat_id, message, event_id, occurred_at)
+    return Draft(Key(chat_id, message.message_id), event_id, encode(event))
+
+
+def distinct(drafts: list[Draft]) -> list[Draft]:
+    """The first draft of each key, in order (a batch may repeat a message)."""
+    seen: set[Key] = set()
+    out = []
+    for d in drafts:
+        if d.key not in seen:
+            seen.add(d.key)
+            out.append(d)
+    return out
+
+
+def to_publish(drafts: list[Draft], claims: dict[Key, Claim]) -> list[Claim]:
+    """Unacknowledged claims, in request order: each is (re)published with its stored record and event id."""
+    return [claims[d.key] for d in distinct(drafts) if not claims[d.key].acked]
+
+
+def answers(drafts: list[Draft], claims: dict[Key, Claim], first_acks: set[Key]) -> list[Accepted]:
+    """One answer per draft: `duplicate` is false exactly once per key, for the request whose ack was recorded first."""
+    answered: set[Key] = set()
+    out = []
+    for d in drafts:
+        fresh = d.key in first_acks and d.key not in answered
+        answered.add(d.key)
+        out.append(Accepted(claims[d.key].event_id, duplicate=not fresh))
+    return out
+
+
+def field_errors(exc: ValidationError, prefix: str = "") -> list[dict]:
+    """Pydantic errors as `{"field", "message", "type"}`, the field dotted (`messages.3.text`)."""
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        field = ".".join(p for p in (prefix, loc) if p) or "body"
+        out.append({"field": field, "message": err.get("msg", "invalid"), "type": err.get("type", "invalid")})
+    return out

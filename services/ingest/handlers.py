@@ -1,0 +1,57 @@
+"""Ingest's use case: accept messages exactly once per key and answer only after Kafka acknowledged.
+
+Ingest consumes no topic; this is the one thing its entry points (the HTTP API, the benchmark)
+call: claim the keys in Postgres, publish what Kafka has not acknowledged, record the acks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+from services.ingest import domain, metrics
+from services.ingest.domain import Accepted, Draft
+from services.ingest.publisher import Publisher
+from services.ingest.store import Store
+
+# Postgres did not answer (as opposed to a bug in a query, which must surface as a 500).
+DATABASE_DOWN = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                 asyncpg.TooManyConnectionsError, asyncpg.QueryCanceledError, OSError, asyncio.TimeoutError)
+
+
+class DatabaseUnavailable(Exception):
+    """Postgres did not answer; nothing was accepted that the client was not told about."""
+
+
+async def accept_messages(store: Store, publisher: Publisher, drafts: list[Draft]) -> list[Accepted | None]:
+    """One answer per draft, in order: Accepted once Kafka acknowledged its key's event, None if it did not."""
+    unique = domain.distinct(drafts)
+    try:
+        claims = await store.claim(unique)
+    except DATABASE_DOWN as exc:
+        metrics.rejected("database_unavailable", len(drafts))
+        raise DatabaseUnavailable(repr(exc)) from exc
+    pending = domain.to_publish(unique, claims)
+    started = time.perf_counter()
+    errors = await publisher.publish([(c.key.chat_id, c.envelope) for c in pending])  # type: ignore[misc]
+    acked = [c.key for c, err in zip(pending, errors) if err is None]
+    failed = {c.key for c, err in zip(pending, errors) if err is not None}
+    if acked:
+        metrics.PUBLISH_LATENCY.observe(time.perf_counter() - started)
+    try:
+        first = await store.mark_acked(acked)
+    except DATABASE_DOWN as exc:
+        # Kafka has the records; the client's retry re-publishes them with the same event ids.
+        metrics.rejected("database_unavailable", len(drafts))
+        raise DatabaseUnavailable(repr(exc)) from exc
+    out: list[Accepted | None] = []
+    for d, answer in zip(drafts, domain.answers(drafts, claims, first)):
+        if d.key in failed:
+            metrics.rejected("kafka_unavailable")
+            out.append(None)
+        else:
+            metrics.MESSAGES.labels("duplicate" if answer.duplicate else "accepted", "").inc()
+            out.append(answer)
+    return out
