@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from services.idle_monitor import domain
-from services.idle_monitor.store import Store
+from services.idle_monitor.store import Applied, Store
 from shared.events import TOPIC_TIMEOUTS, encode, utcnow
 from shared.kafka import ApplyBatch, Incoming
 from shared.settings import Settings
@@ -84,16 +84,21 @@ FIRE_FAILURES = Counter(
 def make_apply(store: Store, settings: Settings) -> ApplyBatch:
     """The batch handler for `chat.lifecycle`: arm on `chat_assigned`, disarm on `assignment_ended`."""
 
-    async def on_lifecycle(conn, batch: list[Incoming]) -> None:
+    async def on_lifecycle(conn, batch: list[Incoming]) -> Applied:
         """Apply one partition batch of lifecycle facts to the timers (caller's transaction)."""
         changes = domain.plan_timer_changes((i.event for i in batch), settings.idle_timeout_s)
         if changes.empty:
-            return
-        applied = await store.apply_changes(conn, changes)
-        TIMERS_ARMED_TOTAL.inc(applied.armed)
-        TIMERS_DISARMED_TOTAL.inc(applied.disarmed)
+            return Applied(armed=0, disarmed=0)
+        return await store.apply_changes(conn, changes)
 
     return on_lifecycle
+
+
+def after_commit(applied: Applied | None) -> None:
+    """Count armed and disarmed deadlines once their transaction committed (a retried batch counts once)."""
+    if applied is not None:
+        TIMERS_ARMED_TOTAL.inc(applied.armed)
+        TIMERS_DISARMED_TOTAL.inc(applied.disarmed)
 
 
 class FireFailed(RuntimeError):

@@ -33,7 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.consumer = runtime.add_consumer(BatchConsumer(
             settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
             topics=[TOPIC_LIFECYCLE], claim_sql=store.q.claim_event_ids,
-            apply=handlers.make_apply(store, settings),
+            apply=handlers.make_apply(store, settings), after_commit=handlers.after_commit,
         ))
         ticker = handlers.Ticker(store, runtime.producer, settings)
         app.state.ticker = ticker
