@@ -1,12 +1,16 @@
-"""Command-line tools the checks need (promtool), installed from Debian's packages when missing."""
+"""Command-line tools the checks need: promtool (Debian's package) and compose-check (built with Go)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 
+from deploy.local.paths import REPO, cache_dir
+
 PROMTOOL_PACKAGE = "prometheus"
+COMPOSE_CHECK_SRC = REPO / "deploy" / "compose-check"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
@@ -43,3 +47,34 @@ def ensure_promtool() -> str:
             f"{result.stderr.strip()[-2000:]}"
         )
     return found
+
+
+def _go() -> str:
+    """The Go toolchain (on PATH, or where the machine image puts it)."""
+    found = shutil.which("go") or ("/usr/local/go/bin/go" if os.access("/usr/local/go/bin/go", os.X_OK) else None)
+    if found is None:
+        raise RuntimeError("the Go toolchain is needed to build deploy/compose-check and was not found")
+    return found
+
+
+def ensure_compose_check() -> str:
+    """The path of `compose-check` (compose-go's loader, built from deploy/compose-check once per source change)."""
+    sources = sorted(p for p in COMPOSE_CHECK_SRC.iterdir() if p.suffix in {".go", ".mod", ".sum"})
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()[:16]
+    binary = cache_dir() / "tools" / f"compose-check-{digest}"
+    if binary.exists():
+        return str(binary)
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if not env.get("HOME"):
+        # Go's caches default to $HOME; without it (some CI runners) keep them beside the binary.
+        env.setdefault("GOCACHE", str(cache_dir() / "go-build"))
+        env.setdefault("GOMODCACHE", str(cache_dir() / "go-mod"))
+    env["GOFLAGS"] = "-mod=readonly -modcacherw"
+    partial = binary.with_suffix(".partial")
+    result = subprocess.run([_go(), "build", "-o", str(partial), "."], cwd=COMPOSE_CHECK_SRC, env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"building deploy/compose-check failed:\n{result.stdout}{result.stderr}")
+    partial.replace(binary)
+    return str(binary)

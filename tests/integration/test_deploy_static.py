@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.local.tools import ensure_promtool
+from deploy.local.tools import ensure_compose_check, ensure_promtool
 from shared.settings import SERVICE_PORTS
 from switchboard.services import NAMES
 
@@ -319,6 +320,28 @@ def test_compose_has_kafka_in_kraft_mode_postgres_migrations_services_prometheus
     assert services["grafana"]["image"].startswith("grafana/grafana:")
     for name in ("kafka", "postgres", "prometheus", "grafana"):
         assert services[name]["healthcheck"]["test"], name
+
+
+def test_compose_file_loads_with_docker_composes_own_loader_and_resolves_every_value():
+    # compose-go validates against the Compose schema and resolves anchors, merge keys and
+    # `${VAR:-default}` exactly as `docker compose up` would, with none of our variables set.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWITCHBOARD_", "GRAFANA_", "COMPOSE_"))}
+    result = subprocess.run([ensure_compose_check(), str(COMPOSE)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    project = json.loads(result.stdout)
+    services = project["services"]
+    assert {"kafka", "postgres", "migrate", *NAMES, "prometheus", "grafana"} <= set(services)
+    for name, service in services.items():
+        for mount in service.get("volumes", []):
+            if mount["type"] == "bind":
+                assert Path(mount["source"]).exists(), f"{name} mounts missing {mount['source']}"
+        for key, value in (service.get("environment") or {}).items():
+            assert value is not None and "${" not in value, f"{name}: {key} is unresolved"
+    for name in NAMES:
+        env_of = services[name]["environment"]
+        assert len(env_of["SWITCHBOARD_AUTH_SECRET"]) >= 32
+        assert services[name]["healthcheck"]["test"][0] == "CMD"
 
 
 def test_compose_runs_migrations_once_before_the_services():
