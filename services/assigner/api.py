@@ -145,9 +145,7 @@ async def complete_assignment(assignment_id: uuid.UUID, store: Store = Depends(_
 async def chat(chat_id: str, store: Store = Depends(_store), me: Principal = Depends(require("operator", "admin"))):
     view = await store.chat_view(chat_id)
     if view is None:
-        if me.role == "admin":
-            raise ApiError(404, "chat_not_found", f"chat {chat_id} does not exist")
-        raise ApiError(403, "not_your_chat", f"chat {chat_id} is not assigned to you")
+        raise ApiError(404, "chat_not_found", f"chat {chat_id} does not exist")
     if me.role != "admin" and view["assigned_operator_id"] != me.sub:
         raise ApiError(403, "not_your_chat", f"chat {chat_id} is not assigned to you")
     return view

@@ -195,6 +195,7 @@ async def test_release_is_refused_for_someone_elses_or_an_ended_assignment(env):
         r = await api.get(f"/v1/chats/{chat}", headers=token("op-b"))
         assert r.status_code == 403
         assert (await api.get("/v1/chats/nope", headers=token("boss", "admin"))).status_code == 404
+        assert (await api.get("/v1/chats/nope", headers=token("op-a"))).status_code == 404
 
 
 async def test_lifecycle_facts_are_published_in_per_chat_order(env):
