@@ -121,14 +121,20 @@ def decode_record(logical_topic: str, key: bytes | None, value: bytes | None) ->
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, lock: asyncio.Lock, group: str):
+    def __init__(self, lock: asyncio.Lock, group: str, logical: dict[str, str]):
         self._lock = lock
         self._group = group
+        self._logical = logical
 
     async def on_partitions_revoked(self, revoked):
         # Wait for the batch in flight: its offsets are committed before the partition goes.
         async with self._lock:
             log.info("partitions revoked", extra={"group": self._group, "partitions": str(sorted(revoked))})
+            for tp in revoked:
+                try:  # the new owner reports this partition's lag from now on
+                    metrics.CONSUMER_LAG.remove(self._group, self._logical[tp.topic], str(tp.partition))
+                except KeyError:
+                    pass
 
     async def on_partitions_assigned(self, assigned):
         log.info("partitions assigned", extra={"group": self._group, "partitions": str(sorted(assigned))})
@@ -179,8 +185,10 @@ class BatchConsumer:
             heartbeat_interval_ms=3_000,
             client_id=f"switchboard-{self.group_id}",
         )
-        self._consumer.subscribe(list(self.logical), listener=_Rebalance(self._lock, self.group_id))
+        self._consumer.subscribe(list(self.logical), listener=_Rebalance(self._lock, self.group_id, self.logical))
         await self._consumer.start()
+        for logical in self.logical.values():  # a first dead letter must show as an increase from 0
+            metrics.DLQ_RECORDS.labels(self.group_id, logical)
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.group_id}")
 
     async def stop(self) -> None:
