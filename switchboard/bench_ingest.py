@@ -1,0 +1,215 @@
+"""`switchboard bench-ingest`: accepted messages per second and accept latency of ingest, on loopback only.
+
+Without `--url` it starts its own ingest (a subprocess on a free loopback port) against the
+configured Kafka and Postgres, with a throwaway database and topic prefix that it removes
+afterwards, so a running Switchboard never sees the benchmark's messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import urlparse, urlunparse
+
+import asyncpg
+import httpx
+
+from shared.auth import issue_token
+from shared.settings import Settings
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MAX_MESSAGES = 200_000
+MAX_CONCURRENCY = 256
+MAX_SECONDS = 300.0
+CHATS = 200
+WARMUP = 50
+
+
+@dataclass
+class Result:
+    """What one run measured."""
+
+    mode: str
+    accepted: int = 0
+    failed: dict[int, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    def percentile(self, q: float) -> float:
+        """The q-quantile (0..1) of the request latencies, in seconds."""
+        if not self.latencies:
+            return math.nan
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+    def report(self) -> str:
+        """A short human-readable summary."""
+        rate = self.accepted / self.elapsed if self.elapsed else 0.0
+        unit = "request" if self.mode == "single" else "batch call"
+        lines = [
+            f"mode               {self.mode}",
+            f"accepted messages  {self.accepted} in {self.elapsed:.2f} s",
+            f"throughput         {rate:,.0f} accepted msgs/s",
+            f"accept latency     p50 {self.percentile(0.5) * 1000:.1f} ms, p99 {self.percentile(0.99) * 1000:.1f} ms"
+            f" (per {unit}, {len(self.latencies)} {unit}s)",
+        ]
+        if self.failed:
+            lines.append(f"failed             {dict(sorted(self.failed.items()))} (HTTP status: count)")
+        return "\n".join(lines)
+
+
+def main(settings: Settings, *, messages: int, concurrency: int, batch: int, url: str | None) -> Result:
+    """Run the benchmark (bounded in count, time and to loopback) and print its figures."""
+    if not 1 <= messages <= MAX_MESSAGES:
+        raise SystemExit(f"--messages must be 1..{MAX_MESSAGES}")
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise SystemExit(f"--concurrency must be 1..{MAX_CONCURRENCY}")
+    if not 0 <= batch <= 500:
+        raise SystemExit("--batch must be 0 (single messages) or 1..500")
+    if url is not None and urlparse(url).hostname not in LOOPBACK:
+        raise SystemExit("bench-ingest only sends load to a loopback address (127.0.0.1)")
+    result = asyncio.run(_run(settings, messages=messages, concurrency=concurrency, batch=batch, url=url))
+    print(result.report())
+    return result
+
+
+async def _run(settings: Settings, *, messages: int, concurrency: int, batch: int, url: str | None) -> Result:
+    if url is not None:
+        return await _load(url.rstrip("/"), settings.auth_secret, messages, concurrency, batch)
+    async with OwnIngest(settings) as base:
+        return await _load(base, settings.auth_secret, messages, concurrency, batch)
+
+
+class OwnIngest:
+    """An ingest subprocess on a free loopback port with a throwaway database and topic prefix."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.run_id = uuid.uuid4().hex[:8]
+        self.db_name = f"sb_bench_{self.run_id}"
+        self.prefix = f"bench-{self.run_id}."
+        self.proc: subprocess.Popen | None = None
+
+    async def __aenter__(self) -> str:
+        base = self.settings.database_url
+        admin = await asyncpg.connect(_with_db(base, "postgres"))
+        try:
+            await admin.execute(f'CREATE DATABASE "{self.db_name}"')
+        finally:
+            await admin.close()
+        port = _free_port()
+        env = dict(os.environ, SWITCHBOARD_DATABASE_URL=_with_db(base, self.db_name),
+                   SWITCHBOARD_TOPIC_PREFIX=self.prefix, SWITCHBOARD_AUTH_SECRET=self.settings.auth_secret,
+                   SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS=self.settings.kafka_bootstrap_servers,
+                   SWITCHBOARD_HTTP_HOST="127.0.0.1", SWITCHBOARD_LOG_LEVEL="WARNING")
+        if self.settings.dev_mode:
+            env["SWITCHBOARD_DEV_MODE"] = "1"
+        self.proc = subprocess.Popen([sys.executable, "-m", "switchboard", "run", "ingest", "--port", str(port)],
+                                     env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        base_url = f"http://127.0.0.1:{port}"
+        await _wait_ready(base_url, self.proc)
+        print(f"ingest started (pid {self.proc.pid}) on {base_url}, topics {self.prefix}*, database {self.db_name}",
+              file=sys.stderr)
+        return base_url
+
+    async def __aexit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                await asyncio.to_thread(self.proc.wait, 10)
+        admin = await asyncpg.connect(_with_db(self.settings.database_url, "postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+        await _delete_topics(self.settings.kafka_bootstrap_servers, self.prefix)
+
+
+async def _load(base: str, secret: str, messages: int, concurrency: int, batch: int) -> Result:
+    headers = {"Authorization": f"Bearer {issue_token(secret, 'bench', 'frontend', ttl_s=3600)}"}
+    run = uuid.uuid4().hex[:8]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    result = Result(mode="single" if batch == 0 else f"batch of {batch}")
+    per_call = max(1, batch)
+    calls = math.ceil(messages / per_call)
+    counter = iter(range(calls))
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
+        for i in range(min(WARMUP, calls)):  # connections and caches warm, not measured
+            await client.post(f"/v1/chats/bench-{run}-warm/messages",
+                              json={"message_id": f"w{i}", "sender": "user", "text": "warm-up"})
+        deadline = time.monotonic() + MAX_SECONDS
+
+        async def worker() -> None:
+            for n in counter:
+                if time.monotonic() > deadline:
+                    return
+                first = n * per_call
+                count = min(per_call, messages - first)
+                if batch == 0:
+                    path = f"/v1/chats/bench-{run}-c{n % CHATS}/messages"
+                    body = {"message_id": f"m{n}", "sender": "user", "text": f"benchmark message {n}"}
+                else:
+                    path = "/v1/messages:batch"
+                    body = {"messages": [
+                        {"chat_id": f"bench-{run}-c{i % CHATS}", "message_id": f"m{i}", "sender": "user",
+                         "text": f"benchmark message {i}"} for i in range(first, first + count)]}
+                started = time.perf_counter()
+                r = await client.post(path, json=body)
+                result.latencies.append(time.perf_counter() - started)
+                if r.status_code in (200, 202):
+                    result.accepted += count if batch else 1
+                else:
+                    result.failed[r.status_code] = result.failed.get(r.status_code, 0) + count
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, calls))))
+        result.elapsed = time.perf_counter() - started
+    return result
+
+
+async def _wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"ingest exited with status {proc.returncode} during start-up")
+            try:
+                if (await client.get(f"{base}/readyz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.3)
+    raise SystemExit(f"ingest not ready on {base} within {timeout_s}s")
+
+
+async def _delete_topics(bootstrap: str, prefix: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+def _with_db(url: str, name: str) -> str:
+    return urlunparse(urlparse(url)._replace(path=f"/{name}"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
