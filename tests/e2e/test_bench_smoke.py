@@ -1,0 +1,92 @@
+"""`switchboard bench` in smoke mode: the four services as real subprocesses, a few seconds of load.
+
+Asserts the report's structure and that nothing was lost or doubled; never a timing figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+from shared.settings import Settings
+from switchboard import bench
+from tests import harness
+
+BASE_URL = os.environ.get("SWITCHBOARD_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/switchboard")
+BOOTSTRAP = os.environ.get("SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+
+LATENCY_KEYS = {"count", "p50", "p90", "p99", "max"}
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_path: Path):
+    settings = Settings(auth_secret=harness.TEST_SECRET, database_url=BASE_URL, kafka_bootstrap_servers=BOOTSTRAP)
+    database = f"sb_bench_{uuid.uuid4().hex[:10]}"
+    output, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+
+    code = bench.main(settings, smoke=True, database=database, output=str(output), plot=str(plot))
+
+    report = json.loads(output.read_text())
+    assert code == 0, report["integrity"]
+    assert report["version"] == bench.REPORT_VERSION
+    assert report["stack"]["mode"] == "spawned" and report["stack"]["database"] == database
+
+    # What the load produced arrived exactly once, and stats agrees with the assigner.
+    integrity = report["integrity"]
+    assert integrity["ok"] is True
+    assert integrity["user_messages_acked"] > 0 and integrity["operator_messages_acked"] > 0
+    assert integrity["user_messages_lost"] == integrity["operator_messages_lost"] == 0
+    assert integrity["user_messages_unexpected"] == integrity["operator_messages_unexpected"] == 0
+    assert integrity["user_messages_stored"] >= integrity["user_messages_acked"]
+    assert integrity["chats_with_message_count_mismatch"] == 0
+    assert integrity["chats_with_two_active_assignments"] == 0
+    for key in ("reconcile", "reconcile_final"):
+        assert integrity[key]["differences"] == 0 and integrity[key]["not_quiescent"] is None
+        assert integrity[key]["compared"]["chat"] > 0
+
+    headline = report["headline"]
+    assert set(headline) >= {"user_events_per_s", "turns_per_s", "pgbench_tps", "events_per_pgbench_tps",
+                             "apply_p50_ms_half", "apply_p99_ms_half", "pull_p50_ms", "pull_p99_ms",
+                             "stats_lag_p99_ms", "pull_p99_ms_200_operators"}
+    assert headline["user_events_per_s"] > 0 and headline["pgbench_tps"] > 0
+    assert report["pgbench"]["script"] == "simple-update (-N)"
+
+    for name in ("max", "half"):
+        phase = report["phases"][name]
+        assert phase["user_events_per_s"] > 0 and phase["window_s"] > 0
+        assert set(phase["apply_latency_ms"]) >= LATENCY_KEYS and phase["apply_latency_ms"]["count"] > 0
+        assert set(phase["pull_latency_ms"]) >= LATENCY_KEYS and phase["pull_latency_ms"]["count"] > 0
+        assert phase["stats_lag_ms"]["count"] > 0 and phase["stats_lag_ms"]["facts_not_applied"] == 0
+        assert phase["drain"]["complete"] is True
+    assert report["phases"]["half"]["target_rate"] > 0
+
+    processes = report["resources"]["processes"]
+    for service in ("ingest", "assigner", "idle_monitor", "stats"):
+        assert processes[service]["peak_rss_mb"] > 0
+        assert processes[service]["cpu_seconds_total"] >= 0
+
+    scale = report["scale_check"]
+    assert [s["waiting_chats"] for s in scale["sizes"]] == list(bench.SMOKE["scale_sizes"])
+    for size in scale["sizes"]:
+        assert size["waiting_chats_counted"] >= size["waiting_chats"] - scale["operators"]
+        assert size["pulls"] > 0 and set(size["pull_latency_ms"]) >= LATENCY_KEYS
+        assert size["claim_plan"]["uses_queue_index"] is True
+    assert scale["p99_ratio_largest_to_smallest"] is not None
+
+    assert len(report["targets"]) == 5
+    assert all(set(t) == {"name", "value", "target", "met", "unit"} for t in report["targets"])
+    assert report["timeline"] and {"t", "phase", "user_acked", "user_applied", "apply_p99_ms", "pull_p99_ms"} <= set(
+        report["timeline"][0])
+    if _has_matplotlib():
+        assert report["plot"] == str(plot) and plot.stat().st_size > 0
+    else:
+        assert report["plot"] is None
