@@ -46,7 +46,7 @@ def verify_token(secret: str, token: str) -> Principal:
     return Principal(sub=sub, role=role)
 
 
-def _principal(request: Request) -> Principal:
+async def _principal(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -56,8 +56,9 @@ def _principal(request: Request) -> Principal:
 
 def require(*roles: str):
     """A FastAPI dependency admitting only tokens whose role is one of `roles`."""
+    # async on purpose: a plain function would be run in FastAPI's thread pool, two hops per request.
 
-    def dependency(principal: Principal = Depends(_principal)) -> Principal:
+    async def dependency(principal: Principal = Depends(_principal)) -> Principal:
         if principal.role not in roles:
             raise ApiError(403, "forbidden_role", f"role {principal.role!r} may not call this; needs {' or '.join(roles)}")
         return principal

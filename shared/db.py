@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlparse
 
 import asyncpg
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 SESSION_SETTINGS = {
     # A stuck transaction must never pin the xmin horizon of the queue tables for long.
     "idle_in_transaction_session_timeout": "30000",
@@ -18,8 +20,12 @@ SESSION_SETTINGS = {
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20, app: str = "switchboard") -> asyncpg.Pool:
     """An asyncpg pool whose sessions carry Switchboard's timeouts and an application name."""
     settings = dict(SESSION_SETTINGS, application_name=app)
+    extra = {}
+    parsed = urlparse(dsn)
+    if parsed.hostname in LOOPBACK and "sslmode" not in parsed.query:
+        extra["ssl"] = False  # TLS to ourselves only costs CPU; asyncpg would negotiate it by default
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, server_settings=settings, command_timeout=60
+        dsn, min_size=min_size, max_size=max_size, server_settings=settings, command_timeout=60, **extra
     )
 
 

@@ -77,8 +77,10 @@ class Changes:
         self.facts: list[tuple[str, Fact, datetime]] = []
         self.message_seq: list[int] = []
         self.handled_by: list[str | None] = []
+        self.message_event_ids: list[uuid.UUID] = []
 
-    def add(self, chat_id: str, before: Chat | None, decision: Decision, at: datetime) -> None:
+    def add(self, chat_id: str, before: Chat | None, decision: Decision, at: datetime,
+            event_id: uuid.UUID | None = None) -> None:
         """Record one decision's result."""
         if decision.chat is not None:
             self.chats[chat_id] = decision.chat
@@ -87,6 +89,7 @@ class Changes:
             if fact.type == "message_recorded":
                 self.message_seq.append(decision.chat.message_count)
                 self.handled_by.append(before.assigned_operator_id if before else None)
+                self.message_event_ids.append(event_id or uuid.uuid4())
 
 
 def _envelope(chat_id: str, fact: Fact, at: datetime):
@@ -145,8 +148,7 @@ class Store:
                 [c for c, _ in msgs], [p.message_id for _, p in msgs], changes.message_seq,
                 [p.sender for _, p in msgs], [p.operator_id for _, p in msgs], [p.text for _, p in msgs],
                 [p.sent_at for _, p in msgs], [p.recorded_at for _, p in msgs],
-                [p.assignment_id for _, p in msgs], changes.handled_by,
-                [uuid.uuid4() for _ in msgs],
+                [p.assignment_id for _, p in msgs], changes.handled_by, changes.message_event_ids,
             )
         if changes.facts:
             envs = [_envelope(chat_id, fact, at) for chat_id, fact, at in changes.facts]
@@ -189,7 +191,7 @@ class Store:
             decision = domain.decide(before, cmd, event.chat_id)
             if decision.chat is not None:
                 chats[event.chat_id] = decision.chat
-            changes.add(event.chat_id, before, decision, at)
+            changes.add(event.chat_id, before, decision, at, event.event_id)
         await self.persist(conn, changes)
         return changes
 

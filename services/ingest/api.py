@@ -128,7 +128,7 @@ async def post_message(
     request: Request,
     chat_id: str = Path(description="The chat; also the Kafka key.",
                         json_schema_extra={"pattern": ID_PATTERN}),
-    _: Principal = Depends(require("frontend")),
+    me: Principal = Depends(require("frontend", "operator")),
 ) -> AcceptedOut:
     """Validate one message, publish its event, answer with its event id."""
     body = await read_body(request, domain.MAX_MESSAGE_BYTES)
@@ -139,6 +139,10 @@ async def post_message(
         errors = domain.field_errors(exc)
         metrics.rejected(errors[0]["type"])
         raise _invalid(errors) from None
+    if me.role == "operator" and (message.sender != "operator" or message.operator_id != me.sub):
+        # The console replies with the operator's own token: it may speak only as that operator.
+        metrics.rejected("operator_mismatch")
+        raise ApiError(403, "operator_mismatch", "an operator token may only post operator messages as itself")
     draft = domain.draft(chat_id, message, new_event_id(), utcnow())
     try:
         [answer] = await handlers.accept_messages(request.app.state.store, request.app.state.publisher, [draft])

@@ -1,0 +1,82 @@
+"""The operator console and admin page in a real headless Chromium, against the running services."""
+
+import contextlib
+import uuid
+from pathlib import Path
+
+import httpx
+from playwright.async_api import async_playwright
+
+from deploy.local.browser import FLAGS, ensure_chromium
+from shared.auth import issue_token
+from tests.e2e.servers import free_port, serving
+from tests.harness import TEST_SECRET, eventually
+
+SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+
+
+def bearer(sub, role):
+    return {"Authorization": f"Bearer {issue_token(TEST_SECRET, sub, role)}"}
+
+
+async def test_an_operator_takes_a_chat_sees_new_messages_and_replies_in_the_browser(env):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in ("ingest", "assigner", "stats")}
+    settings = env.with_settings(ingest_url=f"http://127.0.0.1:{ports['ingest']}",
+                                 stats_url=f"http://127.0.0.1:{ports['stats']}")
+    chat = f"web-{uuid.uuid4().hex[:6]}"
+    async with contextlib.AsyncExitStack() as stack:
+        urls = {n: await stack.enter_async_context(serving(n, settings, p)) for n, p in ports.items()}
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
+
+        async def user_says(text):
+            r = await http.post(f"{urls['ingest']}/v1/chats/{chat}/messages", headers=bearer("web", "frontend"),
+                                json={"message_id": uuid.uuid4().hex, "sender": "user", "text": text})
+            assert r.status_code == 202, r.text
+
+        await user_says("hey")
+
+        async def queued():
+            r = await http.get(f"{urls['assigner']}/v1/admin/queue", headers=bearer("boss", "admin"))
+            return r.json()["chats_by_state"]["waiting_assignment"] == 1
+
+        await eventually(queued)
+        pw = await stack.enter_async_context(async_playwright())
+        browser = await pw.chromium.launch(executable_path=ensure_chromium(), args=FLAGS, headless=True)
+        stack.push_async_callback(browser.close)
+        page = await (await browser.new_context(viewport={"width": 1100, "height": 800})).new_page()
+
+        await page.goto(f"{urls['assigner']}/console/")
+        await page.fill("#token-input", issue_token(TEST_SECRET, "op-web", "operator"))
+        await page.click("#signin-form button")
+        await page.click("#next")
+        await page.wait_for_selector(f"text=Chat {chat}")
+        await page.wait_for_selector(".msg.user >> text=hey")
+        await page.screenshot(path=str(SHOTS / "console-assigned.png"))
+
+        await user_says("how are you?")
+        await page.wait_for_selector(".msg.user >> text=how are you?", timeout=15000)
+        assert await page.locator(".msg.user").count() == 2
+        await page.screenshot(path=str(SHOTS / "console-second-message.png"))
+
+        await page.fill("#reply", "Hi! I'm well, how can I help?")
+        await page.click("#send")
+        await page.wait_for_selector("text=no longer assigned to you", timeout=15000)
+
+        async def answered():
+            r = await http.get(f"{urls['assigner']}/v1/chats/{chat}", headers=bearer("boss", "admin"))
+            body = r.json()
+            return body if body["state"] == "waiting_real_user_reply" else None
+
+        body = await eventually(answered)
+        assert body["last_operator_id"] == "op-web"
+        assert [m["sender"] for m in body["messages"]] == ["user", "user", "operator"]
+        assert body["messages"][-1]["operator_id"] == "op-web"
+
+        admin = await (await browser.new_context(viewport={"width": 1100, "height": 900})).new_page()
+        await admin.goto(f"{urls['assigner']}/console/admin.html")
+        await admin.fill("#signin-form input", issue_token(TEST_SECRET, "boss", "admin"))
+        await admin.click("#signin-form button")
+        await admin.wait_for_selector('[data-state="waiting_real_user_reply"] >> text=1')
+        await admin.wait_for_selector('[data-operator="op-web"]', timeout=15000)
+        await admin.screenshot(path=str(SHOTS / "admin.png"))
