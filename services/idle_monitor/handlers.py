@@ -39,6 +39,8 @@ GAUGE_REFRESH_S = 1.0
 RETENTION = timedelta(days=8)
 PRUNE_EVERY_S = 3600.0
 PRUNE_BATCH = 10_000
+# A round may wait up to twice the Kafka send timeout; beyond this the ticker counts as stalled.
+STALLED_AFTER_S = 30.0
 
 
 class _ArmedGauge:
@@ -54,9 +56,11 @@ class _ArmedGauge:
         self.value = 0.0
 
     def describe(self):
+        """Nothing: the registry must not reserve this name (see the class docstring)."""
         return []
 
     def collect(self):
+        """The gauge's one sample."""
         yield GaugeMetricFamily(
             "switchboard_idle_timers_armed", "Idle deadlines currently armed.", value=self.value
         )
@@ -115,6 +119,13 @@ class Ticker:
         self.settings = settings
         self.batch_size = batch_size
         self.clock = clock
+        self.last_round = time.monotonic()
+
+    @property
+    def healthy(self) -> bool:
+        """True while rounds keep succeeding (the last one ended recently)."""
+        limit = max(STALLED_AFTER_S, 2 * self.settings.kafka_send_timeout_s + 10 * self.settings.idle_check_interval_s)
+        return time.monotonic() - self.last_round < limit
 
     async def fire_due(self) -> int:
         """Publish `assignment_idle` for each due deadline; delete those Kafka acknowledged; returns that count.
@@ -177,5 +188,6 @@ class Ticker:
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             backoff = interval
+            self.last_round = time.monotonic()
             if fired < self.batch_size:
                 await asyncio.sleep(interval)

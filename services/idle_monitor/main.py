@@ -23,6 +23,13 @@ GROUP_ID = "idle_monitor"
 def create_app(settings: Settings) -> FastAPI:
     """Wire the idle monitor: Postgres store, lifecycle consumer, deadline ticker, HTTP API."""
     runtime = Runtime(settings, "idle_monitor", SCHEMA, MIGRATIONS)
+    tickers: list[handlers.Ticker] = []
+
+    async def readiness() -> dict[str, bool]:
+        """The shared checks plus the ticker's: it must keep completing rounds."""
+        checks = await runtime.readiness()
+        checks["ticker"] = bool(tickers) and all(t.healthy for t in tickers)
+        return checks
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -37,12 +44,13 @@ def create_app(settings: Settings) -> FastAPI:
         ))
         ticker = handlers.Ticker(store, runtime.producer, settings)
         app.state.ticker = ticker
+        tickers.append(ticker)
         runtime.add_loop("idle-ticker", ticker.run)
         await runtime.start_consumers()
         yield
         await runtime.stop()
 
     app = create_http_app("idle_monitor", title="Switchboard idle monitor", lifespan=lifespan,
-                          readiness=runtime.readiness, auth_secret=settings.auth_secret)
+                          readiness=readiness, auth_secret=settings.auth_secret)
     app.include_router(api.router)
     return app

@@ -54,7 +54,8 @@ async def test_the_service_is_ready_and_exposes_its_timer_metrics(env):
         health = await client.get("/healthz")
         openapi = (await client.get("/openapi.json")).json()
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"postgres": True, "migrations": True, "kafka": True, "consumers": True}
+    assert ready.json()["checks"] == {
+        "postgres": True, "migrations": True, "kafka": True, "consumers": True, "ticker": True}
     assert health.json()["service"] == "idle_monitor"
     for declared in ("# TYPE switchboard_idle_timers_armed gauge",
                      "# TYPE switchboard_idle_timers_armed_total counter",
