@@ -174,8 +174,9 @@ def up(demo: bool = typer.Option(True, help="Start the demo traffic generator.")
     console.print(f"  operator console  {base}:{settings.assigner_port}/console/")
     console.print(f"  admin page        {base}:{settings.assigner_port}/console/admin.html")
     console.print(f"  logs              {local_dir() / 'logs'}")
+    console.print("  demo tokens (12 h):")
     for role, sub in (("operator", "op-1"), ("operator", "op-2"), ("admin", "admin"), ("frontend", "web")):
-        console.print(f"  token {role:9s} {sub:6s} {issue_token(settings.auth_secret, sub, role)}")
+        typer.echo(f"    {role:9s} {sub:6s} {issue_token(settings.auth_secret, sub, role)}")
     if detach:
         return
     console.print("Ctrl-C stops everything this command started.")
@@ -235,7 +236,7 @@ def status() -> None:
 
 
 @app.command()
-def demo(rate: float = typer.Option(2.0, help="New user messages per second."),
+def demo(rate: float = typer.Option(0.5, help="New user messages per second."),
          operators: int = typer.Option(3, help="Simulated operators."),
          duration: float = typer.Option(0, help="Seconds to run; 0 runs until stopped.")) -> None:
     """Simulated users and operators against the running services (for the local demo)."""

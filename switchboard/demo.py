@@ -76,12 +76,22 @@ class Demo:
             roll = random.random()
             if roll < 0.8:
                 await self.say(client, a["chat"]["chat_id"], random.choice(REPLIES), operator_id)
+                await self._until_answered(client, url, headers, a["assignment_id"])
             elif roll < 0.9:
                 await client.post(f"{url}/v1/assignments/{a['assignment_id']}/release", headers=headers)
             elif roll < 0.95:
                 await client.post(f"{url}/v1/assignments/{a['assignment_id']}/complete", headers=headers)
             else:
                 await asyncio.sleep(random.uniform(5, 15))  # a silent operator; the idle monitor may step in
+
+    async def _until_answered(self, client, url, headers, assignment_id) -> None:
+        # The reply travels ingest -> Kafka -> assigner; pulling before it lands would return the
+        # same assignment (retry-safe pull) and the operator would answer twice.
+        for _ in range(50):
+            r = await client.get(f"{url}/v1/assignments/current", headers=headers)
+            if r.status_code != 200 or r.json()["assignment_id"] != assignment_id:
+                return
+            await asyncio.sleep(0.2)
 
     async def run(self, duration: float) -> None:
         """Run users and operators until `duration` seconds have passed (0: until cancelled)."""
@@ -106,4 +116,7 @@ class Demo:
 
 def run_demo(settings: Settings, *, rate: float, operators: int, duration: float) -> None:
     """Entry point of `switchboard demo`."""
+    from shared import logs
+
+    logs.configure("demo", settings.log_level)
     asyncio.run(Demo(settings, rate, operators).run(duration))
