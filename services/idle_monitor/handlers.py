@@ -1,7 +1,7 @@
 """The idle monitor's entrypoints: the `chat.lifecycle` subscriber and the ticker that fires deadlines.
 
 Metrics (see docs/metrics.md):
-- `switchboard_idle_timers_armed` (gauge): deadlines armed now, read from Postgres, so every
+- `switchboard_idle_timers_pending` (gauge): deadlines armed now, read from Postgres, so every
   instance reports the same figure (aggregate with `max`, not `sum`).
 - `switchboard_idle_timers_armed_total`, `switchboard_idle_timers_disarmed_total`,
   `switchboard_idle_timers_fired_total` (counters).
@@ -20,8 +20,7 @@ from datetime import timedelta
 from typing import Callable
 
 from aiokafka import AIOKafkaProducer
-from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.idle_monitor import domain
 from services.idle_monitor.store import Applied, Store
@@ -43,31 +42,8 @@ PRUNE_BATCH = 10_000
 STALLED_AFTER_S = 30.0
 
 
-class _ArmedGauge:
-    """`switchboard_idle_timers_armed`: the deadlines armed now, as last counted by a ticker.
-
-    A plain `Gauge` of this name cannot be registered beside the counter
-    `switchboard_idle_timers_armed_total` (prometheus_client reserves a counter's stem), yet
-    the text format served on /metrics names them apart, so this collector describes nothing
-    and only collects.
-    """
-
-    def __init__(self) -> None:
-        self.value = 0.0
-
-    def describe(self):
-        """Nothing: the registry must not reserve this name (see the class docstring)."""
-        return []
-
-    def collect(self):
-        """The gauge's one sample."""
-        yield GaugeMetricFamily(
-            "switchboard_idle_timers_armed", "Idle deadlines currently armed.", value=self.value
-        )
-
-
-TIMERS_ARMED = _ArmedGauge()
-REGISTRY.register(TIMERS_ARMED)
+# Named apart from the counter `..._armed_total`: a gauge and a counter may not share a stem.
+TIMERS_PENDING = Gauge("switchboard_idle_timers_pending", "Idle deadlines armed now (the same figure on every instance).")
 TIMERS_ARMED_TOTAL = Counter("switchboard_idle_timers_armed_total", "Idle deadlines armed.")
 TIMERS_DISARMED_TOTAL = Counter(
     "switchboard_idle_timers_disarmed_total", "Idle deadlines disarmed because their assignment ended."
@@ -160,8 +136,8 @@ class Ticker:
         return len(acked)
 
     async def refresh_gauge(self) -> None:
-        """Count the armed deadlines into `switchboard_idle_timers_armed`."""
-        TIMERS_ARMED.value = float(await self.store.count_armed())
+        """Count the armed deadlines into `switchboard_idle_timers_pending`."""
+        TIMERS_PENDING.set(await self.store.count_armed())
 
     async def run(self) -> None:
         """Fire, refresh the gauge, prune old ids; sleep when idle; back off (bounded) when Kafka or Postgres fail."""

@@ -47,7 +47,7 @@ async def test_the_service_is_ready_and_exposes_its_timer_metrics(env):
 
         async def gauge_shows_one():
             text = (await client.get("/metrics")).text
-            return text if "switchboard_idle_timers_armed 1.0" in text else None
+            return text if "switchboard_idle_timers_pending 1.0" in text else None
 
         text = await harness.eventually(gauge_shows_one, timeout=20)
         ready = await client.get("/readyz")
@@ -57,7 +57,7 @@ async def test_the_service_is_ready_and_exposes_its_timer_metrics(env):
     assert ready.json()["checks"] == {
         "postgres": True, "migrations": True, "kafka": True, "consumers": True, "ticker": True}
     assert health.json()["service"] == "idle_monitor"
-    for declared in ("# TYPE switchboard_idle_timers_armed gauge",
+    for declared in ("# TYPE switchboard_idle_timers_pending gauge",
                      "# TYPE switchboard_idle_timers_armed_total counter",
                      "# TYPE switchboard_idle_timers_fired_total counter",
                      "# TYPE switchboard_idle_fire_lateness_seconds histogram"):

@@ -103,4 +103,4 @@ def test_a_ticker_completing_rounds_is_healthy_and_refreshes_the_armed_gauge():
     ticker.last_round = time.monotonic() - 3600
     asyncio.run(run_briefly(ticker, 0.1))
     assert ticker.healthy
-    assert handlers.TIMERS_ARMED.value == 7.0
+    assert handlers.TIMERS_PENDING._value.get() == 7.0
