@@ -145,7 +145,7 @@ async def post_message(
         raise ApiError(403, "operator_mismatch", "an operator token may only post operator messages as itself")
     draft = domain.draft(chat_id, message, new_event_id(), utcnow())
     try:
-        [answer] = await handlers.accept_messages(request.app.state.store, request.app.state.publisher, [draft])
+        answer = await request.app.state.coalescer.accept(draft)
     except handlers.DatabaseUnavailable:
         raise _unavailable(request, "postgres") from None
     if answer is None:

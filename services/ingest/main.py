@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.ingest import api
+from services.ingest import api, handlers
 from services.ingest.domain import MAX_BATCH_BYTES
 from services.ingest.publisher import Publisher
 from services.ingest.store import Store
@@ -31,7 +31,10 @@ def create_app(settings: Settings) -> FastAPI:
         await publisher.start()
         app.state.store = Store(runtime.pool)
         app.state.publisher = publisher
+        app.state.coalescer = handlers.Coalescer(app.state)
+        app.state.coalescer.start()
         yield
+        await app.state.coalescer.stop()
         await publisher.stop()
         await runtime.stop()
 
