@@ -84,7 +84,7 @@ class Options:
     messages_per_chat: int = 6       # a user opens a new chat after this many messages
     direct_kafka: bool = True        # users (all but http_users) produce straight to chat.inbound
     reply_via: str = "ingest"        # operators reply through "ingest" (HTTP) or "kafka"
-    backlog_cap: int = 4000          # users wait while acked-but-not-applied inbound events exceed this
+    backlog_cap: int = 1500          # users wait while acked-but-not-applied inbound events exceed this
     warmup_s: float = 10.0           # load before the measured window of the max phase
     duration_s: float = 60.0         # measured window of the max phase
     half_duration_s: float = 30.0    # measured window at half the max throughput (0 skips the phase)
@@ -806,6 +806,7 @@ class Load:
         ingest = Conn(self.stack.urls["ingest"]) if self.opts.reply_via == "ingest" else None
         handled: set[str] = set()
         think = (self.opts.scale_think_ms if scale else self.opts.operator_think_ms) / 1000
+        wait = 0.05  # back-off while nothing is waiting or our reply is not applied yet (no busy polling)
         try:
             while self.running:
                 t0 = time.time()
@@ -818,7 +819,8 @@ class Load:
                 dt = time.time() - t0
                 if status == 204:
                     self.rec.pulls.append((t0, dt, "empty"))
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(wait * self.rng.uniform(0.5, 1.5))
+                    wait = min(wait * 2, 0.8)
                     continue
                 if status != 200:
                     self.rec.errors[f"pull_{status}"] += 1
@@ -829,8 +831,10 @@ class Load:
                 if aid in handled:
                     # Our reply is accepted but not applied yet: the assigner still shows the assignment.
                     self.rec.pulls.append((t0, dt, "current"))
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(wait * self.rng.uniform(0.5, 1.5))
+                    wait = min(wait * 2, 0.8)
                     continue
+                wait = 0.05
                 self.rec.pulls.append((t0, dt, "assigned"))
                 handled.add(aid)
                 if len(handled) > 64:
@@ -940,14 +944,15 @@ class Load:
 # ---- analysis from the database ------------------------------------------------------------------
 
 
-async def wait_drained(pool: asyncpg.Pool, rec: Recorder, timeout_s: float) -> dict:
-    """Wait until every acknowledged user and operator message is stored by the assigner (bounded)."""
+async def wait_drained(pool: asyncpg.Pool, rec: Recorder, run_id: str, timeout_s: float) -> dict:
+    """Wait until every acknowledged user and operator message of this run is stored by the assigner (bounded)."""
     started = time.monotonic()
     expected = len(rec.user_acked) + len(rec.op_acked)
     stored = 0
     while time.monotonic() - started < timeout_s:
         async with pool.acquire() as conn:
-            stored = await conn.fetchval("SELECT count(*) FROM assigner.messages")
+            stored = await conn.fetchval("SELECT count(*) FROM assigner.messages WHERE message_id LIKE $1",
+                                         f"b{run_id}-%")
         if stored >= expected:
             break
         await asyncio.sleep(0.5)
@@ -1127,8 +1132,6 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
     sizes = sorted(opts.scale_sizes)
     results = []
     loaded = 0
-    async with pool.acquire() as conn:
-        await conn.execute("SET statement_timeout = 0")
     for size in sizes:
         task = progress.add_task(f"scale      loading {size:,} waiting chats", total=max(1, size - loaded)) \
             if progress else None
@@ -1153,6 +1156,10 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
             progress.update(task, total=total, completed=0, description=f"scale      {size:,} waiting: pulling")
         t0 = time.time()
         cpu0 = load.stack.watched.cpu()
+        spies = []
+        if opts.profile and size == sizes[-1] and not load.stack.external:
+            spies = start_profiles(load.stack, opts.scale_duration_s, Path(opts.output).parent / "profiles",
+                                   names=("assigner",), suffix=f"-scale-{size}")
         try:
             while (el := time.time() - t0) < total:
                 if progress:
@@ -1166,7 +1173,15 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
             load.running = False
             await asyncio.gather(*actors, return_exceptions=True)
         cpu1 = load.stack.watched.cpu()
+        elapsed = time.time() - t0
         after = await load.scrape()
+        profile = {}
+        for name, proc, raw in spies:
+            try:
+                await asyncio.to_thread(proc.wait, timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            profile[name] = summarize_profile(raw)
         measured = [p for p in load.rec.pulls if p[0] >= t0 + 2.0]
         assigned = [p[1] for p in measured if p[2] == "assigned"]
         server = {}
@@ -1184,7 +1199,8 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
             "empty_pulls": sum(1 for p in measured if p[2] == "empty"),
             "release_latency_ms": summary_ms([r[1] for r in load.rec.releases if r[0] >= t0 + 2.0]),
             "server_pull_latency_ms": server, "claim_plan": plan,
-            "cpu_cores": cpu_delta(cpu0, cpu1, total),
+            "cpu_cores": cpu_delta(cpu0, cpu1, elapsed),
+            **({"profile": profile} if profile else {}),
         })
         if progress:
             progress.update(task, completed=total, description=f"scale      {size:,} waiting: done")
@@ -1202,28 +1218,46 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
 # ---- profiling -----------------------------------------------------------------------------------
 
 
-def start_profiles(stack: Stack, seconds: float, out_dir: Path) -> list[tuple[str, subprocess.Popen, Path]]:
+def start_profiles(stack: Stack, seconds: float, out_dir: Path, names=("assigner", "ingest", "stats"),
+                   suffix: str = "") -> list[tuple[str, subprocess.Popen, Path]]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         console.print("[yellow]py-spy not found (pip install py-spy): no profiles[/yellow]")
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     running = []
-    for name in ("assigner", "ingest", "stats"):
+    for name in names:
         pid = stack.watched.pids.get(name)
         if not pid:
             continue
-        raw = out_dir / f"{name}.collapsed.txt"
+        raw = out_dir / f"{name}{suffix}.collapsed.txt"
         proc = subprocess.Popen([spy, "record", "--nonblocking", "-r", "50", "-d", str(int(seconds)), "-p", str(pid),
                                  "--format", "raw", "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         running.append((name, proc, raw))
     return running
 
 
+LIBRARIES = (("asyncpg", "asyncpg"), ("aiokafka", "aiokafka"), ("kafka", "aiokafka"), ("pydantic", "pydantic"),
+             ("fastapi", "fastapi/starlette"), ("starlette", "fastapi/starlette"), ("anyio", "fastapi/starlette"),
+             ("uvicorn", "uvicorn/h11"), ("h11", "uvicorn/h11"), ("httptools", "uvicorn/h11"), ("jwt", "pyjwt"),
+             ("prometheus_client", "prometheus_client"), ("json", "json"), ("ssl", "ssl"), ("asyncio", "asyncio"),
+             ("selectors", "asyncio"), ("threading", "threads (thread pool)"), ("services/", "project"),
+             ("shared/", "project"))
+
+
+def _library(frame: str) -> str:
+    where = frame[frame.rfind("(") + 1:]
+    for needle, name in LIBRARIES:
+        if where.startswith(needle) or f"/{needle}" in where:
+            return name
+    return "other"
+
+
 def summarize_profile(raw: Path, top: int = 12) -> dict:
-    """Top functions by self and inclusive samples from py-spy's collapsed stacks."""
+    """From py-spy's collapsed stacks: top self frames, top project frames (inclusive), time by library."""
     own: dict[str, int] = defaultdict(int)
     incl: dict[str, int] = defaultdict(int)
+    libs: dict[str, int] = defaultdict(int)
     total = 0
     try:
         lines = raw.read_text().splitlines()
@@ -1237,15 +1271,19 @@ def summarize_profile(raw: Path, top: int = 12) -> dict:
         total += count
         frames = stack.split(";")
         own[frames[-1]] += count
+        libs[_library(frames[-1])] += count
         for f in set(frames):
-            incl[f] += count
+            if "(services/" in f or "(shared/" in f:
+                incl[f] += count
     if not total:
         return {}
 
     def fmt(d):
         return [{"frame": k, "share": round(v / total, 3)} for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
 
-    return {"samples": total, "self": fmt(own), "inclusive": fmt(incl), "file": str(raw)}
+    return {"samples": total, "self": fmt(own), "project_inclusive": fmt(incl),
+            "self_by_library": {k: round(v / total, 3) for k, v in sorted(libs.items(), key=lambda kv: -kv[1])},
+            "file": str(raw)}
 
 
 # ---- report --------------------------------------------------------------------------------------
@@ -1355,7 +1393,8 @@ def write_plot(report: dict, path: Path) -> str | None:
     for name, a, b in report["phase_spans"]:
         for axis in (ax, ax2):
             axis.axvspan(a, b, color=colors.get(name, "#f5f5f5"), zorder=0)
-        ax.text((a + b) / 2, ax.get_ylim()[1] * 0.95, name, ha="center", va="top", fontsize=8)
+        if b - a >= 4:
+            ax.text((a + b) / 2, ax.get_ylim()[1] * 0.98, name, ha="center", va="top", fontsize=8)
     ax.legend(loc="lower right", fontsize=8)
     ax2.legend(loc="upper right", fontsize=8)
     if rows == 3:
@@ -1470,8 +1509,10 @@ async def run(settings: Settings, opts: Options) -> dict:
                                   total=None)
             await stack.start()
             progress.update(t, total=1, completed=1, description="ready      services up")
-            pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=4,
-                                             server_settings={"application_name": "switchboard-bench"})
+            loopback = urlparse(stack.database_url).hostname in ("127.0.0.1", "localhost", "::1")
+            pool = await asyncpg.create_pool(
+                stack.database_url, min_size=1, max_size=4, ssl=False if loopback else None,
+                server_settings={"application_name": "switchboard-bench", "statement_timeout": "0"})
             if opts.pgbench:
                 t = progress.add_task(f"pgbench    -N -c {opts.pgbench_clients} -j {opts.pgbench_threads} "
                                       f"-T {opts.pgbench_seconds}", total=None)
@@ -1493,11 +1534,13 @@ async def run(settings: Settings, opts: Options) -> dict:
                     total = opts.warmup_s + opts.duration_s
                     task = progress.add_task("max", total=total)
                     marks: dict[str, Any] = {}
-                    spies = []
-                    if opts.profile and not stack.external:
-                        spies = start_profiles(stack, opts.duration_s, Path(opts.output).parent / "profiles")
+                    spies: list = []
                     t0 = time.time()
                     marks_task = asyncio.create_task(_mark_after(opts.warmup_s, load, marks))
+                    if opts.profile and not stack.external:
+                        # py-spy samples the measured window only (it starts when the warm-up ends)
+                        marks_task.add_done_callback(lambda _: spies.extend(start_profiles(
+                            stack, max(1, opts.duration_s - 1), Path(opts.output).parent / "profiles")))
                     await load.run_phase("max", total, None, task)
                     await marks_task
                     t1 = time.time()
@@ -1510,12 +1553,15 @@ async def run(settings: Settings, opts: Options) -> dict:
                     phases += [("warm-up", t0, start_max), ("max", start_max, t1)]
                     windows["max"] = (start_max, t1)
                     for name, proc, raw in spies:
-                        proc.wait(timeout=opts.duration_s + 30)
+                        try:
+                            await asyncio.to_thread(proc.wait, timeout=30)
+                        except subprocess.TimeoutExpired:
+                            proc.kill()
                     if spies:
                         report["profiles"] = {name: summarize_profile(raw) for name, _, raw in spies}
                     d0 = time.time()
                     task = progress.add_task("drain      waiting for the assigner to catch up", total=None)
-                    drained = await wait_drained(pool, rec, opts.drain_timeout_s)
+                    drained = await wait_drained(pool, rec, run_id, opts.drain_timeout_s)
                     progress.update(task, total=1, completed=1,
                                     description=f"drain      {drained['stored']:,}/{drained['expected']:,} stored "
                                                 f"in {drained['seconds']} s")
@@ -1544,7 +1590,7 @@ async def run(settings: Settings, opts: Options) -> dict:
                         windows["half"] = (hstart, h1)
                         d1 = time.time()
                         task = progress.add_task("drain", total=None)
-                        drained = await wait_drained(pool, rec, opts.drain_timeout_s)
+                        drained = await wait_drained(pool, rec, run_id, opts.drain_timeout_s)
                         extras["half"]["drain"] = drained
                         progress.update(task, total=1, completed=1,
                                         description=f"drain      {drained['stored']:,}/{drained['expected']:,} stored "
@@ -1629,10 +1675,15 @@ def _hist_summary(before, after, group: str) -> dict:
         return {}
     hb = histogram(before or [], "switchboard_event_apply_latency_seconds", group=group)
     ha = histogram(after, "switchboard_event_apply_latency_seconds", group=group)
+    bb = histogram(before or [], "switchboard_consumer_batch_duration_seconds", group=group)
+    ba = histogram(after, "switchboard_consumer_batch_duration_seconds", group=group)
     out = {}
     for name, q in (("p50", 0.5), ("p99", 0.99)):
         v = histogram_quantile(q, ha, hb)
         out[name] = None if v is None else round(v * 1000, 1)
+        v = histogram_quantile(q, ba, bb)
+        out[f"batch_{name}"] = None if v is None else round(v * 1000, 1)  # one partition batch's apply time
+    out["batches"] = int(ba.get(float("inf"), 0) - bb.get(float("inf"), 0))
     return out
 
 
