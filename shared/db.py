@@ -17,15 +17,26 @@ SESSION_SETTINGS = {
 }
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20, app: str = "switchboard") -> asyncpg.Pool:
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook: asyncpg has already rolled back any open transaction.
+
+    The default hook also sends `RESET ALL` and friends, one round trip per release; nothing here
+    needs it: session settings come from `server_settings`, advisory locks are transaction-scoped
+    (the migrator's session lock is released explicitly), and nobody LISTENs on pooled sessions.
+    """
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20, app: str = "switchboard",
+                      server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
     """An asyncpg pool whose sessions carry Switchboard's timeouts and an application name."""
-    settings = dict(SESSION_SETTINGS, application_name=app)
+    settings = dict(SESSION_SETTINGS, application_name=app, **(server_settings or {}))
     extra = {}
     parsed = urlparse(dsn)
     if parsed.hostname in LOOPBACK and "sslmode" not in parsed.query:
         extra["ssl"] = False  # TLS to ourselves only costs CPU; asyncpg would negotiate it by default
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, server_settings=settings, command_timeout=60, **extra
+        dsn, min_size=min_size, max_size=max_size, server_settings=settings, command_timeout=60,
+        reset=_keep_session, **extra,
     )
 
 

@@ -76,7 +76,7 @@ class StuckChat(BaseModel):
     assigned_at: datetime | None
 
 
-def _store(request: Request) -> Store:
+async def _store(request: Request) -> Store:
     return request.app.state.store
 
 
@@ -84,8 +84,7 @@ def _domain_error(exc: domain.DomainError) -> ApiError:
     return ApiError(exc.status, exc.code, str(exc))
 
 
-async def _assignment_body(store: Store, pulled: Pulled) -> dict:
-    chat = await store.chat_view(pulled.chat_id)
+def _assignment_body(store: Store, pulled: Pulled, chat: dict) -> dict:
     return {
         "assignment_id": pulled.assignment_id,
         "chat": chat,
@@ -101,12 +100,12 @@ NO_CONTENT = {204: {"description": "Nothing is waiting for this operator."}}
              summary="Pull the next chat (retry-safe: at capacity, returns the current assignment).")
 async def pull_next(store: Store = Depends(_store), me: Principal = Depends(require("operator"))):
     started = time.perf_counter()
-    pulled = await store.pull(me.sub)
+    pulled, view = await store.pull(me.sub)
     result = "assigned" if pulled.new else ("current" if pulled.assignment_id else "empty")
     metrics.PULL_LATENCY.labels(result).observe(time.perf_counter() - started)
     if pulled.assignment_id is None:
         return Response(status_code=204)
-    return await _assignment_body(store, pulled)
+    return _assignment_body(store, pulled, view)
 
 
 @router.get("/v1/assignments/current", response_model=AssignmentOut, responses=NO_CONTENT, tags=["operator"],
@@ -115,7 +114,7 @@ async def current(store: Store = Depends(_store), me: Principal = Depends(requir
     pulled = await store.current(me.sub)
     if pulled.assignment_id is None:
         return Response(status_code=204)
-    return await _assignment_body(store, pulled)
+    return _assignment_body(store, pulled, await store.chat_view(pulled.chat_id))
 
 
 @router.post("/v1/assignments/{assignment_id}/release", response_model=ReleasedOut, tags=["operator"],

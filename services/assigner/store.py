@@ -197,26 +197,33 @@ class Store:
 
     # ---- operator and admin use cases ---------------------------------------------------
 
-    async def pull(self, operator_id: str) -> Pulled:
-        """Give the operator its current assignment if at capacity, else the next chat it may take."""
+    async def pull(self, operator_id: str) -> tuple[Pulled, dict | None]:
+        """Give the operator its current assignment if at capacity, else the next chat it may take.
+
+        Returns the assignment and the chat view, read in the same transaction (one connection,
+        no second trip through the pool on the hot path).
+        """
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(self.q.lock_operator, operator_id)
             active = await conn.fetch(self.q.active_assignments_of, operator_id)
             if len(active) >= self.settings.operator_capacity:
                 a = active[0]
-                return Pulled(a["assignment_id"], a["chat_id"], a["started_at"], new=False)
+                pulled = Pulled(a["assignment_id"], a["chat_id"], a["started_at"], new=False)
+                return pulled, await self._view(conn, a["chat_id"])
             now = events.utcnow()
             row = await conn.fetchrow(self.q.claim_next_chat, operator_id,
                                       now - timedelta(seconds=self.settings.repeat_cooldown_s))
             if row is None:
-                return Pulled(None, None, None, new=False)
+                return Pulled(None, None, None, new=False), None
             chat = chat_from_row(row)
             cmd = domain.AssignToPuller(operator_id=operator_id, assignment_id=uuid.uuid4(), at=now)
+            decision = domain.decide(chat, cmd)
             changes = Changes()
-            changes.add(chat.chat_id, chat, domain.decide(chat, cmd), now)
+            changes.add(chat.chat_id, chat, decision, now)
             await self.persist(conn, changes)
+            view = _view_of(decision.chat, await conn.fetch(self.q.chat_messages, chat.chat_id, MESSAGES_SHOWN))
         self.count_outcomes(changes)
-        return Pulled(cmd.assignment_id, chat.chat_id, now, new=True)
+        return Pulled(cmd.assignment_id, chat.chat_id, now, new=True), view
 
     async def current(self, operator_id: str) -> Pulled:
         """The operator's oldest active assignment, if any."""
@@ -292,20 +299,13 @@ class Store:
     async def chat_view(self, chat_id: str) -> dict | None:
         """The chat as the API shows it, messages included."""
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(self.q.chat_by_id, chat_id)
-            if row is None:
-                return None
-            msgs = await conn.fetch(self.q.chat_messages, chat_id, MESSAGES_SHOWN)
-        return {
-            "chat_id": row["chat_id"], "state": row["state"],
-            "assigned_operator_id": row["assigned_operator_id"], "last_operator_id": row["last_operator_id"],
-            "waiting_since": row["waiting_since"], "message_count": row["message_count"],
-            "messages": [
-                {"message_id": m["message_id"], "sender": m["sender"], "operator_id": m["operator_id"],
-                 "text": m["text"], "sent_at": m["sent_at"] or m["recorded_at"], "recorded_at": m["recorded_at"]}
-                for m in msgs
-            ],
-        }
+            return await self._view(conn, chat_id)
+
+    async def _view(self, conn: asyncpg.Connection, chat_id: str) -> dict | None:
+        row = await conn.fetchrow(self.q.chat_by_id, chat_id)
+        if row is None:
+            return None
+        return _view_of(row, await conn.fetch(self.q.chat_messages, chat_id, MESSAGES_SHOWN))
 
     async def queue_summary(self) -> dict:
         """Counts per state, oldest waiting age, active assignments per operator."""
@@ -328,6 +328,21 @@ class Store:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(self.q.stuck_chats, cutoff, limit)
         return [dict(r) for r in rows]
+
+
+def _view_of(chat, messages) -> dict:
+    """The API's chat object from a chat (row or domain Chat) and its message rows."""
+    get = chat.__getitem__ if isinstance(chat, asyncpg.Record) else chat.__getattribute__
+    return {
+        "chat_id": get("chat_id"), "state": get("state"),
+        "assigned_operator_id": get("assigned_operator_id"), "last_operator_id": get("last_operator_id"),
+        "waiting_since": get("waiting_since"), "message_count": get("message_count"),
+        "messages": [
+            {"message_id": m["message_id"], "sender": m["sender"], "operator_id": m["operator_id"],
+             "text": m["text"], "sent_at": m["sent_at"] or m["recorded_at"], "recorded_at": m["recorded_at"]}
+            for m in messages
+        ],
+    }
 
 
 def _command_of(event: events.Envelope, at: datetime):

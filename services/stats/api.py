@@ -50,7 +50,7 @@ class ChatStats(BaseModel):
     assignments: int
 
 
-def _store(request: Request) -> Store:
+async def _store(request: Request) -> Store:
     return request.app.state.store
 
 

@@ -16,11 +16,8 @@ QUERIES = db.Queries(Path(__file__).parent / "sql" / "queries.sql")
 
 async def create_pool(settings: Settings, schema: str, *, app: str = "stats", max_size: int | None = None) -> asyncpg.Pool:
     """A pool whose sessions resolve the stats tables in `schema` (live `stats` or a rebuild shadow)."""
-    server_settings = dict(db.SESSION_SETTINGS, application_name=app, search_path=schema)
-    return await asyncpg.create_pool(
-        settings.database_url, min_size=1, max_size=max_size or settings.db_pool_max,
-        server_settings=server_settings, command_timeout=60,
-    )
+    return await db.create_pool(settings.database_url, min_size=1, max_size=max_size or settings.db_pool_max,
+                                app=app, server_settings={"search_path": schema})
 
 
 async def apply_tally(conn: asyncpg.Connection, t: Tally) -> Settled:

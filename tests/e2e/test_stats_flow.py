@@ -119,6 +119,16 @@ async def test_a_random_run_of_over_2000_events_reconciles_exactly_and_rebuild_e
         await asyncio.gather(users(), *(operator(o) for o in operators))
         assert time.monotonic() < deadline + 5, "the run overran its time bound"
 
+        # One operator certainly ends the run holding a chat and silent, so a timeout is exercised.
+        await frontend.send(TOPIC_INBOUND, user_message("chat-silent", "anyone?"))
+        produced["inbound"] += 1
+
+        async def holds():
+            r = await assigner.post("/v1/assignments/next", headers=token(operators[0]))
+            return r.status_code == 200
+
+        await eventually(holds, timeout=30)
+
         # Let every silent assignment time out and every fact be counted, then recount.
         async def settled():
             conn = await env.connect()
