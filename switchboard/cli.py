@@ -274,3 +274,38 @@ def bench_ingest(messages: int = typer.Option(5000, help="Messages to send in al
     from switchboard.bench_ingest import main as bench_main
 
     bench_main(_settings(), messages=messages, concurrency=concurrency, batch=batch, url=url)
+
+
+@app.command()
+def bench(
+    users: Optional[int] = typer.Option(None, help="Simulated users (default 200)."),
+    http_users: Optional[int] = typer.Option(None, help="Users writing through ingest HTTP (default 16)."),
+    operators: Optional[int] = typer.Option(None, help="Simulated operators (default 40)."),
+    user_think_ms: Optional[float] = typer.Option(None, help="Pause between a user's messages (default 0)."),
+    operator_think_ms: Optional[float] = typer.Option(None, help="Pause before replying (default 20)."),
+    warmup_s: Optional[float] = typer.Option(None, help="Warm-up seconds (default 10)."),
+    duration_s: Optional[float] = typer.Option(None, help="Measured seconds at max load (default 60)."),
+    half_duration_s: Optional[float] = typer.Option(None, help="Measured seconds at half load (default 30)."),
+    direct_kafka: Optional[bool] = typer.Option(None, "--direct-kafka/--no-direct-kafka",
+                                                help="Most users produce straight to chat.inbound (default on)."),
+    reply_via: Optional[str] = typer.Option(None, help="Operators reply via 'ingest' or 'kafka'."),
+    pgbench: Optional[bool] = typer.Option(None, "--pgbench/--no-pgbench", help="Run pgbench side by side."),
+    scale_check: Optional[bool] = typer.Option(None, "--scale-check/--no-scale-check",
+                                               help="Pull latency with 1K/100K/1M waiting chats."),
+    scale_sizes: Optional[str] = typer.Option(None, help="Comma-separated queue sizes for the scale check."),
+    scale_operators: Optional[int] = typer.Option(None, help="Concurrent pullers in the scale check (default 200)."),
+    profile: Optional[bool] = typer.Option(None, "--profile/--no-profile", help="py-spy the services."),
+    output: Optional[str] = typer.Option(None, help="JSON report path."),
+    plot: Optional[str] = typer.Option(None, help="PNG plot path."),
+    ingest_url: Optional[str] = typer.Option(None, help="Use a running stack: ingest URL."),
+    assigner_url: Optional[str] = typer.Option(None, help="Use a running stack: assigner URL."),
+    stats_url: Optional[str] = typer.Option(None, help="Use a running stack: stats URL."),
+    keep: Optional[bool] = typer.Option(None, "--keep/--no-keep", help="Keep the bench database and topics."),
+    smoke: Optional[bool] = typer.Option(None, "--smoke/--no-smoke", help="A few seconds with tiny numbers."),
+) -> None:
+    """End-to-end benchmark: throughput, apply/pull latency, pgbench side by side, scale check (docs/performance.md)."""
+    from switchboard.bench import main as bench_main
+
+    options = {k: v for k, v in locals().items() if v is not None and k != "bench_main"}
+    _dev_env()
+    raise typer.Exit(bench_main(_settings(), **options))
