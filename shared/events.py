@@ -37,6 +37,8 @@ class _Strict(BaseModel):
     def _aware(cls, value):
         if isinstance(value, datetime) and value.tzinfo is None:
             raise ValueError("datetime must carry a timezone (UTC)")
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("text must not contain NUL characters (PostgreSQL cannot store them)")
         return value
 
 
