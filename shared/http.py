@@ -43,6 +43,42 @@ def _field_of(err: dict) -> str:
     return ".".join(loc) or "body"
 
 
+class _Observe:
+    """Pure ASGI middleware: 413 by Content-Length, request count and latency by route template.
+
+    (Starlette's BaseHTTPMiddleware costs an extra task and stream per request on the hot path.)
+    """
+
+    def __init__(self, app, service: str, max_body_bytes: int):
+        self.app = app
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                body = {"error": {"code": "payload_too_large", "message": f"body exceeds {self.max_body_bytes} bytes"}}
+                return await JSONResponse(body, status_code=413)(scope, receive, send)
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def observe_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            method = scope["method"]
+            metrics.HTTP_REQUESTS.labels(self.service, template, method, str(status["code"])).inc()
+            metrics.HTTP_LATENCY.labels(self.service, template, method).observe(time.perf_counter() - started)
+
+
 def create_app(service: str, *, title: str, lifespan, readiness: Readiness, auth_secret: str,
                max_body_bytes: int = 1024 * 1024, version: str = "1.0.0",
                cors_origins: tuple[str, ...] = ("*",)) -> FastAPI:
@@ -73,19 +109,7 @@ def create_app(service: str, *, title: str, lifespan, readiness: Readiness, auth
             {"error": {"code": "validation_error", "message": message, "details": details}}, status_code=422
         )
 
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            body = {"error": {"code": "payload_too_large", "message": f"body exceeds {max_body_bytes} bytes"}}
-            return JSONResponse(body, status_code=413)
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        metrics.HTTP_REQUESTS.labels(service, template, request.method, str(response.status_code)).inc()
-        metrics.HTTP_LATENCY.labels(service, template, request.method).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(_Observe, service=service, max_body_bytes=max_body_bytes)
 
     @app.get("/healthz", tags=["ops"], summary="The process is up.")
     async def healthz():
