@@ -238,11 +238,14 @@ def status() -> None:
 @app.command()
 def demo(rate: float = typer.Option(0.5, help="New user messages per second."),
          operators: int = typer.Option(3, help="Simulated operators."),
-         duration: float = typer.Option(0, help="Seconds to run; 0 runs until stopped.")) -> None:
+         duration: float = typer.Option(0, help="Seconds to run; 0 runs until stopped."),
+         ingest_url: Optional[str] = typer.Option(None, help="Ingest base URL (default: local port)."),
+         assigner_url: Optional[str] = typer.Option(None, help="Assigner base URL (default: local port).")) -> None:
     """Simulated users and operators against the running services (for the local demo)."""
     from switchboard.demo import run_demo
 
-    run_demo(_settings(), rate=rate, operators=operators, duration=duration)
+    run_demo(_settings(), rate=rate, operators=operators, duration=duration,
+             ingest_url=ingest_url, assigner_url=assigner_url)
 
 
 @app.command()

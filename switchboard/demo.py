@@ -28,11 +28,14 @@ REPLIES = ["Hello! Let me check that for you.", "Sorry about that — looking in
 class Demo:
     """A small support floor: users open chats and sometimes follow up; operators work the queue."""
 
-    def __init__(self, settings: Settings, rate: float, operators: int):
+    def __init__(self, settings: Settings, rate: float, operators: int,
+                 ingest_url: str | None = None, assigner_url: str | None = None):
         self.settings = settings
         self.rate = rate
         self.operators = operators
-        self.base = f"http://{settings.http_host}"
+        base = f"http://{settings.http_host}"
+        self.ingest_url = (ingest_url or f"{base}:{settings.ingest_port}").rstrip("/")
+        self.assigner_url = (assigner_url or f"{base}:{settings.assigner_port}").rstrip("/")
         self.frontend = {"Authorization": f"Bearer {issue_token(settings.auth_secret, 'demo-web', 'frontend')}"}
         self.open_chats: list[str] = []
         self.stop_at: float | None = None
@@ -46,7 +49,7 @@ class Demo:
                 "sender": "operator" if operator_id else "user"}
         if operator_id:
             body["operator_id"] = operator_id
-        url = f"{self.base}:{self.settings.ingest_port}/v1/chats/{chat_id}/messages"
+        url = f"{self.ingest_url}/v1/chats/{chat_id}/messages"
         r = await client.post(url, json=body, headers=self.frontend)
         if r.status_code != 202:
             log.warning("ingest refused a demo message", extra={"status": r.status_code, "body": r.text[:200]})
@@ -65,7 +68,7 @@ class Demo:
     async def operator(self, client: httpx.AsyncClient, operator_id: str) -> None:
         """Pull, think, then reply (usually), release (sometimes) or go silent (rarely)."""
         headers = {"Authorization": f"Bearer {issue_token(self.settings.auth_secret, operator_id, 'operator')}"}
-        url = f"{self.base}:{self.settings.assigner_port}"
+        url = self.assigner_url
         while self._running():
             r = await client.post(f"{url}/v1/assignments/next", headers=headers)
             if r.status_code != 200:
@@ -114,9 +117,10 @@ class Demo:
                 await asyncio.sleep(1.0)
 
 
-def run_demo(settings: Settings, *, rate: float, operators: int, duration: float) -> None:
+def run_demo(settings: Settings, *, rate: float, operators: int, duration: float,
+             ingest_url: str | None = None, assigner_url: str | None = None) -> None:
     """Entry point of `switchboard demo`."""
     from shared import logs
 
     logs.configure("demo", settings.log_level)
-    asyncio.run(Demo(settings, rate, operators).run(duration))
+    asyncio.run(Demo(settings, rate, operators, ingest_url, assigner_url).run(duration))
