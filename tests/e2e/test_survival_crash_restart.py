@@ -17,7 +17,6 @@ import collections
 import random
 import time
 import uuid
-from urllib.parse import urlparse
 
 import asyncpg
 import httpx
@@ -467,7 +466,10 @@ async def test_every_message_survives_kills_and_restarts_of_services_kafka_and_p
             try:
                 await harness.eventually(settled, timeout=60, interval=0.5)
             except AssertionError:
-                raise AssertionError(f"never quiescent: {await unsettled()}") from None
+                warnings = [ln[:400] for name in SERVICES for ln in fleet[name].log_tail(20000).splitlines()
+                            if '"level": "warning"' in ln or '"level": "error"' in ln][-12:]
+                raise AssertionError(f"never quiescent: {await unsettled()}; last warnings:\n"
+                                     + "\n".join(warnings)) from None
             await check_invariants(conn, CAPACITY)
             lifecycle = await check_lifecycle(settings, conn)
         finally:

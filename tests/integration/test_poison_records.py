@@ -154,10 +154,12 @@ async def test_poison_on_chat_inbound_goes_to_the_dlq_and_later_messages_still_a
 
 async def test_a_message_postgres_cannot_store_goes_to_the_dlq_instead_of_stalling_its_partition(env):
     settings = env.settings
-    nul = user_message("chat-nul", text="a NUL \x00 inside", message_id="m-nul")
+    # Valid JSON, a valid envelope in every other respect; PostgreSQL cannot store U+0000 in text.
+    nul = encode(user_message("chat-nul", text="a NUL <here> inside", message_id="m-nul")).replace(
+        b"<here>", b"\\u0000")
     after = user_message("chat-nul2", text="after it", message_id="m-after")
     async with running("assigner", settings) as api:
-        offsets = await produce(settings, TOPIC_INBOUND, [(b"chat-nul", encode(nul)), (b"chat-nul2", encode(after))])
+        offsets = await produce(settings, TOPIC_INBOUND, [(b"chat-nul", nul), (b"chat-nul2", encode(after))])
 
         async def applied():
             return (await api.get("/v1/chats/chat-nul2", headers=ADMIN)).status_code == 200
@@ -165,7 +167,9 @@ async def test_a_message_postgres_cannot_store_goes_to_the_dlq_instead_of_stalli
         await eventually(applied, timeout=30)
         [record] = await dead_letters(settings, 1)
         assert headers_of(record)["dlq.source_offset"] == str(offsets[0])
-        assert record.value == encode(nul)
+        assert record.value == nul and b"\\u0000" in nul
+        assert headers_of(record)["dlq.reason"]
+        assert (await api.get("/v1/chats/chat-nul", headers=ADMIN)).status_code == 404
 
 
 async def test_poison_on_chat_timeouts_goes_to_the_dlq_and_a_later_timeout_still_applies(env):

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.events import TOPIC_DLQ, TOPIC_INBOUND, TOPIC_LIFECYCLE, encode
+from shared.events import TOPIC_DLQ, TOPIC_INBOUND, TOPIC_LIFECYCLE
 from shared.kafka import ensure_topics
 from switchboard.reconcile import reconcile
 from tests import harness
