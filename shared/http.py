@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Awaitable, Callable
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,6 +17,14 @@ from shared import metrics
 from shared.errors import ApiError
 
 Readiness = Callable[[], Awaitable[dict[str, bool]]]
+
+# Postgres (or the way to it) is down or restarting: the request may be retried, nothing half-done
+# is visible (every write is one transaction). OSError covers refused connections and timeouts.
+DATABASE_DOWN = (
+    asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+    asyncpg.InternalClientError, OSError,
+)
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -34,6 +43,7 @@ ERROR_RESPONSES = {
         401: "Missing, malformed, expired or badly signed bearer token.",
         403: "The token's role or subject may not do this.",
         422: "The request does not match its schema; the message names the field.",
+        503: "A dependency (Postgres or Kafka) is unavailable; retry after Retry-After seconds.",
     }.items()
 }
 
@@ -93,6 +103,14 @@ def create_app(service: str, *, title: str, lifespan, readiness: Readiness, auth
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    async def _database_down(_: Request, exc: Exception):
+        body = {"error": {"code": "postgres_unavailable",
+                          "message": f"the database is unavailable ({type(exc).__name__}); retry shortly"}}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+
+    for kind in DATABASE_DOWN:
+        app.add_exception_handler(kind, _database_down)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException):

@@ -44,6 +44,91 @@ def make_producer(settings: Settings, **overrides) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
+class ResilientProducer:
+    """The idempotent producer, replaced by a fresh one when it cannot recover by itself.
+
+    aiokafka reconnects after a broker restart, but an idempotent producer whose sequence state
+    the broker lost (OutOfOrderSequenceNumber) or whose sender task died fails every send from
+    then on. When sends have failed for longer than three send timeouts, or the sender is dead,
+    the next send goes through a new producer (a new producer id and sequence).
+    """
+
+    def __init__(self, settings: Settings, **overrides):
+        self.settings = settings
+        self.overrides = overrides
+        self.replace_after_s = 3 * settings.kafka_send_timeout_s
+        self._producer: AIOKafkaProducer | None = None
+        self._failing_since: float | None = None
+        self._lock = asyncio.Lock()
+        self.replacements = 0
+
+    async def start(self) -> None:
+        """Start the first producer (raises while Kafka does not answer)."""
+        producer = make_producer(self.settings, **self.overrides)
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Flush and close, bounded: a dead broker must not hang shutdown."""
+        if self._producer is not None:
+            await _bounded_stop(self._producer)
+            self._producer = None
+
+    def _usable(self) -> bool:
+        producer = self._producer
+        if producer is None:
+            return False
+        task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+        if task is not None and task.done():
+            return False
+        return self._failing_since is None or time.monotonic() - self._failing_since < self.replace_after_s
+
+    async def _current(self) -> AIOKafkaProducer:
+        if self._usable():
+            return self._producer  # type: ignore[return-value]
+        async with self._lock:
+            if self._usable():
+                return self._producer  # type: ignore[return-value]
+            old, self._producer = self._producer, None
+            if old is not None:
+                log.warning("replacing the Kafka producer", extra={"client": "switchboard"})
+                self.replacements += 1
+                asyncio.get_running_loop().create_task(_bounded_stop(old))
+            self._failing_since = None
+            await self.start()
+            return self._producer  # type: ignore[return-value]
+
+    def _observe(self, future: asyncio.Future) -> None:
+        if future.cancelled() or future.exception() is not None:
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+        else:
+            self._failing_since = None
+
+    async def send(self, topic: str, value=None, key=None, headers=None) -> asyncio.Future:
+        """Enqueue a record; the returned future resolves once Kafka acknowledged it."""
+        producer = await self._current()
+        try:
+            future = await producer.send(topic, value=value, key=key, headers=headers)
+        except Exception:
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+            raise
+        future.add_done_callback(self._observe)
+        return future
+
+    async def send_and_wait(self, topic: str, value=None, key=None, headers=None):
+        """Send one record and wait for its acknowledgement."""
+        return await (await self.send(topic, value=value, key=key, headers=headers))
+
+
+async def _bounded_stop(producer: AIOKafkaProducer, timeout_s: float = 10.0) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), timeout_s)
+    except Exception as exc:
+        log.warning("Kafka producer did not close cleanly", extra={"error": repr(exc)})
+
+
 async def ensure_topics(settings: Settings, names: Sequence[str] = ALL_TOPICS) -> list[str]:
     """Create the SPEC §2 topics (with the configured prefix) that do not exist yet."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10000)
@@ -158,7 +243,7 @@ class BatchConsumer:
         *,
         settings: Settings,
         pool: asyncpg.Pool,
-        producer: AIOKafkaProducer,
+        producer: "AIOKafkaProducer | ResilientProducer",
         group_id: str,
         topics: Sequence[str],
         claim_sql: str,
@@ -211,7 +296,10 @@ class BatchConsumer:
             except asyncio.TimeoutError:
                 self._task.cancel()
         if self._consumer:
-            await self._consumer.stop()
+            try:  # bounded: leaving the group must not hang shutdown while Kafka is down
+                await asyncio.wait_for(self._consumer.stop(), 15)
+            except Exception as exc:
+                log.warning("consumer did not leave cleanly", extra={"group": self.group_id, "error": repr(exc)})
 
     @property
     def running(self) -> bool:

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 
 from shared import db, migrations
-from shared.kafka import BatchConsumer, ensure_topics, kafka_ready, make_producer
+from shared.kafka import BatchConsumer, ResilientProducer, ensure_topics, kafka_ready
 from shared.settings import Settings
 
 log = logging.getLogger("switchboard.runtime")
@@ -27,7 +26,7 @@ class Runtime:
         self.schema = schema
         self.migrations_dir = migrations_dir
         self.pool: asyncpg.Pool | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.producer: ResilientProducer | None = None
         self.consumers: list[BatchConsumer] = []
         self._loops: list[asyncio.Task] = []
         self._kafka_checked = (0.0, False)
@@ -43,7 +42,7 @@ class Runtime:
             log.info("migrations applied", extra={"schema": self.schema, "count": len(applied)})
         await _retry("kafka topics", lambda: ensure_topics(s))
         if with_producer:
-            self.producer = make_producer(s)
+            self.producer = ResilientProducer(s)
             await _retry("kafka producer", self.producer.start)
 
     def add_consumer(self, consumer: BatchConsumer) -> BatchConsumer:
@@ -86,7 +85,10 @@ class Runtime:
         if self.producer:
             await self.producer.stop()
         if self.pool:
-            await self.pool.close()
+            try:
+                await asyncio.wait_for(self.pool.close(), 10)
+            except asyncio.TimeoutError:
+                self.pool.terminate()
 
     async def readiness(self) -> dict[str, bool]:
         """Kafka and Postgres reachable, migrations applied, consumers alive."""

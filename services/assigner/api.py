@@ -10,13 +10,14 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.assigner import domain, metrics
 from services.assigner.store import Pulled, Store
 from shared.auth import Principal, require
 from shared.errors import ApiError
 from shared.events import ID_PATTERN
+from shared.http import ERROR_SCHEMA
 
 router = APIRouter()
 STATIC = Path(__file__).parent / "static"
@@ -76,6 +77,23 @@ class StuckChat(BaseModel):
     assigned_at: datetime | None
 
 
+def errors(*codes: int) -> dict:
+    """OpenAPI entries for the error statuses a route may answer."""
+    text = {404: "No such chat or assignment.", 409: "The chat or assignment is not in a state that allows it."}
+    return {c: {"description": text[c], "content": {"application/json": {"schema": ERROR_SCHEMA}}} for c in codes}
+
+
+async def _body(request: Request, model: type[BaseModel]):
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw or b"null")
+    except ValidationError as exc:
+        details = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"], "type": e["type"]}
+                   for e in exc.errors()]
+        first = details[0]
+        raise ApiError(422, "validation_error", f"{first['field']}: {first['message']}", details=details) from None
+
+
 async def _store(request: Request) -> Store:
     return request.app.state.store
 
@@ -118,7 +136,7 @@ async def current(store: Store = Depends(_store), me: Principal = Depends(requir
 
 
 @router.post("/v1/assignments/{assignment_id}/release", response_model=ReleasedOut, tags=["operator"],
-             summary="Hand the chat back to the queue (it keeps its place).")
+             summary="Hand the chat back to the queue (it keeps its place).", responses=errors(404, 409))
 async def release(assignment_id: uuid.UUID, store: Store = Depends(_store),
                   me: Principal = Depends(require("operator"))):
     try:
@@ -129,7 +147,7 @@ async def release(assignment_id: uuid.UUID, store: Store = Depends(_store),
 
 
 @router.post("/v1/assignments/{assignment_id}/complete", response_model=ReleasedOut, tags=["operator"],
-             summary="Complete the chat of the caller's active assignment.")
+             summary="Complete the chat of the caller's active assignment.", responses=errors(404, 409))
 async def complete_assignment(assignment_id: uuid.UUID, store: Store = Depends(_store),
                               me: Principal = Depends(require("operator"))):
     try:
@@ -140,7 +158,7 @@ async def complete_assignment(assignment_id: uuid.UUID, store: Store = Depends(_
 
 
 @router.get("/v1/chats/{chat_id}", response_model=ChatOut, tags=["operator"],
-            summary="A chat with its messages (its assigned operator, or an admin).")
+            summary="A chat with its messages (its assigned operator, or an admin).", responses=errors(404))
 async def chat(chat_id: str, store: Store = Depends(_store), me: Principal = Depends(require("operator", "admin"))):
     view = await store.chat_view(chat_id)
     if view is None:
@@ -151,9 +169,14 @@ async def chat(chat_id: str, store: Store = Depends(_store), me: Principal = Dep
 
 
 @router.post("/v1/admin/chats/{chat_id}/reassign", response_model=AssignmentOut, tags=["admin"],
-             summary="Give a chat to an operator; a current assignment ends as reassigned.")
-async def reassign(chat_id: str, body: ReassignIn, store: Store = Depends(_store),
+             summary="Give a chat to an operator; a current assignment ends as reassigned.",
+             responses=errors(404, 409),
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": ReassignIn.model_json_schema()}}}})
+async def reassign(chat_id: str, request: Request, store: Store = Depends(_store),
                    _: Principal = Depends(require("admin"))):
+    # The body is read here, after the token was checked: SPEC §4 wants 401 before any 422.
+    body = await _body(request, ReassignIn)
     try:
         await store.reassign(chat_id, body.operator_id)
     except domain.DomainError as exc:
@@ -168,7 +191,7 @@ async def reassign(chat_id: str, body: ReassignIn, store: Store = Depends(_store
 
 
 @router.post("/v1/admin/chats/{chat_id}/complete", response_model=ChatOut, tags=["admin"],
-             summary="Complete a chat in any state.")
+             summary="Complete a chat in any state.", responses=errors(404, 409))
 async def admin_complete(chat_id: str, store: Store = Depends(_store), me: Principal = Depends(require("admin"))):
     try:
         await store.admin_complete(me.sub, chat_id)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
+from shared.kafka import ResilientProducer
 
 from services.assigner import metrics
 from shared.db import Queries
@@ -25,7 +25,7 @@ log = logging.getLogger("switchboard.assigner.outbox")
 class OutboxRelay:
     """Moves committed lifecycle facts from `assigner.outbox` to Kafka."""
 
-    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings, queries: Queries):
+    def __init__(self, pool: asyncpg.Pool, producer: ResilientProducer, settings: Settings, queries: Queries):
         self.pool = pool
         self.producer = producer
         self.settings = settings

@@ -19,13 +19,12 @@ import time
 from datetime import timedelta
 from typing import Callable
 
-from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.idle_monitor import domain
 from services.idle_monitor.store import Applied, Store
 from shared.events import TOPIC_TIMEOUTS, encode, utcnow
-from shared.kafka import ApplyBatch, Incoming
+from shared.kafka import ApplyBatch, Incoming, ResilientProducer
 from shared.settings import Settings
 
 log = logging.getLogger("switchboard.idle_monitor")
@@ -88,7 +87,7 @@ class FireFailed(RuntimeError):
 class Ticker:
     """Fires due deadlines every `idle_check_interval_s`; several instances may run side by side."""
 
-    def __init__(self, store: Store, producer: AIOKafkaProducer, settings: Settings, *,
+    def __init__(self, store: Store, producer: ResilientProducer, settings: Settings, *,
                  batch_size: int = FIRE_BATCH_SIZE, clock: Callable = utcnow):
         self.store = store
         self.producer = producer

@@ -38,7 +38,8 @@ class MessageIn(_Forbidding):
         None, pattern=ID_PATTERN, validate_default=True,
         description="Required when sender is `operator`, absent when it is `user`.",
     )
-    text: str = Field(min_length=1, max_length=4000, description="1 to 4,000 characters.")
+    text: str = Field(min_length=1, max_length=4000, pattern=r"^[^\x00]*$",
+                      description="1 to 4,000 characters, no NUL (PostgreSQL cannot store it).")
     sent_at: datetime | None = Field(None, description="When the frontend saw it (ISO 8601 with a zone).")
 
     @field_validator("operator_id", mode="after")
