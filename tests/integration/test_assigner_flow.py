@@ -29,11 +29,23 @@ async def wait_state(env, chat_id, state, timeout=20):
     return await eventually(check, timeout=timeout)
 
 
+async def open_chat(env, kafka, chat, text="hey"):
+    """A user writes into a new chat, which is then waiting in the queue."""
+    await kafka.send(TOPIC_INBOUND, user_message(chat, text))
+    await wait_state(env, chat, "waiting_assignment")
+
+
+async def pull(api, operator):
+    """The operator's pull, as JSON (the test expects one)."""
+    r = await api.post("/v1/assignments/next", headers=token(operator))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 async def test_a_user_message_is_queued_and_an_operator_pulls_it(env):
     chat = cid()
     async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
-        await kafka.send(TOPIC_INBOUND, user_message(chat, "hey"))
-        await wait_state(env, chat, "waiting_assignment")
+        await open_chat(env, kafka, chat, "hey")
         r = await api.post("/v1/assignments/next", headers=token("op-a"))
         assert r.status_code == 200, r.text
         body = r.json()
@@ -49,9 +61,8 @@ async def test_a_user_message_is_queued_and_an_operator_pulls_it(env):
 async def test_the_user_writing_again_keeps_the_same_operator_who_sees_both_messages(env):
     chat = cid()
     async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
-        await kafka.send(TOPIC_INBOUND, user_message(chat, "hey"))
-        await wait_state(env, chat, "waiting_assignment")
-        first = (await api.post("/v1/assignments/next", headers=token("op-a"))).json()
+        await open_chat(env, kafka, chat, "hey")
+        first = await pull(api, "op-a")
         await kafka.send(TOPIC_INBOUND, user_message(chat, "how are you?"))
 
         async def both():
@@ -67,20 +78,17 @@ async def test_the_user_writing_again_keeps_the_same_operator_who_sees_both_mess
 async def test_after_answering_the_same_operator_does_not_get_the_chat_back(env):
     first_chat, other_chat = cid(), cid()
     async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
-        await kafka.send(TOPIC_INBOUND, user_message(first_chat, "hey"))
-        await wait_state(env, first_chat, "waiting_assignment")
-        got = (await api.post("/v1/assignments/next", headers=token("op-a"))).json()
+        await open_chat(env, kafka, first_chat, "hey")
+        got = await pull(api, "op-a")
         assert got["chat"]["chat_id"] == first_chat
         await kafka.send(TOPIC_INBOUND, operator_message(first_chat, "op-a", "hello!"))
         row = await wait_state(env, first_chat, "waiting_real_user_reply")
         assert row["assigned_operator_id"] is None and row["last_operator_id"] == "op-a"
-        await kafka.send(TOPIC_INBOUND, user_message(first_chat, "thanks, one more thing"))
-        await wait_state(env, first_chat, "waiting_assignment")
-        await kafka.send(TOPIC_INBOUND, user_message(other_chat, "hi there"))
-        await wait_state(env, other_chat, "waiting_assignment")
-        a = (await api.post("/v1/assignments/next", headers=token("op-a"))).json()
+        await open_chat(env, kafka, first_chat, "thanks, one more thing")
+        await open_chat(env, kafka, other_chat, "hi there")
+        a = await pull(api, "op-a")
         assert a["chat"]["chat_id"] == other_chat
-        b = (await api.post("/v1/assignments/next", headers=token("op-b"))).json()
+        b = await pull(api, "op-b")
         assert b["chat"]["chat_id"] == first_chat
 
 
@@ -88,9 +96,8 @@ async def test_a_lone_operator_gets_the_chat_back_after_the_cooldown(env):
     chat = cid()
     settings = env.with_settings(repeat_cooldown_s=1.0)
     async with running("assigner", settings) as api, Producer(settings) as kafka:
-        await kafka.send(TOPIC_INBOUND, user_message(chat, "hey"))
-        await wait_state(env, chat, "waiting_assignment")
-        got = (await api.post("/v1/assignments/next", headers=token("op-a"))).json()
+        await open_chat(env, kafka, chat, "hey")
+        got = await pull(api, "op-a")
         r = await api.post(f"/v1/assignments/{got['assignment_id']}/release", headers=token("op-a"))
         assert r.status_code == 200
         assert (await api.post("/v1/assignments/next", headers=token("op-a"))).status_code == 204
@@ -102,9 +109,8 @@ async def test_a_lone_operator_gets_the_chat_back_after_the_cooldown(env):
 async def test_an_idle_timeout_requeues_and_a_stale_one_changes_nothing(env):
     chat = cid()
     async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
-        await kafka.send(TOPIC_INBOUND, user_message(chat, "hey"))
-        await wait_state(env, chat, "waiting_assignment")
-        got = (await api.post("/v1/assignments/next", headers=token("op-a"))).json()
+        await open_chat(env, kafka, chat, "hey")
+        got = await pull(api, "op-a")
         stale = AssignmentIdle(event_id=uuid.uuid4(), chat_id=chat, occurred_at=utcnow(), producer="test",
                                payload=AssignmentIdlePayload(assignment_id=uuid.uuid4(), operator_id="op-a",
                                                              deadline=utcnow()))
@@ -127,9 +133,8 @@ async def test_an_idle_timeout_requeues_and_a_stale_one_changes_nothing(env):
 async def test_admin_reassignment_moves_the_chat_and_ends_the_old_assignment(env):
     chat = cid()
     async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
-        await kafka.send(TOPIC_INBOUND, user_message(chat, "hey"))
-        await wait_state(env, chat, "waiting_assignment")
-        old = (await api.post("/v1/assignments/next", headers=token("op-a"))).json()
+        await open_chat(env, kafka, chat, "hey")
+        old = await pull(api, "op-a")
         r = await api.post(f"/v1/admin/chats/{chat}/reassign", json={"operator_id": "op-x"},
                            headers=token("boss", "admin"))
         assert r.status_code == 200, r.text
@@ -149,8 +154,7 @@ async def test_admin_reassignment_moves_the_chat_and_ends_the_old_assignment(env
 async def test_another_operators_message_is_stored_for_its_author_and_changes_no_state(env):
     chat = cid()
     async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
-        await kafka.send(TOPIC_INBOUND, user_message(chat, "hey"))
-        await wait_state(env, chat, "waiting_assignment")
+        await open_chat(env, kafka, chat, "hey")
         await api.post("/v1/assignments/next", headers=token("op-a"))
         await kafka.send(TOPIC_INBOUND, operator_message(chat, "op-b", "I can help too"))
 
@@ -170,22 +174,19 @@ async def test_another_operators_message_is_stored_for_its_author_and_changes_no
 async def test_a_completed_chat_reopens_on_a_user_message(env):
     chat = cid()
     async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
-        await kafka.send(TOPIC_INBOUND, user_message(chat, "hey"))
-        await wait_state(env, chat, "waiting_assignment")
-        got = (await api.post("/v1/assignments/next", headers=token("op-a"))).json()
+        await open_chat(env, kafka, chat, "hey")
+        got = await pull(api, "op-a")
         r = await api.post(f"/v1/assignments/{got['assignment_id']}/complete", headers=token("op-a"))
         assert r.status_code == 200
         await wait_state(env, chat, "completed")
-        await kafka.send(TOPIC_INBOUND, user_message(chat, "back again"))
-        await wait_state(env, chat, "waiting_assignment")
+        await open_chat(env, kafka, chat, "back again")
 
 
 async def test_release_is_refused_for_someone_elses_or_an_ended_assignment(env):
     chat = cid()
     async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
-        await kafka.send(TOPIC_INBOUND, user_message(chat, "hey"))
-        await wait_state(env, chat, "waiting_assignment")
-        got = (await api.post("/v1/assignments/next", headers=token("op-a"))).json()
+        await open_chat(env, kafka, chat, "hey")
+        got = await pull(api, "op-a")
         url = f"/v1/assignments/{got['assignment_id']}/release"
         r = await api.post(url, headers=token("op-b"))
         assert r.status_code == 403 and r.json()["error"]["code"] == "not_your_assignment"
@@ -201,8 +202,7 @@ async def test_release_is_refused_for_someone_elses_or_an_ended_assignment(env):
 async def test_lifecycle_facts_are_published_in_per_chat_order(env):
     chat = cid()
     async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
-        await kafka.send(TOPIC_INBOUND, user_message(chat, "hey"))
-        await wait_state(env, chat, "waiting_assignment")
+        await open_chat(env, kafka, chat, "hey")
         await api.post("/v1/assignments/next", headers=token("op-a"))
         await kafka.send(TOPIC_INBOUND, operator_message(chat, "op-a", "hello"))
         await wait_state(env, chat, "waiting_real_user_reply")
