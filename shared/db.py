@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import asyncpg
+import asyncpg.pool
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 SESSION_SETTINGS = {
@@ -26,6 +27,20 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+ACQUIRE_TIMEOUT_S = 10.0
+
+
+class BoundedPool(asyncpg.pool.Pool):
+    """A pool whose `acquire()` gives up after ACQUIRE_TIMEOUT_S instead of waiting for ever.
+
+    A leaked or stuck connection then surfaces as a TimeoutError (an HTTP 503, a retried consumer
+    batch) with a traceback, not as a silent hang.
+    """
+
+    def acquire(self, *, timeout: float | None = None):
+        return super().acquire(timeout=ACQUIRE_TIMEOUT_S if timeout is None else timeout)
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20, app: str = "switchboard",
                       server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
     """An asyncpg pool whose sessions carry Switchboard's timeouts and an application name."""
@@ -34,9 +49,10 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20, app: s
     parsed = urlparse(dsn)
     if parsed.hostname in LOOPBACK and "sslmode" not in parsed.query:
         extra["ssl"] = False  # TLS to ourselves only costs CPU; asyncpg would negotiate it by default
-    return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, server_settings=settings, command_timeout=60,
-        reset=_keep_session, **extra,
+    return await BoundedPool(
+        dsn, min_size=min_size, max_size=max_size, max_queries=50_000, max_inactive_connection_lifetime=300.0,
+        server_settings=settings, command_timeout=60, reset=_keep_session, loop=None,
+        connection_class=asyncpg.Connection, record_class=asyncpg.Record, **extra,
     )
 
 

@@ -105,12 +105,28 @@ def token(sub: str, role: str = "operator", secret: str = TEST_SECRET) -> dict[s
     return {"Authorization": f"Bearer {issue_token(secret, sub, role)}"}
 
 
+REQUEST_BOUND_S = 60.0
+
+
+class BoundedASGITransport(httpx.ASGITransport):
+    """In-process requests have no network timeout; bound them, and show every task on a hang."""
+
+    async def handle_async_request(self, request):
+        try:
+            return await asyncio.wait_for(super().handle_async_request(request), REQUEST_BOUND_S)
+        except asyncio.TimeoutError:
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=12)
+            raise AssertionError(f"{request.method} {request.url} got no response within {REQUEST_BOUND_S}s "
+                                 "(every task's stack is printed above)") from None
+
+
 @contextlib.asynccontextmanager
 async def running(service: str, settings: Settings):
     """Run a service in-process (its lifespan: consumers, loops) and yield an HTTP client to it."""
     app = registry.module(service).create_app(settings)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        transport = BoundedASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=f"http://{service}") as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
