@@ -32,8 +32,31 @@ def issue_token(secret: str, sub: str, role: str, ttl_s: int = 12 * 3600) -> str
     return jwt.encode({"sub": sub, "role": role, "iat": now, "exp": now + ttl_s}, secret, algorithm=ALGORITHM)
 
 
+_VERIFIED: dict[tuple[str, str], tuple[Principal, float]] = {}
+VERIFIED_CACHE_SIZE = 10_000
+
+
 def verify_token(secret: str, token: str) -> Principal:
-    """Check signature, expiry and claims; raise ApiError(401) on any problem."""
+    """Check signature, expiry and claims; raise ApiError(401) on any problem.
+
+    A token whose signature and claims were checked once is remembered (operators send the same
+    token with every request for hours); its expiry is still checked on every use.
+    """
+    known = _VERIFIED.get((secret, token))
+    if known is not None:
+        principal, exp = known
+        if time.time() < exp:
+            return principal
+        del _VERIFIED[(secret, token)]
+        raise ApiError(401, "token_expired", "the bearer token has expired")
+    principal, exp = _verify(secret, token)
+    if len(_VERIFIED) >= VERIFIED_CACHE_SIZE:
+        _VERIFIED.clear()
+    _VERIFIED[(secret, token)] = (principal, exp)
+    return principal
+
+
+def _verify(secret: str, token: str) -> tuple[Principal, float]:
     try:
         claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "role", "exp"]})
     except jwt.ExpiredSignatureError:
@@ -43,7 +66,7 @@ def verify_token(secret: str, token: str) -> Principal:
     sub, role = claims.get("sub"), claims.get("role")
     if not isinstance(sub, str) or not sub or role not in ROLES:
         raise ApiError(401, "invalid_token", "the bearer token lacks a valid sub or role")
-    return Principal(sub=sub, role=role)
+    return Principal(sub=sub, role=role), float(claims["exp"])
 
 
 async def _principal(request: Request) -> Principal:

@@ -30,9 +30,15 @@ class Runtime:
         self.consumers: list[BatchConsumer] = []
         self._loops: list[asyncio.Task] = []
         self._kafka_checked = (0.0, False)
+        self.uses_kafka = True
 
-    async def start(self, *, with_producer: bool = True) -> None:
-        """Connect to Postgres, apply this schema's migrations, create topics, start the producer."""
+    async def start(self, *, with_producer: bool = True, uses_kafka: bool = True) -> None:
+        """Connect to Postgres, apply this schema's migrations, create topics, start the producer.
+
+        `uses_kafka=False` (the assigner's HTTP-only process): no topics, no producer, and readiness
+        does not depend on Kafka.
+        """
+        self.uses_kafka = uses_kafka
         s = self.settings
         self.pool = await _retry("postgres", lambda: db.create_pool(
             s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max, app=self.service))
@@ -40,6 +46,8 @@ class Runtime:
             applied = await migrations.apply(conn, self.schema, self.migrations_dir)
         if applied:
             log.info("migrations applied", extra={"schema": self.schema, "count": len(applied)})
+        if not uses_kafka:
+            return
         await _retry("kafka topics", lambda: ensure_topics(s))
         if with_producer:
             self.producer = ResilientProducer(s)
@@ -100,7 +108,8 @@ class Runtime:
                     checks["migrations"] = not await migrations.pending(conn, self.schema, self.migrations_dir)
             except Exception:
                 pass
-        checks["kafka"] = await self._kafka_ok()
+        if self.uses_kafka:
+            checks["kafka"] = await self._kafka_ok()
         if self.consumers:
             checks["consumers"] = all(c.running for c in self.consumers)
         return checks

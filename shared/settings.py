@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "switchboard-dev-secret-do-not-use-in-production"
 
-SERVICE_PORTS = {"ingest": 8001, "assigner": 8002, "idle_monitor": 8003, "stats": 8004}
+SERVICE_PORTS = {"ingest": 8001, "assigner": 8002, "idle_monitor": 8003, "stats": 8004, "assigner_worker": 8005}
 
 
 class ConfigError(RuntimeError):
@@ -32,6 +33,10 @@ class Settings(BaseSettings):
     idle_check_interval_s: float = Field(0.2, gt=0)
     repeat_cooldown_s: float = Field(60, ge=0)
     operator_capacity: int = Field(1, ge=1)
+    assigner_mode: Literal["all", "api", "worker"] = Field(
+        "all", description="all: one assigner process does everything; api: HTTP only (operators, admins); "
+                           "worker: the inbound/timeouts consumer, outbox relay and queue gauges only, "
+                           "so its batches never hold up an operator's request.")
 
     consumer_max_records: int = Field(500, ge=1)
     consumer_poll_timeout_ms: int = Field(200, ge=1)
@@ -46,6 +51,7 @@ class Settings(BaseSettings):
     assigner_port: int = SERVICE_PORTS["assigner"]
     idle_monitor_port: int = SERVICE_PORTS["idle_monitor"]
     stats_port: int = SERVICE_PORTS["stats"]
+    assigner_worker_port: int = SERVICE_PORTS["assigner_worker"]
     ingest_url: str = Field("http://127.0.0.1:8001", description="Ingest as browsers reach it (console replies).")
     stats_url: str = Field("http://127.0.0.1:8004", description="Stats as browsers reach it (admin page).")
     log_level: str = "INFO"

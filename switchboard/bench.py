@@ -55,14 +55,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from services.assigner.store import QUERIES as ASSIGNER_QUERIES
 from shared.auth import issue_token
 from shared.events import TOPIC_INBOUND, TOPIC_LIFECYCLE, OperatorMessage, OperatorMessagePayload, UserMessage, \
     UserMessagePayload, encode
 from shared.settings import Settings
+from switchboard.services import PROCESSES
 
 console = Console(stderr=True)
 REPO = Path(__file__).resolve().parents[1]
-SERVICES = ("ingest", "assigner", "idle_monitor", "stats")
+SERVICES = ("ingest", "assigner", "idle_monitor", "stats")  # what a running stack (--*-url) offers
 REPORT_VERSION = 1
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -543,7 +545,7 @@ class Stack:
             self.database_url = settings.database_url
         else:
             self.database_url = with_db(settings.database_url, opts.database)
-            self.ports = {name: free_port() for name in SERVICES}
+            self.ports = {name: free_port() for name in PROCESSES}
             self.settings = settings.model_copy(update=dict(
                 database_url=self.database_url, topic_prefix=f"bench{run_id}.",
                 auth_secret=secrets.token_urlsafe(36), dev_mode=False, topic_partitions=opts.partitions,
@@ -574,11 +576,12 @@ class Stack:
             await recreate_database(self.settings.database_url, self.opts.database)
             self.dir.mkdir(parents=True, exist_ok=True)
             env = self.env()
-            for name in SERVICES:
+            for name, (_, overrides) in PROCESSES.items():
                 pid_file = self.dir / f"{name}.pid"
                 self.pid_files[name] = pid_file
                 pid = process.spawn([sys.executable, "-m", "switchboard", "run", name, "--port", str(self.ports[name])],
-                                    pid_file=pid_file, log_file=self.dir / f"{name}.log", env=env, cwd=REPO)
+                                    pid_file=pid_file, log_file=self.dir / f"{name}.log", env={**env, **overrides},
+                                    cwd=REPO)
                 self.watched.pids[name] = pid
         await self.wait_ready(120)
         if self.external:
@@ -883,11 +886,19 @@ class Load:
     # -- monitor --------------------------------------------------------------------------------
 
     async def scrape(self) -> list | None:
-        try:
-            status, data = await http_get(self.stack.urls["assigner"], "/metrics", timeout=5)
-        except HttpError:
-            return None
-        return parse_metrics(data.decode()) if status == 200 else None
+        """The assigner's metrics: its API process and, when it runs apart, its worker's."""
+        samples = []
+        for name in ("assigner", "assigner_worker"):
+            if name not in self.stack.urls:
+                continue
+            try:
+                status, data = await http_get(self.stack.urls[name], "/metrics", timeout=5)
+            except HttpError:
+                return None
+            if status != 200:
+                return None
+            samples += parse_metrics(data.decode())
+        return samples
 
     async def monitor(self) -> None:
         while True:
@@ -1089,13 +1100,9 @@ async def stats_lag(settings: Settings, pool: asyncpg.Pool, windows: dict[str, t
 
 # ---- scale check ---------------------------------------------------------------------------------
 
-CLAIM_EXPLAIN = """EXPLAIN (ANALYZE, FORMAT JSON)
-SELECT chat_id FROM assigner.chats
-WHERE state = 'waiting_assignment'
-  AND (last_operator_id IS DISTINCT FROM $1::text OR queued_at <= $2::timestamptz)
-ORDER BY waiting_since, chat_id
-LIMIT 1
-FOR UPDATE SKIP LOCKED"""
+# The claim every batch of pulls runs (the assigner's own SQL), for 8 pullers.
+CLAIM_EXPLAIN = "EXPLAIN (ANALYZE, FORMAT JSON) " + ASSIGNER_QUERIES.claim_waiting_chats
+CLAIM_PULLERS = 8
 
 
 async def load_waiting_chats(pool: asyncpg.Pool, first: int, last: int, on_progress=None) -> None:
@@ -1117,7 +1124,7 @@ async def claim_plan(pool: asyncpg.Pool) -> dict:
     """The plan and execution time of the pull's claim query (locks one row; nothing is written)."""
     async with pool.acquire() as conn:
         async with conn.transaction():
-            raw = await conn.fetchval(CLAIM_EXPLAIN, "scale-op-explain", datetime.now(timezone.utc))
+            raw = await conn.fetchval(CLAIM_EXPLAIN, CLAIM_PULLERS)
     plan = json.loads(raw)[0]
     nodes, stack = [], [plan["Plan"]]
     while stack:
@@ -1218,7 +1225,7 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
 # ---- profiling -----------------------------------------------------------------------------------
 
 
-def start_profiles(stack: Stack, seconds: float, out_dir: Path, names=("assigner", "ingest", "stats"),
+def start_profiles(stack: Stack, seconds: float, out_dir: Path, names=("assigner", "assigner_worker", "ingest", "stats"),
                    suffix: str = "") -> list[tuple[str, subprocess.Popen, Path]]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():

@@ -104,19 +104,27 @@ def migrate() -> None:
 
 
 @app.command()
-def run(service: str = typer.Argument(..., help="ingest | assigner | idle_monitor | stats"),
+def run(service: str = typer.Argument(..., help="ingest | assigner | assigner_worker | idle_monitor | stats"),
         port: Optional[int] = typer.Option(None, help="Override the service's HTTP port.")) -> None:
-    """Run one service in the foreground (HTTP and its Kafka loops)."""
+    """Run one service in the foreground (HTTP and its Kafka loops).
+
+    `assigner` alone does all of the assigner's work unless SWITCHBOARD_ASSIGNER_MODE says otherwise;
+    `assigner_worker` is the assigner in worker mode (consumer, outbox relay, gauges) on its own port.
+    """
     import uvicorn
 
     from shared import logs
 
-    if service not in registry.NAMES:
-        console.print(f"[red]unknown service {service!r}; choose from {', '.join(registry.NAMES)}[/red]")
+    if service not in registry.PROCESSES:
+        names = ", ".join(registry.PROCESSES)
+        console.print(f"[red]unknown service {service!r}; choose from {names}[/red]")
         raise typer.Exit(2)
+    code, overrides = registry.PROCESSES[service]
+    if code != service:
+        os.environ.update(overrides)
     settings = _settings()
     logs.configure(service, settings.log_level)
-    application = registry.module(service).create_app(settings)
+    application = registry.module(code).create_app(settings)
     uvicorn.run(application, host=settings.http_host, port=port or settings.port_of(service),
                 log_config=None, timeout_graceful_shutdown=20)
 
@@ -156,11 +164,11 @@ def up(demo: bool = typer.Option(True, help="Start the demo traffic generator.")
     settings = _settings()
     migrate()
     started = []
-    for name in registry.NAMES:
+    for name, (_, overrides) in registry.PROCESSES.items():
         pid_file = _pid_file(name)
         if process.read_pid(pid_file) is None:
             process.spawn([sys.executable, "-m", "switchboard", "run", name], pid_file=pid_file,
-                          log_file=local_dir() / "logs" / f"{name}.log", env=dict(os.environ))
+                          log_file=local_dir() / "logs" / f"{name}.log", env={**os.environ, **overrides})
             started.append(name)
     if demo and process.read_pid(_pid_file("demo")) is None:
         process.spawn([sys.executable, "-m", "switchboard", "demo"], pid_file=_pid_file("demo"),
@@ -168,9 +176,9 @@ def up(demo: bool = typer.Option(True, help="Start the demo traffic generator.")
     _wait_ready(settings)
     base = f"http://{settings.http_host}"
     console.print("[bold green]Switchboard is up[/bold green]")
-    for name in registry.NAMES:
+    for name in registry.PROCESSES:
         port = settings.port_of(name)
-        console.print(f"  {name:13s} {base}:{port}  (metrics {base}:{port}/metrics, API {base}:{port}/docs)")
+        console.print(f"  {name:15s} {base}:{port}  (metrics {base}:{port}/metrics, API {base}:{port}/docs)")
     console.print(f"  operator console  {base}:{settings.assigner_port}/console/")
     console.print(f"  admin page        {base}:{settings.assigner_port}/console/admin.html")
     console.print(f"  logs              {local_dir() / 'logs'}")
@@ -192,7 +200,7 @@ def _wait_ready(settings, timeout_s: float = 90) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
-    pending = set(registry.NAMES)
+    pending = set(registry.PROCESSES)
     while pending and time.monotonic() < deadline:
         for name in list(pending):
             try:
@@ -212,7 +220,7 @@ def down() -> None:
     """Stop the services, the demo, and the Kafka and Postgres this project started."""
     from deploy.local import process
 
-    for name in ("demo", *registry.NAMES):
+    for name in ("demo", *registry.PROCESSES):
         if process.stop(_pid_file(name)):
             console.print(f"{name} stopped")
     infra_down()
@@ -227,12 +235,12 @@ def status() -> None:
 
     settings = _settings()
     console.print(f"kafka pid: {process.read_pid(kafka.layout().pid_file)}")
-    for name in registry.NAMES:
+    for name in registry.PROCESSES:
         try:
             code = httpx.get(f"http://{settings.http_host}:{settings.port_of(name)}/readyz", timeout=2).status_code
         except httpx.HTTPError:
             code = "down"
-        console.print(f"{name:13s} pid {process.read_pid(_pid_file(name))}  readyz {code}")
+        console.print(f"{name:15s} pid {process.read_pid(_pid_file(name))}  readyz {code}")
 
 
 @app.command()

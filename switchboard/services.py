@@ -6,6 +6,18 @@ import importlib
 from pathlib import Path
 
 NAMES = ("ingest", "assigner", "idle_monitor", "stats")
+
+# The processes `switchboard up` and the benchmark start, with the service each runs and the settings
+# it gets. The assigner runs as two: its HTTP API and its worker (the inbound/timeouts consumer, the
+# outbox relay and the queue gauges), so a consumer batch never holds up an operator's pull.
+# `switchboard run assigner` on its own still does everything (SWITCHBOARD_ASSIGNER_MODE=all).
+PROCESSES = {
+    "ingest": ("ingest", {}),
+    "assigner": ("assigner", {"SWITCHBOARD_ASSIGNER_MODE": "api"}),
+    "assigner_worker": ("assigner", {"SWITCHBOARD_ASSIGNER_MODE": "worker"}),
+    "idle_monitor": ("idle_monitor", {}),
+    "stats": ("stats", {}),
+}
 ROOT = Path(__file__).resolve().parents[1] / "services"
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import faulthandler
 import os
+import sys
 from urllib.parse import urlparse
 
 import pytest
@@ -11,6 +14,25 @@ from tests import harness
 
 BASE_URL = os.environ.get("SWITCHBOARD_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/switchboard")
 BOOTSTRAP = os.environ.get("SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+
+
+HANG_REPORT_S = 240  # pytest-timeout ends a test at 300 s; say where it hangs before that
+
+
+def _report_hang(nodeid: str) -> None:
+    print(f"\n=== {nodeid} still running after {HANG_REPORT_S}s; every asyncio task:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=15, file=sys.stderr)
+
+
+@pytest.fixture(autouse=True)
+async def hang_report(request):
+    """On a test that hangs, print every task's and thread's stack (setup and teardown included)."""
+    handle = asyncio.get_running_loop().call_later(HANG_REPORT_S, _report_hang, request.node.nodeid)
+    faulthandler.dump_traceback_later(HANG_REPORT_S + 5, exit=False)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+    handle.cancel()
 
 
 @pytest.fixture(scope="session")

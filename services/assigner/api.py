@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.assigner import domain, metrics
+from services.assigner.batcher import OperatorBatcher
 from services.assigner.store import Pulled, Store
 from shared.auth import Principal, require
 from shared.errors import ApiError
@@ -98,6 +99,19 @@ async def _store(request: Request) -> Store:
     return request.app.state.store
 
 
+async def _batcher(request: Request) -> OperatorBatcher:
+    return request.app.state.batcher
+
+
+def _json(model: type[BaseModel], body: dict) -> Response:
+    """The body checked against its response model and encoded by pydantic-core in one step.
+
+    (Returning a Response skips FastAPI's generic serialisation and the stdlib JSON encoder on the
+    operators' hot routes; the route's response_model still documents it.)
+    """
+    return Response(model.model_validate(body).model_dump_json(), media_type="application/json")
+
+
 def _domain_error(exc: domain.DomainError) -> ApiError:
     return ApiError(exc.status, exc.code, str(exc))
 
@@ -116,14 +130,15 @@ NO_CONTENT = {204: {"description": "Nothing is waiting for this operator."}}
 
 @router.post("/v1/assignments/next", response_model=AssignmentOut, responses=NO_CONTENT, tags=["operator"],
              summary="Pull the next chat (retry-safe: at capacity, returns the current assignment).")
-async def pull_next(store: Store = Depends(_store), me: Principal = Depends(require("operator"))):
+async def pull_next(store: Store = Depends(_store), batcher: OperatorBatcher = Depends(_batcher),
+                    me: Principal = Depends(require("operator"))):
     started = time.perf_counter()
-    pulled, view = await store.pull(me.sub)
+    pulled, view = await batcher.pull(me.sub)
     result = "assigned" if pulled.new else ("current" if pulled.assignment_id else "empty")
     metrics.PULL_LATENCY.labels(result).observe(time.perf_counter() - started)
     if pulled.assignment_id is None:
         return Response(status_code=204)
-    return _assignment_body(store, pulled, view)
+    return _json(AssignmentOut, _assignment_body(store, pulled, view))
 
 
 @router.get("/v1/assignments/current", response_model=AssignmentOut, responses=NO_CONTENT, tags=["operator"],
@@ -137,24 +152,24 @@ async def current(store: Store = Depends(_store), me: Principal = Depends(requir
 
 @router.post("/v1/assignments/{assignment_id}/release", response_model=ReleasedOut, tags=["operator"],
              summary="Hand the chat back to the queue (it keeps its place).", responses=errors(404, 409))
-async def release(assignment_id: uuid.UUID, store: Store = Depends(_store),
+async def release(assignment_id: uuid.UUID, batcher: OperatorBatcher = Depends(_batcher),
                   me: Principal = Depends(require("operator"))):
     try:
-        chat_id = await store.release(me.sub, assignment_id)
+        chat_id = await batcher.release(me.sub, assignment_id)
     except domain.DomainError as exc:
         raise _domain_error(exc) from None
-    return {"assignment_id": assignment_id, "chat_id": chat_id, "status": "released"}
+    return _json(ReleasedOut, {"assignment_id": assignment_id, "chat_id": chat_id, "status": "released"})
 
 
 @router.post("/v1/assignments/{assignment_id}/complete", response_model=ReleasedOut, tags=["operator"],
              summary="Complete the chat of the caller's active assignment.", responses=errors(404, 409))
-async def complete_assignment(assignment_id: uuid.UUID, store: Store = Depends(_store),
+async def complete_assignment(assignment_id: uuid.UUID, batcher: OperatorBatcher = Depends(_batcher),
                               me: Principal = Depends(require("operator"))):
     try:
-        chat_id = await store.complete_own(me.sub, assignment_id)
+        chat_id = await batcher.complete(me.sub, assignment_id)
     except domain.DomainError as exc:
         raise _domain_error(exc) from None
-    return {"assignment_id": assignment_id, "chat_id": chat_id, "status": "completed"}
+    return _json(ReleasedOut, {"assignment_id": assignment_id, "chat_id": chat_id, "status": "completed"})
 
 
 @router.get("/v1/chats/{chat_id}", response_model=ChatOut, tags=["operator"],

@@ -318,3 +318,20 @@ def may_pull(chat: Chat, operator_id: str, now: datetime, cooldown_s: float) -> 
     if chat.last_operator_id != operator_id:
         return True
     return chat.queued_at is not None and now - chat.queued_at >= timedelta(seconds=cooldown_s)
+
+
+def match_pullers(pullers: list[str], candidates: list[Chat], now: datetime, cooldown_s: float) -> list[Chat | None]:
+    """Give each puller, in arrival order, the oldest candidate it may take (invariant 3), or None.
+
+    `candidates` are waiting chats oldest first; each goes to at most one puller. A chat the first
+    puller may not take (it had it last, not cooled down) stays available for the next ones.
+    """
+    taken: set[str] = set()
+    matched: list[Chat | None] = []
+    for operator_id in pullers:
+        pick = next((c for c in candidates if c.chat_id not in taken and may_pull(c, operator_id, now, cooldown_s)),
+                    None)
+        if pick is not None:
+            taken.add(pick.chat_id)
+        matched.append(pick)
+    return matched

@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.assigner import api, handlers
+from services.assigner.batcher import OperatorBatcher
 from services.assigner.outbox import OutboxRelay
 from services.assigner.store import Store
 from shared.events import TOPIC_INBOUND, TOPIC_TIMEOUTS
@@ -22,23 +23,31 @@ GROUP_ID = "assigner"
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """Wire the assigner: Postgres store, inbound/timeouts consumer, outbox relay, HTTP API."""
+    """Wire the assigner: Postgres store, inbound/timeouts consumer, outbox relay, HTTP API.
+
+    SWITCHBOARD_ASSIGNER_MODE splits it: `api` serves HTTP only, `worker` runs the consumer, the
+    relay and the gauges (its HTTP port still answers /healthz, /readyz and /metrics).
+    """
     runtime = Runtime(settings, "assigner", SCHEMA, MIGRATIONS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await runtime.start()
+        await runtime.start(uses_kafka=settings.assigner_mode != "api")
         store = Store(runtime.pool, settings)
         app.state.store = store
+        batcher = OperatorBatcher(store)
+        app.state.batcher = batcher
+        runtime.add_loop("operator-batches", batcher.run)
         app.state.settings = settings
-        runtime.add_consumer(BatchConsumer(
-            settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
-            topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS], claim_sql=store.q.claim_event_ids,
-            apply=handlers.make_apply(store), after_commit=handlers.after_commit,
-        ))
-        relay = OutboxRelay(runtime.pool, runtime.producer, settings, store.q)
-        runtime.add_loop("outbox-relay", relay.run)
-        runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(store))
+        if settings.assigner_mode in ("all", "worker"):
+            runtime.add_consumer(BatchConsumer(
+                settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
+                topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS], claim_sql=store.q.claim_event_ids,
+                apply=handlers.make_apply(store), after_commit=handlers.after_commit,
+            ))
+            relay = OutboxRelay(runtime.pool, runtime.producer, settings, store.q)
+            runtime.add_loop("outbox-relay", relay.run)
+            runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(store))
         await runtime.start_consumers()
         yield
         await runtime.stop()

@@ -15,3 +15,7 @@ PULL_LATENCY = Histogram(
 )
 OUTBOX_BACKLOG = Gauge("switchboard_outbox_backlog", "Lifecycle facts written but not yet published.")
 OUTBOX_PUBLISHED = Counter("switchboard_outbox_published_total", "Lifecycle facts published to chat.lifecycle.")
+OPERATOR_BATCH_COMMANDS = Histogram(
+    "switchboard_operator_batch_commands", "Operator pulls, releases and completions applied per transaction.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Literal
 
 import asyncpg
 
@@ -18,6 +18,7 @@ from shared.settings import Settings
 
 QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
 MESSAGES_SHOWN = 500
+CLAIM_SLACK = 4  # extra candidates a batch of pulls locks, for pullers who may not take the oldest
 
 FACT_MODELS = {
     "message_recorded": events.MessageRecorded,
@@ -43,6 +44,15 @@ class UnknownAssignment(domain.DomainError):
 class OperatorAtCapacity(domain.DomainError):
     status = 409
     code = "operator_at_capacity"
+
+
+@dataclass(frozen=True)
+class OperatorCommand:
+    """An operator's pull, release or completion, applied in a batch with others."""
+
+    kind: Literal["pull", "release", "complete"]
+    operator_id: str
+    assignment_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -197,33 +207,126 @@ class Store:
 
     # ---- operator and admin use cases ---------------------------------------------------
 
-    async def pull(self, operator_id: str) -> tuple[Pulled, dict | None]:
-        """Give the operator its current assignment if at capacity, else the next chat it may take.
+    async def operator_batch(self, commands: list["OperatorCommand"]) -> tuple[list[object], Changes]:
+        """Apply operators' pulls, releases and completions together, in one transaction.
 
-        Returns the assignment and the chat view, read in the same transaction (one connection,
-        no second trip through the pool on the hot path).
+        Returns one result per command, in order (a `Pulled` with its chat view for a pull, the chat
+        id for a release or completion, or the DomainError that refused it) and the changes, whose
+        outcomes the caller counts once committed. Lock order: chats of released/completed
+        assignments (sorted, may wait), then the pullers' advisory locks (sorted, may wait), then
+        waiting chats with SKIP LOCKED (never waits): no cycle with the consumer or another batch.
         """
+        results: list[object] = [None] * len(commands)
+        changes = Changes()
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(self.q.lock_operator, operator_id)
-            active = await conn.fetch(self.q.active_assignments_of, operator_id)
-            if len(active) >= self.settings.operator_capacity:
-                a = active[0]
-                pulled = Pulled(a["assignment_id"], a["chat_id"], a["started_at"], new=False)
-                return pulled, await self._view(conn, a["chat_id"])
-            now = events.utcnow()
-            row = await conn.fetchrow(self.q.claim_next_chat, operator_id,
-                                      now - timedelta(seconds=self.settings.repeat_cooldown_s))
-            if row is None:
-                return Pulled(None, None, None, new=False), None
-            chat = chat_from_row(row)
-            cmd = domain.AssignToPuller(operator_id=operator_id, assignment_id=uuid.uuid4(), at=now)
-            decision = domain.decide(chat, cmd)
-            changes = Changes()
-            changes.add(chat.chat_id, chat, decision, now)
+            chats: dict[str, Chat] = {}
+            enders = [i for i, c in enumerate(commands) if c.kind != "pull"]
+            if enders:
+                rows = await conn.fetch(self.q.assignments_by_ids, list({commands[i].assignment_id for i in enders}))
+                records = {r["assignment_id"]: r for r in rows}
+                chats = await self.lock_chats(conn, {r["chat_id"] for r in rows})
+                now = events.utcnow()  # read under the locks: times follow commit order
+                for i in enders:
+                    try:
+                        chat, cmd = self._ending(commands[i], records.get(commands[i].assignment_id), chats, now)
+                        decision = domain.decide(chat, cmd)
+                    except domain.DomainError as exc:
+                        results[i] = exc
+                        continue
+                    if decision.chat is not None:
+                        chats[chat.chat_id] = decision.chat
+                    changes.add(chat.chat_id, chat, decision, now)
+                    results[i] = chat.chat_id
+            pullers = [i for i, c in enumerate(commands) if c.kind == "pull"]
+            if pullers:
+                await self._pulls(conn, commands, pullers, results, changes)
             await self.persist(conn, changes)
-            view = _view_of(decision.chat, await conn.fetch(self.q.chat_messages, chat.chat_id, MESSAGES_SHOWN))
-        self.count_outcomes(changes)
-        return Pulled(cmd.assignment_id, chat.chat_id, now, new=True), view
+            shown = [r for r in results if isinstance(r, Pulled) and r.chat_id is not None]
+            if shown:
+                views = await self._views(conn, sorted({p.chat_id for p in shown}))
+                for i, r in enumerate(results):
+                    if isinstance(r, Pulled) and r.chat_id is not None:
+                        results[i] = (r, views.get(r.chat_id))
+            for i, r in enumerate(results):
+                if isinstance(r, Pulled):
+                    results[i] = (r, None)
+        return results, changes
+
+    def _ending(self, command: "OperatorCommand", record, chats: dict[str, Chat], now: datetime):
+        """The chat and domain command of a release or completion, or the error that refuses it."""
+        if record is None:
+            raise UnknownAssignment(f"assignment {command.assignment_id} does not exist")
+        if record["operator_id"] != command.operator_id:
+            raise domain.NotYourAssignment(f"assignment {command.assignment_id} is not yours")
+        if record["ended_at"] is not None:
+            raise domain.AssignmentNotActive(f"assignment {command.assignment_id} ended ({record['outcome']})")
+        chat = chats[record["chat_id"]]
+        if command.kind == "release":
+            return chat, domain.ReleaseAssignment(operator_id=command.operator_id,
+                                                  assignment_id=command.assignment_id, at=now)
+        return chat, domain.CompleteChat(by=f"operator:{command.operator_id}", at=now,
+                                         assignment_id=command.assignment_id, operator_id=command.operator_id)
+
+    async def _pulls(self, conn: asyncpg.Connection, commands, pullers: list[int], results: list,
+                     changes: Changes) -> None:
+        """Pulls of a batch: room is checked under each puller's lock; the oldest chats go first."""
+        capacity = self.settings.operator_capacity
+        operators = sorted({commands[i].operator_id for i in pullers})
+        await conn.execute(self.q.lock_operators, operators)
+        ended = {f.payload.assignment_id for _, f, _ in changes.facts if f.type == "assignment_ended"}
+        active: dict[str, list[tuple]] = {op: [] for op in operators}
+        for r in await conn.fetch(self.q.active_assignments_of_many, operators):
+            if r["assignment_id"] not in ended:
+                active[r["operator_id"]].append((r["assignment_id"], r["chat_id"], r["started_at"]))
+        # After the read: a new assignment starts after every end this transaction saw (and after
+        # the ends of this batch), so the recorded history never shows an operator over capacity.
+        now = events.utcnow()
+        cooled = now - timedelta(seconds=self.settings.repeat_cooldown_s)
+        held = {op: len(a) for op, a in active.items()}
+        wanting = []
+        for i in pullers:
+            op = commands[i].operator_id
+            if held[op] < capacity:
+                held[op] += 1
+                wanting.append(i)
+        if wanting:
+            limit = len(wanting) + CLAIM_SLACK
+            claimed = [chat_from_row(r) for r in await conn.fetch(self.q.claim_waiting_chats, limit)]
+            # Chats released in this batch are waiting again (not yet written): they compete too.
+            requeued = [c for c in changes.chats.values() if c.state == domain.WAITING]
+            candidates = sorted(claimed + requeued, key=lambda c: (c.waiting_since, c.chat_id))
+            picks = domain.match_pullers([commands[i].operator_id for i in wanting], candidates, now,
+                                         self.settings.repeat_cooldown_s)
+            given = [p.chat_id for p in picks if p is not None]
+            for i, pick in zip(wanting, picks):
+                op = commands[i].operator_id
+                if pick is None and len(claimed) == limit:
+                    # Every candidate was this operator's own recent chat: look further down the queue.
+                    row = await conn.fetchrow(self.q.claim_next_chat, op, cooled, given)
+                    pick = chat_from_row(row) if row is not None else None
+                    if pick is not None:
+                        given.append(pick.chat_id)
+                if pick is None:
+                    results[i] = Pulled(None, None, None, new=False)
+                    continue
+                cmd = domain.AssignToPuller(operator_id=op, assignment_id=uuid.uuid4(), at=now)
+                decision = domain.decide(pick, cmd)
+                changes.add(pick.chat_id, pick, decision, now)
+                active[op].append((cmd.assignment_id, pick.chat_id, now))
+                results[i] = Pulled(cmd.assignment_id, pick.chat_id, now, new=True)
+        for i in pullers:
+            if results[i] is None:  # at capacity: the oldest active assignment (retry-safe pull)
+                mine = active[commands[i].operator_id]
+                results[i] = (Pulled(mine[0][0], mine[0][1], mine[0][2], new=False) if mine
+                              else Pulled(None, None, None, new=False))
+
+    async def _views(self, conn: asyncpg.Connection, chat_ids: list[str]) -> dict[str, dict]:
+        """API views of several chats, messages included, read in `conn`'s transaction."""
+        rows = await conn.fetch(self.q.chats_by_ids, chat_ids)
+        messages: dict[str, list] = {c: [] for c in chat_ids}
+        for m in await conn.fetch(self.q.messages_of_chats, chat_ids, MESSAGES_SHOWN):
+            messages[m["chat_id"]].append(m)
+        return {r["chat_id"]: _view_of(r, messages[r["chat_id"]]) for r in rows}
 
     async def current(self, operator_id: str) -> Pulled:
         """The operator's oldest active assignment, if any."""
@@ -233,14 +336,6 @@ class Store:
             return Pulled(None, None, None, new=False)
         a = active[0]
         return Pulled(a["assignment_id"], a["chat_id"], a["started_at"], new=False)
-
-    async def assignment(self, assignment_id: uuid.UUID):
-        """An assignment record, or UnknownAssignment."""
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(self.q.assignment_by_id, assignment_id)
-        if row is None:
-            raise UnknownAssignment(f"assignment {assignment_id} does not exist")
-        return row
 
     async def _command_on_chat(self, chat_id: str, cmd, operator_lock: str | None = None) -> Changes:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -261,29 +356,6 @@ class Store:
             await self.persist(conn, changes)
         self.count_outcomes(changes)
         return changes
-
-    async def release(self, operator_id: str, assignment_id: uuid.UUID) -> str:
-        """The operator hands its assignment back; returns the chat id."""
-        record = await self._own_assignment(operator_id, assignment_id)
-        cmd = domain.ReleaseAssignment(operator_id=operator_id, assignment_id=assignment_id, at=events.utcnow())
-        await self._command_on_chat(record["chat_id"], cmd)
-        return record["chat_id"]
-
-    async def complete_own(self, operator_id: str, assignment_id: uuid.UUID) -> str:
-        """The operator completes the chat of its active assignment; returns the chat id."""
-        record = await self._own_assignment(operator_id, assignment_id)
-        cmd = domain.CompleteChat(by=f"operator:{operator_id}", at=events.utcnow(),
-                                  assignment_id=assignment_id, operator_id=operator_id)
-        await self._command_on_chat(record["chat_id"], cmd)
-        return record["chat_id"]
-
-    async def _own_assignment(self, operator_id: str, assignment_id: uuid.UUID):
-        record = await self.assignment(assignment_id)
-        if record["operator_id"] != operator_id:
-            raise domain.NotYourAssignment(f"assignment {assignment_id} is not yours")
-        if record["ended_at"] is not None:
-            raise domain.AssignmentNotActive(f"assignment {assignment_id} ended ({record['outcome']})")
-        return record
 
     async def admin_complete(self, admin: str, chat_id: str) -> None:
         """An admin completes a chat in any state."""

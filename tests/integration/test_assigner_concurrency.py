@@ -132,10 +132,16 @@ async def test_a_pull_is_an_index_probe_however_long_the_history(env):
         await conn.execute("""
             INSERT INTO assigner.chats (chat_id, state, waiting_since, queued_at, message_count, created_at, updated_at)
             SELECT 'wait-' || g, 'waiting_assignment', now() - g * interval '1 second', now(), 1, now(), now()
-            FROM generate_series(1, 200) g""")
+            FROM generate_series(1, 2000) g""")
         await conn.execute("ANALYZE assigner.chats")
-        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + QUERIES.claim_next_chat, "op-a", harness.utcnow()))
+        # The batch claim (every pull) and the per-operator fallback (a puller who may not take the oldest).
+        plans = [
+            "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + QUERIES.claim_waiting_chats, 20)),
+            "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + QUERIES.claim_next_chat, "op-a", harness.utcnow(),
+                                                      ["wait-1"])),
+        ]
     finally:
         await conn.close()
-    assert "chats_queue_idx" in plan, plan
-    assert "Seq Scan" not in plan and "Sort" not in plan, plan
+    for plan in plans:
+        assert "chats_queue_idx" in plan, plan
+        assert "Seq Scan" not in plan and "Sort" not in plan, plan

@@ -63,6 +63,24 @@ def test_an_expired_token_is_401(client):
     assert r.status_code == 401 and r.json()["error"]["code"] == "token_expired"
 
 
+def test_a_remembered_token_still_expires(client, monkeypatch):
+    tok = issue_token(SECRET, "op-1", "operator", ttl_s=60)
+    assert client.post("/things", json={"name": "x"}, headers=bearer(tok)).status_code == 200
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    r = client.post("/things", json={"name": "x"}, headers=bearer(tok))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "token_expired"
+
+
+def test_a_remembered_token_is_bound_to_its_secret():
+    tok = issue_token(SECRET, "op-1", "operator")
+    assert TestClient(make_app()).post("/things", json={"name": "x"}, headers=bearer(tok)).status_code == 200
+    other = make_app()
+    other.state.auth_secret = "another-secret-0123456789abcdefghijkl"
+    r = TestClient(other).post("/things", json={"name": "x"}, headers=bearer(tok))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token"
+
+
 def test_a_token_without_role_is_401(client):
     tok = jwt.encode({"sub": "op-1", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
     assert client.post("/things", json={"name": "x"}, headers=bearer(tok)).status_code == 401

@@ -95,15 +95,61 @@ WHERE operator_id = $1 AND ended_at IS NULL
 ORDER BY started_at, assignment_id;
 
 -- name: claim_next_chat
--- The oldest waiting chat this operator may take (not theirs last, unless cooled down), skipping locked rows.
+-- The oldest waiting chat this operator may take (not theirs last, unless cooled down), skipping locked
+-- rows and the chats in $3 (already given to other pullers by this transaction).
 SELECT chat_id, state, assigned_operator_id, last_operator_id, assignment_id, waiting_since, queued_at,
        operator_replied_at, last_user_message_at, message_count, created_at
 FROM assigner.chats
 WHERE state = 'waiting_assignment'
   AND (last_operator_id IS DISTINCT FROM $1::text OR queued_at <= $2::timestamptz)
+  AND chat_id <> ALL($3::text[])
 ORDER BY waiting_since, chat_id
 LIMIT 1
 FOR UPDATE SKIP LOCKED;
+
+-- name: claim_waiting_chats
+-- The $1 oldest waiting chats nobody else holds, locked: candidates for a batch of pulls.
+SELECT chat_id, state, assigned_operator_id, last_operator_id, assignment_id, waiting_since, queued_at,
+       operator_replied_at, last_user_message_at, message_count, created_at
+FROM assigner.chats
+WHERE state = 'waiting_assignment'
+ORDER BY waiting_since, chat_id
+LIMIT $1
+FOR UPDATE SKIP LOCKED;
+
+-- name: lock_operators
+-- lock_operator for several operators, in the order given (the caller sorts them: no deadlock).
+SELECT pg_advisory_xact_lock(hashtext('assigner.operator:' || o)) FROM unnest($1::text[]) AS o;
+
+-- name: active_assignments_of_many
+-- Active assignments of several operators, oldest first per operator.
+SELECT operator_id, assignment_id, chat_id, started_at
+FROM assigner.assignments
+WHERE operator_id = ANY($1::text[]) AND ended_at IS NULL
+ORDER BY operator_id, started_at, assignment_id;
+
+-- name: assignments_by_ids
+-- Assignment records by id (absent ids are absent).
+SELECT assignment_id, chat_id, operator_id, ended_at, outcome
+FROM assigner.assignments
+WHERE assignment_id = ANY($1::uuid[]);
+
+-- name: chats_by_ids
+-- Chat rows by id (no lock), as the API shows them.
+SELECT chat_id, state, assigned_operator_id, last_operator_id, assignment_id, waiting_since, queued_at,
+       message_count
+FROM assigner.chats
+WHERE chat_id = ANY($1::text[]);
+
+-- name: messages_of_chats
+-- The most recent messages (up to $2 each) of several chats, oldest first per chat.
+SELECT k.chat_id, m.message_id, m.sender, m.operator_id, m.text, m.sent_at, m.recorded_at
+FROM unnest($1::text[]) AS k(chat_id)
+CROSS JOIN LATERAL (
+    SELECT seq, message_id, sender, operator_id, text, sent_at, recorded_at
+    FROM assigner.messages WHERE chat_id = k.chat_id ORDER BY seq DESC LIMIT $2
+) m
+ORDER BY k.chat_id, m.seq;
 
 -- name: assignment_by_id
 -- One assignment record.
