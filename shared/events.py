@@ -208,6 +208,10 @@ LifecycleFact = Union[
     MessageRecorded, ChatQueued, ChatAssigned, AssignmentEnded, ChatAnswered, ChatCompleted, ChatReopened
 ]
 LifecycleEvent = Annotated[LifecycleFact, Field(discriminator="type")]
+LIFECYCLE_TYPES = frozenset(m.model_fields["type"].default for m in LifecycleFact.__args__)
+# Kafka header carrying the event type on records the assigner's relay publishes, so a consumer
+# that acts on a few types skips the others without parsing them.
+TYPE_HEADER = "type"
 
 INBOUND = TypeAdapter(InboundEvent)
 TIMEOUTS = TypeAdapter(TimeoutEvent)

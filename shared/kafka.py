@@ -21,7 +21,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, To
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
-from shared.events import ADAPTERS, ALL_TOPICS, TOPIC_DLQ, decode_json, utcnow
+from shared.events import ADAPTERS, ALL_TOPICS, LIFECYCLE_TYPES as KNOWN_TYPES, TOPIC_DLQ, TYPE_HEADER, decode_json, utcnow
 from shared.settings import Settings
 
 log = logging.getLogger("switchboard.kafka")
@@ -215,6 +215,18 @@ def _explain(adapter, value: bytes | None) -> None:
     raise Poison("record does not validate as JSON")
 
 
+def _skippable(headers, wanted: frozenset[str]) -> bool:
+    """True when the record's `type` header names a known event type this group does not act on."""
+    for name, value in headers or ():
+        if name == TYPE_HEADER:
+            try:
+                kind = value.decode()
+            except (AttributeError, UnicodeDecodeError):
+                return False
+            return kind in KNOWN_TYPES and kind not in wanted
+    return False
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, lock: asyncio.Lock, group: str, logical: dict[str, str]):
         self._lock = lock
@@ -250,6 +262,7 @@ class BatchConsumer:
         apply: ApplyBatch,
         after_commit: Callable[[object], None] | None = None,
         max_records: int | None = None,
+        wanted_types: frozenset[str] | None = None,
     ):
         self.settings = settings
         self.pool = pool
@@ -260,6 +273,10 @@ class BatchConsumer:
         self.apply = apply
         self.after_commit = after_commit
         self.max_records = max_records or settings.consumer_max_records
+        # Types this group acts on. A record whose `type` header names another known type is
+        # skipped unparsed (its effect here would be nothing); records without the header, or
+        # naming an unknown type, are decoded as usual (so poison still reaches the DLQ).
+        self.wanted_types = wanted_types
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -354,9 +371,13 @@ class BatchConsumer:
         batch, with a sixth of the round trips when six partitions deliver at once.
         """
         good: list[Incoming] = []
+        ignored: dict[str, int] = {}
         for tp, records in live.items():
             logical = self.logical[tp.topic]
             for rec in records:
+                if self.wanted_types is not None and _skippable(rec.headers, self.wanted_types):
+                    ignored[logical] = ignored.get(logical, 0) + 1
+                    continue
                 try:
                     event = decode_record(logical, rec.key, rec.value)
                 except Poison as poison:
@@ -392,6 +413,8 @@ class BatchConsumer:
             counts[key] = counts.get(key, 0) + 1
         for (topic, result_label), n in counts.items():
             metrics.CONSUMER_EVENTS.labels(self.group_id, topic, result_label).inc(n)
+        for topic, n in ignored.items():
+            metrics.CONSUMER_EVENTS.labels(self.group_id, topic, "ignored").inc(n)
         for g in applied:
             metrics.EVENT_APPLY_LATENCY.labels(self.group_id).observe(
                 max(0.0, (now - g.event.occurred_at).total_seconds())

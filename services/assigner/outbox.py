@@ -16,7 +16,7 @@ from shared.kafka import ResilientProducer
 
 from services.assigner import metrics
 from shared.db import Queries
-from shared.events import TOPIC_LIFECYCLE
+from shared.events import TOPIC_LIFECYCLE, TYPE_HEADER
 from shared.settings import Settings
 
 log = logging.getLogger("switchboard.assigner.outbox")
@@ -41,7 +41,8 @@ class OutboxRelay:
             if not rows:
                 return 0
             futures = [
-                await self.producer.send(self.topic, value=r["envelope"].encode(), key=r["chat_id"].encode())
+                await self.producer.send(self.topic, value=r["envelope"].encode(), key=r["chat_id"].encode(),
+                                         headers=[(TYPE_HEADER, r["type"].encode())])
                 for r in rows
             ]
             await asyncio.wait_for(asyncio.gather(*futures), self.settings.kafka_send_timeout_s * 2)

@@ -60,6 +60,10 @@ FIRE_FAILURES = Counter(
 )
 
 
+# The lifecycle facts that arm and disarm deadlines; the others are skipped by their type header.
+WANTED_TYPES = frozenset({"chat_assigned", "assignment_ended"})
+
+
 def make_apply(store: Store, settings: Settings) -> ApplyBatch:
     """The batch handler for `chat.lifecycle`: arm on `chat_assigned`, disarm on `assignment_ended`."""
 

@@ -41,6 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
             topics=[TOPIC_LIFECYCLE], claim_sql=store.q.claim_event_ids,
             apply=handlers.make_apply(store, settings), after_commit=handlers.after_commit,
+            wanted_types=handlers.WANTED_TYPES,
         ))
         ticker = handlers.Ticker(store, runtime.producer, settings)
         app.state.ticker = ticker

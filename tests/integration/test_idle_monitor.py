@@ -219,3 +219,22 @@ async def test_an_undecodable_fact_goes_to_the_dead_letter_topic_and_the_partiti
         dead = await harness.read_topic(settings, "chat.dlq", min_records=1, timeout=10)
     assert [e["payload"]["assignment_id"] for e in events] == [str(assignment)]
     assert [r.value for r in dead] == [b"{not json"]
+
+
+async def test_facts_it_does_not_act_on_are_skipped_by_their_type_header_and_poison_still_reaches_the_dlq(env):
+    settings = env.with_settings(idle_timeout_s=1.0)
+    assignment = uuid.uuid4()
+    async with harness.running("idle_monitor", settings) as api, harness.Producer(settings) as producer:
+        # Typed as a fact the monitor ignores: skipped unparsed, whatever the body.
+        await producer.send_raw(TOPIC_LIFECYCLE, b"{skipped unparsed", b"chat-y", headers=[("type", b"message_recorded")])
+        # An unknown type in the header, and no header at all: decoded, so both are dead letters.
+        await producer.send_raw(TOPIC_LIFECYCLE, b"{bogus type", b"chat-y", headers=[("type", b"no_such_fact")])
+        await producer.send_raw(TOPIC_LIFECYCLE, b"{no header", b"chat-y")
+        fact = chat_assigned("chat-y", assignment)
+        await producer.send_raw(TOPIC_LIFECYCLE, harness.encode(fact), b"chat-y", headers=[("type", b"chat_assigned")])
+        events = await idle_events(settings, expect=1, timeout=10)
+        dead = await harness.read_topic(settings, "chat.dlq", min_records=2, timeout=10)
+        metrics = (await api.get("/metrics")).text
+    assert [e["payload"]["assignment_id"] for e in events] == [str(assignment)]
+    assert sorted(r.value for r in dead) == [b"{bogus type", b"{no header"]
+    assert 'result="ignored"' in metrics and 'topic="chat.lifecycle"' in metrics

@@ -201,7 +201,7 @@ SELECT pg_try_advisory_xact_lock(hashtext('assigner.outbox.relay'));
 
 -- name: outbox_batch
 -- The oldest unpublished facts.
-SELECT id, chat_id, envelope FROM assigner.outbox ORDER BY id LIMIT $1;
+SELECT id, chat_id, type, envelope FROM assigner.outbox ORDER BY id LIMIT $1;
 
 -- name: outbox_delete
 -- Forget facts Kafka has acknowledged.
