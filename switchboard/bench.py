@@ -339,6 +339,15 @@ def proc_cpu_s(pid: int) -> float | None:
     return (int(parts[11]) + int(parts[12])) / CLK_TCK
 
 
+def proc_reaped_children_cpu_s(pid: int) -> float:
+    """CPU seconds of a process's children that exited and were waited for (cutime + cstime)."""
+    try:
+        parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(parts[13]) + int(parts[14])) / CLK_TCK
+
+
 def proc_status_kb(pid: int, key: str) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -415,7 +424,9 @@ class Watched:
             if v is not None:
                 out[name] = v
         if self.postgres_pid:
-            total = 0.0
+            # Sessions come and go: a backend that exited is counted in the postmaster's reaped
+            # children time, so the total only grows (a bare sum over live pids can go down).
+            total = proc_reaped_children_cpu_s(self.postgres_pid)
             for pid in [self.postgres_pid, *proc_children(self.postgres_pid)]:
                 total += proc_cpu_s(pid) or 0.0
             out["postgres (all sessions)"] = total

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -123,18 +124,11 @@ class Store:
         return {r["chat_id"]: chat_from_row(r) for r in rows}
 
     async def persist(self, conn: asyncpg.Connection, changes: Changes) -> None:
-        """Write chats, assignments, messages and outbox rows of a transaction, set-based."""
-        if changes.chats:
-            cs = list(changes.chats.values())
-            now = events.utcnow()
-            await conn.execute(
-                self.q.upsert_chats,
-                [c.chat_id for c in cs], [c.state for c in cs], [c.assigned_operator_id for c in cs],
-                [c.last_operator_id for c in cs], [c.assignment_id for c in cs], [c.waiting_since for c in cs],
-                [c.queued_at for c in cs], [c.operator_replied_at for c in cs],
-                [c.last_user_message_at for c in cs], [c.message_count for c in cs],
-                [c.created_at or now for c in cs], [now] * len(cs),
-            )
+        """Write chats, assignments, messages and outbox rows of a transaction, set-based.
+
+        At most three statements: first responses and ends (updates of existing assignments),
+        then every insert in one (`write_changes`).
+        """
         firsts, ends, starts, msgs = [], [], [], []
         for chat_id, fact, _at in changes.facts:
             p = fact.payload
@@ -150,23 +144,26 @@ class Store:
             await conn.execute(self.q.mark_first_responses, *map(list, zip(*firsts)))
         if ends:
             await conn.execute(self.q.end_assignments, *map(list, zip(*ends)))
-        if starts:
-            await conn.execute(self.q.insert_assignments, *map(list, zip(*starts)))
-        if msgs:
-            await conn.execute(
-                self.q.insert_messages,
-                [c for c, _ in msgs], [p.message_id for _, p in msgs], changes.message_seq,
-                [p.sender for _, p in msgs], [p.operator_id for _, p in msgs], [p.text for _, p in msgs],
-                [p.sent_at for _, p in msgs], [p.recorded_at for _, p in msgs],
-                [p.assignment_id for _, p in msgs], changes.handled_by, changes.message_event_ids,
-            )
-        if changes.facts:
-            envs = [_envelope(chat_id, fact, at) for chat_id, fact, at in changes.facts]
-            await conn.execute(
-                self.q.insert_outbox,
-                [e.chat_id for e in envs], [e.event_id for e in envs], [e.type for e in envs],
-                [e.model_dump_json() for e in envs],
-            )
+        if not (changes.chats or starts or msgs or changes.facts):
+            return
+        cs = list(changes.chats.values())
+        now = events.utcnow()
+        envs = [_envelope(chat_id, fact, at) for chat_id, fact, at in changes.facts]
+        await conn.execute(
+            self.q.write_changes,
+            [c.chat_id for c in cs], [c.state for c in cs], [c.assigned_operator_id for c in cs],
+            [c.last_operator_id for c in cs], [c.assignment_id for c in cs], [c.waiting_since for c in cs],
+            [c.queued_at for c in cs], [c.operator_replied_at for c in cs],
+            [c.last_user_message_at for c in cs], [c.message_count for c in cs],
+            [c.created_at or now for c in cs], [now] * len(cs),
+            *(map(list, zip(*starts)) if starts else ([], [], [], [], [])),
+            [c for c, _ in msgs], [p.message_id for _, p in msgs], changes.message_seq,
+            [p.sender for _, p in msgs], [p.operator_id for _, p in msgs], [p.text for _, p in msgs],
+            [p.sent_at for _, p in msgs], [p.recorded_at for _, p in msgs],
+            [p.assignment_id for _, p in msgs], changes.handled_by, changes.message_event_ids,
+            [e.chat_id for e in envs], [e.event_id for e in envs], [e.type for e in envs],
+            [e.model_dump_json() for e in envs],
+        )
 
     @staticmethod
     def count_outcomes(changes: Changes) -> None:
@@ -321,12 +318,16 @@ class Store:
                               else Pulled(None, None, None, new=False))
 
     async def _views(self, conn: asyncpg.Connection, chat_ids: list[str]) -> dict[str, dict]:
-        """API views of several chats, messages included, read in `conn`'s transaction."""
-        rows = await conn.fetch(self.q.chats_by_ids, chat_ids)
-        messages: dict[str, list] = {c: [] for c in chat_ids}
-        for m in await conn.fetch(self.q.messages_of_chats, chat_ids, MESSAGES_SHOWN):
-            messages[m["chat_id"]].append(m)
-        return {r["chat_id"]: _view_of(r, messages[r["chat_id"]]) for r in rows}
+        """API views of several chats, messages included, read in `conn`'s transaction (one statement).
+
+        Times inside `messages` are ISO strings; the API's response model reads them as datetimes.
+        """
+        rows = await conn.fetch(self.q.chat_views, chat_ids, MESSAGES_SHOWN)
+        return {r["chat_id"]: {
+            "chat_id": r["chat_id"], "state": r["state"], "assigned_operator_id": r["assigned_operator_id"],
+            "last_operator_id": r["last_operator_id"], "waiting_since": r["waiting_since"],
+            "message_count": r["message_count"], "messages": json.loads(r["messages"]),
+        } for r in rows}
 
     async def current(self, operator_id: str) -> Pulled:
         """The operator's oldest active assignment, if any."""

@@ -11,7 +11,7 @@ from services.idle_monitor import api, handlers
 from services.idle_monitor.store import Store
 from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
-from shared.kafka import BatchConsumer
+from shared.kafka import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
             topics=[TOPIC_LIFECYCLE], claim_sql=store.q.claim_event_ids,
             apply=handlers.make_apply(store, settings), after_commit=handlers.after_commit,
-            wanted_types=handlers.WANTED_TYPES,
+            wanted_types=handlers.WANTED_TYPES, fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
         ))
         ticker = handlers.Ticker(store, runtime.producer, settings)
         app.state.ticker = ticker

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from services.stats import api, handlers, store
 from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
-from shared.kafka import BatchConsumer
+from shared.kafka import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -32,7 +32,7 @@ def create_app(settings: Settings) -> FastAPI:
         runtime.add_consumer(BatchConsumer(
             settings=settings, pool=pool, producer=runtime.producer, group_id=GROUP_ID,
             topics=[TOPIC_LIFECYCLE], claim_sql=store.QUERIES.claim_event_ids,
-            apply=handlers.make_apply(),
+            apply=handlers.make_apply(), fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
         ))
         await runtime.start_consumers()
         try:

@@ -29,32 +29,50 @@ FROM assigner.messages m
 JOIN unnest($1::text[], $2::text[]) AS k(chat_id, message_id)
   ON m.chat_id = k.chat_id AND m.message_id = k.message_id;
 
--- name: upsert_chats
--- Write the new state of several chats at once.
-INSERT INTO assigner.chats AS c (chat_id, state, assigned_operator_id, last_operator_id, assignment_id,
-                                 waiting_since, queued_at, operator_replied_at, last_user_message_at,
-                                 message_count, created_at, updated_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::timestamptz[],
-                     $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int[],
-                     $11::timestamptz[], $12::timestamptz[])
-ON CONFLICT (chat_id) DO UPDATE SET
-    state = EXCLUDED.state,
-    assigned_operator_id = EXCLUDED.assigned_operator_id,
-    last_operator_id = EXCLUDED.last_operator_id,
-    assignment_id = EXCLUDED.assignment_id,
-    waiting_since = EXCLUDED.waiting_since,
-    queued_at = EXCLUDED.queued_at,
-    operator_replied_at = EXCLUDED.operator_replied_at,
-    last_user_message_at = EXCLUDED.last_user_message_at,
-    message_count = EXCLUDED.message_count,
-    updated_at = EXCLUDED.updated_at;
-
--- name: insert_messages
--- Store recorded messages.
-INSERT INTO assigner.messages (chat_id, message_id, seq, sender, operator_id, text, sent_at, recorded_at,
-                               assignment_id, handled_by, event_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
-                     $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[], $11::uuid[]);
+-- name: write_changes
+-- One round trip for a transaction's inserts: chats upserted, assignments started, messages stored,
+-- facts queued for the relay (in fact order). Updates of existing assignments (first responses,
+-- ends) run before it, as their own statements: an assignment ended and one started on the same
+-- chat must not meet in one statement (the one-active-per-chat index checks each row as it goes).
+WITH chats_written AS (
+    INSERT INTO assigner.chats AS c (chat_id, state, assigned_operator_id, last_operator_id, assignment_id,
+                                     waiting_since, queued_at, operator_replied_at, last_user_message_at,
+                                     message_count, created_at, updated_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::timestamptz[],
+                         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int[],
+                         $11::timestamptz[], $12::timestamptz[])
+    ON CONFLICT (chat_id) DO UPDATE SET
+        state = EXCLUDED.state,
+        assigned_operator_id = EXCLUDED.assigned_operator_id,
+        last_operator_id = EXCLUDED.last_operator_id,
+        assignment_id = EXCLUDED.assignment_id,
+        waiting_since = EXCLUDED.waiting_since,
+        queued_at = EXCLUDED.queued_at,
+        operator_replied_at = EXCLUDED.operator_replied_at,
+        last_user_message_at = EXCLUDED.last_user_message_at,
+        message_count = EXCLUDED.message_count,
+        updated_at = EXCLUDED.updated_at
+    RETURNING 1
+), assignments_started AS (
+    INSERT INTO assigner.assignments (assignment_id, chat_id, operator_id, via, started_at)
+    SELECT * FROM unnest($13::uuid[], $14::text[], $15::text[], $16::text[], $17::timestamptz[])
+    RETURNING 1
+), messages_stored AS (
+    INSERT INTO assigner.messages (chat_id, message_id, seq, sender, operator_id, text, sent_at, recorded_at,
+                                   assignment_id, handled_by, event_id)
+    SELECT * FROM unnest($18::text[], $19::text[], $20::int[], $21::text[], $22::text[], $23::text[],
+                         $24::timestamptz[], $25::timestamptz[], $26::uuid[], $27::text[], $28::uuid[])
+    RETURNING 1
+), facts_queued AS (
+    INSERT INTO assigner.outbox (chat_id, event_id, type, envelope)
+    SELECT chat_id, event_id, type, envelope
+    FROM unnest($29::text[], $30::uuid[], $31::text[], $32::text[]) WITH ORDINALITY
+         AS f(chat_id, event_id, type, envelope, ord)
+    ORDER BY ord
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM chats_written), (SELECT count(*) FROM assignments_started),
+       (SELECT count(*) FROM messages_stored), (SELECT count(*) FROM facts_queued);
 
 -- name: mark_first_responses
 -- Remember when each assignment got its operator's first message.
@@ -69,19 +87,6 @@ UPDATE assigner.assignments a
 SET ended_at = u.ended_at, outcome = u.outcome
 FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS u(assignment_id, ended_at, outcome)
 WHERE a.assignment_id = u.assignment_id AND a.ended_at IS NULL;
-
--- name: insert_assignments
--- Start assignment records.
-INSERT INTO assigner.assignments (assignment_id, chat_id, operator_id, via, started_at)
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]);
-
--- name: insert_outbox
--- Queue lifecycle facts for the relay, in the order given (ids follow fact order).
-INSERT INTO assigner.outbox (chat_id, event_id, type, envelope)
-SELECT chat_id, event_id, type, envelope
-FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[]) WITH ORDINALITY
-     AS f(chat_id, event_id, type, envelope, ord)
-ORDER BY ord;
 
 -- name: lock_operator
 -- Serialise one operator's pulls and reassignments to it (capacity is checked under this lock).
@@ -134,22 +139,19 @@ SELECT assignment_id, chat_id, operator_id, ended_at, outcome
 FROM assigner.assignments
 WHERE assignment_id = ANY($1::uuid[]);
 
--- name: chats_by_ids
--- Chat rows by id (no lock), as the API shows them.
-SELECT chat_id, state, assigned_operator_id, last_operator_id, assignment_id, waiting_since, queued_at,
-       message_count
-FROM assigner.chats
-WHERE chat_id = ANY($1::text[]);
-
--- name: messages_of_chats
--- The most recent messages (up to $2 each) of several chats, oldest first per chat.
-SELECT k.chat_id, m.message_id, m.sender, m.operator_id, m.text, m.sent_at, m.recorded_at
-FROM unnest($1::text[]) AS k(chat_id)
-CROSS JOIN LATERAL (
-    SELECT seq, message_id, sender, operator_id, text, sent_at, recorded_at
-    FROM assigner.messages WHERE chat_id = k.chat_id ORDER BY seq DESC LIMIT $2
-) m
-ORDER BY k.chat_id, m.seq;
+-- name: chat_views
+-- Several chats as the API shows them, each with its most recent messages (up to $2, oldest first)
+-- as a JSON array: one round trip for every chat a batch of pulls hands out.
+SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.waiting_since, c.message_count,
+       coalesce((
+           SELECT json_agg(json_build_object(
+                      'message_id', m.message_id, 'sender', m.sender, 'operator_id', m.operator_id,
+                      'text', m.text, 'sent_at', coalesce(m.sent_at, m.recorded_at),
+                      'recorded_at', m.recorded_at) ORDER BY m.seq)
+           FROM (SELECT * FROM assigner.messages WHERE chat_id = c.chat_id ORDER BY seq DESC LIMIT $2) m
+       ), '[]') AS messages
+FROM assigner.chats c
+WHERE c.chat_id = ANY($1::text[]);
 
 -- name: assignment_by_id
 -- One assignment record.
