@@ -106,3 +106,16 @@ async def test_a_producer_that_cannot_start_is_started_by_a_later_publish():
     assert isinstance(error, ConnectionError)
     assert await pub.publish([("c1", b"a")]) == [None]
     await pub.stop()
+
+
+def test_the_caching_partitioner_maps_keys_exactly_like_the_default_one():
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from shared.kafka import CachingPartitioner
+
+    cached, default = CachingPartitioner(size=5), DefaultPartitioner()
+    for n in (6, 12):  # a new partition count remaps, as the default partitioner would
+        parts = list(range(n))
+        for i in range(40):
+            key = f"chat-{i % 9}".encode()
+            assert cached(key, parts, parts) == default(key, parts, parts)
