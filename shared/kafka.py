@@ -259,14 +259,17 @@ def _skippable(headers, wanted: frozenset[str]) -> bool:
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, lock: asyncio.Lock, group: str, logical: dict[str, str]):
+    def __init__(self, lock: asyncio.Lock, group: str, logical: dict[str, str],
+                 flush: Callable[[], Awaitable[None]]):
         self._lock = lock
         self._group = group
         self._logical = logical
+        self._flush = flush
 
     async def on_partitions_revoked(self, revoked):
         # Wait for the batch in flight: its offsets are committed before the partition goes.
         async with self._lock:
+            await self._flush()
             log.info("partitions revoked", extra={"group": self._group, "partitions": str(sorted(revoked))})
             for tp in revoked:
                 try:  # the new owner reports this partition's lag from now on
@@ -313,6 +316,7 @@ class BatchConsumer:
         # busy topic comes in fewer, larger batches: fewer transactions and loop turns per record.
         self.fetch_min_bytes = fetch_min_bytes
         self._lock = asyncio.Lock()
+        self._commit_task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -334,7 +338,8 @@ class BatchConsumer:
             heartbeat_interval_ms=3_000,
             client_id=f"switchboard-{self.group_id}",
         )
-        self._consumer.subscribe(list(self.logical), listener=_Rebalance(self._lock, self.group_id, self.logical))
+        self._consumer.subscribe(list(self.logical), listener=_Rebalance(self._lock, self.group_id, self.logical,
+                                                                         self._flush_commit))
         await self._consumer.start()
         for logical in self.logical.values():  # a first dead letter must show as an increase from 0
             metrics.DLQ_RECORDS.labels(self.group_id, logical)
@@ -348,6 +353,10 @@ class BatchConsumer:
                 await asyncio.wait_for(self._task, 30)
             except asyncio.TimeoutError:
                 self._task.cancel()
+        try:
+            await asyncio.wait_for(self._flush_commit(), 15)
+        except asyncio.TimeoutError:
+            log.warning("last offset commit did not finish", extra={"group": self.group_id})
         if self._consumer:
             try:  # bounded: leaving the group must not hang shutdown while Kafka is down
                 await asyncio.wait_for(self._consumer.stop(), 15)
@@ -435,11 +444,13 @@ class BatchConsumer:
                                   if r.offset == g.offset)
                     await self._dead_letter(TopicPartition(self.settings.topic(g.topic), g.partition), record,
                                             f"database refused the record: {exc}")
-        try:
-            await consumer.commit({tp: records[-1].offset + 1 for tp, records in live.items()})
-        except (CommitFailedError, IllegalStateError) as exc:
-            # A partition moved to another member; it re-reads these records and skips them by id.
-            log.warning("offset commit refused after rebalance", extra={"group": self.group_id, "error": repr(exc)})
+        # The offsets are committed in the background while the next poll is applied: the effects
+        # and their event ids are already committed in Postgres, so a commit that is late or lost
+        # only makes a restarted or new owner re-read records it then skips by id. One commit is in
+        # flight at a time (they carry increasing offsets); rebalance and stop wait for it.
+        await self._flush_commit()
+        self._commit_task = asyncio.create_task(
+            self._commit(consumer, {tp: records[-1].offset + 1 for tp, records in live.items()}))
         now = utcnow()
         metrics.CONSUMER_BATCH_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
         counts: dict[tuple[str, str], int] = {}
@@ -455,6 +466,21 @@ class BatchConsumer:
             metrics.EVENT_APPLY_LATENCY.labels(self.group_id).observe(
                 max(0.0, (now - g.event.occurred_at).total_seconds())
             )
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> None:
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A partition moved to another member; it re-reads these records and skips them by id.
+            log.warning("offset commit refused after rebalance", extra={"group": self.group_id, "error": repr(exc)})
+        except Exception as exc:  # Kafka unavailable: the next commit carries these offsets too
+            log.warning("offset commit failed", extra={"group": self.group_id, "error": repr(exc)})
+
+    async def _flush_commit(self) -> None:
+        """Wait for the offset commit in flight, if any."""
+        task, self._commit_task = self._commit_task, None
+        if task is not None:
+            await asyncio.shield(task)
 
     async def _apply(self, good: list[Incoming]) -> list[Incoming]:
         """Claim the events' ids and apply the new ones in one transaction; returns those applied."""
