@@ -86,12 +86,17 @@ class Runtime:
         for task in self._loops:
             task.cancel()
         for task in self._loops:
-            try:
-                await task
+            try:  # bounded: a loop stuck in a cancelled query or send must not hold shutdown
+                await asyncio.wait_for(task, 10)
+            except asyncio.TimeoutError:
+                log.warning("background loop did not stop within 10 s", extra={"loop": task.get_name()})
             except (asyncio.CancelledError, Exception):
                 pass
         if self.producer:
-            await self.producer.stop()
+            try:  # flushes what is queued; bounded while Kafka is unreachable
+                await asyncio.wait_for(self.producer.stop(), 20)
+            except Exception as exc:
+                log.warning("producer did not stop cleanly", extra={"error": repr(exc)})
         if self.pool:
             try:
                 await asyncio.wait_for(self.pool.close(), 10)

@@ -402,12 +402,21 @@ def listener_pid(port: int) -> int | None:
     return None
 
 
+def _cpu_line() -> list[int]:
+    return [int(c) for c in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+
 def machine_cpu_s() -> float:
-    """Busy CPU seconds of the whole machine (all cores) since boot."""
-    cols = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    vals = [int(c) for c in cols]
+    """Busy CPU seconds of the whole machine (all cores) since boot, steal excluded."""
+    vals = _cpu_line()
     idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-    return (sum(vals[:8]) - idle) / CLK_TCK
+    return (sum(vals[:7]) - idle) / CLK_TCK
+
+
+def machine_steal_s() -> float:
+    """CPU seconds the hypervisor gave to other guests while this one wanted to run (since boot)."""
+    vals = _cpu_line()
+    return vals[7] / CLK_TCK if len(vals) > 7 else 0.0
 
 
 class Watched:
@@ -431,6 +440,7 @@ class Watched:
                 total += proc_cpu_s(pid) or 0.0
             out["postgres (all sessions)"] = total
         out["machine (all processes)"] = machine_cpu_s()
+        out["machine steal (other VMs)"] = machine_steal_s()
         return out
 
     def peak_rss_mb(self) -> dict[str, float]:

@@ -145,14 +145,14 @@ class Producer:
         return self
 
     async def __aexit__(self, *exc):
-        await self._producer.stop()
+        await asyncio.wait_for(self._producer.stop(), 30)
 
     async def send(self, topic: str, event, key: bytes | None = None) -> None:
-        """Send an event model (or raw bytes) to a logical topic."""
+        """Send an event model (or raw bytes) to a logical topic (bounded: a hang fails the test)."""
         value = event if isinstance(event, (bytes, type(None))) else encode(event)
         if key is None and not isinstance(event, (bytes, type(None))):
             key = event.chat_id.encode()
-        await self._producer.send_and_wait(self.settings.topic(topic), value=value, key=key)
+        await asyncio.wait_for(self._producer.send_and_wait(self.settings.topic(topic), value=value, key=key), 60)
 
     async def send_raw(self, topic: str, value: bytes | None, key: bytes | None, headers=None) -> None:
         """Send raw bytes, for poison-record tests."""
