@@ -82,6 +82,15 @@ class OperatorBatcher:
                     continue
                 _fail(batch, exc)
                 return
+            except asyncpg.DataError as exc:
+                # Data the database refuses (class 22) belongs to one command: apply the others
+                # without it, each alone, so only its caller gets the error.
+                if len(batch) == 1:
+                    _fail(batch, exc)
+                    return
+                for item in batch:
+                    await self._apply([item])
+                return
             except Exception as exc:  # Postgres down and the like: every caller gets it (503 in the API)
                 _fail(batch, exc)
                 return

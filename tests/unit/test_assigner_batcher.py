@@ -1,0 +1,83 @@
+"""The operator batcher's queueing and error isolation, with a stand-in store (no database)."""
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from services.assigner.batcher import OperatorBatcher
+from shared.errors import ApiError
+
+
+class FakeStore:
+    """Records each batch; refuses any batch holding operator 'bad' as the database would."""
+
+    def __init__(self, delay: float = 0.0):
+        self.batches: list[list[str]] = []
+        self.delay = delay
+
+    async def operator_batch(self, commands):
+        self.batches.append([c.operator_id for c in commands])
+        await asyncio.sleep(self.delay)
+        if any(c.operator_id == "bad" for c in commands):
+            raise asyncpg.DataError("invalid byte sequence")
+        return [f"chat-of-{c.operator_id}" for c in commands], None
+
+    def count_outcomes(self, changes):
+        pass
+
+
+async def run_with(store, body):
+    batcher = OperatorBatcher(store, workers=1)
+    task = asyncio.create_task(batcher.run())
+    try:
+        return await body(batcher)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_requests_queued_while_a_batch_runs_go_together_into_the_next():
+    store = FakeStore(delay=0.05)
+
+    async def body(batcher):
+        first = asyncio.create_task(batcher.pull("op-1"))
+        await asyncio.sleep(0.01)  # op-1's batch is running now
+        rest = [asyncio.create_task(batcher.pull(f"op-{i}")) for i in range(2, 6)]
+        return await asyncio.gather(first, *rest)
+
+    answers = await run_with(store, body)
+    assert answers == [f"chat-of-op-{i}" for i in range(1, 6)]
+    assert store.batches == [["op-1"], ["op-2", "op-3", "op-4", "op-5"]]
+
+
+async def test_data_the_database_refuses_fails_only_its_own_request():
+    store = FakeStore(delay=0.02)
+
+    async def body(batcher):
+        blocker = asyncio.create_task(batcher.pull("op-0"))
+        await asyncio.sleep(0.005)
+        calls = [asyncio.create_task(batcher.pull(op)) for op in ("op-1", "bad", "op-2")]
+        await blocker
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    good1, bad, good2 = await run_with(store, body)
+    assert (good1, good2) == ("chat-of-op-1", "chat-of-op-2")
+    assert isinstance(bad, asyncpg.DataError)
+
+
+async def test_requests_still_queued_at_shutdown_get_a_retryable_503():
+    store = FakeStore(delay=0.2)
+    batcher = OperatorBatcher(store, workers=1)
+    task = asyncio.create_task(batcher.run())
+    running = asyncio.create_task(batcher.pull("op-1"))
+    await asyncio.sleep(0.01)
+    queued = asyncio.create_task(batcher.pull("op-2"))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    with pytest.raises(ApiError) as refused:
+        await queued
+    assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
