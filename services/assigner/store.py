@@ -178,13 +178,10 @@ class Store:
 
     async def apply_events(self, conn: asyncpg.Connection, items: list[events.Envelope]) -> Changes:
         """Apply inbound messages and timeouts of one partition batch, in order, inside `conn`'s transaction."""
-        chats = await self.lock_chats(conn, (e.chat_id for e in items))
-        msg_events = [e for e in items if e.type in ("user_message", "operator_message")]
-        known = set()
-        if msg_events:
-            rows = await conn.fetch(self.q.known_messages, [e.chat_id for e in msg_events],
-                                    [e.payload.message_id for e in msg_events])
-            known = {(r["chat_id"], r["message_id"]) for r in rows}
+        message_ids = sorted({e.payload.message_id for e in items if e.type in ("user_message", "operator_message")})
+        rows = await conn.fetch(self.q.lock_chats_with_known, sorted({e.chat_id for e in items}), message_ids)
+        chats = {r["chat_id"]: chat_from_row(r) for r in rows}
+        known = {(r["chat_id"], m) for r in rows for m in r["known_message_ids"]}
         changes = Changes()
         for event in items:
             at = events.utcnow()

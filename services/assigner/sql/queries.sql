@@ -22,12 +22,22 @@ WHERE c.chat_id = ANY($1::text[])
 ORDER BY c.chat_id
 FOR UPDATE OF c;
 
--- name: known_messages
--- Which (chat_id, message_id) pairs are already stored (a message is applied once, whatever its event id).
-SELECT m.chat_id, m.message_id
-FROM assigner.messages m
-JOIN unnest($1::text[], $2::text[]) AS k(chat_id, message_id)
-  ON m.chat_id = k.chat_id AND m.message_id = k.message_id;
+-- name: lock_chats_with_known
+-- lock_chats for the consumer, each chat with those of the message ids in $2 it already stores (a
+-- message is applied once, whatever its event id). One round trip instead of two; the ids are read
+-- before the lock is granted, so a concurrent writer of the same message is caught by the messages
+-- primary key instead (the batch fails and is retried, then sees it).
+SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.assignment_id, c.waiting_since,
+       c.queued_at, c.operator_replied_at, c.last_user_message_at, c.message_count, c.created_at,
+       a.started_at AS assignment_started_at,
+       coalesce(a.first_response_at IS NOT NULL, false) AS assignment_responded,
+       (SELECT coalesce(array_agg(m.message_id), '{}') FROM assigner.messages m
+        WHERE m.chat_id = c.chat_id AND m.message_id = ANY($2::text[])) AS known_message_ids
+FROM assigner.chats c
+LEFT JOIN assigner.assignments a ON a.assignment_id = c.assignment_id
+WHERE c.chat_id = ANY($1::text[])
+ORDER BY c.chat_id
+FOR UPDATE OF c;
 
 -- name: write_changes
 -- One round trip for a transaction's inserts: chats upserted, assignments started, messages stored,
