@@ -22,7 +22,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
-from shared.events import ADAPTERS, ALL_TOPICS, LIFECYCLE_TYPES as KNOWN_TYPES, TOPIC_DLQ, TYPE_HEADER, decode_json, utcnow
+from shared.events import ADAPTERS, ALL_TOPICS, TOPIC_DLQ, TYPE_HEADER, decode_json, utcnow
+from shared.events import LIFECYCLE_TYPES as KNOWN_TYPES
 from shared.settings import Settings
 
 log = logging.getLogger("switchboard.kafka")

@@ -367,15 +367,9 @@ class Store:
     # ---- reads --------------------------------------------------------------------------
 
     async def chat_view(self, chat_id: str) -> dict | None:
-        """The chat as the API shows it, messages included."""
+        """The chat as the API shows it, messages included (None when it does not exist)."""
         async with self.pool.acquire() as conn:
-            return await self._view(conn, chat_id)
-
-    async def _view(self, conn: asyncpg.Connection, chat_id: str) -> dict | None:
-        row = await conn.fetchrow(self.q.chat_by_id, chat_id)
-        if row is None:
-            return None
-        return _view_of(row, await conn.fetch(self.q.chat_messages, chat_id, MESSAGES_SHOWN))
+            return (await self._views(conn, [chat_id])).get(chat_id)
 
     async def queue_summary(self) -> dict:
         """Counts per state, oldest waiting age, active assignments per operator."""
@@ -398,21 +392,6 @@ class Store:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(self.q.stuck_chats, cutoff, limit)
         return [dict(r) for r in rows]
-
-
-def _view_of(chat, messages) -> dict:
-    """The API's chat object from a chat (row or domain Chat) and its message rows."""
-    get = chat.__getitem__ if isinstance(chat, asyncpg.Record) else chat.__getattribute__
-    return {
-        "chat_id": get("chat_id"), "state": get("state"),
-        "assigned_operator_id": get("assigned_operator_id"), "last_operator_id": get("last_operator_id"),
-        "waiting_since": get("waiting_since"), "message_count": get("message_count"),
-        "messages": [
-            {"message_id": m["message_id"], "sender": m["sender"], "operator_id": m["operator_id"],
-             "text": m["text"], "sent_at": m["sent_at"] or m["recorded_at"], "recorded_at": m["recorded_at"]}
-            for m in messages
-        ],
-    }
 
 
 def _command_of(event: events.Envelope, at: datetime):

@@ -126,6 +126,15 @@ def dlq_metric(text: str, group: str, topic: str) -> float:
     return 0.0
 
 
+async def assert_assigner_dead_lettered(api, settings, topic: str, sent: list, offsets: list[int]) -> None:
+    """Every poison record sent to `topic` is on chat.dlq once, counted, and the assigner is still ready."""
+    dlq = await dead_letters(settings, len(sent))
+    check_dead_letters(settings, topic, sent, offsets, dlq, "assigner")
+    metrics = (await api.get("/metrics")).text
+    assert dlq_metric(metrics, settings.group("assigner"), topic) == len(sent)
+    assert (await api.get("/readyz")).status_code == 200
+
+
 async def test_poison_on_chat_inbound_goes_to_the_dlq_and_later_messages_still_apply(env):
     settings = env.settings
     before = user_message("chat-p1", text="first", message_id="m-1")
@@ -145,11 +154,7 @@ async def test_poison_on_chat_inbound_goes_to_the_dlq_and_later_messages_still_a
         await eventually(applied, timeout=30)
         chat = (await api.get("/v1/chats/chat-p1", headers=ADMIN)).json()
         assert [m["message_id"] for m in chat["messages"]] == ["m-1", "m-2"]
-        dlq = await dead_letters(settings, len(sent))
-        check_dead_letters(settings, TOPIC_INBOUND, sent, offsets, dlq, "assigner")
-        metrics = (await api.get("/metrics")).text
-        assert dlq_metric(metrics, settings.group("assigner"), TOPIC_INBOUND) == len(sent)
-        assert (await api.get("/readyz")).status_code == 200
+        await assert_assigner_dead_lettered(api, settings, TOPIC_INBOUND, sent, offsets)
 
 
 async def test_a_message_postgres_cannot_store_goes_to_the_dlq_instead_of_stalling_its_partition(env):
@@ -199,11 +204,7 @@ async def test_poison_on_chat_timeouts_goes_to_the_dlq_and_a_later_timeout_still
         await eventually(timed_out, timeout=30)
         chat = (await api.get("/v1/chats/chat-t1", headers=ADMIN)).json()
         assert chat["last_operator_id"] == "op-1" and chat["assigned_operator_id"] is None
-        dlq = await dead_letters(settings, len(sent))
-        check_dead_letters(settings, TOPIC_TIMEOUTS, sent, offsets, dlq, "assigner")
-        metrics = (await api.get("/metrics")).text
-        assert dlq_metric(metrics, settings.group("assigner"), TOPIC_TIMEOUTS) == len(sent)
-        assert (await api.get("/readyz")).status_code == 200
+        await assert_assigner_dead_lettered(api, settings, TOPIC_TIMEOUTS, sent, offsets)
 
 
 async def test_poison_on_chat_lifecycle_goes_to_the_dlq_once_per_consumer_group_and_later_facts_still_apply(env):

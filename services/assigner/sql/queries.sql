@@ -169,22 +169,6 @@ SELECT assignment_id, chat_id, operator_id, via, started_at, first_response_at, 
 FROM assigner.assignments
 WHERE assignment_id = $1;
 
--- name: chat_by_id
--- One chat row (no lock).
-SELECT chat_id, state, assigned_operator_id, last_operator_id, assignment_id, waiting_since, queued_at,
-       message_count
-FROM assigner.chats
-WHERE chat_id = $1;
-
--- name: chat_messages
--- A chat's most recent messages (up to $2), oldest first.
-SELECT message_id, sender, operator_id, text, sent_at, recorded_at
-FROM (
-    SELECT seq, message_id, sender, operator_id, text, sent_at, recorded_at
-    FROM assigner.messages WHERE chat_id = $1 ORDER BY seq DESC LIMIT $2
-) recent
-ORDER BY seq;
-
 -- name: count_by_state
 -- Chats per state.
 SELECT state, count(*) AS n FROM assigner.chats GROUP BY state;
