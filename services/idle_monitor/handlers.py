@@ -32,9 +32,8 @@ log = logging.getLogger("switchboard.idle_monitor")
 FIRE_BATCH_SIZE = 500
 MAX_BACKOFF_S = 5.0
 GAUGE_REFRESH_S = 1.0
-# Kafka's default log retention: no record older than this can be redelivered, so tombstones
-# and applied ids older than it (plus a day) can no longer stop anything.
-RETENTION = timedelta(days=8)
+# Tombstones and applied ids older than SWITCHBOARD_DEDUP_WINDOW_S (default 8 days, Kafka's default
+# 7-day retention plus a day) can no longer stop anything: no record that old can be redelivered.
 PRUNE_EVERY_S = 3600.0
 PRUNE_BATCH = 10_000
 # A round may wait up to twice the Kafka send timeout; beyond this the ticker counts as stalled.
@@ -155,7 +154,7 @@ class Ticker:
                     await self.refresh_gauge()
                     next_gauge = now + max(interval, GAUGE_REFRESH_S)
                 if now >= next_prune:
-                    await self.store.prune(utcnow() - RETENTION, PRUNE_BATCH)
+                    await self.store.prune(utcnow() - timedelta(seconds=self.settings.dedup_window_s), PRUNE_BATCH)
                     next_prune = now + PRUNE_EVERY_S
             except asyncio.CancelledError:
                 raise

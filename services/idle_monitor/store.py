@@ -12,6 +12,7 @@ import asyncpg
 
 from services.idle_monitor.domain import Deadline, TimerChanges
 from shared.db import Queries
+from shared.retention import PRUNED_ROWS
 
 QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
 
@@ -83,7 +84,10 @@ class Store:
         """Forget tombstones and applied ids older than `before`, at most `batch` of each; returns rows deleted."""
         deleted = 0
         async with self.pool.acquire() as conn:
-            for query in (self.q.prune_ended_assignments, self.q.prune_processed_events):
+            for table, query in (("idle_monitor.ended_assignments", self.q.prune_ended_assignments),
+                                 ("idle_monitor.processed_events", self.q.prune_processed_events)):
                 status = await conn.execute(query, before, batch)
-                deleted += int(status.split()[-1])
+                n = int(status.split()[-1])
+                PRUNED_ROWS.labels(table).inc(n)
+                deleted += n
         return deleted
