@@ -181,16 +181,6 @@ SELECT min(waiting_since) FROM assigner.chats WHERE state = 'waiting_assignment'
 -- Active assignments per operator.
 SELECT operator_id, count(*) AS n FROM assigner.assignments WHERE ended_at IS NULL GROUP BY operator_id ORDER BY operator_id;
 
--- name: stuck_chats
--- Chats waiting, or assigned, since before $1 (oldest first, at most $2).
-SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.waiting_since, a.started_at AS assigned_at
-FROM assigner.chats c
-LEFT JOIN assigner.assignments a ON a.assignment_id = c.assignment_id
-WHERE (c.state = 'waiting_assignment' AND c.waiting_since < $1)
-   OR (c.state = 'assigned' AND a.started_at < $1)
-ORDER BY coalesce(a.started_at, c.waiting_since)
-LIMIT $2;
-
 -- name: try_lock_outbox
 -- Only one relay publishes at a time, so facts leave in id order.
 SELECT pg_try_advisory_xact_lock(hashtext('assigner.outbox.relay'));

@@ -89,19 +89,6 @@ SELECT operator_id, assignments, messages_sent, chats_handled, answered, release
        reassigned_away, first_response_count, first_response_ms_sum
 FROM operator_totals WHERE operator_id = $1;
 
--- name: operators_on_day
--- Every operator ever seen, with its figures on one UTC day (zeros where it did nothing that day).
-SELECT t.operator_id,
-       coalesce(d.assignments, 0) AS assignments, coalesce(d.messages_sent, 0) AS messages_sent,
-       coalesce(d.chats_handled, 0) AS chats_handled, coalesce(d.answered, 0) AS answered,
-       coalesce(d.released, 0) AS released, coalesce(d.timed_out, 0) AS timed_out,
-       coalesce(d.reassigned_away, 0) AS reassigned_away,
-       coalesce(d.first_response_count, 0) AS first_response_count,
-       coalesce(d.first_response_ms_sum, 0) AS first_response_ms_sum
-FROM operator_totals t
-LEFT JOIN operator_daily d ON d.operator_id = t.operator_id AND d.day = $1
-ORDER BY t.operator_id;
-
 -- name: operators_all_time
 -- Every operator's all-time figures.
 SELECT operator_id, assignments, messages_sent, chats_handled, answered, released, timed_out,
