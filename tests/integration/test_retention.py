@@ -273,3 +273,27 @@ async def _text_columns(env) -> list[tuple[str, str, str]]:
           AND table_name IN (SELECT table_name FROM information_schema.tables
                              WHERE table_schema = columns.table_schema AND table_type = 'BASE TABLE')""")
     return [(r["table_schema"], r["table_name"], r["column_name"]) for r in rows]
+
+
+async def test_ingest_prunes_only_acknowledged_keys_past_the_dedup_window(env):
+    chat = cid()
+    async with running("ingest", env.settings) as ingest:
+        posted = await ingest.post(f"/v1/chats/{chat}/messages", headers=token("web", "frontend"),
+                                   json={"message_id": "m-recent", "sender": "user", "text": "hi"})
+        assert posted.status_code == 202, posted.text
+        conn = await env.connect()
+        try:
+            await conn.execute(
+                "INSERT INTO ingest.message_keys (chat_id, message_id, event_id, envelope, created_at, acked_at) VALUES"
+                " ($1, 'm-old-acked', gen_random_uuid(), NULL, now() - interval '10 days', now() - interval '9 days'),"
+                " ($1, 'm-old-unacked', gen_random_uuid(), '{}', now() - interval '10 days', NULL)", chat)
+        finally:
+            await conn.close()
+        assert await ingest.app.state.pruner.prune_once() == {"ingest.message_keys": 1}
+        left = {r["message_id"] for r in await fetch(env, "SELECT message_id FROM ingest.message_keys"
+                                                         " WHERE chat_id = $1", chat)}
+        # An unacknowledged record is never dropped: its key holds the only copy until Kafka has it.
+        assert left == {"m-recent", "m-old-unacked"}
+        again = await ingest.post(f"/v1/chats/{chat}/messages", headers=token("web", "frontend"),
+                                  json={"message_id": "m-recent", "sender": "user", "text": "hi"})
+        assert again.json() == {"event_id": posted.json()["event_id"], "duplicate": True}
