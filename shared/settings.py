@@ -56,6 +56,17 @@ class Settings(BaseSettings):
     stats_url: str = Field("http://127.0.0.1:8004", description="Stats as browsers reach it (admin page).")
     log_level: str = "INFO"
 
+    # Bounded storage (docs/operations.md, "Data retention").
+    dedup_window_s: float = Field(
+        8 * 86400, gt=0,
+        description="How long applied event ids (and ingest's acknowledged idempotency keys) are kept. Must "
+                    "outlive Kafka's retention (7 days by default): a record still in a topic can be redelivered.")
+    message_retention_days: float = Field(
+        30, ge=0, description="Message texts of chats completed longer ago than this are purged (counts stay); "
+                              "0 keeps them forever.")
+    retention_interval_s: float = Field(3600, gt=0, description="How often the prune/purge loop runs.")
+    retention_batch_size: int = Field(5000, ge=1, description="Rows one prune/purge statement touches at most.")
+
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> "Settings":
         if self.auth_secret == DEV_SECRET and not self.dev_mode:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -19,16 +20,19 @@ from shared.auth import Principal, require
 from shared.errors import ApiError
 from shared.events import ID_PATTERN
 from shared.http import ERROR_SCHEMA
+from shared.pagination import (DEFAULT_LIMIT, CursorParam, LimitParam, decode_cursor, encode_cursor,
+                               invalid_cursor)
 
 router = APIRouter()
 STATIC = Path(__file__).parent / "static"
+STUCK_CURSOR = "assigner.stuck-chats"
 
 
 class MessageOut(BaseModel):
     message_id: str
     sender: Literal["user", "operator"]
     operator_id: str | None
-    text: str
+    text: str | None = Field(description="null once the text was purged (retention) or erased by an admin.")
     sent_at: datetime | None
     recorded_at: datetime
 
@@ -76,6 +80,16 @@ class StuckChat(BaseModel):
     last_operator_id: str | None
     waiting_since: datetime | None
     assigned_at: datetime | None
+
+
+class StuckChatsPage(BaseModel):
+    chats: list[StuckChat]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+class ContentErased(BaseModel):
+    chat_id: str
+    texts_erased: int = Field(description="Message texts removed by this call (0 when already erased).")
 
 
 def errors(*codes: int) -> dict:
@@ -221,11 +235,40 @@ async def queue(store: Store = Depends(_store), _: Principal = Depends(require("
     return await store.queue_summary()
 
 
-@router.get("/v1/admin/stuck-chats", response_model=list[StuckChat], tags=["admin"],
-            summary="Chats waiting or assigned for longer than older_than_s seconds.")
-async def stuck(older_than_s: float = Query(300, ge=0, le=30 * 86400), store: Store = Depends(_store),
+@router.get("/v1/admin/stuck-chats", response_model=StuckChatsPage, tags=["admin"],
+            summary="Chats waiting or assigned for longer than older_than_s seconds, oldest first, one page.")
+async def stuck(older_than_s: float = Query(300, ge=0, le=30 * 86400), limit: LimitParam = DEFAULT_LIMIT,
+                cursor: CursorParam = None, store: Store = Depends(_store),
                 _: Principal = Depends(require("admin"))):
-    return await store.stuck_chats(older_than_s)
+    after = _stuck_key(decode_cursor(STUCK_CURSOR, cursor, 2))
+    rows, resume = await store.stuck_chats(older_than_s, limit, after)
+    next_cursor = encode_cursor(STUCK_CURSOR, [resume[0].isoformat(), resume[1]]) if resume else None
+    return {"chats": rows, "next_cursor": next_cursor}
+
+
+def _stuck_key(key: list[str] | None) -> tuple[datetime, str] | None:
+    if key is None:
+        return None
+    try:
+        since = datetime.fromisoformat(key[0])
+    except ValueError:
+        raise invalid_cursor() from None
+    if since.tzinfo is None:
+        raise invalid_cursor()
+    return since, key[1]
+
+
+@router.delete("/v1/admin/chats/{chat_id}/content", response_model=ContentErased, tags=["admin"],
+               summary="Erase a chat's message texts everywhere Switchboard stores them; counts stay exact.",
+               responses=errors(404))
+async def erase_content(chat_id: str, store: Store = Depends(_store), _: Principal = Depends(require("admin"))):
+    if not re.match(ID_PATTERN, chat_id):  # no event can carry such an id: no such chat
+        raise ApiError(404, "chat_not_found", f"chat {chat_id!r} does not exist")
+    try:
+        erased = await store.erase_chat_content(chat_id)
+    except domain.DomainError as exc:
+        raise _domain_error(exc) from None
+    return {"chat_id": chat_id, "texts_erased": erased}
 
 
 @router.get("/v1/console/config", tags=["console"], summary="Where the console finds ingest and stats.")

@@ -14,6 +14,7 @@ from services.assigner.store import Store
 from shared.events import TOPIC_INBOUND, TOPIC_TIMEOUTS
 from shared.http import create_app as create_http_app
 from shared.kafka import BatchConsumer
+from shared.retention import Pruner
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -26,7 +27,7 @@ def create_app(settings: Settings) -> FastAPI:
     """Wire the assigner: Postgres store, inbound/timeouts consumer, outbox relay, HTTP API.
 
     SWITCHBOARD_ASSIGNER_MODE splits it: `api` serves HTTP only, `worker` runs the consumer, the
-    relay and the gauges (its HTTP port still answers /healthz, /readyz and /metrics).
+    relay, the gauges and the retention loop (its HTTP port still answers /healthz, /readyz and /metrics).
     """
     runtime = Runtime(settings, "assigner", SCHEMA, MIGRATIONS)
 
@@ -48,6 +49,10 @@ def create_app(settings: Settings) -> FastAPI:
             relay = OutboxRelay(runtime.pool, runtime.producer, settings, store.q)
             runtime.add_loop("outbox-relay", relay.run)
             runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(store))
+            pruner = Pruner(runtime.pool, store.retention_jobs(), batch_size=settings.retention_batch_size,
+                            interval_s=settings.retention_interval_s)
+            app.state.pruner = pruner
+            runtime.add_loop("retention", pruner.run)
         await runtime.start_consumers()
         yield
         await runtime.stop()

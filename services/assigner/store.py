@@ -15,11 +15,13 @@ from services.assigner import domain, metrics
 from services.assigner.domain import Chat, Decision, Fact
 from shared import events
 from shared.db import Queries
+from shared.retention import PruneJob
 from shared.settings import Settings
 
 QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
 MESSAGES_SHOWN = 500
 CLAIM_SLACK = 4  # extra candidates a batch of pulls locks, for pullers who may not take the oldest
+TEXT_PURGE_DIVISOR = 50  # a purge batch takes retention_batch_size / 50 chats (each with all its messages)
 
 FACT_MODELS = {
     "message_recorded": events.MessageRecorded,
@@ -386,12 +388,47 @@ class Store:
             "operators": [{"operator_id": r["operator_id"], "active_assignments": r["n"]} for r in holders],
         }
 
-    async def stuck_chats(self, older_than_s: float, limit: int = 500) -> list[dict]:
-        """Chats waiting or assigned for longer than `older_than_s`."""
+    async def stuck_chats(self, older_than_s: float, limit: int,
+                          after: tuple[datetime, str] | None = None) -> tuple[list[dict], tuple[datetime, str] | None]:
+        """One page of chats waiting or assigned for longer than `older_than_s`, oldest first.
+
+        Returns the rows and the sort key to resume after (None on the last page).
+        """
         cutoff = events.utcnow() - timedelta(seconds=older_than_s)
+        since, chat_id = after if after is not None else (None, None)
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(self.q.stuck_chats, cutoff, limit)
-        return [dict(r) for r in rows]
+            rows = await conn.fetch(self.q.stuck_chats_page, cutoff, limit + 1, since, chat_id)
+        page = [dict(r) for r in rows[:limit]]
+        resume = (page[-1]["since"], page[-1]["chat_id"]) if len(rows) > limit else None
+        for row in page:
+            del row["since"]
+        return page, resume
+
+    # ---- retention ----------------------------------------------------------------------
+
+    async def erase_chat_content(self, chat_id: str) -> int:
+        """Remove every stored text of a chat (messages, unpublished facts), keeping every row; returns texts removed.
+
+        Idempotent. The relay is kept out while the outbox rows are rewritten, so no text the
+        erase saw leaves for Kafka afterwards (what Kafka already holds stays until retention).
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await self.lock_chats(conn, [chat_id]):
+                raise UnknownChat(f"chat {chat_id} does not exist")
+            erased = await conn.fetchval(self.q.erase_chat_texts, chat_id)
+            await conn.execute(self.q.lock_outbox_relay)
+            await conn.execute(self.q.erase_outbox_texts, chat_id)
+        return erased
+
+    def retention_jobs(self) -> list[PruneJob]:
+        """What the assigner's retention loop prunes: applied ids past the dedup window, old texts."""
+        s = self.settings
+        jobs = [PruneJob("assigner.processed_events", self.q.prune_processed_events,
+                         timedelta(seconds=s.dedup_window_s))]
+        if s.message_retention_days > 0:
+            jobs.append(PruneJob("assigner.messages.text", self.q.purge_completed_texts,
+                                 timedelta(days=s.message_retention_days), batch_divisor=TEXT_PURGE_DIVISOR))
+        return jobs
 
 
 def _command_of(event: events.Envelope, at: datetime):

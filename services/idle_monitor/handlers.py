@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
 from typing import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -32,11 +31,6 @@ log = logging.getLogger("switchboard.idle_monitor")
 FIRE_BATCH_SIZE = 500
 MAX_BACKOFF_S = 5.0
 GAUGE_REFRESH_S = 1.0
-# Kafka's default log retention: no record older than this can be redelivered, so tombstones
-# and applied ids older than it (plus a day) can no longer stop anything.
-RETENTION = timedelta(days=8)
-PRUNE_EVERY_S = 3600.0
-PRUNE_BATCH = 10_000
 # A round may wait up to twice the Kafka send timeout; beyond this the ticker counts as stalled.
 STALLED_AFTER_S = 30.0
 
@@ -143,10 +137,10 @@ class Ticker:
         TIMERS_PENDING.set(await self.store.count_armed())
 
     async def run(self) -> None:
-        """Fire, refresh the gauge, prune old ids; sleep when idle; back off (bounded) when Kafka or Postgres fail."""
+        """Fire, refresh the gauge; sleep when idle; back off (bounded) when Kafka or Postgres fail."""
         interval = self.settings.idle_check_interval_s
         backoff = interval
-        next_gauge = next_prune = 0.0
+        next_gauge = 0.0
         while True:
             try:
                 fired = await self.fire_due()
@@ -154,9 +148,6 @@ class Ticker:
                 if now >= next_gauge:
                     await self.refresh_gauge()
                     next_gauge = now + max(interval, GAUGE_REFRESH_S)
-                if now >= next_prune:
-                    await self.store.prune(utcnow() - RETENTION, PRUNE_BATCH)
-                    next_prune = now + PRUNE_EVERY_S
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

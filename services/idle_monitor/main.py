@@ -12,6 +12,7 @@ from services.idle_monitor.store import Store
 from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
 from shared.kafka import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
+from shared.retention import Pruner
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -47,6 +48,10 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.ticker = ticker
         tickers.append(ticker)
         runtime.add_loop("idle-ticker", ticker.run)
+        pruner = Pruner(runtime.pool, store.retention_jobs(settings), batch_size=settings.retention_batch_size,
+                        interval_s=settings.retention_interval_s)
+        app.state.pruner = pruner
+        runtime.add_loop("retention", pruner.run)
         await runtime.start_consumers()
         yield
         await runtime.stop()

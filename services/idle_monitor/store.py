@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +12,8 @@ import asyncpg
 
 from services.idle_monitor.domain import Deadline, TimerChanges
 from shared.db import Queries
+from shared.retention import PruneJob
+from shared.settings import Settings
 
 QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
 
@@ -79,11 +81,11 @@ class Store:
         async with self.pool.acquire() as conn:
             return await conn.fetch(self.q.list_armed_deadlines, limit)
 
-    async def prune(self, before: datetime, batch: int) -> int:
-        """Forget tombstones and applied ids older than `before`, at most `batch` of each; returns rows deleted."""
-        deleted = 0
-        async with self.pool.acquire() as conn:
-            for query in (self.q.prune_ended_assignments, self.q.prune_processed_events):
-                status = await conn.execute(query, before, batch)
-                deleted += int(status.split()[-1])
-        return deleted
+    def retention_jobs(self, settings: Settings) -> list[PruneJob]:
+        """What the retention loop prunes: tombstones and applied ids past the dedup window.
+
+        Neither can stop anything any more: no record that old can still be redelivered.
+        """
+        keep = timedelta(seconds=settings.dedup_window_s)
+        return [PruneJob("idle_monitor.ended_assignments", self.q.prune_ended_assignments, keep),
+                PruneJob("idle_monitor.processed_events", self.q.prune_processed_events, keep)]

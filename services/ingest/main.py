@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -10,8 +11,9 @@ from fastapi import FastAPI
 from services.ingest import api, handlers
 from services.ingest.domain import MAX_BATCH_BYTES
 from services.ingest.publisher import Publisher
-from services.ingest.store import Store
+from services.ingest.store import QUERIES, Store
 from shared.http import create_app as create_http_app
+from shared.retention import Pruner, PruneJob
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -33,6 +35,13 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.publisher = publisher
         app.state.coalescer = handlers.Coalescer(app.state)
         app.state.coalescer.start()
+        # Acknowledged keys past the dedup window go; a message id sent again after that is a new event
+        # to ingest, and the assigner still stores the message once (it knows every message id it stored).
+        pruner = Pruner(runtime.pool, [PruneJob("ingest.message_keys", QUERIES.prune_acked_keys,
+                                                timedelta(seconds=settings.dedup_window_s))],
+                        batch_size=settings.retention_batch_size, interval_s=settings.retention_interval_s)
+        app.state.pruner = pruner
+        runtime.add_loop("retention", pruner.run)
         yield
         await app.state.coalescer.stop()
         await publisher.stop()

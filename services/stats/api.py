@@ -12,8 +12,10 @@ from services.stats.store import Store
 from shared.auth import Principal, require
 from shared.errors import ApiError
 from shared.events import ID_PATTERN
+from shared.pagination import DEFAULT_LIMIT, CursorParam, LimitParam, decode_cursor, encode_cursor
 
 router = APIRouter(tags=["stats"])
+OPERATORS_CURSOR = "stats.operators"
 
 DAY_DESCRIPTION = "A UTC calendar day, YYYY-MM-DD; omitted: all time."
 DayParam = Annotated[str | None, Query(description=DAY_DESCRIPTION, examples=["2025-01-31"])]
@@ -39,6 +41,7 @@ class OperatorStatsList(BaseModel):
 
     day: date | None
     operators: list[OperatorStats]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
 
 
 class ChatStats(BaseModel):
@@ -85,12 +88,17 @@ async def operator_stats(
             summary="Every operator's figures, for a UTC day or all time (admin).")
 async def operators_stats(
     day: DayParam = None,
+    limit: LimitParam = DEFAULT_LIMIT,
+    cursor: CursorParam = None,
     principal: Principal = Depends(require("admin")),
     store: Store = Depends(_store),
 ):
-    """Every operator stats has seen, sorted by id; zeros on days an operator did nothing."""
+    """Every operator stats has seen, sorted by id, one page at a time; zeros on days an operator did nothing."""
     parsed = parse_day(day)
-    return {"day": parsed, "operators": await store.operators(parsed)}
+    after = decode_cursor(OPERATORS_CURSOR, cursor, 1)
+    rows, resume = await store.operators(parsed, limit, after[0] if after else None)
+    next_cursor = encode_cursor(OPERATORS_CURSOR, [resume]) if resume is not None else None
+    return {"day": parsed, "operators": rows, "next_cursor": next_cursor}
 
 
 @router.get("/v1/chats/{chat_id}/stats", response_model=ChatStats, summary="One chat's figures (admin).")

@@ -11,6 +11,7 @@ from services.stats import api, handlers, store
 from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
 from shared.kafka import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
+from shared.retention import Pruner
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -20,7 +21,7 @@ GROUP_ID = "stats"
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """Wire stats: migrations, the chat.lifecycle consumer (group `stats`), the HTTP API."""
+    """Wire stats: migrations, the chat.lifecycle consumer (group `stats`), the retention loop, the HTTP API."""
     runtime = Runtime(settings, "stats", SCHEMA, MIGRATIONS)
 
     @asynccontextmanager
@@ -34,6 +35,10 @@ def create_app(settings: Settings) -> FastAPI:
             topics=[TOPIC_LIFECYCLE], claim_sql=store.QUERIES.claim_event_ids,
             apply=handlers.make_apply(), fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
         ))
+        pruner = Pruner(pool, store.retention_jobs(settings), batch_size=settings.retention_batch_size,
+                        interval_s=settings.retention_interval_s)
+        app.state.pruner = pruner
+        runtime.add_loop("retention", pruner.run)
         await runtime.start_consumers()
         try:
             yield

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import asyncpg
 
 from services.stats.domain import CHAT_COUNTERS, OPERATOR_COUNTERS, Settled, Tally, settle
 from shared import db
+from shared.retention import PruneJob
 from shared.settings import Settings
 
 QUERIES = db.Queries(Path(__file__).parent / "sql" / "queries.sql")
@@ -48,6 +49,12 @@ async def apply_tally(conn: asyncpg.Connection, t: Tally) -> Settled:
     return settled
 
 
+def retention_jobs(settings: Settings) -> list[PruneJob]:
+    """What stats prunes: applied event ids past the dedup window (it stores no message text)."""
+    return [PruneJob("stats.processed_events", QUERIES.prune_processed_events,
+                     timedelta(seconds=settings.dedup_window_s))]
+
+
 def _columns(rows: dict, names: tuple[str, ...]) -> list[list[int]]:
     return [[values[name] for values in rows.values()] for name in names]
 
@@ -72,14 +79,18 @@ class Store:
                 row = await conn.fetchrow(QUERIES.operator_day, operator_id, day)
         return dict(row) if row else zero_operator(operator_id)
 
-    async def operators(self, day: date | None) -> list[dict]:
-        """Every operator's figures on a day, or all time when `day` is None."""
+    async def operators(self, day: date | None, limit: int, after: str | None = None) -> tuple[list[dict], str | None]:
+        """One page of operators' figures (ids after `after`) on a day, or all time when `day` is None.
+
+        Returns the rows and the operator id to resume after (None on the last page).
+        """
         async with self.pool.acquire() as conn:
             if day is None:
-                rows = await conn.fetch(QUERIES.operators_all_time)
+                rows = await conn.fetch(QUERIES.operators_page_all_time, after, limit + 1)
             else:
-                rows = await conn.fetch(QUERIES.operators_on_day, day)
-        return [dict(r) for r in rows]
+                rows = await conn.fetch(QUERIES.operators_page_on_day, day, after, limit + 1)
+        page = [dict(r) for r in rows[:limit]]
+        return page, (page[-1]["operator_id"] if len(rows) > limit else None)
 
     async def chat(self, chat_id: str) -> dict:
         """One chat's figures (zeros for a chat stats has not seen)."""

@@ -80,3 +80,23 @@ async def test_an_operator_takes_a_chat_sees_new_messages_and_replies_in_the_bro
         await admin.wait_for_selector('[data-state="waiting_real_user_reply"] >> text=1')
         await admin.wait_for_selector('[data-operator="op-web"]', timeout=15000)
         await admin.screenshot(path=str(SHOTS / "admin.png"))
+
+        # The stuck-chats list shows one page (100 rows) and a working "Next page" control.
+        conn = await env.connect()
+        try:
+            await conn.executemany(
+                "INSERT INTO assigner.chats (chat_id, state, waiting_since, queued_at, message_count, created_at,"
+                " updated_at) VALUES ($1, 'waiting_assignment', now() - interval '1 hour', now() - interval '1 hour',"
+                " 1, now(), now())", [(f"stuck-{i:03d}",) for i in range(130)])
+        finally:
+            await conn.close()
+        await admin.click("#load-stuck")
+        await admin.wait_for_selector("#stuck-page >> text=page 1 · 100 row(s) · more on the next page")
+        assert await admin.locator("#stuck tr").count() == 100
+        assert await admin.locator("#stuck-next").is_enabled()
+        await admin.click("#stuck-next")
+        await admin.wait_for_selector("#stuck-page >> text=page 2 · 30 row(s)")
+        assert await admin.locator("#stuck tr").count() == 30
+        assert await admin.locator('#stuck tr[data-chat="stuck-129"]').count() == 1
+        assert not await admin.locator("#stuck-next").is_enabled()
+        await admin.screenshot(path=str(SHOTS / "admin-stuck-page-2.png"))

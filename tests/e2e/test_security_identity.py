@@ -42,6 +42,7 @@ ALLOWED = {
     ("assigner", "GET", "/v1/chats/{chat_id}"): {"operator", "admin"},
     ("assigner", "POST", "/v1/admin/chats/{chat_id}/reassign"): {"admin"},
     ("assigner", "POST", "/v1/admin/chats/{chat_id}/complete"): {"admin"},
+    ("assigner", "DELETE", "/v1/admin/chats/{chat_id}/content"): {"admin"},
     ("assigner", "GET", "/v1/admin/queue"): {"admin"},
     ("assigner", "GET", "/v1/admin/stuck-chats"): {"admin"},
     ("idle_monitor", "GET", "/v1/admin/timers"): {"admin"},

@@ -14,6 +14,7 @@ from services.idle_monitor.store import Store
 from shared import db
 from shared.events import TOPIC_TIMEOUTS, utcnow
 from shared.kafka import make_producer
+from shared.retention import Pruner
 from tests import harness
 
 
@@ -125,6 +126,7 @@ async def test_old_tombstones_and_applied_ids_are_pruned_and_recent_ones_kept(en
     pool = await db.create_pool(env.database_url, min_size=1, max_size=2)
     store = Store(pool)
     old, recent = uuid.uuid4(), uuid.uuid4()
+    older = [uuid.uuid4() for _ in range(4)]
     try:
         async with pool.acquire() as conn:
             await conn.execute(
@@ -133,7 +135,12 @@ async def test_old_tombstones_and_applied_ids_are_pruned_and_recent_ones_kept(en
             await conn.execute(
                 "INSERT INTO idle_monitor.processed_events (event_id, applied_at) "
                 "VALUES ($1, now() - interval '9 days'), ($2, now())", old, recent)
-            assert await store.prune(utcnow() - timedelta(days=8), 100) == 2
+            await conn.execute("INSERT INTO idle_monitor.processed_events (event_id, applied_at) "
+                               "SELECT unnest($1::uuid[]), now() - interval '30 days'", older)
+            # Batches of 2: a backlog drains in one round, several short statements.
+            pruner = Pruner(pool, store.retention_jobs(env.settings), batch_size=2, interval_s=3600)
+            assert await pruner.prune_once() == {"idle_monitor.ended_assignments": 1,
+                                                 "idle_monitor.processed_events": 5}
             assert await conn.fetchval("SELECT array_agg(assignment_id) FROM idle_monitor.ended_assignments") == [recent]
             assert await conn.fetchval("SELECT array_agg(event_id) FROM idle_monitor.processed_events") == [recent]
     finally:

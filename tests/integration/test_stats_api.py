@@ -26,7 +26,7 @@ async def test_an_admin_reads_everything_and_a_never_seen_operator_is_all_zeros(
         r = await client.get("/v1/operators/nobody/stats", params={"day": "2025-01-01"}, headers=admin)
         assert r.status_code == 200 and r.json() == {"operator_id": "nobody", **ZERO}
         r = await client.get("/v1/stats/operators", headers=admin)
-        assert r.status_code == 200 and r.json() == {"day": None, "operators": []}
+        assert r.status_code == 200 and r.json() == {"day": None, "operators": [], "next_cursor": None}
         r = await client.get("/v1/chats/chat-1/stats", headers=admin)
         assert r.json() == {"chat_id": "chat-1", "user_messages": 0, "operator_messages": 0, "assignments": 0}
 

@@ -32,9 +32,6 @@ class FakeStore:
     async def count_armed(self):
         return 7
 
-    async def prune(self, before, batch):
-        return 0
-
 
 def incoming(event) -> Incoming:
     return Incoming(event=event, topic="chat.lifecycle", partition=0, offset=0)

@@ -181,16 +181,6 @@ SELECT min(waiting_since) FROM assigner.chats WHERE state = 'waiting_assignment'
 -- Active assignments per operator.
 SELECT operator_id, count(*) AS n FROM assigner.assignments WHERE ended_at IS NULL GROUP BY operator_id ORDER BY operator_id;
 
--- name: stuck_chats
--- Chats waiting, or assigned, since before $1 (oldest first, at most $2).
-SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.waiting_since, a.started_at AS assigned_at
-FROM assigner.chats c
-LEFT JOIN assigner.assignments a ON a.assignment_id = c.assignment_id
-WHERE (c.state = 'waiting_assignment' AND c.waiting_since < $1)
-   OR (c.state = 'assigned' AND a.started_at < $1)
-ORDER BY coalesce(a.started_at, c.waiting_since)
-LIMIT $2;
-
 -- name: try_lock_outbox
 -- Only one relay publishes at a time, so facts leave in id order.
 SELECT pg_try_advisory_xact_lock(hashtext('assigner.outbox.relay'));
@@ -206,3 +196,70 @@ DELETE FROM assigner.outbox WHERE id = ANY($1::bigint[]);
 -- name: outbox_backlog
 -- Facts not yet published.
 SELECT count(*) FROM assigner.outbox;
+
+-- ---- retention and pagination (docs/operations.md "Data retention", docs/contract.md "Lists") ----
+
+-- name: prune_processed_events
+-- Forget up to $2 applied event ids recorded before $1 (past the dedup window); returns (removed, claimed).
+WITH doomed AS MATERIALIZED (
+    SELECT event_id FROM assigner.processed_events
+    WHERE applied_at < $1
+    ORDER BY applied_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM assigner.processed_events p USING doomed d WHERE p.event_id = d.event_id RETURNING 1
+)
+SELECT count(*) AS removed, count(*) AS claimed FROM gone;
+
+-- name: purge_completed_texts
+-- Blank the message texts of up to $2 chats completed (and unchanged) since before $1; returns (messages, chats).
+WITH due AS MATERIALIZED (
+    SELECT chat_id FROM assigner.chats
+    WHERE state = 'completed' AND updated_at < $1
+      AND (content_erased_at IS NULL OR content_erased_at < updated_at)
+    ORDER BY updated_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), marked AS (
+    UPDATE assigner.chats c SET content_erased_at = greatest(now(), c.updated_at)
+    FROM due WHERE c.chat_id = due.chat_id
+    RETURNING 1
+), blanked AS (
+    UPDATE assigner.messages m SET text = NULL
+    FROM due WHERE m.chat_id = due.chat_id AND m.text IS NOT NULL
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM blanked) AS removed, (SELECT count(*) FROM marked) AS claimed;
+
+-- name: erase_chat_texts
+-- Blank every message text of one chat (the caller holds its lock) and remember when; returns the messages blanked.
+WITH marked AS (
+    UPDATE assigner.chats SET content_erased_at = greatest(now(), updated_at) WHERE chat_id = $1 RETURNING 1
+), blanked AS (
+    UPDATE assigner.messages SET text = NULL WHERE chat_id = $1 AND text IS NOT NULL RETURNING 1
+)
+SELECT count(*) FROM blanked;
+
+-- name: lock_outbox_relay
+-- Wait for the relay's batch in flight and keep the relay out until commit (same key as try_lock_outbox).
+SELECT pg_advisory_xact_lock(hashtext('assigner.outbox.relay'));
+
+-- name: erase_outbox_texts
+-- Blank the text of one chat's unpublished message_recorded facts ("" : event schema v1 wants a string).
+UPDATE assigner.outbox
+SET envelope = jsonb_set(envelope::jsonb, '{payload,text}', '""'::jsonb)::text
+WHERE chat_id = $1 AND type = 'message_recorded';
+
+-- name: stuck_chats_page
+-- Chats waiting, or assigned, since before $1, oldest first then by chat id, after keyset ($3, $4); at most $2.
+SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.waiting_since,
+       a.started_at AS assigned_at, coalesce(a.started_at, c.waiting_since) AS since
+FROM assigner.chats c
+LEFT JOIN assigner.assignments a ON a.assignment_id = c.assignment_id
+WHERE ((c.state = 'waiting_assignment' AND c.waiting_since < $1)
+       OR (c.state = 'assigned' AND a.started_at < $1))
+  AND ($3::timestamptz IS NULL
+       OR (coalesce(a.started_at, c.waiting_since), c.chat_id) > ($3::timestamptz, $4::text))
+ORDER BY coalesce(a.started_at, c.waiting_since), c.chat_id
+LIMIT $2;

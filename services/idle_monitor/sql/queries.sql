@@ -66,15 +66,27 @@ ORDER BY deadline, assignment_id
 LIMIT $1;
 
 -- name: prune_ended_assignments
--- Forget up to $2 ended-assignment tombstones recorded before $1.
-DELETE FROM idle_monitor.ended_assignments
-WHERE assignment_id = ANY(ARRAY(
-    SELECT assignment_id FROM idle_monitor.ended_assignments WHERE recorded_at < $1 LIMIT $2
-));
+-- Forget up to $2 ended-assignment tombstones recorded before $1 (past the dedup window); returns (removed, claimed).
+WITH doomed AS MATERIALIZED (
+    SELECT assignment_id FROM idle_monitor.ended_assignments
+    WHERE recorded_at < $1
+    ORDER BY recorded_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM idle_monitor.ended_assignments e USING doomed d WHERE e.assignment_id = d.assignment_id RETURNING 1
+)
+SELECT count(*) AS removed, count(*) AS claimed FROM gone;
 
 -- name: prune_processed_events
--- Forget up to $2 applied event ids recorded before $1.
-DELETE FROM idle_monitor.processed_events
-WHERE event_id = ANY(ARRAY(
-    SELECT event_id FROM idle_monitor.processed_events WHERE applied_at < $1 LIMIT $2
-));
+-- Forget up to $2 applied event ids recorded before $1 (past the dedup window); returns (removed, claimed).
+WITH doomed AS MATERIALIZED (
+    SELECT event_id FROM idle_monitor.processed_events
+    WHERE applied_at < $1
+    ORDER BY applied_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM idle_monitor.processed_events p USING doomed d WHERE p.event_id = d.event_id RETURNING 1
+)
+SELECT count(*) AS removed, count(*) AS claimed FROM gone;

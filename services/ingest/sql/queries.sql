@@ -29,3 +29,18 @@ SET acked_at = now(), envelope = NULL
 FROM target t
 WHERE k.chat_id = t.chat_id AND k.message_id = t.message_id AND k.acked_at IS NULL
 RETURNING k.chat_id, k.message_id;
+
+-- name: prune_acked_keys
+-- Forget up to $2 keys acknowledged before $1 (past the dedup window; never an unacked one); returns (removed, claimed).
+WITH doomed AS MATERIALIZED (
+    SELECT chat_id, message_id FROM ingest.message_keys
+    WHERE acked_at IS NOT NULL AND acked_at < $1
+    ORDER BY acked_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM ingest.message_keys k USING doomed d
+    WHERE k.chat_id = d.chat_id AND k.message_id = d.message_id
+    RETURNING 1
+)
+SELECT count(*) AS removed, count(*) AS claimed FROM gone;

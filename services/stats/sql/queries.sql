@@ -89,19 +89,6 @@ SELECT operator_id, assignments, messages_sent, chats_handled, answered, release
        reassigned_away, first_response_count, first_response_ms_sum
 FROM operator_totals WHERE operator_id = $1;
 
--- name: operators_on_day
--- Every operator ever seen, with its figures on one UTC day (zeros where it did nothing that day).
-SELECT t.operator_id,
-       coalesce(d.assignments, 0) AS assignments, coalesce(d.messages_sent, 0) AS messages_sent,
-       coalesce(d.chats_handled, 0) AS chats_handled, coalesce(d.answered, 0) AS answered,
-       coalesce(d.released, 0) AS released, coalesce(d.timed_out, 0) AS timed_out,
-       coalesce(d.reassigned_away, 0) AS reassigned_away,
-       coalesce(d.first_response_count, 0) AS first_response_count,
-       coalesce(d.first_response_ms_sum, 0) AS first_response_ms_sum
-FROM operator_totals t
-LEFT JOIN operator_daily d ON d.operator_id = t.operator_id AND d.day = $1
-ORDER BY t.operator_id;
-
 -- name: operators_all_time
 -- Every operator's all-time figures.
 SELECT operator_id, assignments, messages_sent, chats_handled, answered, released, timed_out,
@@ -129,3 +116,42 @@ SELECT stats.create_shadow_schema($1);
 -- name: drop_shadow_schema
 -- Drop a shadow schema made by create_shadow_schema, if it exists.
 SELECT stats.drop_shadow_schema($1);
+
+-- ---- retention and pagination (docs/operations.md "Data retention", docs/contract.md "Lists") ----
+
+-- name: prune_processed_events
+-- Forget up to $2 applied event ids recorded before $1 (past the dedup window); returns (removed, claimed).
+WITH doomed AS MATERIALIZED (
+    SELECT event_id FROM processed_events
+    WHERE applied_at < $1
+    ORDER BY applied_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM processed_events p USING doomed d WHERE p.event_id = d.event_id RETURNING 1
+)
+SELECT count(*) AS removed, count(*) AS claimed FROM gone;
+
+-- name: operators_page_on_day
+-- One page of operators (ids after $2, or from the first when NULL; at most $3) with their figures on UTC day $1.
+SELECT t.operator_id,
+       coalesce(d.assignments, 0) AS assignments, coalesce(d.messages_sent, 0) AS messages_sent,
+       coalesce(d.chats_handled, 0) AS chats_handled, coalesce(d.answered, 0) AS answered,
+       coalesce(d.released, 0) AS released, coalesce(d.timed_out, 0) AS timed_out,
+       coalesce(d.reassigned_away, 0) AS reassigned_away,
+       coalesce(d.first_response_count, 0) AS first_response_count,
+       coalesce(d.first_response_ms_sum, 0) AS first_response_ms_sum
+FROM operator_totals t
+LEFT JOIN operator_daily d ON d.operator_id = t.operator_id AND d.day = $1
+WHERE $2::text IS NULL OR t.operator_id > $2::text
+ORDER BY t.operator_id
+LIMIT $3;
+
+-- name: operators_page_all_time
+-- One page of operators' all-time figures (ids after $1, or from the first when NULL; at most $2).
+SELECT operator_id, assignments, messages_sent, chats_handled, answered, released, timed_out,
+       reassigned_away, first_response_count, first_response_ms_sum
+FROM operator_totals
+WHERE $1::text IS NULL OR operator_id > $1::text
+ORDER BY operator_id
+LIMIT $2;
