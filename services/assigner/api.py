@@ -17,7 +17,7 @@ from services.assigner.batcher import OperatorBatcher
 from services.assigner.store import Pulled, Store
 from shared.auth import Principal, require
 from shared.errors import ApiError
-from shared.events import ID_PATTERN
+from shared.events import OperatorId
 from shared.http import ERROR_SCHEMA
 
 router = APIRouter()
@@ -58,7 +58,7 @@ class ReleasedOut(BaseModel):
 
 class ReassignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    operator_id: str = Field(pattern=ID_PATTERN, description="The operator who gets the chat.")
+    operator_id: OperatorId = Field(description="The operator who gets the chat: printable text, 1 to 255 characters.")
 
 
 class QueueOut(BaseModel):
@@ -133,7 +133,10 @@ NO_CONTENT = {204: {"description": "Nothing is waiting for this operator."}}
 async def pull_next(store: Store = Depends(_store), batcher: OperatorBatcher = Depends(_batcher),
                     me: Principal = Depends(require("operator"))):
     started = time.perf_counter()
-    pulled, view = await batcher.pull(me.sub)
+    try:
+        pulled, view = await batcher.pull(me.sub)
+    except domain.DomainError as exc:
+        raise _domain_error(exc) from None
     result = "assigned" if pulled.new else ("current" if pulled.assignment_id else "empty")
     metrics.PULL_LATENCY.labels(result).observe(time.perf_counter() - started)
     if pulled.assignment_id is None:

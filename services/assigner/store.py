@@ -47,6 +47,13 @@ class OperatorAtCapacity(domain.DomainError):
     code = "operator_at_capacity"
 
 
+class InvalidCommand(domain.DomainError):
+    """A command whose own data the event contract or the database refuses (only its caller hears of it)."""
+
+    status = 422
+    code = "invalid_command"
+
+
 @dataclass(frozen=True)
 class OperatorCommand:
     """An operator's pull, release or completion, applied in a batch with others."""
@@ -227,6 +234,9 @@ class Store:
                     except domain.DomainError as exc:
                         results[i] = exc
                         continue
+                    except ValueError as exc:  # pydantic's ValidationError too: this command's data
+                        results[i] = InvalidCommand(f"{commands[i].kind} refused: {exc}")
+                        continue
                     if decision.chat is not None:
                         chats[chat.chat_id] = decision.chat
                     changes.add(chat.chat_id, chat, decision, now)
@@ -265,6 +275,13 @@ class Store:
                      changes: Changes) -> None:
         """Pulls of a batch: room is checked under each puller's lock; the oldest chats go first."""
         capacity = self.settings.operator_capacity
+        for i in pullers:
+            problem = events.operator_id_problem(commands[i].operator_id)
+            if problem is not None:  # no event could carry it: refuse this pull alone
+                results[i] = InvalidCommand(f"operator id {problem}")
+        pullers = [i for i in pullers if results[i] is None]
+        if not pullers:
+            return
         operators = sorted({commands[i].operator_id for i in pullers})
         await conn.execute(self.q.lock_operators, operators)
         ended = {f.payload.assignment_id for _, f, _ in changes.facts if f.type == "assignment_ended"}
@@ -304,7 +321,11 @@ class Store:
                     results[i] = Pulled(None, None, None, new=False)
                     continue
                 cmd = domain.AssignToPuller(operator_id=op, assignment_id=uuid.uuid4(), at=now)
-                decision = domain.decide(pick, cmd)
+                try:
+                    decision = domain.decide(pick, cmd)
+                except (domain.DomainError, ValueError) as exc:  # this pull alone; its chat stays waiting
+                    results[i] = exc if isinstance(exc, domain.DomainError) else InvalidCommand(f"pull refused: {exc}")
+                    continue
                 changes.add(pick.chat_id, pick, decision, now)
                 active[op].append((cmd.assignment_id, pick.chat_id, now))
                 results[i] = Pulled(cmd.assignment_id, pick.chat_id, now, new=True)
