@@ -128,7 +128,20 @@ class Store:
     async def lock_chats(self, conn: asyncpg.Connection, chat_ids: Iterable[str]) -> dict[str, Chat]:
         """Lock and load chats by id (missing ones are absent from the result)."""
         rows = await conn.fetch(self.q.lock_chats, sorted(set(chat_ids)))
-        return {r["chat_id"]: chat_from_row(r) for r in rows}
+        return {r["chat_id"]: chat_from_row(r) for r in await self._fresh(conn, rows)}
+
+    async def _fresh(self, conn: asyncpg.Connection, rows: list) -> list:
+        """Locked rows, those whose joined assignment is stale re-read under the lock now held.
+
+        A chat updated by a transaction this one waited for comes back at its newest version, but
+        joined with the assignment its own snapshot saw (none, or the previous one): deciding on that
+        would end an assignment with no start time (a 500) or miss a first response.
+        """
+        stale = [r["chat_id"] for r in rows if r["assignment_stale"]]
+        if not stale:
+            return rows
+        reread = {r["chat_id"]: r for r in await conn.fetch(self.q.read_chats, stale)}
+        return [reread.get(r["chat_id"], r) if r["assignment_stale"] else r for r in rows]
 
     async def persist(self, conn: asyncpg.Connection, changes: Changes) -> None:
         """Write chats, assignments, messages and outbox rows of a transaction, set-based.
@@ -187,7 +200,7 @@ class Store:
         """Apply inbound messages and timeouts of one partition batch, in order, inside `conn`'s transaction."""
         message_ids = sorted({e.payload.message_id for e in items if e.type in ("user_message", "operator_message")})
         rows = await conn.fetch(self.q.lock_chats_with_known, sorted({e.chat_id for e in items}), message_ids)
-        chats = {r["chat_id"]: chat_from_row(r) for r in rows}
+        chats = {r["chat_id"]: chat_from_row(r) for r in await self._fresh(conn, rows)}
         known = {(r["chat_id"], m) for r in rows for m in r["known_message_ids"]}
         changes = Changes()
         for event in items:
