@@ -196,26 +196,19 @@ async def reassign(chat_id: str, request: Request, store: Store = Depends(_store
     # The body is read here, after the token was checked: SPEC §4 wants 401 before any 422.
     body = await _body(request, ReassignIn)
     try:
-        await store.reassign(chat_id, body.operator_id)
+        assigned, view = await store.reassign(chat_id, body.operator_id)
     except domain.DomainError as exc:
         raise _domain_error(exc) from None
-    view = await store.chat_view(chat_id)
-    current = await store.current(body.operator_id)
-    assigned = current if current.chat_id == chat_id else None
-    if assigned is None:
-        raise ApiError(409, "reassign_lost", f"chat {chat_id} changed hands again; read it and retry")
-    return {"assignment_id": assigned.assignment_id, "chat": view, "assigned_at": assigned.assigned_at,
-            "idle_deadline": assigned.assigned_at + timedelta(seconds=store.settings.idle_timeout_s)}
+    return _json(AssignmentOut, _assignment_body(store, assigned, view))
 
 
 @router.post("/v1/admin/chats/{chat_id}/complete", response_model=ChatOut, tags=["admin"],
              summary="Complete a chat in any state.", responses=errors(404, 409))
 async def admin_complete(chat_id: str, store: Store = Depends(_store), me: Principal = Depends(require("admin"))):
     try:
-        await store.admin_complete(me.sub, chat_id)
+        return _json(ChatOut, await store.admin_complete(me.sub, chat_id))
     except domain.DomainError as exc:
         raise _domain_error(exc) from None
-    return await store.chat_view(chat_id)
 
 
 @router.get("/v1/admin/queue", response_model=QueueOut, tags=["admin"],

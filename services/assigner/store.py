@@ -369,34 +369,53 @@ class Store:
         a = active[0]
         return Pulled(a["assignment_id"], a["chat_id"], a["started_at"], new=False)
 
-    async def _command_on_chat(self, chat_id: str, cmd, operator_lock: str | None = None) -> Changes:
+    async def _command_on_chat(self, chat_id: str, command_at, operator_lock: str | None = None
+                               ) -> tuple[Chat, dict]:
+        """Apply one admin command to a chat in its own transaction; the chat after it, and its view.
+
+        Locks in the order every transaction takes them: the chat, then (for a reassign) the target
+        operator, as a batch locks chats of ended assignments before pullers. `command_at(now)` builds
+        the command with the time read under the locks, so times follow commit order.
+        """
         async with self.pool.acquire() as conn, conn.transaction():
-            if operator_lock is not None:
-                await conn.execute(self.q.lock_operator, operator_lock)
-            chats = await self.lock_chats(conn, [chat_id])
-            chat = chats.get(chat_id)
+            chat = (await self.lock_chats(conn, [chat_id])).get(chat_id)
             if chat is None:
                 raise UnknownChat(f"chat {chat_id} does not exist")
+            if operator_lock is not None:
+                await conn.execute(self.q.lock_operator, operator_lock)
+            cmd = command_at(events.utcnow())
             if isinstance(cmd, domain.ReassignChat):
                 active = await conn.fetch(self.q.active_assignments_of, cmd.operator_id)
                 holds_this = any(a["chat_id"] == chat_id for a in active)
                 if not holds_this and len(active) >= self.settings.operator_capacity:
                     raise OperatorAtCapacity(
                         f"operator {cmd.operator_id} already holds {len(active)} chat(s), the capacity")
+            decision = domain.decide(chat, cmd)
             changes = Changes()
-            changes.add(chat_id, chat, domain.decide(chat, cmd), cmd.at)
+            changes.add(chat_id, chat, decision, cmd.at)
             await self.persist(conn, changes)
+            view = (await self._views(conn, [chat_id]))[chat_id]
         self.count_outcomes(changes)
-        return changes
+        return decision.chat or chat, view
 
-    async def admin_complete(self, admin: str, chat_id: str) -> None:
-        """An admin completes a chat in any state."""
-        await self._command_on_chat(chat_id, domain.CompleteChat(by=f"admin:{admin}", at=events.utcnow()))
+    async def admin_complete(self, admin: str, chat_id: str) -> dict:
+        """An admin completes a chat in any state; returns the chat's view as committed."""
+        _, view = await self._command_on_chat(chat_id, lambda now: domain.CompleteChat(by=f"admin:{admin}", at=now))
+        return view
 
-    async def reassign(self, chat_id: str, operator_id: str) -> Changes:
-        """An admin gives a chat to an operator (who must have room)."""
-        cmd = domain.ReassignChat(operator_id=operator_id, assignment_id=uuid.uuid4(), at=events.utcnow())
-        return await self._command_on_chat(chat_id, cmd, operator_lock=operator_id)
+    async def reassign(self, chat_id: str, operator_id: str) -> tuple[Pulled, dict]:
+        """An admin gives a chat to an operator (who must have room): the assignment it holds now, and the view.
+
+        The assignment is the one this transaction created, or the operator's current one on this
+        chat when it already held it: what was done, not a later re-read that may see another
+        chat of the same operator.
+        """
+        assignment_id = uuid.uuid4()
+        chat, view = await self._command_on_chat(
+            chat_id, lambda now: domain.ReassignChat(operator_id=operator_id, assignment_id=assignment_id, at=now),
+            operator_lock=operator_id)
+        return Pulled(chat.assignment_id, chat_id, chat.assignment_started_at,
+                      new=chat.assignment_id == assignment_id), view
 
     # ---- reads --------------------------------------------------------------------------
 
