@@ -5,6 +5,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import jwt
@@ -96,6 +97,14 @@ async def test_an_operator_takes_a_chat_sees_new_messages_and_replies_in_the_bro
         assert body["last_operator_id"] == sub
         assert [m["sender"] for m in body["messages"]] == ["user", "user", "operator"]
         assert body["messages"][-1]["operator_id"] == sub
+
+        async def counted():  # through a real server: `/` in the id travels as %2F
+            r = await http.get(f"{urls['stats']}/v1/operators/{quote(sub, safe='')}/stats",
+                               headers={"Authorization": f"Bearer {utf8_token(sub, 'operator')}"})
+            assert r.status_code == 200, r.text
+            return r.json() if r.json()["messages_sent"] == 1 else None
+
+        assert (await eventually(counted))["operator_id"] == sub
 
         admin = await (await browser.new_context(viewport={"width": 1100, "height": 900})).new_page()
         await admin.goto(f"{urls['assigner']}/console/admin.html")
