@@ -155,3 +155,24 @@ async def test_one_bad_pull_in_a_batch_fails_alone_and_every_other_command_appli
         assert results[0][0].new and results[3][0].new
     finally:
         await pool.close()
+
+
+async def test_a_silent_operator_with_an_email_subject_is_timed_out_through_the_idle_monitor(env):
+    """chat_assigned -> idle_monitor's deadline -> assignment_idle naming the operator -> the assigner."""
+    sub = SUBJECTS["email"]
+    settings = env.with_settings(idle_timeout_s=1.0, idle_check_interval_s=0.05)
+    chat = cid()
+    async with running("assigner", settings) as assigner, running("idle_monitor", settings), \
+            running("stats", settings) as stats, Producer(settings) as kafka:
+        await kafka.send(TOPIC_INBOUND, user_message(chat))
+        await eventually(lambda: in_state(env, chat, "waiting_assignment"))
+        pulled = await assigner.post("/v1/assignments/next", headers=token(sub))
+        assert pulled.status_code == 200, pulled.text
+        back = await eventually(lambda: in_state(env, chat, "waiting_assignment"), timeout=30)
+        assert back["last_operator_id"] == sub
+
+        async def counted():
+            r = await stats.get(stats_path(sub), headers=ADMIN)
+            return r.json() if r.json()["timed_out"] == 1 else None
+
+        assert (await eventually(counted))["assignments"] == 1
