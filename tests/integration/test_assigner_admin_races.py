@@ -10,8 +10,10 @@ import random
 import time
 import uuid
 
+from prometheus_client import REGISTRY
+
 from shared.events import TOPIC_INBOUND
-from tests.harness import Producer, eventually, running, token, user_message
+from tests.harness import Producer, eventually, operator_message, running, token, user_message
 from tests.integration.test_assigner_concurrency import assert_invariants
 
 ADMIN = token("boss", "admin")
@@ -37,6 +39,11 @@ async def waiting(env, *chat_ids):
         return n == len(chat_ids)
     finally:
         await conn.close()
+
+
+async def in_state(env, chat_id, state):
+    row = await chat_row(env, chat_id)
+    return row if row is not None and row["state"] == state else None
 
 
 async def someone_waits_for_a_lock(env):
@@ -87,6 +94,38 @@ async def test_an_admin_action_that_waited_for_a_pull_sees_the_pulls_assignment(
                 await conn.close()
             assert ended["outcome"] == ("completed" if admin_action == "complete" else "reassigned")
         await assert_invariants(env, capacity=1)
+
+
+def consumer_retries(settings) -> float:
+    return REGISTRY.get_sample_value("switchboard_consumer_retries_total", {"group": settings.group("assigner")}) or 0
+
+
+async def test_an_operator_reply_the_consumer_applies_after_waiting_for_a_pull_counts_its_first_response(env):
+    chat = cid()
+    async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
+        await kafka.send(TOPIC_INBOUND, user_message(chat))
+        await eventually(lambda: waiting(env, chat))
+        puller = await env.connect()
+        try:
+            pulled = await assign_in_open_transaction(puller, chat, "op-a")
+            before = consumer_retries(env.settings)
+            await kafka.send(TOPIC_INBOUND, operator_message(chat, "op-a", "hello!"))
+            await eventually(lambda: someone_waits_for_a_lock(env))  # the consumer waits for the pull's lock
+            await puller.execute("COMMIT")
+        finally:
+            await puller.close()
+        answered = await eventually(lambda: in_state(env, chat, "waiting_real_user_reply"))
+        assert answered["last_operator_id"] == "op-a"
+        conn = await env.connect()
+        try:
+            ended = await conn.fetchrow("SELECT outcome, first_response_at FROM assigner.assignments "
+                                        "WHERE assignment_id = $1", pulled)
+        finally:
+            await conn.close()
+        assert ended["outcome"] == "answered" and ended["first_response_at"] is not None
+        # applied at the first try: the batch did not fail on the assignment its snapshot missed
+        assert consumer_retries(env.settings) == before
+        assert (await api.get("/readyz")).status_code == 200
 
 
 async def test_a_reassign_takes_the_chat_lock_before_the_operators_as_a_batch_does(env):
