@@ -10,6 +10,7 @@ import jwt
 from fastapi import Depends, Request
 
 from shared.errors import ApiError
+from shared.events import operator_id_problem
 
 Role = Literal["frontend", "operator", "admin"]
 ROLES: tuple[str, ...] = ("frontend", "operator", "admin")
@@ -66,6 +67,11 @@ def _verify(secret: str, token: str) -> tuple[Principal, float]:
     sub, role = claims.get("sub"), claims.get("role")
     if not isinstance(sub, str) or not sub or role not in ROLES:
         raise ApiError(401, "invalid_token", "the bearer token lacks a valid sub or role")
+    # The subject becomes an operator id in events, stats paths and the console: refuse here, with
+    # a clear 401, a subject that no later step could carry (never a 500 further down).
+    problem = operator_id_problem(sub)
+    if problem is not None:
+        raise ApiError(401, "invalid_subject", f"the bearer token's sub {problem}")
     return Principal(sub=sub, role=role), float(claims["exp"])
 
 

@@ -7,10 +7,11 @@ import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 SCHEMA_VERSION = 1
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+OPERATOR_ID_MAX = 255
 
 TOPIC_INBOUND = "chat.inbound"
 TOPIC_TIMEOUTS = "chat.timeouts"
@@ -20,7 +21,36 @@ ALL_TOPICS = (TOPIC_INBOUND, TOPIC_TIMEOUTS, TOPIC_LIFECYCLE, TOPIC_DLQ)
 
 ChatId = Annotated[str, Field(pattern=ID_PATTERN, description="Chat id; also the Kafka key.")]
 MessageId = Annotated[str, Field(pattern=ID_PATTERN, description="Frontend-chosen message id.")]
-OperatorId = Annotated[str, Field(pattern=ID_PATTERN, description="Operator id (a token's `sub`).")]
+
+
+def operator_id_problem(value: str) -> str | None:
+    """Why `value` is not an operator id (None when it is one).
+
+    Operator ids are identity providers' subjects: any printable text of 1 to 255 characters
+    (emails, UUIDs, `auth0|123`, `/`, `%`, spaces, non-ASCII letters). Control, format and
+    separator characters other than the plain space are refused: they break logs, URLs and
+    metrics exposition, and PostgreSQL cannot store NUL.
+    """
+    if not value:
+        return "must not be empty"
+    if len(value) > OPERATOR_ID_MAX:
+        return f"must be at most {OPERATOR_ID_MAX} characters (got {len(value)})"
+    if not value.isprintable():
+        return "must be printable text (no control, format or line-separator characters)"
+    return None
+
+
+def check_operator_id(value: str) -> str:
+    """The operator id unchanged, or ValueError naming what is wrong with it."""
+    problem = operator_id_problem(value)
+    if problem is not None:
+        raise ValueError(f"operator id {problem}")
+    return value
+
+
+OperatorId = Annotated[str, AfterValidator(check_operator_id), Field(
+    min_length=1, max_length=OPERATOR_ID_MAX,
+    description="Operator id (a token's `sub`): printable text, 1 to 255 characters.")]
 Outcome = Literal["answered", "released", "timed_out", "reassigned", "completed"]
 
 

@@ -18,7 +18,7 @@ from services.assigner.batcher import OperatorBatcher
 from services.assigner.store import Pulled, Store
 from shared.auth import Principal, require
 from shared.errors import ApiError
-from shared.events import ID_PATTERN
+from shared.events import OperatorId
 from shared.http import ERROR_SCHEMA
 from shared.pagination import (DEFAULT_LIMIT, CursorParam, LimitParam, decode_cursor, encode_cursor,
                                invalid_cursor)
@@ -62,7 +62,7 @@ class ReleasedOut(BaseModel):
 
 class ReassignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    operator_id: str = Field(pattern=ID_PATTERN, description="The operator who gets the chat.")
+    operator_id: OperatorId = Field(description="The operator who gets the chat: printable text, 1 to 255 characters.")
 
 
 class QueueOut(BaseModel):
@@ -147,7 +147,10 @@ NO_CONTENT = {204: {"description": "Nothing is waiting for this operator."}}
 async def pull_next(store: Store = Depends(_store), batcher: OperatorBatcher = Depends(_batcher),
                     me: Principal = Depends(require("operator"))):
     started = time.perf_counter()
-    pulled, view = await batcher.pull(me.sub)
+    try:
+        pulled, view = await batcher.pull(me.sub)
+    except domain.DomainError as exc:
+        raise _domain_error(exc) from None
     result = "assigned" if pulled.new else ("current" if pulled.assignment_id else "empty")
     metrics.PULL_LATENCY.labels(result).observe(time.perf_counter() - started)
     if pulled.assignment_id is None:
@@ -207,26 +210,19 @@ async def reassign(chat_id: str, request: Request, store: Store = Depends(_store
     # The body is read here, after the token was checked: SPEC §4 wants 401 before any 422.
     body = await _body(request, ReassignIn)
     try:
-        await store.reassign(chat_id, body.operator_id)
+        assigned, view = await store.reassign(chat_id, body.operator_id)
     except domain.DomainError as exc:
         raise _domain_error(exc) from None
-    view = await store.chat_view(chat_id)
-    current = await store.current(body.operator_id)
-    assigned = current if current.chat_id == chat_id else None
-    if assigned is None:
-        raise ApiError(409, "reassign_lost", f"chat {chat_id} changed hands again; read it and retry")
-    return {"assignment_id": assigned.assignment_id, "chat": view, "assigned_at": assigned.assigned_at,
-            "idle_deadline": assigned.assigned_at + timedelta(seconds=store.settings.idle_timeout_s)}
+    return _json(AssignmentOut, _assignment_body(store, assigned, view))
 
 
 @router.post("/v1/admin/chats/{chat_id}/complete", response_model=ChatOut, tags=["admin"],
              summary="Complete a chat in any state.", responses=errors(404, 409))
 async def admin_complete(chat_id: str, store: Store = Depends(_store), me: Principal = Depends(require("admin"))):
     try:
-        await store.admin_complete(me.sub, chat_id)
+        return _json(ChatOut, await store.admin_complete(me.sub, chat_id))
     except domain.DomainError as exc:
         raise _domain_error(exc) from None
-    return await store.chat_view(chat_id)
 
 
 @router.get("/v1/admin/queue", response_model=QueueOut, tags=["admin"],

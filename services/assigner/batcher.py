@@ -82,11 +82,11 @@ class OperatorBatcher:
                     continue
                 _fail(batch, exc)
                 return
-            except asyncpg.DataError as exc:
-                # Data the database refuses (class 22) belongs to one command: apply the others
-                # without it, each alone, so only its caller gets the error.
+            except PER_COMMAND as exc:
+                # Data the database or the event contract refuses belongs to one command: apply the
+                # others without it, each alone, so only its caller gets the error (a 4xx).
                 if len(batch) == 1:
-                    _fail(batch, exc)
+                    _fail(batch, _refusal(exc))
                     return
                 for item in batch:
                     await self._apply([item])
@@ -102,6 +102,18 @@ class OperatorBatcher:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+# Failures caused by one command's own data (class 22 and 23 errors, a model refusing a value), not by
+# the database being away: a batch failing so is split, and each command retried alone.
+PER_COMMAND = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError)
+
+
+def _refusal(exc: Exception) -> ApiError:
+    """The answer for a command that failed alone on its own data: a 4xx naming why, never a 500."""
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+        return ApiError(409, "conflict", f"the command conflicts with the chat's current state; retry ({exc})")
+    return ApiError(422, "invalid_command", f"the command's data was refused: {exc}")
 
 
 def _fail(batch, exc: Exception) -> None:

@@ -49,6 +49,13 @@ class OperatorAtCapacity(domain.DomainError):
     code = "operator_at_capacity"
 
 
+class InvalidCommand(domain.DomainError):
+    """A command whose own data the event contract or the database refuses (only its caller hears of it)."""
+
+    status = 422
+    code = "invalid_command"
+
+
 @dataclass(frozen=True)
 class OperatorCommand:
     """An operator's pull, release or completion, applied in a batch with others."""
@@ -123,7 +130,20 @@ class Store:
     async def lock_chats(self, conn: asyncpg.Connection, chat_ids: Iterable[str]) -> dict[str, Chat]:
         """Lock and load chats by id (missing ones are absent from the result)."""
         rows = await conn.fetch(self.q.lock_chats, sorted(set(chat_ids)))
-        return {r["chat_id"]: chat_from_row(r) for r in rows}
+        return {r["chat_id"]: chat_from_row(r) for r in await self._fresh(conn, rows)}
+
+    async def _fresh(self, conn: asyncpg.Connection, rows: list) -> list:
+        """Locked rows, those whose joined assignment is stale re-read under the lock now held.
+
+        A chat updated by a transaction this one waited for comes back at its newest version, but
+        joined with the assignment its own snapshot saw (none, or the previous one): deciding on that
+        would end an assignment with no start time (a 500) or miss a first response.
+        """
+        stale = [r["chat_id"] for r in rows if r["assignment_stale"]]
+        if not stale:
+            return rows
+        reread = {r["chat_id"]: r for r in await conn.fetch(self.q.read_chats, stale)}
+        return [reread.get(r["chat_id"], r) if r["assignment_stale"] else r for r in rows]
 
     async def persist(self, conn: asyncpg.Connection, changes: Changes) -> None:
         """Write chats, assignments, messages and outbox rows of a transaction, set-based.
@@ -182,7 +202,7 @@ class Store:
         """Apply inbound messages and timeouts of one partition batch, in order, inside `conn`'s transaction."""
         message_ids = sorted({e.payload.message_id for e in items if e.type in ("user_message", "operator_message")})
         rows = await conn.fetch(self.q.lock_chats_with_known, sorted({e.chat_id for e in items}), message_ids)
-        chats = {r["chat_id"]: chat_from_row(r) for r in rows}
+        chats = {r["chat_id"]: chat_from_row(r) for r in await self._fresh(conn, rows)}
         known = {(r["chat_id"], m) for r in rows for m in r["known_message_ids"]}
         changes = Changes()
         for event in items:
@@ -229,6 +249,9 @@ class Store:
                     except domain.DomainError as exc:
                         results[i] = exc
                         continue
+                    except ValueError as exc:  # pydantic's ValidationError too: this command's data
+                        results[i] = InvalidCommand(f"{commands[i].kind} refused: {exc}")
+                        continue
                     if decision.chat is not None:
                         chats[chat.chat_id] = decision.chat
                     changes.add(chat.chat_id, chat, decision, now)
@@ -267,6 +290,13 @@ class Store:
                      changes: Changes) -> None:
         """Pulls of a batch: room is checked under each puller's lock; the oldest chats go first."""
         capacity = self.settings.operator_capacity
+        for i in pullers:
+            problem = events.operator_id_problem(commands[i].operator_id)
+            if problem is not None:  # no event could carry it: refuse this pull alone
+                results[i] = InvalidCommand(f"operator id {problem}")
+        pullers = [i for i in pullers if results[i] is None]
+        if not pullers:
+            return
         operators = sorted({commands[i].operator_id for i in pullers})
         await conn.execute(self.q.lock_operators, operators)
         ended = {f.payload.assignment_id for _, f, _ in changes.facts if f.type == "assignment_ended"}
@@ -306,7 +336,11 @@ class Store:
                     results[i] = Pulled(None, None, None, new=False)
                     continue
                 cmd = domain.AssignToPuller(operator_id=op, assignment_id=uuid.uuid4(), at=now)
-                decision = domain.decide(pick, cmd)
+                try:
+                    decision = domain.decide(pick, cmd)
+                except (domain.DomainError, ValueError) as exc:  # this pull alone; its chat stays waiting
+                    results[i] = exc if isinstance(exc, domain.DomainError) else InvalidCommand(f"pull refused: {exc}")
+                    continue
                 changes.add(pick.chat_id, pick, decision, now)
                 active[op].append((cmd.assignment_id, pick.chat_id, now))
                 results[i] = Pulled(cmd.assignment_id, pick.chat_id, now, new=True)
@@ -337,34 +371,53 @@ class Store:
         a = active[0]
         return Pulled(a["assignment_id"], a["chat_id"], a["started_at"], new=False)
 
-    async def _command_on_chat(self, chat_id: str, cmd, operator_lock: str | None = None) -> Changes:
+    async def _command_on_chat(self, chat_id: str, command_at, operator_lock: str | None = None
+                               ) -> tuple[Chat, dict]:
+        """Apply one admin command to a chat in its own transaction; the chat after it, and its view.
+
+        Locks in the order every transaction takes them: the chat, then (for a reassign) the target
+        operator, as a batch locks chats of ended assignments before pullers. `command_at(now)` builds
+        the command with the time read under the locks, so times follow commit order.
+        """
         async with self.pool.acquire() as conn, conn.transaction():
-            if operator_lock is not None:
-                await conn.execute(self.q.lock_operator, operator_lock)
-            chats = await self.lock_chats(conn, [chat_id])
-            chat = chats.get(chat_id)
+            chat = (await self.lock_chats(conn, [chat_id])).get(chat_id)
             if chat is None:
                 raise UnknownChat(f"chat {chat_id} does not exist")
+            if operator_lock is not None:
+                await conn.execute(self.q.lock_operator, operator_lock)
+            cmd = command_at(events.utcnow())
             if isinstance(cmd, domain.ReassignChat):
                 active = await conn.fetch(self.q.active_assignments_of, cmd.operator_id)
                 holds_this = any(a["chat_id"] == chat_id for a in active)
                 if not holds_this and len(active) >= self.settings.operator_capacity:
                     raise OperatorAtCapacity(
                         f"operator {cmd.operator_id} already holds {len(active)} chat(s), the capacity")
+            decision = domain.decide(chat, cmd)
             changes = Changes()
-            changes.add(chat_id, chat, domain.decide(chat, cmd), cmd.at)
+            changes.add(chat_id, chat, decision, cmd.at)
             await self.persist(conn, changes)
+            view = (await self._views(conn, [chat_id]))[chat_id]
         self.count_outcomes(changes)
-        return changes
+        return decision.chat or chat, view
 
-    async def admin_complete(self, admin: str, chat_id: str) -> None:
-        """An admin completes a chat in any state."""
-        await self._command_on_chat(chat_id, domain.CompleteChat(by=f"admin:{admin}", at=events.utcnow()))
+    async def admin_complete(self, admin: str, chat_id: str) -> dict:
+        """An admin completes a chat in any state; returns the chat's view as committed."""
+        _, view = await self._command_on_chat(chat_id, lambda now: domain.CompleteChat(by=f"admin:{admin}", at=now))
+        return view
 
-    async def reassign(self, chat_id: str, operator_id: str) -> Changes:
-        """An admin gives a chat to an operator (who must have room)."""
-        cmd = domain.ReassignChat(operator_id=operator_id, assignment_id=uuid.uuid4(), at=events.utcnow())
-        return await self._command_on_chat(chat_id, cmd, operator_lock=operator_id)
+    async def reassign(self, chat_id: str, operator_id: str) -> tuple[Pulled, dict]:
+        """An admin gives a chat to an operator (who must have room): the assignment it holds now, and the view.
+
+        The assignment is the one this transaction created, or the operator's current one on this
+        chat when it already held it: what was done, not a later re-read that may see another
+        chat of the same operator.
+        """
+        assignment_id = uuid.uuid4()
+        chat, view = await self._command_on_chat(
+            chat_id, lambda now: domain.ReassignChat(operator_id=operator_id, assignment_id=assignment_id, at=now),
+            operator_lock=operator_id)
+        return Pulled(chat.assignment_id, chat_id, chat.assignment_started_at,
+                      new=chat.assignment_id == assignment_id), view
 
     # ---- reads --------------------------------------------------------------------------
 

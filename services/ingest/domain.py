@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from shared.events import (
     ID_PATTERN,
+    OperatorId,
     OperatorMessage,
     OperatorMessagePayload,
     UserMessage,
@@ -34,9 +35,10 @@ class MessageIn(_Forbidding):
 
     message_id: str = Field(pattern=ID_PATTERN, description="Frontend-chosen id; retries reuse it.")
     sender: Literal["user", "operator"] = Field(description="Who wrote the message.")
-    operator_id: str | None = Field(
-        None, pattern=ID_PATTERN, validate_default=True,
-        description="Required when sender is `operator`, absent when it is `user`.",
+    operator_id: OperatorId | None = Field(
+        None, validate_default=True,
+        description="Required when sender is `operator`, absent when it is `user`; printable text, 1 to 255 "
+                    "characters (a token's `sub`).",
     )
     text: str = Field(min_length=1, max_length=4000, pattern=r"^[^\x00]*$",
                       description="1 to 4,000 characters, no NUL (PostgreSQL cannot store it).")

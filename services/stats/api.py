@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from services.stats.store import Store
 from shared.auth import Principal, require
 from shared.errors import ApiError
-from shared.events import ID_PATTERN
+from shared.events import ID_PATTERN, operator_id_problem
 from shared.pagination import DEFAULT_LIMIT, CursorParam, LimitParam, decode_cursor, encode_cursor
 
 router = APIRouter(tags=["stats"])
@@ -70,15 +70,21 @@ def parse_day(value: str | None) -> date | None:
                        details=[{"field": "day", "message": "expected YYYY-MM-DD", "type": "date"}]) from None
 
 
-@router.get("/v1/operators/{operator_id}/stats", response_model=OperatorStats,
-            summary="One operator's figures, for a UTC day or all time.")
+# `:path`: an operator id may hold `/` (sent as %2F, which the server decodes before routing), so the
+# id is everything between `/v1/operators/` and the final `/stats`.
+@router.get("/v1/operators/{operator_id:path}/stats", response_model=OperatorStats,
+            summary="One operator's figures, for a UTC day or all time (the id URL-encoded, `/` as %2F).")
 async def operator_stats(
-    operator_id: Annotated[str, Path(pattern=ID_PATTERN)],
+    operator_id: Annotated[str, Path(description="The operator id (a token's `sub`), URL-encoded.")],
     day: DayParam = None,
     principal: Principal = Depends(require("admin", "operator")),
     store: Store = Depends(_store),
 ):
     """An operator's counters; an operator may only read its own, an admin anyone's."""
+    problem = operator_id_problem(operator_id)
+    if problem is not None:
+        raise ApiError(422, "validation_error", f"operator_id: operator id {problem}",
+                       details=[{"field": "operator_id", "message": problem, "type": "value_error"}])
     if principal.role == "operator" and principal.sub != operator_id:
         raise ApiError(403, "forbidden", "an operator may read only its own figures")
     return await store.operator(operator_id, parse_day(day))

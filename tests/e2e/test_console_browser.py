@@ -1,10 +1,15 @@
 """The operator console and admin page in a real headless Chromium, against the running services."""
 
 import contextlib
+import json
+import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
+import jwt
+import pytest
 from playwright.async_api import async_playwright
 
 from deploy.local.browser import FLAGS, ensure_chromium
@@ -15,11 +20,30 @@ from tests.harness import TEST_SECRET, eventually
 SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 
 
+class _RawUtf8(json.JSONEncoder):
+    """JSON with non-ASCII letters as UTF-8 bytes, not \\u escapes: what many identity providers sign."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["ensure_ascii"] = False
+        super().__init__(*args, **kwargs)
+
+
+def utf8_token(sub: str, role: str) -> str:
+    """A valid HS256 token whose payload carries `sub` as raw UTF-8."""
+    now = int(time.time())
+    return jwt.encode({"sub": sub, "role": role, "iat": now, "exp": now + 3600}, TEST_SECRET, algorithm="HS256",
+                      json_encoder=_RawUtf8)
+
+
 def bearer(sub, role):
     return {"Authorization": f"Bearer {issue_token(TEST_SECRET, sub, role)}"}
 
 
-async def test_an_operator_takes_a_chat_sees_new_messages_and_replies_in_the_browser(env):
+# A plain id, and a real identity provider's subject with non-ASCII letters, a space, `/` and markup
+# (the console decodes the token's claims as UTF-8 and shows ids as text, never as HTML).
+@pytest.mark.parametrize("sub", ["op-web", "Łukasz Żółć <b>ops</b>/night"], ids=["plain", "unicode-subject"])
+async def test_an_operator_takes_a_chat_sees_new_messages_and_replies_in_the_browser(env, sub):
+    shot = "" if sub == "op-web" else "-unicode"
     SHOTS.mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in ("ingest", "assigner", "stats")}
     settings = env.with_settings(ingest_url=f"http://127.0.0.1:{ports['ingest']}",
@@ -47,17 +71,18 @@ async def test_an_operator_takes_a_chat_sees_new_messages_and_replies_in_the_bro
         page = await (await browser.new_context(viewport={"width": 1100, "height": 800})).new_page()
 
         await page.goto(f"{urls['assigner']}/console/")
-        await page.fill("#token-input", issue_token(TEST_SECRET, "op-web", "operator"))
+        await page.fill("#token-input", utf8_token(sub, "operator"))
         await page.click("#signin-form button")
+        assert await page.locator("#who").text_content() == f"signed in as {sub}"
         await page.click("#next")
         await page.wait_for_selector(f"text=Chat {chat}")
         await page.wait_for_selector(".msg.user >> text=hey")
-        await page.screenshot(path=str(SHOTS / "console-assigned.png"))
+        await page.screenshot(path=str(SHOTS / f"console-assigned{shot}.png"))
 
         await user_says("how are you?")
         await page.wait_for_selector(".msg.user >> text=how are you?", timeout=15000)
         assert await page.locator(".msg.user").count() == 2
-        await page.screenshot(path=str(SHOTS / "console-second-message.png"))
+        await page.screenshot(path=str(SHOTS / f"console-second-message{shot}.png"))
 
         await page.fill("#reply", "Hi! I'm well, how can I help?")
         await page.click("#send")
@@ -69,17 +94,27 @@ async def test_an_operator_takes_a_chat_sees_new_messages_and_replies_in_the_bro
             return body if body["state"] == "waiting_real_user_reply" else None
 
         body = await eventually(answered)
-        assert body["last_operator_id"] == "op-web"
+        assert body["last_operator_id"] == sub
         assert [m["sender"] for m in body["messages"]] == ["user", "user", "operator"]
-        assert body["messages"][-1]["operator_id"] == "op-web"
+        assert body["messages"][-1]["operator_id"] == sub
+
+        async def counted():  # through a real server: `/` in the id travels as %2F
+            r = await http.get(f"{urls['stats']}/v1/operators/{quote(sub, safe='')}/stats",
+                               headers={"Authorization": f"Bearer {utf8_token(sub, 'operator')}"})
+            assert r.status_code == 200, r.text
+            return r.json() if r.json()["messages_sent"] == 1 else None
+
+        assert (await eventually(counted))["operator_id"] == sub
 
         admin = await (await browser.new_context(viewport={"width": 1100, "height": 900})).new_page()
         await admin.goto(f"{urls['assigner']}/console/admin.html")
         await admin.fill("#signin-form input", issue_token(TEST_SECRET, "boss", "admin"))
         await admin.click("#signin-form button")
         await admin.wait_for_selector('[data-state="waiting_real_user_reply"] >> text=1')
-        await admin.wait_for_selector('[data-operator="op-web"]', timeout=15000)
-        await admin.screenshot(path=str(SHOTS / "admin.png"))
+        row = admin.locator(f'[data-operator="{sub}"]')
+        await row.wait_for(timeout=15000)
+        assert (await row.locator("td").first.text_content()) == sub
+        await admin.screenshot(path=str(SHOTS / f"admin{shot}.png"))
 
         # The stuck-chats list shows one page (100 rows) and a working "Next page" control.
         conn = await env.connect()
@@ -99,4 +134,4 @@ async def test_an_operator_takes_a_chat_sees_new_messages_and_replies_in_the_bro
         assert await admin.locator("#stuck tr").count() == 30
         assert await admin.locator('#stuck tr[data-chat="stuck-129"]').count() == 1
         assert not await admin.locator("#stuck-next").is_enabled()
-        await admin.screenshot(path=str(SHOTS / "admin-stuck-page-2.png"))
+        await admin.screenshot(path=str(SHOTS / f"admin-stuck-page-2{shot}.png"))

@@ -134,7 +134,7 @@ INVALID = [
     pytest.param("c-1", {"message_id": "m-1", "sender": "operator", "text": "hi"}, "operator_id",
                  id="operator-without-operator-id"),
     pytest.param("c-1", user(operator_id="op-1"), "operator_id", id="user-with-operator-id"),
-    pytest.param("c-1", {"message_id": "m-1", "sender": "operator", "operator_id": "op 1", "text": "hi"},
+    pytest.param("c-1", {"message_id": "m-1", "sender": "operator", "operator_id": "op\t1", "text": "hi"},
                  "operator_id", id="operator-id-bad-char"),
     pytest.param("c-1", {"message_id": "m-1", "sender": "bot", "text": "hi"}, "sender", id="unknown-sender"),
     pytest.param("c-1", {"message_id": "m-1", "text": "hi"}, "sender", id="missing-sender"),

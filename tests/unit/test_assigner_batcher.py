@@ -1,12 +1,14 @@
 """The operator batcher's queueing and error isolation, with a stand-in store (no database)."""
 
 import asyncio
+import uuid
 
 import asyncpg
 import pytest
 
 from services.assigner.batcher import OperatorBatcher
 from shared.errors import ApiError
+from shared.events import ChatAssignedPayload, utcnow
 
 
 class FakeStore:
@@ -63,7 +65,55 @@ async def test_data_the_database_refuses_fails_only_its_own_request():
 
     good1, bad, good2 = await run_with(store, body)
     assert (good1, good2) == ("chat-of-op-1", "chat-of-op-2")
-    assert isinstance(bad, asyncpg.DataError)
+    assert isinstance(bad, ApiError) and bad.status == 422 and bad.code == "invalid_command"
+
+
+class ModelRefusingStore(FakeStore):
+    """Refuses any batch holding operator 'bad' as an event model would (a pydantic ValidationError)."""
+
+    async def operator_batch(self, commands):
+        self.batches.append([c.operator_id for c in commands])
+        await asyncio.sleep(self.delay)
+        for c in commands:
+            if c.operator_id == "bad":
+                ChatAssignedPayload(assignment_id=uuid.uuid4(), operator_id="", assigned_at=utcnow(), via="pull")
+        return [f"chat-of-{c.operator_id}" for c in commands], None
+
+
+async def test_a_command_an_event_model_refuses_fails_only_its_own_request_with_a_4xx():
+    store = ModelRefusingStore(delay=0.02)
+
+    async def body(batcher):
+        blocker = asyncio.create_task(batcher.pull("op-0"))
+        await asyncio.sleep(0.005)
+        calls = [asyncio.create_task(batcher.pull(op)) for op in ("op-1", "bad", "op-2", "op-3")]
+        await blocker
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    good1, bad, good2, good3 = await run_with(store, body)
+    assert (good1, good2, good3) == ("chat-of-op-1", "chat-of-op-2", "chat-of-op-3")
+    assert isinstance(bad, ApiError) and bad.status == 422 and "operator id must not be empty" in bad.message
+    # the batch of four failed as a whole once, then each command was applied alone
+    assert store.batches[1] == ["op-1", "bad", "op-2", "op-3"]
+    assert sorted(map(tuple, store.batches[2:])) == [("bad",), ("op-1",), ("op-2",), ("op-3",)]
+
+
+async def test_a_conflict_of_one_command_with_the_data_fails_only_that_request_with_409():
+    class ConflictStore(FakeStore):
+        async def operator_batch(self, commands):
+            self.batches.append([c.operator_id for c in commands])
+            if any(c.operator_id == "bad" for c in commands):
+                raise asyncpg.UniqueViolationError("duplicate key value violates unique constraint")
+            return [f"chat-of-{c.operator_id}" for c in commands], None
+
+    store = ConflictStore()
+
+    async def body(batcher):
+        return await asyncio.gather(*(batcher.pull(op) for op in ("op-1", "bad", "op-2")), return_exceptions=True)
+
+    good1, bad, good2 = await run_with(store, body)
+    assert (good1, good2) == ("chat-of-op-1", "chat-of-op-2")
+    assert isinstance(bad, ApiError) and bad.status == 409
 
 
 async def test_requests_still_queued_at_shutdown_get_a_retryable_503():

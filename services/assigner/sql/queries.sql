@@ -12,25 +12,42 @@ SELECT coalesce(array_agg(event_id), '{}') FROM ins;
 
 -- name: lock_chats
 -- Load and lock chats with their current assignment, in chat_id order so batches never deadlock.
+-- After waiting for a concurrent writer's lock, Postgres re-checks the chat row at its newest version
+-- but keeps the assignment row this statement's snapshot joined (absent, or the previous assignment):
+-- `assignment_stale` flags such rows; the store re-reads them (read_chats) now that it holds the lock.
 SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.assignment_id, c.waiting_since,
        c.queued_at, c.operator_replied_at, c.last_user_message_at, c.message_count, c.created_at,
        a.started_at AS assignment_started_at,
-       coalesce(a.first_response_at IS NOT NULL, false) AS assignment_responded
+       coalesce(a.first_response_at IS NOT NULL, false) AS assignment_responded,
+       (c.assignment_id IS NOT NULL AND a.assignment_id IS DISTINCT FROM c.assignment_id) AS assignment_stale
 FROM assigner.chats c
 LEFT JOIN assigner.assignments a ON a.assignment_id = c.assignment_id
 WHERE c.chat_id = ANY($1::text[])
 ORDER BY c.chat_id
 FOR UPDATE OF c;
 
+-- name: read_chats
+-- Chats with their current assignment, without locking: run by a holder of their locks, so this
+-- statement's fresh snapshot sees what the writer it waited for committed.
+SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.assignment_id, c.waiting_since,
+       c.queued_at, c.operator_replied_at, c.last_user_message_at, c.message_count, c.created_at,
+       a.started_at AS assignment_started_at,
+       coalesce(a.first_response_at IS NOT NULL, false) AS assignment_responded
+FROM assigner.chats c
+LEFT JOIN assigner.assignments a ON a.assignment_id = c.assignment_id
+WHERE c.chat_id = ANY($1::text[]);
+
 -- name: lock_chats_with_known
 -- lock_chats for the consumer, each chat with those of the message ids in $2 it already stores (a
 -- message is applied once, whatever its event id). One round trip instead of two; the ids are read
 -- before the lock is granted, so a concurrent writer of the same message is caught by the messages
--- primary key instead (the batch fails and is retried, then sees it).
+-- primary key instead (the batch fails and is retried, then sees it). Rows flagged
+-- `assignment_stale` are re-read as in lock_chats.
 SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.assignment_id, c.waiting_since,
        c.queued_at, c.operator_replied_at, c.last_user_message_at, c.message_count, c.created_at,
        a.started_at AS assignment_started_at,
        coalesce(a.first_response_at IS NOT NULL, false) AS assignment_responded,
+       (c.assignment_id IS NOT NULL AND a.assignment_id IS DISTINCT FROM c.assignment_id) AS assignment_stale,
        (SELECT coalesce(array_agg(m.message_id), '{}') FROM assigner.messages m
         WHERE m.chat_id = c.chat_id AND m.message_id = ANY($2::text[])) AS known_message_ids
 FROM assigner.chats c
@@ -99,7 +116,8 @@ FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS u(assignment_id, ended
 WHERE a.assignment_id = u.assignment_id AND a.ended_at IS NULL;
 
 -- name: lock_operator
--- Serialise one operator's pulls and reassignments to it (capacity is checked under this lock).
+-- Serialise one operator's pulls and reassignments to it (capacity is checked under this lock). Lock
+-- order everywhere: chats first (chat_id order), then operators (sorted), then SKIP LOCKED claims.
 SELECT pg_advisory_xact_lock(hashtext('assigner.operator:' || $1::text));
 
 -- name: active_assignments_of

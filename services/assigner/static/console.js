@@ -10,7 +10,10 @@ const Switchboard = (() => {
   function claims() {
     try {
       const part = token().split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-      return JSON.parse(atob(part));
+      // atob gives one character per byte: decode them as UTF-8, or a non-ASCII sub comes out garbled
+      // (and the console's replies would name an operator that does not exist).
+      const bytes = Uint8Array.from(atob(part), (c) => c.charCodeAt(0));
+      return JSON.parse(new TextDecoder().decode(bytes));
     } catch (e) { return null; }
   }
 
