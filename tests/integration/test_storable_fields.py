@@ -161,3 +161,27 @@ async def test_a_record_postgres_refuses_goes_to_the_dlq_alone_and_the_rest_of_i
         metrics = (await api.get("/metrics")).text
         assert dlq_metric(metrics, settings.group("assigner"), TOPIC_INBOUND) == 1
         assert (await api.get("/readyz")).status_code == 200
+
+
+async def test_text_with_a_lone_surrogate_is_refused_at_ingest_and_dead_lettered_from_kafka(env):
+    # "\ud800" is valid JSON syntax to Python's json module but no Unicode text: Postgres could not store it.
+    body = b'{"message_id": "m-1", "sender": "user", "text": "half a pair: \\ud800"}'
+    async with running("ingest", env.settings) as api:
+        r = await api.post(f"/v1/chats/{cid()}/messages", content=body, headers=FRONTEND)
+        batch = await api.post("/v1/messages:batch", headers=FRONTEND,
+                               content=b'{"messages": [' + body[:-1] + b', "chat_id": "c-1"}]}')
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["type"] == "json_invalid", r.text
+    assert batch.status_code == 422, batch.text
+    settings = env.settings
+    raw = encode(user_message("chat-s1", text="<here>", message_id="m-1")).replace(b"<here>", b"\\ud800")
+    after = user_message("chat-s2", text="after it", message_id="m-2")
+    async with running("assigner", settings) as api:
+        offsets = await produce(settings, TOPIC_INBOUND, [(b"chat-s1", raw), (b"chat-s2", encode(after))])
+
+        async def applied():
+            return (await api.get("/v1/chats/chat-s2", headers=ADMIN)).status_code == 200
+
+        await eventually(applied, timeout=30)
+        [record] = await dead_letters(settings, 1)
+        assert headers_of(record)["dlq.source_offset"] == str(offsets[0]) and record.value == raw
+        assert (await api.get("/v1/chats/chat-s1", headers=ADMIN)).status_code == 404
