@@ -11,8 +11,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# exec: `switchboard up` is make's own child, so the SIGTERM make passes on to its children reaches it
+# (through a shell it would stop only the shell); `up` also stops itself when make dies of anything else.
 run: $(VENV)/.installed
-	$(VENV)/bin/switchboard up
+	exec $(VENV)/bin/switchboard up
 
 test: $(VENV)/.installed
 	$(VENV)/bin/switchboard infra up

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -59,6 +59,28 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# The window a message's `sent_at` must fall in (docs/contract.md, "The sent_at window"). Every value
+# inside it is storable as timestamptz and converts to UTC without leaving Python's datetime range
+# (year 1 at +14:00 or year 9999 at -14:00 do not), so what ingest accepts the assigner can store.
+# The future bound is Kafka's own default for producer clocks (message.timestamp.after.max.ms, 1 h);
+# it only widens as time passes, so a record accepted at ingest still passes when it is consumed.
+SENT_AT_EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+SENT_AT_MAX_AHEAD = timedelta(hours=1)
+
+
+def check_sent_at(value: datetime | None, now: datetime | None = None) -> datetime | None:
+    """`value` if it carries a zone and lies in [SENT_AT_EARLIEST, now + SENT_AT_MAX_AHEAD]; else ValueError."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("sent_at must carry a timezone (UTC)")
+    latest = (now or utcnow()) + SENT_AT_MAX_AHEAD
+    if not SENT_AT_EARLIEST <= value <= latest:
+        raise ValueError(f"sent_at must lie between {SENT_AT_EARLIEST.isoformat()} and "
+                         f"{int(SENT_AT_MAX_AHEAD.total_seconds())} s after the current time")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,12 +112,22 @@ class UserMessagePayload(_Strict):
     text: str = Field(min_length=1, max_length=4000)
     sent_at: datetime | None = None
 
+    @field_validator("sent_at", mode="after")
+    @classmethod
+    def _sent_at_in_window(cls, value: datetime | None) -> datetime | None:
+        return check_sent_at(value)
+
 
 class OperatorMessagePayload(_Strict):
     message_id: MessageId
     operator_id: OperatorId
     text: str = Field(min_length=1, max_length=4000)
     sent_at: datetime | None = None
+
+    @field_validator("sent_at", mode="after")
+    @classmethod
+    def _sent_at_in_window(cls, value: datetime | None) -> datetime | None:
+        return check_sent_at(value)
 
 
 class UserMessage(Envelope):

@@ -89,12 +89,30 @@ class _Observe:
             metrics.HTTP_LATENCY.labels(self.service, template, method).observe(time.perf_counter() - started)
 
 
+def _with_challenge(exc: ApiError) -> dict[str, str]:
+    """RFC 6750: every 401 names the Bearer scheme; a token that was sent but refused is `invalid_token`."""
+    headers = dict(exc.headers)
+    if exc.status == 401 and not any(k.lower() == "www-authenticate" for k in headers):
+        if exc.code == "missing_token":
+            headers["WWW-Authenticate"] = 'Bearer realm="switchboard"'
+        else:
+            # RFC 6750 allows printable ASCII but `"` and `\` here; header values must stay latin-1 anyway.
+            description = "".join(c for c in exc.message if " " <= c <= "~" and c not in '"\\')[:200]
+            headers["WWW-Authenticate"] = (f'Bearer realm="switchboard", error="invalid_token", '
+                                           f'error_description="{description}"')
+    return headers
+
+
 def create_app(service: str, *, title: str, lifespan, readiness: Readiness, auth_secret: str,
                max_body_bytes: int = 1024 * 1024, version: str = "1.0.0",
-               cors_origins: tuple[str, ...] = ("*",)) -> FastAPI:
-    """A FastAPI app with Switchboard's error shape, `/healthz`, `/readyz`, `/metrics` and request metrics."""
+               cors_origins: tuple[str, ...] = ("*",), jwks=None) -> FastAPI:
+    """A FastAPI app with Switchboard's error shape, `/healthz`, `/readyz`, `/metrics` and request metrics.
+
+    `jwks` (shared.auth.JwksVerifier) also admits an identity provider's RS256/ES256 tokens.
+    """
     app = FastAPI(title=title, version=version, lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.auth_secret = auth_secret
+    app.state.jwks = jwks
     app.state.service = service
     # Bearer tokens, never cookies: the browser console on another port may call every service.
     app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"],
@@ -102,7 +120,7 @@ def create_app(service: str, *, title: str, lifespan, readiness: Readiness, auth
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=_with_challenge(exc))
 
     async def _database_down(_: Request, exc: Exception):
         body = {"error": {"code": "postgres_unavailable",

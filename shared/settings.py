@@ -88,6 +88,23 @@ class Settings(BaseSettings):
         """The HTTP port configured for a service."""
         return getattr(self, f"{service}_port")
 
+    # Identity providers (docs/operations.md, "Running with a JWKS provider").
+    auth_jwks_url: str | None = Field(
+        None, description="An identity provider's JWKS URL: RS256/ES256 tokens are verified against it "
+                          "(HS256 tokens signed with SWITCHBOARD_AUTH_SECRET are still accepted).")
+    auth_issuer: str | None = Field(None, description="The `iss` a JWKS-verified token must carry.")
+    auth_audience: str | None = Field(None, description="The `aud` a JWKS-verified token must carry.")
+    auth_role_claim: str = Field("role", min_length=1,
+                                 description="Claim (dotted path) holding the role: a string or a list.")
+    auth_jwks_cache_s: float = Field(300, gt=0, description="How long a fetched key set is used.")
+    auth_jwks_min_refresh_s: float = Field(30, ge=0, description="Least time between refetches for unknown kids.")
+
+    @model_validator(mode="after")
+    def _jwks_needs_issuer_and_audience(self) -> "Settings":
+        if self.auth_jwks_url and not (self.auth_issuer and self.auth_audience):
+            raise ValueError("SWITCHBOARD_AUTH_JWKS_URL needs SWITCHBOARD_AUTH_ISSUER and SWITCHBOARD_AUTH_AUDIENCE")
+        return self
+
 
 def load_settings(**overrides) -> Settings:
     """Read settings from the environment, turning validation errors into named config errors."""

@@ -150,11 +150,65 @@ def _pid_file(name: str):
     return local_dir() / f"{name}.pid"
 
 
+# What a terminal, `timeout`, systemd, a container runtime or a CI runner sends to stop a foreground
+# command: each is turned into the KeyboardInterrupt that Ctrl-C raises, so all take one path.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_PARENT_AT_START = os.getppid()
+
+
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_like_ctrl_c() -> None:
+    """Make SIGTERM and SIGHUP (and the death of the parent, e.g. `make`) stop `up` as Ctrl-C does."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
+    if sys.platform.startswith("linux"):
+        # A parent that dies without passing its signal on (make forwards SIGTERM but not SIGHUP)
+        # must not leave `up` and its services behind: have the kernel send us SIGTERM then.
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != _PARENT_AT_START:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _shield_cleanup() -> None:
+    """While stopping, further stop signals are ignored: a second Ctrl-C must not strand a service."""
+    for sig in (signal.SIGINT, *STOP_SIGNALS):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 @app.command()
 def up(demo: bool = typer.Option(True, help="Start the demo traffic generator."),
        detach: bool = typer.Option(False, help="Return once everything is ready instead of staying in the foreground."),
        ) -> None:
-    """Start Kafka and Postgres if needed, migrate, start the four services, print URLs and tokens."""
+    """Start Kafka and Postgres if needed, migrate, start the four services, print URLs and tokens.
+
+    In the foreground, Ctrl-C, SIGTERM and SIGHUP all stop everything it started (`switchboard down`).
+    """
+    if not detach:
+        _stop_like_ctrl_c()
+    try:
+        _start(demo)
+        if detach:
+            return
+        console.print("Ctrl-C (or SIGTERM, SIGHUP) stops everything this command started.")
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    _shield_cleanup()
+    down()
+
+
+def _start(demo: bool) -> None:
+    """Everything `up` does before it waits: infrastructure, migrations, services, demo, the banner."""
     from deploy.local import process
     from deploy.local.paths import local_dir
     from shared.auth import issue_token
@@ -163,13 +217,11 @@ def up(demo: bool = typer.Option(True, help="Start the demo traffic generator.")
     infra_up_impl()
     settings = _settings()
     migrate()
-    started = []
     for name, (_, overrides) in registry.PROCESSES.items():
         pid_file = _pid_file(name)
         if process.read_pid(pid_file) is None:
             process.spawn([sys.executable, "-m", "switchboard", "run", name], pid_file=pid_file,
                           log_file=local_dir() / "logs" / f"{name}.log", env={**os.environ, **overrides})
-            started.append(name)
     if demo and process.read_pid(_pid_file("demo")) is None:
         process.spawn([sys.executable, "-m", "switchboard", "demo"], pid_file=_pid_file("demo"),
                       log_file=local_dir() / "logs" / "demo.log", env=dict(os.environ))
@@ -185,15 +237,6 @@ def up(demo: bool = typer.Option(True, help="Start the demo traffic generator.")
     console.print("  demo tokens (12 h):")
     for role, sub in (("operator", "op-1"), ("operator", "op-2"), ("admin", "admin"), ("frontend", "web")):
         typer.echo(f"    {role:9s} {sub:6s} {issue_token(settings.auth_secret, sub, role)}")
-    if detach:
-        return
-    console.print("Ctrl-C stops everything this command started.")
-    try:
-        signal.pause()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        down()
 
 
 def _wait_ready(settings, timeout_s: float = 90) -> None:

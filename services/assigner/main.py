@@ -11,6 +11,7 @@ from services.assigner import api, handlers
 from services.assigner.batcher import OperatorBatcher
 from services.assigner.outbox import OutboxRelay
 from services.assigner.store import Store
+from shared.auth import jwks_verifier
 from shared.events import TOPIC_INBOUND, TOPIC_TIMEOUTS
 from shared.http import create_app as create_http_app
 from shared.kafka import BatchConsumer
@@ -58,7 +59,8 @@ def create_app(settings: Settings) -> FastAPI:
         await runtime.stop()
 
     app = create_http_app("assigner", title="Switchboard assigner", lifespan=lifespan,
-                          readiness=runtime.readiness, auth_secret=settings.auth_secret)
+                          readiness=runtime.readiness, auth_secret=settings.auth_secret,
+                          jwks=jwks_verifier(settings))
     app.include_router(api.router)
     api.mount_console(app)
     return app

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from services.idle_monitor import api, handlers
 from services.idle_monitor.store import Store
+from shared.auth import jwks_verifier
 from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
 from shared.kafka import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
@@ -57,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
         await runtime.stop()
 
     app = create_http_app("idle_monitor", title="Switchboard idle monitor", lifespan=lifespan,
-                          readiness=readiness, auth_secret=settings.auth_secret)
+                          readiness=readiness, auth_secret=settings.auth_secret,
+                          jwks=jwks_verifier(settings))
     app.include_router(api.router)
     return app

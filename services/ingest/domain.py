@@ -16,6 +16,7 @@ from shared.events import (
     OperatorMessagePayload,
     UserMessage,
     UserMessagePayload,
+    check_sent_at,
     encode,
 )
 
@@ -42,7 +43,9 @@ class MessageIn(_Forbidding):
     )
     text: str = Field(min_length=1, max_length=4000, pattern=r"^[^\x00]*$",
                       description="1 to 4,000 characters, no NUL (PostgreSQL cannot store it).")
-    sent_at: datetime | None = Field(None, description="When the frontend saw it (ISO 8601 with a zone).")
+    sent_at: datetime | None = Field(
+        None, description="When the frontend saw it (ISO 8601 with a zone), from 2000-01-01T00:00:00Z to one hour "
+                          "after the current time.")
 
     @field_validator("operator_id", mode="after")
     @classmethod
@@ -56,10 +59,9 @@ class MessageIn(_Forbidding):
 
     @field_validator("sent_at", mode="after")
     @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("sent_at must carry a timezone (UTC)")
-        return value
+    def _aware_and_in_window(cls, value: datetime | None) -> datetime | None:
+        # The event model checks the same window, so a 202 here is never a dead letter downstream.
+        return check_sent_at(value)
 
 
 class BatchItemIn(MessageIn):

@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.stats import api, handlers, store
+from shared.auth import jwks_verifier
 from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
 from shared.kafka import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
@@ -47,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
             await pool.close()
 
     app = create_http_app("stats", title="Switchboard stats", lifespan=lifespan,
-                          readiness=runtime.readiness, auth_secret=settings.auth_secret)
+                          readiness=runtime.readiness, auth_secret=settings.auth_secret,
+                          jwks=jwks_verifier(settings))
     app.include_router(api.router)
     return app

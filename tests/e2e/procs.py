@@ -63,6 +63,8 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The process environment for a service: every setting as `SWITCHBOARD_<NAME>`, nothing inherited."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
     for name, value in settings.model_dump().items():
+        if value is None:  # unset optional settings stay unset (the string "None" would be a value)
+            continue
         if isinstance(value, bool):
             value = "1" if value else "0"
         env[f"SWITCHBOARD_{name.upper()}"] = str(value)
