@@ -18,7 +18,7 @@ from services.assigner.batcher import OperatorBatcher
 from services.assigner.store import Pulled, Store
 from shared.auth import Principal, require
 from shared.errors import ApiError
-from shared.events import OperatorId
+from shared.events import ID_PATTERN, OperatorId
 from shared.http import ERROR_SCHEMA
 from shared.pagination import (DEFAULT_LIMIT, CursorParam, LimitParam, decode_cursor, encode_cursor,
                                invalid_cursor)
