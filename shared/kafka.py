@@ -2,8 +2,10 @@
 
 The consumer applies each partition's batch in one Postgres transaction that also records the
 applied event ids, and commits the Kafka offsets only after that transaction has committed.
-Records that can never be applied go to the dead-letter topic with their reason; transient
-failures are retried in place with bounded backoff and never skipped.
+Records that can never be applied go to the dead-letter topic with their reason, once each even
+when the rest of their batch is retried; transient failures are retried in place with the shared
+backoff (`shared.retry`) and never skipped. A group failing longer than
+SWITCHBOARD_CONSUMER_STALL_S reports itself unhealthy (readiness, `switchboard_consumer_healthy`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from shared import metrics
 from shared.events import ADAPTERS, ALL_TOPICS, TOPIC_DLQ, TYPE_HEADER, decode_json, utcnow
 from shared.events import LIFECYCLE_TYPES as KNOWN_TYPES
+from shared.retry import Backoff
 from shared.settings import Settings
 
 log = logging.getLogger("switchboard.kafka")
@@ -261,11 +264,12 @@ def _skippable(headers, wanted: frozenset[str]) -> bool:
 
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, lock: asyncio.Lock, group: str, logical: dict[str, str],
-                 flush: Callable[[], Awaitable[None]]):
+                 flush: Callable[[], Awaitable[None]], dead_lettered: dict[TopicPartition, set[int]]):
         self._lock = lock
         self._group = group
         self._logical = logical
         self._flush = flush
+        self._dead_lettered = dead_lettered
 
     async def on_partitions_revoked(self, revoked):
         # Wait for the batch in flight: its offsets are committed before the partition goes.
@@ -273,6 +277,7 @@ class _Rebalance(ConsumerRebalanceListener):
             await self._flush()
             log.info("partitions revoked", extra={"group": self._group, "partitions": str(sorted(revoked))})
             for tp in revoked:
+                self._dead_lettered.pop(tp, None)
                 try:  # the new owner reports this partition's lag from now on
                     metrics.CONSUMER_LAG.remove(self._group, self._logical[tp.topic], str(tp.partition))
                 except KeyError:
@@ -321,8 +326,13 @@ class BatchConsumer:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self.last_progress = time.monotonic()
-        self.healthy = False
+        # Polls, batches and crashed consume loops all wait through one backoff: a success resets
+        # it, and how long it has been failing is what readiness reports.
+        self._backoff = Backoff("consumer", base=0.1, cap=MAX_BACKOFF_S)
+        # Offsets already sent to the dead-letter topic and not yet covered by a committed offset:
+        # a batch retried after a transient failure re-reads its poison records but does not
+        # dead-letter them again. Pruned as offsets commit and when partitions are revoked.
+        self._dead_lettered: dict[TopicPartition, set[int]] = {}
 
     async def start(self) -> None:
         """Join the group and start consuming in a background task."""
@@ -340,11 +350,13 @@ class BatchConsumer:
             client_id=f"switchboard-{self.group_id}",
         )
         self._consumer.subscribe(list(self.logical), listener=_Rebalance(self._lock, self.group_id, self.logical,
-                                                                         self._flush_commit))
+                                                                         self._flush_commit, self._dead_lettered))
         await self._consumer.start()
         for logical in self.logical.values():  # a first dead letter must show as an increase from 0
             metrics.DLQ_RECORDS.labels(self.group_id, logical)
-        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.group_id}")
+        self._task = asyncio.create_task(self._supervise(), name=f"consumer:{self.group_id}")
+        # Read at scrape time, so a dead task shows as 0 without anyone updating the gauge.
+        metrics.CONSUMER_HEALTHY.labels(self.group_id).set_function(lambda: 1.0 if self.healthy else 0.0)
 
     async def stop(self) -> None:
         """Finish the batch in flight, commit it, leave the group."""
@@ -363,14 +375,52 @@ class BatchConsumer:
                 await asyncio.wait_for(self._consumer.stop(), 15)
             except Exception as exc:
                 log.warning("consumer did not leave cleanly", extra={"group": self.group_id, "error": repr(exc)})
+        try:
+            metrics.CONSUMER_HEALTHY.remove(self.group_id)
+        except KeyError:
+            pass
 
     @property
     def running(self) -> bool:
         """True while the consume loop is alive."""
         return self._task is not None and not self._task.done()
 
+    @property
+    def failing_for(self) -> float:
+        """Seconds the group has been failing (polls, batches or its loop) without a success since."""
+        return self._backoff.failing_for()
+
+    @property
+    def healthy(self) -> bool:
+        """Alive, and not failing for longer than SWITCHBOARD_CONSUMER_STALL_S."""
+        return self.running and self.failing_for < self.settings.consumer_stall_s
+
+    async def _supervise(self) -> None:
+        """Run the consume loop; a crash restarts it (after the backoff) from the last applied offsets."""
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stopping.is_set():
+            try:
+                await self._run()
+                return
+            except Exception:
+                log.exception("consume loop crashed; restarting", extra={"group": self.group_id})
+                metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
+                await self._backoff.wait()
+                try:  # records fetched but not applied before the crash must be read again
+                    async with self._lock:
+                        await self._flush_commit()
+                        for tp in consumer.assignment():
+                            committed = await consumer.committed(tp)
+                            if committed is None:  # as auto_offset_reset="earliest" would
+                                await consumer.seek_to_beginning(tp)
+                            else:
+                                consumer.seek(tp, committed)
+                except Exception as exc:
+                    log.warning("could not rewind after a crash", extra={"group": self.group_id,
+                                                                         "error": repr(exc)})
+
     async def _run(self) -> None:
-        backoff = 0.1
         consumer = self._consumer
         assert consumer is not None
         while not self._stopping.is_set():
@@ -381,10 +431,8 @@ class BatchConsumer:
             except KafkaError as exc:
                 log.warning("poll failed, retrying", extra={"group": self.group_id, "error": repr(exc)})
                 metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                await self._backoff.wait()
                 continue
-            self.last_progress = time.monotonic()
             failed = False
             async with self._lock:
                 live = {tp: recs for tp, recs in batches.items() if recs and tp in consumer.assignment()}
@@ -402,13 +450,11 @@ class BatchConsumer:
                         )
                         for tp, records in live.items():
                             consumer.seek(tp, records[0].offset)
-            self.healthy = not failed
             await self._export_lag(consumer)
             if failed:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                await self._backoff.wait()
             else:
-                backoff = 0.1
+                self._backoff.reset()
 
     async def _handle(self, consumer: AIOKafkaConsumer, live: dict[TopicPartition, list]) -> None:
         """Apply one poll: every partition's batch in a single transaction, then commit their offsets.
@@ -471,6 +517,10 @@ class BatchConsumer:
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> None:
         try:
             await consumer.commit(offsets)
+            for tp, committed in offsets.items():  # never re-read now: forget their dead letters
+                sent = self._dead_lettered.get(tp)
+                if sent:
+                    sent.difference_update([o for o in sent if o < committed])
         except (CommitFailedError, IllegalStateError) as exc:
             # A partition moved to another member; it re-reads these records and skips them by id.
             log.warning("offset commit refused after rebalance", extra={"group": self.group_id, "error": repr(exc)})
@@ -504,6 +554,10 @@ class BatchConsumer:
         return applied
 
     async def _dead_letter(self, tp: TopicPartition, rec, reason: str) -> None:
+        """Send a record to the dead-letter topic, unless this consumer already did (a retried batch)."""
+        sent = self._dead_lettered.setdefault(tp, set())
+        if rec.offset in sent:
+            return
         logical = self.logical[tp.topic]
         headers = [
             ("dlq.reason", reason.encode()[:4000]),
@@ -515,6 +569,7 @@ class BatchConsumer:
         await self.producer.send_and_wait(
             self.settings.topic(TOPIC_DLQ), value=rec.value, key=rec.key, headers=headers
         )
+        sent.add(rec.offset)
         metrics.DLQ_RECORDS.labels(self.group_id, logical).inc()
         log.warning(
             "record sent to dead-letter topic",
