@@ -2,15 +2,15 @@
 
 The consumer applies each partition's batch in one Postgres transaction that also records the
 applied event ids, and commits the Kafka offsets only after that transaction has committed.
-Records that can never be applied go to the dead-letter topic with their reason, once each even
-when the rest of their batch is retried; transient failures are retried in place with the shared
-backoff (`shared.retry`) and never skipped. A group failing longer than
-SWITCHBOARD_CONSUMER_STALL_S reports itself unhealthy (readiness, `switchboard_consumer_healthy`).
+Records that can never be applied go to the dead-letter topic with their reason, once each; transient
+failures are retried in place (`shared.retry`), never skipped, and turn the group unhealthy past
+SWITCHBOARD_CONSUMER_STALL_S.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -264,20 +264,20 @@ def _skippable(headers, wanted: frozenset[str]) -> bool:
 
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, lock: asyncio.Lock, group: str, logical: dict[str, str],
-                 flush: Callable[[], Awaitable[None]], dead_lettered: dict[TopicPartition, set[int]]):
+                 flush: Callable[[], Awaitable[None]], forget: Callable[[set], None]):
         self._lock = lock
         self._group = group
         self._logical = logical
         self._flush = flush
-        self._dead_lettered = dead_lettered
+        self._forget = forget
 
     async def on_partitions_revoked(self, revoked):
         # Wait for the batch in flight: its offsets are committed before the partition goes.
         async with self._lock:
             await self._flush()
             log.info("partitions revoked", extra={"group": self._group, "partitions": str(sorted(revoked))})
+            self._forget(set(revoked))
             for tp in revoked:
-                self._dead_lettered.pop(tp, None)
                 try:  # the new owner reports this partition's lag from now on
                     metrics.CONSUMER_LAG.remove(self._group, self._logical[tp.topic], str(tp.partition))
                 except KeyError:
@@ -326,13 +326,13 @@ class BatchConsumer:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        # Polls, batches and crashed consume loops all wait through one backoff: a success resets
-        # it, and how long it has been failing is what readiness reports.
+        # Polls, batches and crashes wait through one backoff; how long it has failed is readiness.
         self._backoff = Backoff("consumer", base=0.1, cap=MAX_BACKOFF_S)
-        # Offsets already sent to the dead-letter topic and not yet covered by a committed offset:
-        # a batch retried after a transient failure re-reads its poison records but does not
-        # dead-letter them again. Pruned as offsets commit and when partitions are revoked.
+        # Offsets dead-lettered and not yet covered by a committed offset: a batch retried after a
+        # transient failure re-reads its poison but does not send it again. Pruned on commit/revoke.
         self._dead_lettered: dict[TopicPartition, set[int]] = {}
+        # Partitions whose last batch failed: until each applied (or left), an empty poll is no recovery.
+        self._retrying: set[TopicPartition] = set()
 
     async def start(self) -> None:
         """Join the group and start consuming in a background task."""
@@ -350,7 +350,7 @@ class BatchConsumer:
             client_id=f"switchboard-{self.group_id}",
         )
         self._consumer.subscribe(list(self.logical), listener=_Rebalance(self._lock, self.group_id, self.logical,
-                                                                         self._flush_commit, self._dead_lettered))
+                                                                         self._flush_commit, self._forget))
         await self._consumer.start()
         for logical in self.logical.values():  # a first dead letter must show as an increase from 0
             metrics.DLQ_RECORDS.labels(self.group_id, logical)
@@ -375,15 +375,19 @@ class BatchConsumer:
                 await asyncio.wait_for(self._consumer.stop(), 15)
             except Exception as exc:
                 log.warning("consumer did not leave cleanly", extra={"group": self.group_id, "error": repr(exc)})
-        try:
+        with contextlib.suppress(KeyError):
             metrics.CONSUMER_HEALTHY.remove(self.group_id)
-        except KeyError:
-            pass
 
     @property
     def running(self) -> bool:
         """True while the consume loop is alive."""
         return self._task is not None and not self._task.done()
+
+    def _forget(self, revoked: set) -> None:
+        """Partitions gone to another member: their retries and dead letters are no longer ours."""
+        self._retrying -= revoked
+        for tp in revoked:
+            self._dead_lettered.pop(tp, None)
 
     @property
     def failing_for(self) -> float:
@@ -396,9 +400,7 @@ class BatchConsumer:
         return self.running and self.failing_for < self.settings.consumer_stall_s
 
     async def _supervise(self) -> None:
-        """Run the consume loop; a crash restarts it (after the backoff) from the last applied offsets."""
-        consumer = self._consumer
-        assert consumer is not None
+        """Run the consume loop; after a crash, back off, rewind to the committed offsets and run it again."""
         while not self._stopping.is_set():
             try:
                 await self._run()
@@ -407,18 +409,26 @@ class BatchConsumer:
                 log.exception("consume loop crashed; restarting", extra={"group": self.group_id})
                 metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
                 await self._backoff.wait()
-                try:  # records fetched but not applied before the crash must be read again
-                    async with self._lock:
-                        await self._flush_commit()
-                        for tp in consumer.assignment():
-                            committed = await consumer.committed(tp)
-                            if committed is None:  # as auto_offset_reset="earliest" would
-                                await consumer.seek_to_beginning(tp)
-                            else:
-                                consumer.seek(tp, committed)
-                except Exception as exc:
-                    log.warning("could not rewind after a crash", extra={"group": self.group_id,
-                                                                         "error": repr(exc)})
+                await self._rewind()
+
+    async def _rewind(self) -> None:
+        """Seek each owned partition to its committed offset, so records fetched but not applied are read again."""
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stopping.is_set():
+            try:  # never consume on from an unknown position: that could skip records
+                async with self._lock:
+                    await self._flush_commit()
+                    for tp in consumer.assignment():
+                        committed = await consumer.committed(tp)
+                        if committed is None:  # as auto_offset_reset="earliest" would
+                            await consumer.seek_to_beginning(tp)
+                        else:
+                            consumer.seek(tp, committed)
+                return
+            except Exception as exc:
+                log.warning("rewind after a crash failed", extra={"group": self.group_id, "error": repr(exc)})
+                await self._backoff.wait()
 
     async def _run(self) -> None:
         consumer = self._consumer
@@ -439,8 +449,10 @@ class BatchConsumer:
                 if live:
                     try:
                         await self._handle(consumer, live)
+                        self._retrying.difference_update(live)
                     except Exception as exc:  # transient: retry the same records, never skip
                         failed = True
+                        self._retrying.update(live)
                         metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
                         log.warning(
                             "batch failed, will retry",
@@ -453,7 +465,7 @@ class BatchConsumer:
             await self._export_lag(consumer)
             if failed:
                 await self._backoff.wait()
-            else:
+            elif not self._retrying:
                 self._backoff.reset()
 
     async def _handle(self, consumer: AIOKafkaConsumer, live: dict[TopicPartition, list]) -> None:
