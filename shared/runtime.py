@@ -64,13 +64,13 @@ class Runtime:
         self.consumers.append(consumer)
         return consumer
 
-    def add_loop(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+    def add_loop(self, name: str, factory: Callable[[], Awaitable[None]], backoff: Backoff | None = None) -> None:
         """Run a background loop until `stop`; a crash is logged and the loop restarted after the backoff.
 
         A loop that keeps crashing for longer than SWITCHBOARD_CONSUMER_STALL_S (or whose task is
         gone) turns readiness red under `loop:<name>`.
         """
-        backoff = self._loop_backoffs[name] = Backoff(f"loop {name}", base=0.5, cap=30.0)
+        backoff = self._loop_backoffs[name] = backoff or Backoff(f"loop {name}", base=0.5, cap=30.0)
 
         async def supervised():
             while True:
