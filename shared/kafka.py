@@ -2,7 +2,8 @@
 
 The consumer applies each partition's batch in one Postgres transaction that also records the
 applied event ids, and commits the Kafka offsets only after that transaction has committed.
-Records that can never be applied go to the dead-letter topic with their reason, once each; transient
+Records that can never be applied go to the dead-letter topic with their reason, once each
+(`shared.deadletter`); transient
 failures are retried in place (`shared.retry`), never skipped, and turn the group unhealthy past
 SWITCHBOARD_CONSUMER_STALL_S.
 """
@@ -24,6 +25,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
+from shared.deadletter import DeadLetters, Poisoned
 from shared.events import ADAPTERS, ALL_TOPICS, TOPIC_DLQ, TYPE_HEADER, decode_json, utcnow
 from shared.events import LIFECYCLE_TYPES as KNOWN_TYPES
 from shared.retry import Backoff
@@ -328,9 +330,7 @@ class BatchConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         # Polls, batches and crashes wait through one backoff; how long it has failed is readiness.
         self._backoff = Backoff("consumer", base=0.1, cap=MAX_BACKOFF_S)
-        # Offsets dead-lettered and not yet covered by a committed offset: a batch retried after a
-        # transient failure re-reads its poison but does not send it again. Pruned on commit/revoke.
-        self._dead_lettered: dict[TopicPartition, set[int]] = {}
+        self.dead_letters = DeadLetters(producer, settings.topic(TOPIC_DLQ), self.group_id, self.logical)
         # Partitions whose last batch failed: until each applied (or left), an empty poll is no recovery.
         self._retrying: set[TopicPartition] = set()
 
@@ -386,8 +386,7 @@ class BatchConsumer:
     def _forget(self, revoked: set) -> None:
         """Partitions gone to another member: their retries and dead letters are no longer ours."""
         self._retrying -= revoked
-        for tp in revoked:
-            self._dead_lettered.pop(tp, None)
+        self.dead_letters.forget(revoked)
 
     @property
     def failing_for(self) -> float:
@@ -475,6 +474,7 @@ class BatchConsumer:
         batch, with a sixth of the round trips when six partitions deliver at once.
         """
         good: list[Incoming] = []
+        poisoned: list[Poisoned] = []
         ignored: dict[str, int] = {}
         for tp, records in live.items():
             logical = self.logical[tp.topic]
@@ -485,24 +485,23 @@ class BatchConsumer:
                 try:
                     event = decode_record(logical, rec.key, rec.value)
                 except Poison as poison:
-                    await self._dead_letter(tp, rec, str(poison))
+                    poisoned.append(Poisoned(tp, rec, str(poison)))
                     continue
                 good.append(Incoming(event, logical, tp.partition, rec.offset))
         started = time.perf_counter()
         try:
-            applied = await self._apply(good)
+            applied = await self._apply(good, poisoned)
         except asyncpg.DataError:
             # Some record holds data the database refuses (class 22): never applicable. Apply the
             # poll one record at a time so only that record goes to the dead-letter topic.
-            applied = []
+            applied = await self._apply([], poisoned)
             for g in good:
                 try:
                     applied += await self._apply([g])
                 except asyncpg.DataError as exc:
-                    record = next(r for r in live[TopicPartition(self.settings.topic(g.topic), g.partition)]
-                                  if r.offset == g.offset)
-                    await self._dead_letter(TopicPartition(self.settings.topic(g.topic), g.partition), record,
-                                            f"database refused the record: {exc}")
+                    tp = TopicPartition(self.settings.topic(g.topic), g.partition)
+                    record = next(r for r in live[tp] if r.offset == g.offset)
+                    await self._apply([], [Poisoned(tp, record, f"database refused the record: {exc}")])
         # The offsets are committed in the background while the next poll is applied: the effects
         # and their event ids are already committed in Postgres, so a commit that is late or lost
         # only makes a restarted or new owner re-read records it then skips by id. One commit is in
@@ -529,10 +528,7 @@ class BatchConsumer:
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> None:
         try:
             await consumer.commit(offsets)
-            for tp, committed in offsets.items():  # never re-read now: forget their dead letters
-                sent = self._dead_lettered.get(tp)
-                if sent:
-                    sent.difference_update([o for o in sent if o < committed])
+            self.dead_letters.committed(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # A partition moved to another member; it re-reads these records and skips them by id.
             log.warning("offset commit refused after rebalance", extra={"group": self.group_id, "error": repr(exc)})
@@ -545,15 +541,22 @@ class BatchConsumer:
         if task is not None:
             await asyncio.shield(task)
 
-    async def _apply(self, good: list[Incoming]) -> list[Incoming]:
-        """Claim the events' ids and apply the new ones in one transaction; returns those applied."""
+    async def _apply(self, good: list[Incoming], poisoned: Sequence[Poisoned] = ()) -> list[Incoming]:
+        """Claim the events' ids and apply the new ones in one transaction; returns those applied.
+
+        Poison records are dead-lettered in that transaction, unless their marker was claimed before.
+        """
         applied: list[Incoming] = []
         result = None
-        if not good:
+        if not good and not poisoned:
             return applied
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                fresh = set(await conn.fetchval(self.claim_sql, [g.event.event_id for g in good]) or [])
+                ids = [g.event.event_id for g in good] + [p.marker for p in poisoned]
+                fresh = set(await conn.fetchval(self.claim_sql, ids) or [])
+                for p in poisoned:
+                    if p.marker in fresh:
+                        await self.dead_letters.send(p)
                 seen = set()
                 for g in good:
                     if g.event.event_id in fresh and g.event.event_id not in seen:
@@ -564,30 +567,6 @@ class BatchConsumer:
         if applied and self.after_commit is not None:
             self.after_commit(result)
         return applied
-
-    async def _dead_letter(self, tp: TopicPartition, rec, reason: str) -> None:
-        """Send a record to the dead-letter topic, unless this consumer already did (a retried batch)."""
-        sent = self._dead_lettered.setdefault(tp, set())
-        if rec.offset in sent:
-            return
-        logical = self.logical[tp.topic]
-        headers = [
-            ("dlq.reason", reason.encode()[:4000]),
-            ("dlq.source_topic", tp.topic.encode()),
-            ("dlq.source_partition", str(tp.partition).encode()),
-            ("dlq.source_offset", str(rec.offset).encode()),
-            ("dlq.consumer_group", self.group_id.encode()),
-        ]
-        await self.producer.send_and_wait(
-            self.settings.topic(TOPIC_DLQ), value=rec.value, key=rec.key, headers=headers
-        )
-        sent.add(rec.offset)
-        metrics.DLQ_RECORDS.labels(self.group_id, logical).inc()
-        log.warning(
-            "record sent to dead-letter topic",
-            extra={"group": self.group_id, "partition": f"{tp.topic}/{tp.partition}", "offset": rec.offset,
-                   "reason": reason[:300]},
-        )
 
     async def _export_lag(self, consumer: AIOKafkaConsumer) -> None:
         for tp in consumer.assignment():

@@ -182,3 +182,45 @@ async def test_a_consume_loop_that_crashes_after_a_poll_is_restarted_and_applies
         assert consumer.running
         ready = await client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"][f"consumer:{group}"] is True, ready.text
+
+
+async def rewind_group(settings, group: str, offset: int) -> None:
+    """Commit `offset` for the group on the test partition, as if its later commits had been lost."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    tp = TopicPartition(settings.topic(TOPIC_LIFECYCLE), PARTITION)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.commit({tp: offset})
+    finally:
+        await consumer.stop()
+
+
+async def test_a_poison_record_re_read_after_its_batch_committed_is_not_dead_lettered_again(env):
+    # A restart or a new owner re-reads records whose offsets were not committed yet (offsets are
+    # committed in the background, after the batch's transaction): good ones are skipped by event
+    # id; the poison must be skipped too, not sent to chat.dlq a second time.
+    settings = env.settings
+    group = settings.group("idle_monitor")
+    good = chat_assigned("chat-good")
+    [poison_offset, _] = await produce(settings, [(b"chat-poison", b"not json at all"),
+                                                  (b"chat-good", encode(good))])
+    for run in (1, 2):
+        async with running("idle_monitor", settings) as client:
+            async def settled():
+                text = (await client.get("/metrics")).text
+                seen = sum(sample(text, "switchboard_consumer_events_total",
+                                  {"group": group, "topic": TOPIC_LIFECYCLE, "result": r}) or 0
+                           for r in ("applied", "duplicate"))
+                return seen >= run  # the same process-wide counter: the good record seen once per run
+
+            await eventually(settled, timeout=30)
+            assert await armed(client) == 1
+        await rewind_group(settings, group, 0)
+    dlq = await harness.read_topic(settings, TOPIC_DLQ, min_records=2, timeout=5)
+    mine = [r for r in dlq if dict(r.headers).get("dlq.consumer_group") == group.encode()]
+    assert [dict(r.headers)["dlq.source_offset"] for r in mine] == [str(poison_offset).encode()], (
+        f"{len(mine)} dead letters for one poison record read twice")
