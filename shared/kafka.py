@@ -361,10 +361,9 @@ class BatchConsumer:
     async def stop(self) -> None:
         """Finish the batch in flight, commit it, leave the group."""
         self._stopping.set()
-        if self._task:
-            try:
-                await asyncio.wait_for(self._task, 30)
-            except asyncio.TimeoutError:
+        if self._task:  # asyncio.wait: a task that died or was cancelled must not fail the shutdown
+            done, _ = await asyncio.wait({self._task}, timeout=30)
+            if not done:
                 self._task.cancel()
         try:
             await asyncio.wait_for(self._flush_commit(), 15)

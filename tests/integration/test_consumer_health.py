@@ -9,6 +9,7 @@ has been failing for SWITCHBOARD_CONSUMER_STALL_S, and green again when its batc
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -224,3 +225,17 @@ async def test_a_poison_record_re_read_after_its_batch_committed_is_not_dead_let
     mine = [r for r in dlq if dict(r.headers).get("dlq.consumer_group") == group.encode()]
     assert [dict(r.headers)["dlq.source_offset"] for r in mine] == [str(poison_offset).encode()], (
         f"{len(mine)} dead letters for one poison record read twice")
+
+
+async def test_a_consumer_whose_task_is_gone_turns_readyz_503_at_once_naming_it(env):
+    settings = env.settings
+    group = settings.group("idle_monitor")
+    async with running("idle_monitor", settings) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        consumer = client.app.state.consumer
+        consumer._task.cancel()  # what no supervision can restart: the task itself is gone
+        await asyncio.gather(consumer._task, return_exceptions=True)
+        r = await client.get("/readyz")
+        assert r.status_code == 503 and r.json()["checks"][f"consumer:{group}"] is False, r.text
+        gauge = sample((await client.get("/metrics")).text, "switchboard_consumer_healthy", {"group": group})
+        assert gauge == 0.0
