@@ -3,9 +3,8 @@
 The consumer applies each partition's batch in one Postgres transaction that also records the
 applied event ids, and commits the Kafka offsets only after that transaction has committed.
 Records that can never be applied go to the dead-letter topic with their reason, once each
-(`shared.deadletter`); transient
-failures are retried in place (`shared.retry`), never skipped, and turn the group unhealthy past
-SWITCHBOARD_CONSUMER_STALL_S.
+(`shared.deadletter`); transient failures are retried in place (`shared.retry`), never skipped, and
+turn the group unhealthy past SWITCHBOARD_CONSUMER_STALL_S.
 """
 
 from __future__ import annotations
