@@ -2,13 +2,15 @@
 
 The consumer applies each partition's batch in one Postgres transaction that also records the
 applied event ids, and commits the Kafka offsets only after that transaction has committed.
-Records that can never be applied go to the dead-letter topic with their reason; transient
-failures are retried in place with bounded backoff and never skipped.
+Records that can never be applied go to the dead-letter topic with their reason, once each
+(`shared.deadletter`); transient failures are retried in place (`shared.retry`), never skipped, and
+turn the group unhealthy past SWITCHBOARD_CONSUMER_STALL_S.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -22,8 +24,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel, ValidationError
 
 from shared import metrics
+from shared.deadletter import DeadLetters, Poisoned
 from shared.events import ADAPTERS, ALL_TOPICS, TOPIC_DLQ, TYPE_HEADER, decode_json, utcnow
 from shared.events import LIFECYCLE_TYPES as KNOWN_TYPES
+from shared.retry import Backoff
 from shared.settings import Settings
 
 log = logging.getLogger("switchboard.kafka")
@@ -261,17 +265,19 @@ def _skippable(headers, wanted: frozenset[str]) -> bool:
 
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, lock: asyncio.Lock, group: str, logical: dict[str, str],
-                 flush: Callable[[], Awaitable[None]]):
+                 flush: Callable[[], Awaitable[None]], forget: Callable[[set], None]):
         self._lock = lock
         self._group = group
         self._logical = logical
         self._flush = flush
+        self._forget = forget
 
     async def on_partitions_revoked(self, revoked):
         # Wait for the batch in flight: its offsets are committed before the partition goes.
         async with self._lock:
             await self._flush()
             log.info("partitions revoked", extra={"group": self._group, "partitions": str(sorted(revoked))})
+            self._forget(set(revoked))
             for tp in revoked:
                 try:  # the new owner reports this partition's lag from now on
                     metrics.CONSUMER_LAG.remove(self._group, self._logical[tp.topic], str(tp.partition))
@@ -321,8 +327,11 @@ class BatchConsumer:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self.last_progress = time.monotonic()
-        self.healthy = False
+        # Polls, batches and crashes wait through one backoff; how long it has failed is readiness.
+        self._backoff = Backoff("consumer", base=0.1, cap=MAX_BACKOFF_S)
+        self.dead_letters = DeadLetters(producer, settings.topic(TOPIC_DLQ), self.group_id, self.logical)
+        # Partitions whose last batch failed: until each applied (or left), an empty poll is no recovery.
+        self._retrying: set[TopicPartition] = set()
 
     async def start(self) -> None:
         """Join the group and start consuming in a background task."""
@@ -340,19 +349,20 @@ class BatchConsumer:
             client_id=f"switchboard-{self.group_id}",
         )
         self._consumer.subscribe(list(self.logical), listener=_Rebalance(self._lock, self.group_id, self.logical,
-                                                                         self._flush_commit))
+                                                                         self._flush_commit, self._forget))
         await self._consumer.start()
         for logical in self.logical.values():  # a first dead letter must show as an increase from 0
             metrics.DLQ_RECORDS.labels(self.group_id, logical)
-        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.group_id}")
+        self._task = asyncio.create_task(self._supervise(), name=f"consumer:{self.group_id}")
+        # Read at scrape time, so a dead task shows as 0 without anyone updating the gauge.
+        metrics.CONSUMER_HEALTHY.labels(self.group_id).set_function(lambda: 1.0 if self.healthy else 0.0)
 
     async def stop(self) -> None:
         """Finish the batch in flight, commit it, leave the group."""
         self._stopping.set()
-        if self._task:
-            try:
-                await asyncio.wait_for(self._task, 30)
-            except asyncio.TimeoutError:
+        if self._task:  # asyncio.wait: a task that died or was cancelled must not fail the shutdown
+            done, _ = await asyncio.wait({self._task}, timeout=30)
+            if not done:
                 self._task.cancel()
         try:
             await asyncio.wait_for(self._flush_commit(), 15)
@@ -363,14 +373,61 @@ class BatchConsumer:
                 await asyncio.wait_for(self._consumer.stop(), 15)
             except Exception as exc:
                 log.warning("consumer did not leave cleanly", extra={"group": self.group_id, "error": repr(exc)})
+        with contextlib.suppress(KeyError):
+            metrics.CONSUMER_HEALTHY.remove(self.group_id)
 
     @property
     def running(self) -> bool:
         """True while the consume loop is alive."""
         return self._task is not None and not self._task.done()
 
+    def _forget(self, revoked: set) -> None:
+        """Partitions gone to another member: their retries and dead letters are no longer ours."""
+        self._retrying -= revoked
+        self.dead_letters.forget(revoked)
+
+    @property
+    def failing_for(self) -> float:
+        """Seconds the group has been failing (polls, batches or its loop) without a success since."""
+        return self._backoff.failing_for()
+
+    @property
+    def healthy(self) -> bool:
+        """Alive, and not failing for longer than SWITCHBOARD_CONSUMER_STALL_S."""
+        return self.running and self.failing_for < self.settings.consumer_stall_s
+
+    async def _supervise(self) -> None:
+        """Run the consume loop; after a crash, back off, rewind to the committed offsets and run it again."""
+        while not self._stopping.is_set():
+            try:
+                await self._run()
+                return
+            except Exception:
+                log.exception("consume loop crashed; restarting", extra={"group": self.group_id})
+                metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
+                await self._backoff.wait()
+                await self._rewind()
+
+    async def _rewind(self) -> None:
+        """Seek each owned partition to its committed offset, so records fetched but not applied are read again."""
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stopping.is_set():
+            try:  # never consume on from an unknown position: that could skip records
+                async with self._lock:
+                    await self._flush_commit()
+                    for tp in consumer.assignment():
+                        committed = await consumer.committed(tp)
+                        if committed is None:  # as auto_offset_reset="earliest" would
+                            await consumer.seek_to_beginning(tp)
+                        else:
+                            consumer.seek(tp, committed)
+                return
+            except Exception as exc:
+                log.warning("rewind after a crash failed", extra={"group": self.group_id, "error": repr(exc)})
+                await self._backoff.wait()
+
     async def _run(self) -> None:
-        backoff = 0.1
         consumer = self._consumer
         assert consumer is not None
         while not self._stopping.is_set():
@@ -381,18 +438,18 @@ class BatchConsumer:
             except KafkaError as exc:
                 log.warning("poll failed, retrying", extra={"group": self.group_id, "error": repr(exc)})
                 metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                await self._backoff.wait()
                 continue
-            self.last_progress = time.monotonic()
             failed = False
             async with self._lock:
                 live = {tp: recs for tp, recs in batches.items() if recs and tp in consumer.assignment()}
                 if live:
                     try:
                         await self._handle(consumer, live)
+                        self._retrying.difference_update(live)
                     except Exception as exc:  # transient: retry the same records, never skip
                         failed = True
+                        self._retrying.update(live)
                         metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
                         log.warning(
                             "batch failed, will retry",
@@ -402,13 +459,11 @@ class BatchConsumer:
                         )
                         for tp, records in live.items():
                             consumer.seek(tp, records[0].offset)
-            self.healthy = not failed
             await self._export_lag(consumer)
             if failed:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-            else:
-                backoff = 0.1
+                await self._backoff.wait()
+            elif not self._retrying:
+                self._backoff.reset()
 
     async def _handle(self, consumer: AIOKafkaConsumer, live: dict[TopicPartition, list]) -> None:
         """Apply one poll: every partition's batch in a single transaction, then commit their offsets.
@@ -417,6 +472,7 @@ class BatchConsumer:
         batch, with a sixth of the round trips when six partitions deliver at once.
         """
         good: list[Incoming] = []
+        poisoned: list[Poisoned] = []
         ignored: dict[str, int] = {}
         for tp, records in live.items():
             logical = self.logical[tp.topic]
@@ -427,24 +483,23 @@ class BatchConsumer:
                 try:
                     event = decode_record(logical, rec.key, rec.value)
                 except Poison as poison:
-                    await self._dead_letter(tp, rec, str(poison))
+                    poisoned.append(Poisoned(tp, rec, str(poison)))
                     continue
                 good.append(Incoming(event, logical, tp.partition, rec.offset))
         started = time.perf_counter()
         try:
-            applied = await self._apply(good)
+            applied = await self._apply(good, poisoned)
         except asyncpg.DataError:
             # Some record holds data the database refuses (class 22): never applicable. Apply the
             # poll one record at a time so only that record goes to the dead-letter topic.
-            applied = []
+            applied = await self._apply([], poisoned)
             for g in good:
                 try:
                     applied += await self._apply([g])
                 except asyncpg.DataError as exc:
-                    record = next(r for r in live[TopicPartition(self.settings.topic(g.topic), g.partition)]
-                                  if r.offset == g.offset)
-                    await self._dead_letter(TopicPartition(self.settings.topic(g.topic), g.partition), record,
-                                            f"database refused the record: {exc}")
+                    tp = TopicPartition(self.settings.topic(g.topic), g.partition)
+                    record = next(r for r in live[tp] if r.offset == g.offset)
+                    await self._apply([], [Poisoned(tp, record, f"database refused the record: {exc}")])
         # The offsets are committed in the background while the next poll is applied: the effects
         # and their event ids are already committed in Postgres, so a commit that is late or lost
         # only makes a restarted or new owner re-read records it then skips by id. One commit is in
@@ -471,6 +526,7 @@ class BatchConsumer:
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict) -> None:
         try:
             await consumer.commit(offsets)
+            self.dead_letters.committed(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
             # A partition moved to another member; it re-reads these records and skips them by id.
             log.warning("offset commit refused after rebalance", extra={"group": self.group_id, "error": repr(exc)})
@@ -483,15 +539,22 @@ class BatchConsumer:
         if task is not None:
             await asyncio.shield(task)
 
-    async def _apply(self, good: list[Incoming]) -> list[Incoming]:
-        """Claim the events' ids and apply the new ones in one transaction; returns those applied."""
+    async def _apply(self, good: list[Incoming], poisoned: Sequence[Poisoned] = ()) -> list[Incoming]:
+        """Claim the events' ids and apply the new ones in one transaction; returns those applied.
+
+        Poison records are dead-lettered in that transaction, unless their marker was claimed before.
+        """
         applied: list[Incoming] = []
         result = None
-        if not good:
+        if not good and not poisoned:
             return applied
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                fresh = set(await conn.fetchval(self.claim_sql, [g.event.event_id for g in good]) or [])
+                ids = [g.event.event_id for g in good] + [p.marker for p in poisoned]
+                fresh = set(await conn.fetchval(self.claim_sql, ids) or [])
+                for p in poisoned:
+                    if p.marker in fresh:
+                        await self.dead_letters.send(p)
                 seen = set()
                 for g in good:
                     if g.event.event_id in fresh and g.event.event_id not in seen:
@@ -502,25 +565,6 @@ class BatchConsumer:
         if applied and self.after_commit is not None:
             self.after_commit(result)
         return applied
-
-    async def _dead_letter(self, tp: TopicPartition, rec, reason: str) -> None:
-        logical = self.logical[tp.topic]
-        headers = [
-            ("dlq.reason", reason.encode()[:4000]),
-            ("dlq.source_topic", tp.topic.encode()),
-            ("dlq.source_partition", str(tp.partition).encode()),
-            ("dlq.source_offset", str(rec.offset).encode()),
-            ("dlq.consumer_group", self.group_id.encode()),
-        ]
-        await self.producer.send_and_wait(
-            self.settings.topic(TOPIC_DLQ), value=rec.value, key=rec.key, headers=headers
-        )
-        metrics.DLQ_RECORDS.labels(self.group_id, logical).inc()
-        log.warning(
-            "record sent to dead-letter topic",
-            extra={"group": self.group_id, "partition": f"{tp.topic}/{tp.partition}", "offset": rec.offset,
-                   "reason": reason[:300]},
-        )
 
     async def _export_lag(self, consumer: AIOKafkaConsumer) -> None:
         for tp in consumer.assignment():

@@ -38,3 +38,13 @@ EVENT_APPLY_LATENCY = Histogram(
     ["group"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
 )
+RETRIES = Counter(
+    "switchboard_retries_total",
+    "Retries after a failure, by what was retried (every retry loop waits through shared.retry.Backoff).",
+    ["what"],
+)
+CONSUMER_HEALTHY = Gauge(
+    "switchboard_consumer_healthy",
+    "1 while the consumer group's loop is alive and has not been failing longer than SWITCHBOARD_CONSUMER_STALL_S.",
+    ["group"],
+)

@@ -12,9 +12,14 @@ import asyncpg
 
 from shared import db, migrations
 from shared.kafka import BatchConsumer, ResilientProducer, ensure_topics, kafka_ready
+from shared.retry import Backoff, retrying
 from shared.settings import Settings
 
 log = logging.getLogger("switchboard.runtime")
+
+# A restarted background loop that has run this long without crashing counts as recovered.
+LOOP_RECOVERED_AFTER_S = 10.0
+STARTUP_TRIES = 60  # full jitter halves the mean wait: about the two minutes the old 30 doubling tries took
 
 
 class Runtime:
@@ -29,6 +34,7 @@ class Runtime:
         self.producer: ResilientProducer | None = None
         self.consumers: list[BatchConsumer] = []
         self._loops: list[asyncio.Task] = []
+        self._loop_backoffs: dict[str, Backoff] = {}
         self._kafka_checked = (0.0, False)
         self.uses_kafka = True
 
@@ -58,26 +64,37 @@ class Runtime:
         self.consumers.append(consumer)
         return consumer
 
-    def add_loop(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        """Run a background loop until `stop`; a crash is logged and the loop restarted."""
+    def add_loop(self, name: str, factory: Callable[[], Awaitable[None]], backoff: Backoff | None = None) -> None:
+        """Run a background loop until `stop`; a crash is logged and the loop restarted after the backoff.
+
+        A loop that keeps crashing for longer than SWITCHBOARD_CONSUMER_STALL_S (or whose task is
+        gone) turns readiness red under `loop:<name>`.
+        """
+        backoff = self._loop_backoffs[name] = backoff or Backoff(f"loop {name}", base=0.5, cap=30.0)
 
         async def supervised():
             while True:
+                run = asyncio.ensure_future(factory())
                 try:
-                    await factory()
+                    done, _ = await asyncio.wait({run}, timeout=LOOP_RECOVERED_AFTER_S)
+                    if not done:
+                        backoff.reset()
+                    await run
                     return
                 except asyncio.CancelledError:
+                    run.cancel()
+                    await asyncio.gather(run, return_exceptions=True)
                     raise
                 except Exception:
                     log.exception("background loop crashed; restarting", extra={"loop": name})
-                    await asyncio.sleep(1)
+                    await backoff.wait()
 
         self._loops.append(asyncio.create_task(supervised(), name=name))
 
     async def start_consumers(self) -> None:
         """Join every registered consumer group."""
         for consumer in self.consumers:
-            await _retry(f"consumer {consumer.group_id}", consumer.start)
+            await _retry("consumer join", consumer.start)
 
     async def stop(self) -> None:
         """Finish in-flight batches, commit, and close everything."""
@@ -116,7 +133,14 @@ class Runtime:
         if self.uses_kafka:
             checks["kafka"] = await self._kafka_ok()
         if self.consumers:
-            checks["consumers"] = all(c.running for c in self.consumers)
+            # One entry per group, so the body names the one that is failing.
+            for consumer in self.consumers:
+                checks[f"consumer:{consumer.group_id}"] = consumer.healthy
+            checks["consumers"] = all(c.healthy for c in self.consumers)
+        stall_s = self.settings.consumer_stall_s
+        for task in self._loops:
+            backoff = self._loop_backoffs[task.get_name()]
+            checks[f"loop:{task.get_name()}"] = not task.done() and backoff.failing_for() < stall_s
         return checks
 
     async def _kafka_ok(self) -> bool:
@@ -128,14 +152,6 @@ class Runtime:
         return ok
 
 
-async def _retry(what: str, attempt: Callable[[], Awaitable], tries: int = 30):
-    delay = 0.2
-    for n in range(1, tries + 1):
-        try:
-            return await attempt()
-        except Exception as exc:
-            if n == tries:
-                raise
-            log.warning("not reachable yet, retrying", extra={"what": what, "error": repr(exc), "attempt": n})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5)
+async def _retry(what: str, attempt: Callable[[], Awaitable], tries: int = STARTUP_TRIES):
+    """Startup connections: up to `tries` attempts through the shared backoff, then the error."""
+    return await retrying(what, attempt, tries=tries, backoff=Backoff(what, base=0.2, cap=5.0))

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     ingest_url: str = Field("http://127.0.0.1:8001", description="Ingest as browsers reach it (console replies).")
     stats_url: str = Field("http://127.0.0.1:8004", description="Stats as browsers reach it (admin page).")
     log_level: str = "INFO"
+    consumer_stall_s: float = Field(
+        60, gt=0, description="A consumer group (or supervised background loop) failing for longer than this "
+                              "turns /readyz to 503 and switchboard_consumer_healthy to 0.")
 
     # Bounded storage (docs/operations.md, "Data retention").
     dedup_window_s: float = Field(

@@ -18,6 +18,7 @@ import asyncpg
 from services.assigner import metrics
 from services.assigner.store import OperatorCommand, Pulled, Store
 from shared.errors import ApiError
+from shared.retry import Backoff
 
 log = logging.getLogger("switchboard.assigner.batcher")
 RETRIES = 3  # a deadlock or serialization failure retries the whole batch
@@ -72,6 +73,7 @@ class OperatorBatcher:
 
     async def _apply(self, batch: list[tuple[OperatorCommand, asyncio.Future]]) -> None:
         metrics.OPERATOR_BATCH_COMMANDS.observe(len(batch))
+        backoff = None
         for attempt in range(1, RETRIES + 1):
             try:
                 results, changes = await self.store.operator_batch([c for c, _ in batch])
@@ -79,6 +81,9 @@ class OperatorBatcher:
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
                 if attempt < RETRIES:
                     log.warning("operator batch retried", extra={"error": repr(exc), "attempt": attempt})
+                    # Jittered, so the two workers that deadlocked do not collide again in step.
+                    backoff = backoff or Backoff("operator batch", base=0.005, cap=0.05)
+                    await backoff.wait()
                     continue
                 _fail(batch, exc)
                 return

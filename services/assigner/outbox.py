@@ -17,6 +17,7 @@ from shared.kafka import ResilientProducer
 from services.assigner import metrics
 from shared.db import Queries
 from shared.events import TOPIC_LIFECYCLE, TYPE_HEADER
+from shared.retry import Backoff
 from shared.settings import Settings
 
 log = logging.getLogger("switchboard.assigner.outbox")
@@ -52,17 +53,16 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Publish until cancelled; back off while Kafka or Postgres is unavailable."""
-        backoff = 0.1
+        backoff = Backoff("outbox relay", base=0.1, cap=5.0)
         while True:
             try:
                 sent = await self.publish_once()
-                backoff = 0.1
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("outbox relay failed; retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await backoff.wait()
                 continue
             if sent < self.settings.outbox_batch_size:
                 await asyncio.sleep(self.settings.outbox_poll_interval_s)

@@ -24,6 +24,7 @@ from services.idle_monitor import domain
 from services.idle_monitor.store import Applied, Store
 from shared.events import TOPIC_TIMEOUTS, encode, utcnow
 from shared.kafka import ApplyBatch, Incoming, ResilientProducer
+from shared.retry import Backoff
 from shared.settings import Settings
 
 log = logging.getLogger("switchboard.idle_monitor")
@@ -137,9 +138,9 @@ class Ticker:
         TIMERS_PENDING.set(await self.store.count_armed())
 
     async def run(self) -> None:
-        """Fire, refresh the gauge; sleep when idle; back off (bounded) when Kafka or Postgres fail."""
+        """Fire, refresh the gauge; sleep when idle; back off (shared policy) when Kafka or Postgres fail."""
         interval = self.settings.idle_check_interval_s
-        backoff = interval
+        backoff = Backoff("idle ticker", base=interval, cap=max(interval, MAX_BACKOFF_S))
         next_gauge = 0.0
         while True:
             try:
@@ -153,11 +154,10 @@ class Ticker:
             except Exception as exc:
                 FIRE_FAILURES.inc()
                 log.warning("idle ticker round failed, retrying", extra={"error": repr(exc)[:500],
-                                                                          "retry_in_s": backoff})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                                                                          "attempt": backoff.attempt + 1})
+                await backoff.wait()
                 continue
-            backoff = interval
+            backoff.reset()
             self.last_round = time.monotonic()
             if fired < self.batch_size:
                 await asyncio.sleep(interval)

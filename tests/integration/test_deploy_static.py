@@ -27,6 +27,7 @@ OPERATIONS_DOC = REPO / "docs" / "operations.md"
 REQUIRED_ALERTS = {
     "SwitchboardQueueOldestWaitingTooLong",
     "SwitchboardConsumerLagGrowing",
+    "SwitchboardConsumerUnhealthy",
     "SwitchboardDeadLetterRecords",
     "SwitchboardOutboxBacklogGrowing",
     "SwitchboardServiceDown",

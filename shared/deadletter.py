@@ -1,0 +1,86 @@
+"""The dead-letter topic: each poison record reaches `chat.dlq` once per consumer group.
+
+A batch is retried after a transient failure, and re-read after a restart or a rebalance when its
+offsets were not committed yet; its poison records must not be dead-lettered again each time.
+Two records keep them out:
+- in memory, the offsets this consumer sent that no committed offset covers yet: a retried batch,
+  whose transaction rolled back, finds them here;
+- in Postgres, a marker id per dead-lettered record, claimed with the group's claim query in the
+  transaction of the record's batch: whoever re-reads a batch that committed finds it there, as it
+  finds the batch's applied event ids.
+What is left: a crash or a rebalance between the send and the commit of that transaction sends the
+record once more; its `dlq.source_*` and `dlq.consumer_group` headers identify the duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from aiokafka import TopicPartition
+
+from shared import metrics
+
+log = logging.getLogger("switchboard.kafka")
+
+MARKER_NAMESPACE = uuid.UUID("5f0b7f4e-9a3c-4d61-8f0e-2c6d1e7a9b35")
+
+
+@dataclass(frozen=True)
+class Poisoned:
+    """A record that can never be applied, where it came from, and why."""
+
+    tp: TopicPartition
+    record: object
+    reason: str
+
+    @property
+    def marker(self) -> uuid.UUID:
+        """The id claimed for it once dead-lettered (its timestamp tells a recreated topic's offsets apart)."""
+        rec = self.record
+        return uuid.uuid5(MARKER_NAMESPACE, f"{self.tp.topic}/{self.tp.partition}@{rec.offset}/{rec.timestamp}")
+
+
+class DeadLetters:
+    """Sends a consumer group's poison records to the dead-letter topic, remembering what it sent."""
+
+    def __init__(self, producer, dlq_topic: str, group_id: str, logical: dict[str, str]):
+        self.producer = producer
+        self.dlq_topic = dlq_topic
+        self.group_id = group_id
+        self.logical = logical
+        self._sent: dict[TopicPartition, set[int]] = {}
+
+    async def send(self, poisoned: Poisoned) -> None:
+        """Send the record with its reason and origin, unless this consumer sent it since the last offset commit."""
+        tp, rec = poisoned.tp, poisoned.record
+        if rec.offset in self._sent.get(tp, ()):
+            return
+        headers = [
+            ("dlq.reason", poisoned.reason.encode()[:4000]),
+            ("dlq.source_topic", tp.topic.encode()),
+            ("dlq.source_partition", str(tp.partition).encode()),
+            ("dlq.source_offset", str(rec.offset).encode()),
+            ("dlq.consumer_group", self.group_id.encode()),
+        ]
+        await self.producer.send_and_wait(self.dlq_topic, value=rec.value, key=rec.key, headers=headers)
+        self._sent.setdefault(tp, set()).add(rec.offset)
+        metrics.DLQ_RECORDS.labels(self.group_id, self.logical[tp.topic]).inc()
+        log.warning(
+            "record sent to dead-letter topic",
+            extra={"group": self.group_id, "partition": f"{tp.topic}/{tp.partition}", "offset": rec.offset,
+                   "reason": poisoned.reason[:300]},
+        )
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Offsets committed: records below them are never re-read by this consumer, forget them."""
+        for tp, committed in offsets.items():
+            sent = self._sent.get(tp)
+            if sent:
+                sent.difference_update([o for o in sent if o < committed])
+
+    def forget(self, partitions) -> None:
+        """Partitions that moved to another member."""
+        for tp in partitions:
+            self._sent.pop(tp, None)
