@@ -56,7 +56,8 @@ async def test_the_service_is_ready_and_exposes_its_timer_metrics(env):
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {
         "postgres": True, "migrations": True, "kafka": True, "consumers": True, "ticker": True,
-        f"consumer:{settings.group('idle_monitor')}": True, "loop:idle-ticker": True}
+        f"consumer:{settings.group('idle_monitor')}": True, "loop:idle-ticker": True,
+        "loop:retention": True}
     assert health.json()["service"] == "idle_monitor"
     for declared in ("# TYPE switchboard_idle_timers_pending gauge",
                      "# TYPE switchboard_idle_timers_armed_total counter",
