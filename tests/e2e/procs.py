@@ -71,15 +71,22 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 class ServiceProcess:
-    """One service run as `python -m switchboard run <name> --port <port>`, with its output in a log file."""
+    """One process run as `python -m switchboard run <command> --port <port>`, its output in a log file.
+
+    `name` tells instances apart (`assigner-api-2`); `command` is what `switchboard run` starts (the
+    name when not given). `overlay` is added to the environment at each start, e.g. to arm a fault
+    point (shared/faults.py) for the next run only.
+    """
 
     def __init__(self, name: str, settings: Settings, log_dir: Path, *, port: int | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, command: str | None = None):
         self.name = name
+        self.command = command or name
         self.settings = settings
         self.port = port or free_port()
         self.log_file = Path(log_dir) / f"{name}-{self.port}.log"
         self.env = env if env is not None else service_env(settings)
+        self.overlay: dict[str, str] = {}
         self.proc: subprocess.Popen | None = None
         self.kills = 0
         self.starts = 0
@@ -103,8 +110,9 @@ class ServiceProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "switchboard", "run", self.name, "--port", str(self.port)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, cwd=REPO,
+                [PYTHON, "-m", "switchboard", "run", self.command, "--port", str(self.port)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**self.env, **self.overlay},
+                cwd=REPO,
                 start_new_session=True,
             )
         self.starts += 1
@@ -165,10 +173,18 @@ class ServiceProcess:
 
 
 class Fleet:
-    """Services started together; on exit every process this fleet started is stopped by pid."""
+    """Services started together; on exit every process this fleet started is stopped by pid.
 
-    def __init__(self, settings: Settings, log_dir: Path, names: tuple[str, ...], env: dict[str, str] | None = None):
-        self.services = {n: ServiceProcess(n, settings, log_dir, env=env) for n in names}
+    `names` are services to run once each, or a topology: instance name -> (`switchboard run`
+    command, extra environment), e.g. {"assigner-api-1": ("assigner", {"SWITCHBOARD_ASSIGNER_MODE": "api"})}.
+    """
+
+    def __init__(self, settings: Settings, log_dir: Path, names: tuple[str, ...] | dict[str, tuple[str, dict]],
+                 env: dict[str, str] | None = None):
+        topology = names if isinstance(names, dict) else {n: (n, {}) for n in names}
+        base = env if env is not None else service_env(settings)
+        self.services = {n: ServiceProcess(n, settings, log_dir, command=command, env={**base, **extra})
+                         for n, (command, extra) in topology.items()}
 
     def __getitem__(self, name: str) -> ServiceProcess:
         return self.services[name]
