@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -215,20 +216,41 @@ class OwnKafka:
     """A single-node KRaft broker on its own ports and data dir (deploy.local.kafka), never the shared one."""
 
     def __init__(self, port: int | None = None):
-        self.port = port or free_port_pair(29092)
+        self.chosen = port is None
+        self.port = port or self._pick_port()
         if self.port in SHARED_KAFKA_PORTS:
             raise ValueError("the shared broker's port is not ours to use")
+        self.started = False
+
+    @staticmethod
+    def _pick_port() -> int:
+        # From a random first pair: tests in other checkouts pick ports at the same moment.
+        return free_port_pair(29092 + 100 * random.randrange(30))
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        """Start (format on first use) and wait until it answers metadata."""
+        """Start (format on first use) and wait until it answers metadata.
+
+        A first start that fails on a port we chose (another test took it meanwhile) moves to
+        another port; later starts keep the port the services were given.
+        """
         from deploy.local import kafka
 
-        # deploy.local.kafka probes with asyncio.run, so it runs outside this event loop.
-        await asyncio.to_thread(kafka.start, self.port, wait_s=120, echo=lambda *_: None)
+        for attempt in range(3):
+            try:
+                # deploy.local.kafka probes with asyncio.run, so it runs outside this event loop.
+                await asyncio.to_thread(kafka.start, self.port, wait_s=120, echo=lambda *_: None)
+                self.started = True
+                return
+            except RuntimeError:
+                if self.started or not self.chosen or attempt == 2:
+                    raise
+                await asyncio.to_thread(kafka.stop, self.port)  # by its pid file, if it still runs
+                shutil.rmtree(kafka.layout(self.port).home, ignore_errors=True)
+                self.port = self._pick_port()
 
     async def stop(self) -> None:
         """Stop it gracefully by its pid file."""

@@ -59,10 +59,14 @@ async def check_invariants(conn: asyncpg.Connection, capacity: int) -> None:
            OR (c.state = 'assigned' AND (a.assignment_id <> c.assignment_id
                                          OR a.operator_id <> c.assigned_operator_id))""") == 0
     # 1 and 4 over time: one chat's assignments never overlap (nobody shared a chat).
-    assert await conn.fetchval("""
-        SELECT count(*) FROM assigner.assignments a JOIN assigner.assignments b
+    overlaps = await conn.fetch("""
+        SELECT a.chat_id, a.operator_id AS a_op, a.started_at AS a_start, a.ended_at AS a_end, a.outcome AS a_out,
+               b.operator_id AS b_op, b.started_at AS b_start, b.ended_at AS b_end, b.outcome AS b_out
+          FROM assigner.assignments a JOIN assigner.assignments b
           ON a.chat_id = b.chat_id AND a.assignment_id <> b.assignment_id
-         AND b.started_at >= a.started_at AND b.started_at < coalesce(a.ended_at, 'infinity')""") == 0
+         AND b.started_at >= a.started_at AND b.started_at < coalesce(a.ended_at, 'infinity')
+         ORDER BY a.chat_id LIMIT 10""")
+    assert not overlaps, [dict(r) for r in overlaps]
     # 2: never more than `capacity` active assignments per operator at any moment.
     over = await conn.fetchval("""
         SELECT coalesce(max(n), 0) FROM (

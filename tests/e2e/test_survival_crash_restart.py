@@ -376,10 +376,16 @@ async def scheduled_faults(run: Run, chaos: Chaos, pg: OwnPostgres, kafka: OwnKa
     started = time.monotonic()
 
     async def at(t: float):
-        await asyncio.sleep(max(0.0, t - (time.monotonic() - started)))
+        # On time, or 3 s after the previous step if that one ran late (a slow broker start must
+        # not bunch the rest: terminating sessions right after Postgres restarted finds none).
+        await asyncio.sleep(max(3.0, t - (time.monotonic() - started)))
 
     async def terminate():
-        n = await terminate_backends(pg.url(), database)
+        for _ in range(20):  # the services' sessions, once they have reconnected
+            n = await terminate_backends(pg.url(), database)
+            if n:
+                break
+            await asyncio.sleep(0.5)
         chaos.note(f"pg_terminate_backend x{n}")
         assert n > 0
 
