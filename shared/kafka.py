@@ -21,7 +21,8 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, To
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel, ValidationError
 
-from shared import faults, metrics
+from shared import faults
+from shared import metrics
 from shared.events import ADAPTERS, ALL_TOPICS, TOPIC_DLQ, TYPE_HEADER, decode_json, utcnow
 from shared.events import LIFECYCLE_TYPES as KNOWN_TYPES
 from shared.settings import Settings
