@@ -3,7 +3,6 @@
 import uuid
 
 import asyncpg
-import pytest
 
 from services.assigner.store import OperatorCommand, Store
 from shared import db
@@ -55,5 +54,3 @@ async def test_a_pull_racing_a_timeout_starts_its_assignment_after_the_timed_out
     finally:
         await pool.close()
 
-
-pytestmark = pytest.mark.asyncio
