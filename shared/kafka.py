@@ -23,6 +23,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, To
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import BaseModel, ValidationError
 
+from shared import faults
 from shared import metrics
 from shared.deadletter import DeadLetters, Poisoned
 from shared.events import ADAPTERS, ALL_TOPICS, TOPIC_DLQ, TYPE_HEADER, decode_json, utcnow
@@ -171,7 +172,8 @@ async def ensure_topics(settings: Settings, names: Sequence[str] = ALL_TOPICS) -
         if missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=1) for t in missing]
+                    [NewTopic(t, num_partitions=settings.topic_partitions,
+                              replication_factor=settings.topic_replication_factor) for t in missing]
                 )
             except TopicAlreadyExistsError:
                 pass
@@ -562,6 +564,7 @@ class BatchConsumer:
                         applied.append(g)
                 if applied:
                     result = await self.apply(conn, applied)
+        faults.reached("consumer_after_apply")  # crash tests: committed in Postgres, offsets not yet in Kafka
         if applied and self.after_commit is not None:
             self.after_commit(result)
         return applied

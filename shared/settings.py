@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     dev_mode: bool = Field(False, description="Allows the well-known development secret.")
     topic_prefix: str = Field("", description="Prepended to every topic name (tests isolate with it).")
     topic_partitions: int = Field(6, ge=1)
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replicas of each topic ensure_topics creates: 1 for the local single broker, "
+                             "3 on a cluster (with the brokers' min.insync.replicas=2, acks=all then "
+                             "survives the loss of one broker).")
 
     idle_timeout_s: float = Field(300, gt=0)
     idle_check_interval_s: float = Field(0.2, gt=0)

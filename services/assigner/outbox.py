@@ -15,6 +15,7 @@ import asyncpg
 from shared.kafka import ResilientProducer
 
 from services.assigner import metrics
+from shared import faults
 from shared.db import Queries
 from shared.events import TOPIC_LIFECYCLE, TYPE_HEADER
 from shared.retry import Backoff
@@ -47,6 +48,7 @@ class OutboxRelay:
                 for r in rows
             ]
             await asyncio.wait_for(asyncio.gather(*futures), self.settings.kafka_send_timeout_s * 2)
+            faults.reached("outbox_after_ack")  # a crash test may SIGKILL here: acknowledged, not deleted
             await conn.execute(self.q.outbox_delete, [r["id"] for r in rows])
         metrics.OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows)

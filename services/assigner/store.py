@@ -304,10 +304,6 @@ class Store:
         for r in await conn.fetch(self.q.active_assignments_of_many, operators):
             if r["assignment_id"] not in ended:
                 active[r["operator_id"]].append((r["assignment_id"], r["chat_id"], r["started_at"]))
-        # After the read: a new assignment starts after every end this transaction saw (and after
-        # the ends of this batch), so the recorded history never shows an operator over capacity.
-        now = events.utcnow()
-        cooled = now - timedelta(seconds=self.settings.repeat_cooldown_s)
         held = {op: len(a) for op, a in active.items()}
         wanting = []
         for i in pullers:
@@ -318,6 +314,11 @@ class Store:
         if wanting:
             limit = len(wanting) + CLAIM_SLACK
             claimed = [chat_from_row(r) for r in await conn.fetch(self.q.claim_waiting_chats, limit)]
+            # After the reads and the claim: a new assignment starts after every end this transaction
+            # saw, its own and those committed by others before the claim locked their chats, so the
+            # recorded history never shows an operator over capacity or a chat held twice at once.
+            now = events.utcnow()
+            cooled = now - timedelta(seconds=self.settings.repeat_cooldown_s)
             # Chats released in this batch are waiting again (not yet written): they compete too.
             requeued = [c for c in changes.chats.values() if c.state == domain.WAITING]
             candidates = sorted(claimed + requeued, key=lambda c: (c.waiting_since, c.chat_id))

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -73,15 +74,22 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 class ServiceProcess:
-    """One service run as `python -m switchboard run <name> --port <port>`, with its output in a log file."""
+    """One process run as `python -m switchboard run <command> --port <port>`, its output in a log file.
+
+    `name` tells instances apart (`assigner-api-2`); `command` is what `switchboard run` starts (the
+    name when not given). `overlay` is added to the environment at each start, e.g. to arm a fault
+    point (shared/faults.py) for the next run only.
+    """
 
     def __init__(self, name: str, settings: Settings, log_dir: Path, *, port: int | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, command: str | None = None):
         self.name = name
+        self.command = command or name
         self.settings = settings
         self.port = port or free_port()
         self.log_file = Path(log_dir) / f"{name}-{self.port}.log"
         self.env = env if env is not None else service_env(settings)
+        self.overlay: dict[str, str] = {}
         self.proc: subprocess.Popen | None = None
         self.kills = 0
         self.starts = 0
@@ -105,8 +113,9 @@ class ServiceProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "switchboard", "run", self.name, "--port", str(self.port)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, cwd=REPO,
+                [PYTHON, "-m", "switchboard", "run", self.command, "--port", str(self.port)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**self.env, **self.overlay},
+                cwd=REPO,
                 start_new_session=True,
             )
         self.starts += 1
@@ -167,10 +176,18 @@ class ServiceProcess:
 
 
 class Fleet:
-    """Services started together; on exit every process this fleet started is stopped by pid."""
+    """Services started together; on exit every process this fleet started is stopped by pid.
 
-    def __init__(self, settings: Settings, log_dir: Path, names: tuple[str, ...], env: dict[str, str] | None = None):
-        self.services = {n: ServiceProcess(n, settings, log_dir, env=env) for n in names}
+    `names` are services to run once each, or a topology: instance name -> (`switchboard run`
+    command, extra environment), e.g. {"assigner-api-1": ("assigner", {"SWITCHBOARD_ASSIGNER_MODE": "api"})}.
+    """
+
+    def __init__(self, settings: Settings, log_dir: Path, names: tuple[str, ...] | dict[str, tuple[str, dict]],
+                 env: dict[str, str] | None = None):
+        topology = names if isinstance(names, dict) else {n: (n, {}) for n in names}
+        base = env if env is not None else service_env(settings)
+        self.services = {n: ServiceProcess(n, settings, log_dir, command=command, env={**base, **extra})
+                         for n, (command, extra) in topology.items()}
 
     def __getitem__(self, name: str) -> ServiceProcess:
         return self.services[name]
@@ -201,20 +218,41 @@ class OwnKafka:
     """A single-node KRaft broker on its own ports and data dir (deploy.local.kafka), never the shared one."""
 
     def __init__(self, port: int | None = None):
-        self.port = port or free_port_pair(29092)
+        self.chosen = port is None
+        self.port = port or self._pick_port()
         if self.port in SHARED_KAFKA_PORTS:
             raise ValueError("the shared broker's port is not ours to use")
+        self.started = False
+
+    @staticmethod
+    def _pick_port() -> int:
+        # From a random first pair: tests in other checkouts pick ports at the same moment.
+        return free_port_pair(29092 + 100 * random.randrange(30))
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        """Start (format on first use) and wait until it answers metadata."""
+        """Start (format on first use) and wait until it answers metadata.
+
+        A first start that fails on a port we chose (another test took it meanwhile) moves to
+        another port; later starts keep the port the services were given.
+        """
         from deploy.local import kafka
 
-        # deploy.local.kafka probes with asyncio.run, so it runs outside this event loop.
-        await asyncio.to_thread(kafka.start, self.port, wait_s=120, echo=lambda *_: None)
+        for attempt in range(3):
+            try:
+                # deploy.local.kafka probes with asyncio.run, so it runs outside this event loop.
+                await asyncio.to_thread(kafka.start, self.port, wait_s=120, echo=lambda *_: None)
+                self.started = True
+                return
+            except RuntimeError:
+                if self.started or not self.chosen or attempt == 2:
+                    raise
+                await asyncio.to_thread(kafka.stop, self.port)  # by its pid file, if it still runs
+                shutil.rmtree(kafka.layout(self.port).home, ignore_errors=True)
+                self.port = self._pick_port()
 
     async def stop(self) -> None:
         """Stop it gracefully by its pid file."""
