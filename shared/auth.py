@@ -1,4 +1,6 @@
-"""HS256 bearer tokens (SPEC §4): `sub` and `role` in {frontend, operator, admin}."""
+"""HS256 bearer tokens (SPEC §4): `sub` and `role` in {frontend, operator, admin, chat}.
+
+A `chat` token (`sub` = a chat id, minted by delivery) lets a browser read and write only that chat."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from fastapi import Depends, Request
 
 from shared.errors import ApiError
 
-Role = Literal["frontend", "operator", "admin"]
-ROLES: tuple[str, ...] = ("frontend", "operator", "admin")
+Role = Literal["frontend", "operator", "admin", "chat"]
+ROLES: tuple[str, ...] = ("frontend", "operator", "admin", "chat")
 ALGORITHM = "HS256"
 
 

@@ -10,7 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "switchboard-dev-secret-do-not-use-in-production"
 
-SERVICE_PORTS = {"ingest": 8001, "assigner": 8002, "idle_monitor": 8003, "stats": 8004, "assigner_worker": 8005}
+SERVICE_PORTS = {"ingest": 8001, "assigner": 8002, "idle_monitor": 8003, "stats": 8004, "assigner_worker": 8005,
+                 "delivery": 8006}
 
 
 class ConfigError(RuntimeError):
@@ -55,6 +56,10 @@ class Settings(BaseSettings):
     ingest_url: str = Field("http://127.0.0.1:8001", description="Ingest as browsers reach it (console replies).")
     stats_url: str = Field("http://127.0.0.1:8004", description="Stats as browsers reach it (admin page).")
     log_level: str = "INFO"
+    delivery_port: int = SERVICE_PORTS["delivery"]
+    delivery_retention_s: float = Field(24 * 3600, gt=0, description="How long chat stream events stay replayable.")
+    delivery_heartbeat_s: float = Field(15, gt=0, description="Seconds between SSE heartbeat comments.")
+    delivery_chat_token_ttl_s: int = Field(900, ge=1, le=24 * 3600, description="Lifetime of minted chat tokens.")
 
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> "Settings":

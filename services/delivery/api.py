@@ -1,0 +1,119 @@
+"""Delivery HTTP API (SPEC §9): chat tokens, the chat stream (SSE) and the demo widget."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Path as PathParam, Query, Request
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from sse_starlette import EventSourceResponse
+
+from services.delivery import streams
+from shared.auth import Principal, issue_token, require, verify_token
+from shared.errors import ApiError
+from shared.events import ID_PATTERN
+
+router = APIRouter(tags=["delivery"])
+STATIC = Path(__file__).parent / "static"
+ChatId = Annotated[str, PathParam(pattern=ID_PATTERN, description="The chat.")]
+
+
+class ChatToken(BaseModel):
+    """A short-lived token with which a browser reads this chat's stream and posts its user messages."""
+
+    chat_id: str
+    token: str
+    expires_in: int = Field(description="Seconds of validity.")
+    expires_at: int = Field(description="Expiry, Unix seconds.")
+
+
+def _mint(request: Request, chat_id: str) -> ChatToken:
+    ttl = request.app.state.settings.delivery_chat_token_ttl_s
+    token = issue_token(request.app.state.auth_secret, chat_id, "chat", ttl)
+    return ChatToken(chat_id=chat_id, token=token, expires_in=ttl, expires_at=int(time.time()) + ttl)
+
+
+@router.post("/v1/chats/{chat_id}/token", response_model=ChatToken,
+             summary="Mint a chat token (role `chat`, sub = chat id) for the user's browser.")
+async def chat_token(request: Request, chat_id: ChatId, _: Principal = Depends(require("frontend"))) -> ChatToken:
+    """A frontend's backend asks for it and hands it to the user's widget."""
+    return _mint(request, chat_id)
+
+
+async def _stream_principal(request: Request,
+                            access_token: Annotated[str | None, Query(
+                                description="The bearer token, for EventSource (which cannot set headers).")] = None,
+                            ) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return verify_token(request.app.state.auth_secret, token.strip())
+    if access_token:
+        return verify_token(request.app.state.auth_secret, access_token)
+    raise ApiError(401, "missing_token", "an `Authorization: Bearer <token>` header or `access_token` is required")
+
+
+def _resume_point(header: str | None, query: str | None) -> int:
+    raw = header if header is not None else query
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(422, "validation_error", f"Last-Event-ID: {raw[:40]!r} is not an event id of this stream",
+                       details=[{"field": "Last-Event-ID", "message": "expected a non-negative integer",
+                                 "type": "int"}])
+    return int(raw)
+
+
+@router.get("/v1/chats/{chat_id}/stream", summary="The chat's events as Server-Sent Events.",
+            response_class=EventSourceResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "`message`, `operator_joined` and `chat_completed` events; "
+                                            "each `id` is the chat's sequence number."}})
+async def chat_stream(
+    request: Request,
+    chat_id: ChatId,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id_query: Annotated[str | None, Query(alias="last_event_id",
+                                                     description="Resume point when no Last-Event-ID header is sent.")] = None,
+    me: Principal = Depends(_stream_principal),
+):
+    """Replays the chat's events after Last-Event-ID (or from the start of the window), then streams new ones."""
+    if me.role == "chat":
+        if me.sub != chat_id:
+            raise ApiError(403, "forbidden_chat", "a chat token may read only its own chat's stream")
+    elif me.role != "frontend":
+        raise ApiError(403, "forbidden_role", f"role {me.role!r} may not call this; needs frontend or chat")
+    after = _resume_point(last_event_id, last_event_id_query)
+    state = request.app.state
+    events = streams.chat_events(state.hub, state.store, chat_id, after)
+    return EventSourceResponse(events, ping=state.settings.delivery_heartbeat_s,
+                               headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+class WidgetTokenIn(BaseModel):
+    chat_id: str = Field(pattern=ID_PATTERN)
+
+
+@router.get("/widget/config", tags=["widget"], summary="Where the demo widget finds ingest.")
+async def widget_config(request: Request):
+    """The ingest URL as browsers reach it, and whether the dev token endpoint is on."""
+    settings = request.app.state.settings
+    return {"ingest_url": settings.ingest_url, "dev_tokens": settings.dev_mode}
+
+
+@router.post("/widget/token", tags=["widget"], response_model=ChatToken,
+             summary="Development only: a chat token for the demo widget, without a frontend token.")
+async def widget_token(request: Request, body: WidgetTokenIn) -> ChatToken:
+    """Only with SWITCHBOARD_DEV_MODE=1; a real site mints chat tokens in its backend."""
+    if not request.app.state.settings.dev_mode:
+        raise ApiError(404, "not_found", "the widget's token endpoint exists only in development mode")
+    return _mint(request, body.chat_id)
+
+
+def mount_widget(app: FastAPI) -> None:
+    """Serve the demo chat widget (plain HTML + JS) under /widget/."""
+    if STATIC.is_dir():
+        app.mount("/widget", StaticFiles(directory=STATIC, html=True), name="widget")
