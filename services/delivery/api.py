@@ -1,4 +1,4 @@
-"""Delivery HTTP API (SPEC §9): chat tokens, the chat stream (SSE) and the demo widget."""
+"""Delivery HTTP API (SPEC §9): chat tokens, the chat and operator streams (SSE), and the demo widget."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
-from services.delivery import streams
+from services.delivery import domain, streams
 from shared.auth import Principal, issue_token, require, verify_token
 from shared.errors import ApiError
 from shared.events import ID_PATTERN
@@ -86,10 +86,31 @@ async def chat_stream(
             raise ApiError(403, "forbidden_chat", "a chat token may read only its own chat's stream")
     elif me.role != "frontend":
         raise ApiError(403, "forbidden_role", f"role {me.role!r} may not call this; needs frontend or chat")
-    after = _resume_point(last_event_id, last_event_id_query)
+    return _sse(request, domain.chat_stream(chat_id), _resume_point(last_event_id, last_event_id_query))
+
+
+@router.get("/v1/operators/me/stream", summary="The calling operator's events as Server-Sent Events.",
+            response_class=EventSourceResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "`message` (on a chat I hold), `assignment_started`, `assignment_ended` "
+                                            "(with its outcome); each `id` is the operator stream's sequence number."}})
+async def operator_stream(
+    request: Request,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id_query: Annotated[str | None, Query(alias="last_event_id",
+                                                     description="Resume point when no Last-Event-ID header is sent.")] = None,
+    me: Principal = Depends(_stream_principal),
+):
+    """New messages on the chats I hold and my assignments starting and ending, resumable like the chat stream."""
+    if me.role != "operator":
+        raise ApiError(403, "forbidden_role", f"role {me.role!r} may not call this; needs operator")
+    return _sse(request, domain.operator_stream(me.sub), _resume_point(last_event_id, last_event_id_query))
+
+
+def _sse(request: Request, stream: str, after: int) -> EventSourceResponse:
     state = request.app.state
-    events = streams.chat_events(state.hub, state.store, chat_id, after)
-    return EventSourceResponse(events, ping=state.settings.delivery_heartbeat_s,
+    return EventSourceResponse(streams.stream_events(state.hub, state.store, stream, after),
+                               ping=state.settings.delivery_heartbeat_s,
                                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 

@@ -1,37 +1,59 @@
-"""Pure rules of delivery: which lifecycle facts a chat's stream shows, and their per-chat sequence.
+"""Pure rules of delivery: which lifecycle facts each stream shows, and their per-stream sequence.
 
-No I/O here. The consumer turns a batch of facts into stream events, reserves each chat's next
-sequence numbers in Postgres and numbers the events in partition order with `number`.
+No I/O here. A stream is a chat's (what the user's widget shows) or an operator's (what happens on
+the chats it holds). The consumer plans a batch's stream events with `plan`, reserves each
+stream's next sequence numbers in Postgres and numbers the events in partition order with `number`.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Iterable
 
-from shared.events import ChatAssigned, ChatCompleted, MessageRecorded
+from shared.events import AssignmentEnded, ChatAssigned, ChatCompleted, MessageRecorded
 
-# Lifecycle fact type -> the SSE `event` name a chat stream shows it as.
-STREAM_TYPES = {
-    "message_recorded": "message",
-    "chat_assigned": "operator_joined",
-    "chat_completed": "chat_completed",
-}
-WANTED_TYPES = frozenset(STREAM_TYPES)
+# The lifecycle facts delivery acts on (the others are skipped unparsed by the consumer).
+WANTED_TYPES = frozenset({"message_recorded", "chat_assigned", "assignment_ended", "chat_completed"})
+
+
+def chat_stream(chat_id: str) -> str:
+    """The stream key of a chat's stream."""
+    return f"chat:{chat_id}"
+
+
+def operator_stream(operator_id: str) -> str:
+    """The stream key of an operator's stream."""
+    return f"operator:{operator_id}"
 
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """One event of a chat's stream, before it has its sequence number."""
+    """One event of a stream, before it has its sequence number."""
 
-    chat_id: str
+    stream: str
     event_id: uuid.UUID
     type: str
     occurred_at: datetime
     data: dict
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The operator holding a chat, and by which assignment."""
+
+    operator_id: str
+    assignment_id: uuid.UUID
+
+
+@dataclass
+class Plan:
+    """What a batch adds: stream events in order, and the chats whose holder changed (None: nobody)."""
+
+    events: list[StreamEvent] = field(default_factory=list)
+    holders: dict[str, Holder | None] = field(default_factory=dict)
 
 
 def display_name(operator_id: str | None) -> str | None:
@@ -43,57 +65,75 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
 
 
-def stream_event(event) -> StreamEvent | None:
-    """The chat stream's view of a lifecycle fact, or None for facts the user does not see."""
-    if isinstance(event, MessageRecorded):
-        p = event.payload
-        data = {"message_id": p.message_id, "sender": p.sender, "operator_id": p.operator_id,
-                "display_name": display_name(p.operator_id), "text": p.text, "sent_at": _iso(p.sent_at),
-                "recorded_at": _iso(p.recorded_at)}
-    elif isinstance(event, ChatAssigned):
-        p = event.payload
-        data = {"operator_id": p.operator_id, "display_name": display_name(p.operator_id),
-                "assigned_at": _iso(p.assigned_at)}
-    elif isinstance(event, ChatCompleted):
-        data = {"completed_at": _iso(event.payload.completed_at)}
-    else:
-        return None
-    kind = STREAM_TYPES[event.type]
-    data = {"type": kind, "chat_id": event.chat_id, "event_id": str(event.event_id),
-            "occurred_at": _iso(event.occurred_at), **data}
-    return StreamEvent(event.chat_id, event.event_id, kind, event.occurred_at, data)
+def _event(stream: str, fact, kind: str, data: dict) -> StreamEvent:
+    body = {"type": kind, "chat_id": fact.chat_id, "event_id": str(fact.event_id),
+            "occurred_at": _iso(fact.occurred_at), **data}
+    return StreamEvent(stream, fact.event_id, kind, fact.occurred_at, body)
 
 
-def stream_events(events: Iterable, now: datetime, retention_s: float) -> list[StreamEvent]:
-    """The stream events of a batch, in order; facts older than the replay window are dropped.
+def chats_of(facts: Iterable) -> list[str]:
+    """The chats whose holder a batch needs to know, sorted."""
+    return sorted({f.chat_id for f in facts if isinstance(f, (MessageRecorded, ChatAssigned, AssignmentEnded))})
 
-    Their ids may already have been forgotten (pruned with the window), so a late redelivery of
-    one must not be shown again as new.
+
+def plan(facts: Iterable, holders: dict[str, Holder], now: datetime, retention_s: float) -> Plan:
+    """The stream events of a batch of facts, given who held their chats before it.
+
+    Facts older than the replay window are skipped: their ids may already have been forgotten
+    (pruned with the window), so a late redelivery must not be shown, nor move a holder, again.
     """
     oldest = now - timedelta(seconds=retention_s)
-    out = []
-    for event in events:
-        shown = stream_event(event)
-        if shown is not None and shown.occurred_at >= oldest:
-            out.append(shown)
+    current = dict(holders)
+    out = Plan()
+    for fact in facts:
+        if fact.occurred_at < oldest:
+            continue
+        chat = fact.chat_id
+        if isinstance(fact, MessageRecorded):
+            p = fact.payload
+            data = {"message_id": p.message_id, "sender": p.sender, "operator_id": p.operator_id,
+                    "display_name": display_name(p.operator_id), "text": p.text, "sent_at": _iso(p.sent_at),
+                    "recorded_at": _iso(p.recorded_at)}
+            out.events.append(_event(chat_stream(chat), fact, "message", data))
+            holder = current.get(chat)
+            if holder is not None:
+                out.events.append(_event(operator_stream(holder.operator_id), fact, "message", data))
+        elif isinstance(fact, ChatAssigned):
+            p = fact.payload
+            out.events.append(_event(chat_stream(chat), fact, "operator_joined", {
+                "operator_id": p.operator_id, "display_name": display_name(p.operator_id),
+                "assigned_at": _iso(p.assigned_at)}))
+            out.events.append(_event(operator_stream(p.operator_id), fact, "assignment_started", {
+                "assignment_id": str(p.assignment_id), "assigned_at": _iso(p.assigned_at), "via": p.via}))
+            current[chat] = out.holders[chat] = Holder(p.operator_id, p.assignment_id)
+        elif isinstance(fact, AssignmentEnded):
+            p = fact.payload
+            out.events.append(_event(operator_stream(p.operator_id), fact, "assignment_ended", {
+                "assignment_id": str(p.assignment_id), "outcome": p.outcome, "ended_at": _iso(p.ended_at)}))
+            holder = current.get(chat)
+            if holder is not None and holder.assignment_id == p.assignment_id:
+                current[chat] = out.holders[chat] = None
+        elif isinstance(fact, ChatCompleted):
+            out.events.append(_event(chat_stream(chat), fact, "chat_completed",
+                                     {"completed_at": _iso(fact.payload.completed_at)}))
     return out
 
 
-def counts_per_chat(events: list[StreamEvent]) -> dict[str, int]:
-    """How many sequence numbers each chat needs, chats sorted (a stable lock order)."""
-    counts = Counter(e.chat_id for e in events)
-    return {chat: counts[chat] for chat in sorted(counts)}
+def counts_per_stream(events: list[StreamEvent]) -> dict[str, int]:
+    """How many sequence numbers each stream needs, streams sorted (a stable lock order)."""
+    counts = Counter(e.stream for e in events)
+    return {stream: counts[stream] for stream in sorted(counts)}
 
 
 def number(events: list[StreamEvent], last_seqs: dict[str, int]) -> list[tuple[int, StreamEvent]]:
-    """Give each event its sequence: a chat's reserved block, in the events' (partition) order.
+    """Give each event its sequence: its stream's reserved block, in the events' (partition) order.
 
-    `last_seqs[chat]` is the chat's last sequence after reserving `counts_per_chat(events)[chat]`.
+    `last_seqs[stream]` is the stream's last sequence after reserving `counts_per_stream(events)[stream]`.
     """
-    counts = counts_per_chat(events)
-    next_seq = {chat: last_seqs[chat] - n + 1 for chat, n in counts.items()}
+    counts = counts_per_stream(events)
+    next_seq = {stream: last_seqs[stream] - n + 1 for stream, n in counts.items()}
     out = []
     for e in events:
-        out.append((next_seq[e.chat_id], e))
-        next_seq[e.chat_id] += 1
+        out.append((next_seq[e.stream], e))
+        next_seq[e.stream] += 1
     return out

@@ -15,12 +15,15 @@ from shared.settings import Settings
 
 
 def make_apply(settings: Settings) -> ApplyBatch:
-    """The BatchConsumer callback: number the batch's stream events per chat, store them, notify."""
+    """The BatchConsumer callback: plan the batch's stream events, number them per stream, store them, notify."""
 
     async def on_lifecycle(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> int:
         """Apply one poll of chat.lifecycle facts (already deduplicated by event id, in partition order)."""
-        events = domain.stream_events((item.event for item in batch), utcnow(), settings.delivery_retention_s)
-        return len(await store.append(conn, events))
+        facts = [item.event for item in batch]
+        before = await store.holders(conn, domain.chats_of(facts))
+        planned = domain.plan(facts, before, utcnow(), settings.delivery_retention_s)
+        await store.save_holders(conn, planned.holders)
+        return len(await store.append(conn, planned.events))
 
     return on_lifecycle
 

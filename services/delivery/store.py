@@ -1,4 +1,4 @@
-"""Postgres access for delivery: the replay window (stream events per chat) and its pruning."""
+"""Postgres access for delivery: the replay window (events per stream), chat holders, pruning."""
 
 from __future__ import annotations
 
@@ -8,27 +8,46 @@ from pathlib import Path
 
 import asyncpg
 
-from services.delivery.domain import StreamEvent, counts_per_chat, number
+from services.delivery.domain import Holder, StreamEvent, counts_per_stream, number
 from shared.db import Queries
 
 QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
 PAGE = 500
 
 
+async def holders(conn: asyncpg.Connection, chat_ids: list[str]) -> dict[str, Holder]:
+    """Who holds these chats now."""
+    if not chat_ids:
+        return {}
+    rows = await conn.fetch(QUERIES.held_chats, chat_ids)
+    return {r["chat_id"]: Holder(r["operator_id"], r["assignment_id"]) for r in rows}
+
+
+async def save_holders(conn: asyncpg.Connection, changed: dict[str, Holder | None]) -> None:
+    """Record new holders and forget chats nobody holds any more, in the caller's transaction."""
+    held = {chat: h for chat, h in sorted(changed.items()) if h is not None}
+    freed = sorted(chat for chat, h in changed.items() if h is None)
+    if held:
+        await conn.execute(QUERIES.hold_chats, list(held), [h.operator_id for h in held.values()],
+                           [h.assignment_id for h in held.values()])
+    if freed:
+        await conn.execute(QUERIES.release_chats, freed)
+
+
 async def append(conn: asyncpg.Connection, events: list[StreamEvent]) -> list[tuple[int, StreamEvent]]:
-    """Number and store a batch's stream events and wake the streams of their chats, in the caller's transaction."""
+    """Number and store a batch's stream events and wake their streams' readers, in the caller's transaction."""
     if not events:
         return []
-    counts = counts_per_chat(events)
+    counts = counts_per_stream(events)
     rows = await conn.fetch(QUERIES.reserve_sequences, list(counts), list(counts.values()))
-    numbered = number(events, {r["chat_id"]: r["last_seq"] for r in rows})
+    numbered = number(events, {r["stream"]: r["last_seq"] for r in rows})
     await conn.execute(
         QUERIES.insert_stream_events,
-        [e.chat_id for _, e in numbered], [seq for seq, _ in numbered], [e.event_id for _, e in numbered],
+        [e.stream for _, e in numbered], [seq for seq, _ in numbered], [e.event_id for _, e in numbered],
         [e.type for _, e in numbered], [e.occurred_at for _, e in numbered],
         [json.dumps(e.data) for _, e in numbered],
     )
-    await conn.fetchval(QUERIES.notify_chats, list(counts))
+    await conn.fetchval(QUERIES.notify_streams, list(counts))
     return numbered
 
 
@@ -38,10 +57,10 @@ class Store:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
 
-    async def events_after(self, chat_id: str, seq: int, limit: int = PAGE) -> list[asyncpg.Record]:
-        """A chat's stream events after `seq`, oldest first (`seq`, `type`, `occurred_at`, `data` as JSON text)."""
+    async def events_after(self, stream: str, seq: int, limit: int = PAGE) -> list[asyncpg.Record]:
+        """A stream's events after `seq`, oldest first (`seq`, `type`, `occurred_at`, `data` as JSON text)."""
         async with self.pool.acquire() as conn:
-            return await conn.fetch(QUERIES.events_after, chat_id, seq, limit)
+            return await conn.fetch(QUERIES.events_after, stream, seq, limit)
 
     async def prune(self, before: datetime, batch: int = 5000) -> int:
         """Delete stream events and applied ids older than `before`, a batch per transaction; returns events deleted."""

@@ -1,6 +1,6 @@
 """Every instance's chat streams: a LISTEN connection that wakes the streams of a chat, and the stream loop.
 
-A consumer instance that stores stream events sends `NOTIFY delivery_stream, '<chat_id>'` in the
+A consumer instance that stores stream events sends `NOTIFY delivery_stream, '<stream key>'` in the
 same transaction, so Postgres delivers it to every instance's listener only after the commit.
 A stream never takes events from the notification itself: it registers its wake-up first, then
 reads the table after the last sequence it sent, then waits to be woken. Replay and live delivery
@@ -45,23 +45,23 @@ class Hub:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self.connected = asyncio.Event()
 
-    def subscribe(self, chat_id: str) -> asyncio.Event:
-        """A wake-up event set whenever the chat has new stream events; call `unsubscribe` when done."""
+    def subscribe(self, stream: str) -> asyncio.Event:
+        """A wake-up event set whenever the stream has new events; call `unsubscribe` when done."""
         event = asyncio.Event()
-        self._waiters[chat_id].add(event)
+        self._waiters[stream].add(event)
         return event
 
-    def unsubscribe(self, chat_id: str, event: asyncio.Event) -> None:
-        """Forget a stream's wake-up."""
-        waiters = self._waiters.get(chat_id)
+    def unsubscribe(self, stream: str, event: asyncio.Event) -> None:
+        """Forget a reader's wake-up."""
+        waiters = self._waiters.get(stream)
         if waiters is not None:
             waiters.discard(event)
             if not waiters:
-                del self._waiters[chat_id]
+                del self._waiters[stream]
 
-    def wake(self, chat_id: str) -> None:
-        """Wake every local stream of a chat."""
-        for event in self._waiters.get(chat_id, ()):
+    def wake(self, stream: str) -> None:
+        """Wake every local reader of a stream."""
+        for event in self._waiters.get(stream, ()):
             event.set()
 
     def wake_all(self) -> None:
@@ -105,26 +105,27 @@ class Hub:
             delay = min(delay * 2, 5)
 
 
-async def chat_events(hub: Hub, store: Store, chat_id: str, after: int, stream: str = "chat") -> AsyncIterator[ServerSentEvent]:
-    """A chat's stream events after sequence `after`: the stored ones, then each new one as it commits."""
-    wake = hub.subscribe(chat_id)
-    OPEN_STREAMS.labels(stream).inc()
+async def stream_events(hub: Hub, store: Store, stream: str, after: int) -> AsyncIterator[ServerSentEvent]:
+    """A stream's events after sequence `after`: the stored ones, then each new one as it commits."""
+    kind = stream.partition(":")[0]  # chat | operator: the metrics' label
+    wake = hub.subscribe(stream)
+    OPEN_STREAMS.labels(kind).inc()
     replaying = True
     try:
         while True:
             wake.clear()
-            rows = await store.events_after(chat_id, after)
+            rows = await store.events_after(stream, after)
             now = utcnow()
             for row in rows:
                 after = row["seq"]
-                EVENTS_PUSHED.labels(stream, row["type"]).inc()
+                EVENTS_PUSHED.labels(kind, row["type"]).inc()
                 if not replaying:
-                    PUSH_LATENCY.labels(stream).observe(max(0.0, (now - row["occurred_at"]).total_seconds()))
+                    PUSH_LATENCY.labels(kind).observe(max(0.0, (now - row["occurred_at"]).total_seconds()))
                 yield ServerSentEvent(data=row["data"], event=row["type"], id=str(row["seq"]))
             if len(rows) == PAGE:
                 continue
             replaying = False
             await wake.wait()
     finally:
-        OPEN_STREAMS.labels(stream).dec()
-        hub.unsubscribe(chat_id, wake)
+        OPEN_STREAMS.labels(kind).dec()
+        hub.unsubscribe(stream, wake)

@@ -65,14 +65,19 @@ class SSE:
 
 
 @contextlib.asynccontextmanager
-async def stream(url: str, chat_id: str, tok: str, last_event_id: str | None = None):
-    """An open chat stream (status checked by the caller through `.response`)."""
+async def open_sse(url: str, tok: str, last_event_id: str | None = None):
+    """An open SSE stream at `url` (status checked by the caller through `.response`)."""
     headers = {"Authorization": f"Bearer {tok}"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
-        async with client.stream("GET", f"{url}/v1/chats/{chat_id}/stream", headers=headers) as response:
+        async with client.stream("GET", url, headers=headers) as response:
             yield SSE(response)
+
+
+def stream(url: str, chat_id: str, tok: str, last_event_id: str | None = None):
+    """An open chat stream."""
+    return open_sse(f"{url}/v1/chats/{chat_id}/stream", tok, last_event_id)
 
 
 def frontend_token() -> str:
@@ -199,7 +204,7 @@ async def test_a_redelivered_fact_is_stored_once_and_facts_older_than_the_window
         try:
             async def rows():
                 got = await conn.fetch("SELECT seq, data->>'text' AS text FROM delivery.stream_events "
-                                       "WHERE chat_id = $1 ORDER BY seq", chat)
+                                       "WHERE stream = 'chat:' || $1 ORDER BY seq", chat)
                 return got if len(got) >= 2 else None
 
             got = await eventually(rows)
@@ -216,7 +221,7 @@ async def test_old_stream_events_are_pruned_and_sequences_never_reused(env):
         await kafka.send(TOPIC_LIFECYCLE, recorded(chat, "old"))
         conn = await env.connect()
         try:
-            await eventually(lambda: conn.fetchval("SELECT count(*) FROM delivery.stream_events WHERE chat_id=$1", chat))
+            await eventually(lambda: conn.fetchval("SELECT count(*) FROM delivery.stream_events WHERE stream = 'chat:' || $1", chat))
             await conn.execute("UPDATE delivery.stream_events SET recorded_at = now() - interval '25 hours'")
             await conn.execute("UPDATE delivery.processed_events SET applied_at = now() - interval '25 hours'")
             store = delivery.app.state.store
@@ -224,7 +229,7 @@ async def test_old_stream_events_are_pruned_and_sequences_never_reused(env):
             assert await conn.fetchval("SELECT count(*) FROM delivery.processed_events") == 0
             await kafka.send(TOPIC_LIFECYCLE, recorded(chat, "new"))
             row = await eventually(lambda: conn.fetchrow(
-                "SELECT seq, data->>'text' AS text FROM delivery.stream_events WHERE chat_id=$1", chat))
+                "SELECT seq, data->>'text' AS text FROM delivery.stream_events WHERE stream = 'chat:' || $1", chat))
             assert (row["seq"], row["text"]) == (2, "new")
         finally:
             await conn.close()

@@ -1,11 +1,12 @@
-"""Delivery's pure rules: what a chat stream shows and how its events are numbered."""
+"""Delivery's pure rules: what each stream shows and how its events are numbered."""
 
 import uuid
 from datetime import timedelta
 
 from services.delivery import domain
+from services.delivery.domain import Holder
 from shared.events import (AssignmentEnded, AssignmentEndedPayload, ChatAssigned, ChatAssignedPayload,
-                           MessageRecorded, MessageRecordedPayload, utcnow)
+                           ChatCompleted, ChatCompletedPayload, MessageRecorded, MessageRecordedPayload, utcnow)
 
 
 def message(chat, text, sender="user", operator_id=None, at=None):
@@ -15,31 +16,69 @@ def message(chat, text, sender="user", operator_id=None, at=None):
                                                           operator_id=operator_id, text=text, recorded_at=at))
 
 
-def test_messages_and_joins_are_shown_with_the_operators_display_name_and_assignment_ends_are_not():
+def assigned(chat, operator_id, assignment_id):
     now = utcnow()
-    joined = ChatAssigned(event_id=uuid.uuid4(), chat_id="c", occurred_at=now, producer="t",
-                          payload=ChatAssignedPayload(assignment_id=uuid.uuid4(), operator_id="op-1",
-                                                      assigned_at=now, via="pull"))
-    ended = AssignmentEnded(event_id=uuid.uuid4(), chat_id="c", occurred_at=now, producer="t",
-                            payload=AssignmentEndedPayload(assignment_id=uuid.uuid4(), operator_id="op-1",
-                                                           outcome="answered", started_at=now, ended_at=now))
-    shown = domain.stream_events([message("c", "hi"), joined, ended, message("c", "yo", "operator", "op-1")],
-                                 now, 3600)
-    assert [e.type for e in shown] == ["message", "operator_joined", "message"]
-    assert shown[1].data["display_name"] == "op-1"
-    assert shown[2].data["display_name"] == "op-1" and shown[2].data["sender"] == "operator"
-    assert shown[0].data["display_name"] is None and shown[0].data["text"] == "hi"
+    return ChatAssigned(event_id=uuid.uuid4(), chat_id=chat, occurred_at=now, producer="t",
+                        payload=ChatAssignedPayload(assignment_id=assignment_id, operator_id=operator_id,
+                                                    assigned_at=now, via="pull"))
+
+
+def ended(chat, operator_id, assignment_id, outcome):
+    now = utcnow()
+    return AssignmentEnded(event_id=uuid.uuid4(), chat_id=chat, occurred_at=now, producer="t",
+                           payload=AssignmentEndedPayload(assignment_id=assignment_id, operator_id=operator_id,
+                                                          outcome=outcome, started_at=now, ended_at=now))
+
+
+def shown(plan, stream):
+    return [(e.type, e.data.get("text") or e.data.get("outcome") or e.data.get("display_name"))
+            for e in plan.events if e.stream == stream]
+
+
+def test_the_chat_stream_shows_messages_joins_and_completion_with_the_operators_display_name():
+    a = uuid.uuid4()
+    done = ChatCompleted(event_id=uuid.uuid4(), chat_id="c", occurred_at=utcnow(), producer="t",
+                         payload=ChatCompletedPayload(completed_by="boss", completed_at=utcnow()))
+    plan = domain.plan([message("c", "hi"), assigned("c", "op-1", a), message("c", "yo", "operator", "op-1"),
+                        ended("c", "op-1", a, "answered"), done], {}, utcnow(), 3600)
+    assert shown(plan, "chat:c") == [("message", "hi"), ("operator_joined", "op-1"), ("message", "yo"),
+                                     ("chat_completed", None)]
+    assert [e.data["display_name"] for e in plan.events if e.stream == "chat:c" and e.type == "message"] == [None, "op-1"]
+
+
+def test_the_operator_stream_gets_messages_only_while_it_holds_the_chat_and_every_end_of_its_assignments():
+    a, b = uuid.uuid4(), uuid.uuid4()
+    plan = domain.plan([
+        message("c", "before anyone"),
+        assigned("c", "op-1", a), message("c", "while op-1 holds it"),
+        ended("c", "op-1", a, "reassigned"), assigned("c", "op-2", b),
+        message("c", "while op-2 holds it"), ended("c", "op-2", b, "timed_out"), message("c", "nobody again"),
+    ], {}, utcnow(), 3600)
+    assert shown(plan, "operator:op-1") == [("assignment_started", None), ("message", "while op-1 holds it"),
+                                            ("assignment_ended", "reassigned")]
+    assert shown(plan, "operator:op-2") == [("assignment_started", None), ("message", "while op-2 holds it"),
+                                            ("assignment_ended", "timed_out")]
+    assert plan.holders == {"c": None}
+
+
+def test_a_holder_from_an_earlier_batch_gets_the_chats_messages_and_a_stale_end_changes_no_holder():
+    a = uuid.uuid4()
+    plan = domain.plan([message("c", "again"), ended("c", "op-1", uuid.uuid4(), "timed_out")],
+                       {"c": Holder("op-1", a)}, utcnow(), 3600)
+    assert shown(plan, "operator:op-1") == [("message", "again"), ("assignment_ended", "timed_out")]
+    assert plan.holders == {}
+    assert domain.chats_of([message("b", "x"), message("a", "y")]) == ["a", "b"]
 
 
 def test_facts_older_than_the_replay_window_are_not_shown_again():
     now = utcnow()
     old = message("c", "old", at=now - timedelta(seconds=3601))
-    assert [e.data["text"] for e in domain.stream_events([old, message("c", "new")], now, 3600)] == ["new"]
+    assert shown(domain.plan([old, message("c", "new")], {}, now, 3600), "chat:c") == [("message", "new")]
 
 
-def test_each_chat_gets_its_reserved_block_in_partition_order():
-    events = domain.stream_events([message("b", "b1"), message("a", "a1"), message("b", "b2"), message("a", "a2"),
-                                   message("b", "b3")], utcnow(), 3600)
-    assert domain.counts_per_chat(events) == {"a": 2, "b": 3}
-    numbered = domain.number(events, {"a": 12, "b": 3})
+def test_each_stream_gets_its_reserved_block_in_partition_order():
+    events = domain.plan([message("b", "b1"), message("a", "a1"), message("b", "b2"), message("a", "a2"),
+                          message("b", "b3")], {}, utcnow(), 3600).events
+    assert domain.counts_per_stream(events) == {"chat:a": 2, "chat:b": 3}
+    numbered = domain.number(events, {"chat:a": 12, "chat:b": 3})
     assert [(seq, e.data["text"]) for seq, e in numbered] == [(1, "b1"), (11, "a1"), (2, "b2"), (12, "a2"), (3, "b3")]

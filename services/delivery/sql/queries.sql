@@ -11,36 +11,50 @@ WITH ins AS (
 SELECT coalesce(array_agg(event_id), '{}'::uuid[]) FROM ins;
 
 -- name: reserve_sequences
--- Take `n` more sequence numbers for each chat (chats sorted); returns each chat's last one after the take.
-INSERT INTO delivery.chat_sequences AS s (chat_id, last_seq)
+-- Take `n` more sequence numbers for each stream (streams sorted: a stable lock order); returns each one's last after the take.
+INSERT INTO delivery.stream_sequences AS s (stream, last_seq)
 SELECT * FROM unnest($1::text[], $2::bigint[])
-ON CONFLICT (chat_id) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq
-RETURNING chat_id, last_seq;
+ON CONFLICT (stream) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq
+RETURNING stream, last_seq;
 
 -- name: insert_stream_events
 -- Append stream events (their sequences already reserved).
-INSERT INTO delivery.stream_events (chat_id, seq, event_id, type, occurred_at, data)
+INSERT INTO delivery.stream_events (stream, seq, event_id, type, occurred_at, data)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::jsonb[]);
 
--- name: notify_chats
--- Wake every instance's streams of these chats; Postgres delivers a NOTIFY only when the transaction commits.
-SELECT count(pg_notify('delivery_stream', chat_id)) FROM unnest($1::text[]) AS t (chat_id);
+-- name: notify_streams
+-- Wake every instance's readers of these streams; Postgres delivers a NOTIFY only when the transaction commits.
+SELECT count(pg_notify('delivery_stream', stream)) FROM unnest($1::text[]) AS t (stream);
 
 -- name: events_after
--- A chat's stream events after a sequence, oldest first, at most $3.
+-- A stream's events after a sequence, oldest first, at most $3.
 SELECT seq, type, occurred_at, data::text AS data
 FROM delivery.stream_events
-WHERE chat_id = $1 AND seq > $2
+WHERE stream = $1 AND seq > $2
 ORDER BY seq
 LIMIT $3;
+
+-- name: held_chats
+-- Who holds these chats now.
+SELECT chat_id, operator_id, assignment_id FROM delivery.held_chats WHERE chat_id = ANY($1::text[]);
+
+-- name: hold_chats
+-- Record the current holder of chats (one row per chat).
+INSERT INTO delivery.held_chats AS h (chat_id, operator_id, assignment_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[])
+ON CONFLICT (chat_id) DO UPDATE SET operator_id = excluded.operator_id, assignment_id = excluded.assignment_id;
+
+-- name: release_chats
+-- Forget the holders of chats nobody holds any more.
+DELETE FROM delivery.held_chats WHERE chat_id = ANY($1::text[]);
 
 -- name: prune_stream_events
 -- Delete up to $2 stream events recorded before $1; returns how many went.
 WITH old AS MATERIALIZED (
-    SELECT chat_id, seq FROM delivery.stream_events WHERE recorded_at < $1 LIMIT $2
+    SELECT stream, seq FROM delivery.stream_events WHERE recorded_at < $1 LIMIT $2
 ), gone AS (
     DELETE FROM delivery.stream_events e USING old
-    WHERE e.chat_id = old.chat_id AND e.seq = old.seq
+    WHERE e.stream = old.stream AND e.seq = old.seq
     RETURNING 1
 )
 SELECT count(*) FROM gone;
