@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     delivery_retention_s: float = Field(24 * 3600, gt=0, description="How long chat stream events stay replayable.")
     delivery_heartbeat_s: float = Field(15, gt=0, description="Seconds between SSE heartbeat comments.")
     delivery_chat_token_ttl_s: int = Field(900, ge=1, le=24 * 3600, description="Lifetime of minted chat tokens.")
+    delivery_webhook_timeout_s: float = Field(10, gt=0, description="Per webhook request (connect to last byte).")
+    delivery_webhook_backoff_base_s: float = Field(5, gt=0, description="First retry delay; doubles per attempt.")
+    delivery_webhook_backoff_max_s: float = Field(3600, gt=0, description="Longest delay between two attempts.")
+    delivery_webhook_disable_after_s: float = Field(24 * 3600, gt=0,
+                                                    description="An endpoint failing this long is disabled.")
+    delivery_webhook_poll_interval_s: float = Field(0.5, gt=0, description="Sender's pause when nothing is due.")
+    delivery_webhook_concurrency: int = Field(20, ge=1, description="Deliveries one instance sends at once.")
 
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> "Settings":

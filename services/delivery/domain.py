@@ -15,10 +15,6 @@ from typing import Iterable
 
 from shared.events import AssignmentEnded, ChatAssigned, ChatCompleted, MessageRecorded
 
-# The lifecycle facts delivery acts on (the others are skipped unparsed by the consumer).
-WANTED_TYPES = frozenset({"message_recorded", "chat_assigned", "assignment_ended", "chat_completed"})
-
-
 def chat_stream(chat_id: str) -> str:
     """The stream key of a chat's stream."""
     return f"chat:{chat_id}"
@@ -76,18 +72,21 @@ def chats_of(facts: Iterable) -> list[str]:
     return sorted({f.chat_id for f in facts if isinstance(f, (MessageRecorded, ChatAssigned, AssignmentEnded))})
 
 
-def plan(facts: Iterable, holders: dict[str, Holder], now: datetime, retention_s: float) -> Plan:
-    """The stream events of a batch of facts, given who held their chats before it.
+def recent(facts: Iterable, now: datetime, retention_s: float) -> list:
+    """The facts inside the replay window.
 
-    Facts older than the replay window are skipped: their ids may already have been forgotten
-    (pruned with the window), so a late redelivery must not be shown, nor move a holder, again.
+    Older ones are not applied at all: their ids may already have been forgotten (pruned with the
+    window), so a late redelivery must not be shown, sent, or move a holder, again.
     """
     oldest = now - timedelta(seconds=retention_s)
+    return [f for f in facts if f.occurred_at >= oldest]
+
+
+def plan(facts: Iterable, holders: dict[str, Holder]) -> Plan:
+    """The stream events of a batch of facts (in partition order), given who held their chats before it."""
     current = dict(holders)
     out = Plan()
     for fact in facts:
-        if fact.occurred_at < oldest:
-            continue
         chat = fact.chat_id
         if isinstance(fact, MessageRecorded):
             p = fact.payload
@@ -137,3 +136,20 @@ def number(events: list[StreamEvent], last_seqs: dict[str, int]) -> list[tuple[i
         out.append((next_seq[e.stream], e))
         next_seq[e.stream] += 1
     return out
+
+
+def retry_delay(attempts: int, base_s: float, max_s: float, rand: float) -> float:
+    """Seconds before the next attempt after `attempts` failed ones: exponential, capped, jittered.
+
+    `rand` in [0, 1) picks a point in the upper half of the step, so retries of many deliveries
+    spread out without ever coming sooner than half the step.
+    """
+    step = min(max_s, base_s * 2 ** max(0, min(attempts - 1, 40)))
+    return step * (0.5 + rand / 2)
+
+
+def webhook_outcome(status: int | None) -> str:
+    """How a webhook attempt ended: delivered (2xx), rejected (another status, redirects included), error."""
+    if status is None:
+        return "error"
+    return "delivered" if 200 <= status < 300 else "rejected"

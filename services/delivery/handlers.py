@@ -8,7 +8,7 @@ from typing import Sequence
 
 import asyncpg
 
-from services.delivery import domain, store
+from services.delivery import domain, store, webhooks
 from shared.events import utcnow
 from shared.kafka import ApplyBatch, Incoming
 from shared.settings import Settings
@@ -19,10 +19,11 @@ def make_apply(settings: Settings) -> ApplyBatch:
 
     async def on_lifecycle(conn: asyncpg.Connection, batch: Sequence[Incoming]) -> int:
         """Apply one poll of chat.lifecycle facts (already deduplicated by event id, in partition order)."""
-        facts = [item.event for item in batch]
+        facts = domain.recent((item.event for item in batch), utcnow(), settings.delivery_retention_s)
         before = await store.holders(conn, domain.chats_of(facts))
-        planned = domain.plan(facts, before, utcnow(), settings.delivery_retention_s)
+        planned = domain.plan(facts, before)
         await store.save_holders(conn, planned.holders)
+        await webhooks.enqueue(conn, facts)
         return len(await store.append(conn, planned.events))
 
     return on_lifecycle

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.delivery import api, domain, handlers, store, streams
+from services.delivery import api, handlers, store, streams, webhooks, webhooks_api
 from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
 from shared.kafka import BatchConsumer
@@ -42,10 +42,11 @@ def create_app(settings: Settings) -> FastAPI:
         runtime.add_consumer(BatchConsumer(
             settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
             topics=[TOPIC_LIFECYCLE], claim_sql=store.QUERIES.claim_event_ids,
-            apply=handlers.make_apply(settings), wanted_types=domain.WANTED_TYPES,
+            apply=handlers.make_apply(settings),  # every type: webhooks may want any fact
         ))
         runtime.add_loop("delivery-listen", hub.listen)
         runtime.add_loop("delivery-prune", lambda: handlers.prune_forever(settings, st))
+        runtime.add_loop("delivery-webhooks", webhooks.Sender(settings, runtime.pool).run)
         await runtime.start_consumers()
         yield
         await runtime.stop()
@@ -53,5 +54,6 @@ def create_app(settings: Settings) -> FastAPI:
     app = create_http_app("delivery", title="Switchboard delivery", lifespan=lifespan,
                           readiness=readiness, auth_secret=settings.auth_secret)
     app.include_router(api.router)
+    app.include_router(webhooks_api.router)
     api.mount_widget(app)
     return app

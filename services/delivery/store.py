@@ -63,7 +63,7 @@ class Store:
             return await conn.fetch(QUERIES.events_after, stream, seq, limit)
 
     async def prune(self, before: datetime, batch: int = 5000) -> int:
-        """Delete stream events and applied ids older than `before`, a batch per transaction; returns events deleted."""
+        """Delete stream events, applied ids and delivered webhook deliveries older than `before`, a batch per transaction; returns events deleted."""
         total = 0
         async with self.pool.acquire() as conn:
             while True:
@@ -72,5 +72,7 @@ class Store:
                 if n < batch:
                     break
             while await conn.fetchval(QUERIES.prune_processed_events, before, batch) >= batch:
+                pass
+            while await conn.fetchval(QUERIES.prune_webhook_deliveries, before, batch) >= batch:
                 pass
         return total

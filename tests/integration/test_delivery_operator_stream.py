@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
-
 from shared.auth import issue_token
 from shared.events import TOPIC_INBOUND
 from tests.e2e.servers import free_port, serving

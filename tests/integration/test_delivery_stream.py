@@ -12,10 +12,10 @@ from datetime import timedelta
 import httpx
 
 from shared.auth import issue_token
-from shared.events import (TOPIC_INBOUND, TOPIC_LIFECYCLE, ChatAssigned, ChatAssignedPayload, ChatCompleted,
+from shared.events import (TOPIC_LIFECYCLE, ChatAssigned, ChatAssignedPayload, ChatCompleted,
                            ChatCompletedPayload, MessageRecorded, MessageRecordedPayload, new_event_id, utcnow)
 from tests.e2e.servers import free_port, serving
-from tests.harness import TEST_SECRET, Producer, eventually, operator_message, running, token, user_message
+from tests.harness import TEST_SECRET, Producer, eventually, running, token
 
 
 class SSE:

@@ -68,3 +68,108 @@ WITH old AS MATERIALIZED (
     RETURNING 1
 )
 SELECT count(*) FROM gone;
+
+-- name: prune_webhook_deliveries
+-- Delete up to $2 delivered webhook deliveries older than $1; returns how many went.
+WITH old AS MATERIALIZED (
+    SELECT id FROM delivery.webhook_deliveries WHERE status = 'delivered' AND delivered_at < $1 LIMIT $2
+), gone AS (
+    DELETE FROM delivery.webhook_deliveries d USING old WHERE d.id = old.id
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: enqueue_webhook_deliveries
+-- Queue a batch's facts for every endpoint that wants their type, in batch order (the id is the sending order).
+INSERT INTO delivery.webhook_deliveries (endpoint_id, chat_id, event_id, type, payload)
+SELECT e.id, f.chat_id, f.event_id, f.type, f.payload
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS f (chat_id, event_id, type, payload, n)
+JOIN delivery.webhook_endpoints e ON cardinality(e.event_types) = 0 OR f.type = ANY (e.event_types)
+ORDER BY f.n, e.id
+ON CONFLICT (endpoint_id, event_id) DO NOTHING;
+
+-- name: claim_webhook_deliveries
+-- Lease up to $1 due deliveries of enabled endpoints, each the oldest pending of its chat and endpoint, for $2 seconds.
+WITH c AS MATERIALIZED (
+    SELECT d.id
+    FROM delivery.webhook_deliveries d
+    JOIN delivery.webhook_endpoints e ON e.id = d.endpoint_id AND e.disabled_at IS NULL
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM delivery.webhook_deliveries o
+                      WHERE o.endpoint_id = d.endpoint_id AND o.chat_id = d.chat_id
+                        AND o.status = 'pending' AND o.id < d.id)
+    ORDER BY d.next_attempt_at, d.id
+    LIMIT $1
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE delivery.webhook_deliveries d
+SET next_attempt_at = now() + make_interval(secs => $2), attempts = d.attempts + 1
+FROM c, delivery.webhook_endpoints e
+WHERE d.id = c.id AND e.id = d.endpoint_id
+RETURNING d.id, d.endpoint_id, d.chat_id, d.event_id, d.type, d.payload::text AS payload, d.attempts,
+          d.created_at, e.url, e.secret;
+
+-- name: mark_webhook_delivered
+-- A delivery got a 2xx: done; its endpoint is healthy again.
+WITH d AS (
+    UPDATE delivery.webhook_deliveries
+    SET status = 'delivered', delivered_at = now(), last_status = $2, last_error = NULL
+    WHERE id = $1 AND status = 'pending'
+    RETURNING endpoint_id
+)
+UPDATE delivery.webhook_endpoints e SET failing_since = NULL FROM d WHERE e.id = d.endpoint_id;
+
+-- name: mark_webhook_failed
+-- A delivery failed: retry after $2 seconds; its endpoint is disabled once it has failed for $5 seconds. Returns whether it was disabled now.
+WITH d AS (
+    UPDATE delivery.webhook_deliveries
+    SET next_attempt_at = now() + make_interval(secs => $2), last_status = $3, last_error = $4
+    WHERE id = $1 AND status = 'pending'
+    RETURNING endpoint_id
+)
+UPDATE delivery.webhook_endpoints e
+SET failing_since = coalesce(e.failing_since, now()),
+    disabled_at = CASE WHEN e.disabled_at IS NULL AND e.failing_since < now() - make_interval(secs => $5)
+                       THEN now() ELSE e.disabled_at END,
+    disabled_reason = CASE WHEN e.disabled_at IS NULL AND e.failing_since < now() - make_interval(secs => $5)
+                           THEN 'failing since ' || e.failing_since::text || ': ' || $4 ELSE e.disabled_reason END
+FROM d WHERE e.id = d.endpoint_id
+RETURNING e.disabled_at = now() AS disabled;
+
+-- name: webhook_backlog
+-- Pending webhook deliveries (all endpoints) and the age of the oldest, in seconds.
+SELECT count(*) AS pending, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_s
+FROM delivery.webhook_deliveries WHERE status = 'pending';
+
+-- name: create_webhook
+-- Register an endpoint.
+INSERT INTO delivery.webhook_endpoints (id, url, event_types, secret) VALUES ($1, $2, $3, $4)
+RETURNING id, url, event_types, created_at, failing_since, disabled_at, disabled_reason;
+
+-- name: list_webhooks
+-- Every endpoint (without secrets), oldest first.
+SELECT id, url, event_types, created_at, failing_since, disabled_at, disabled_reason
+FROM delivery.webhook_endpoints ORDER BY created_at, id;
+
+-- name: delete_webhook
+-- Remove an endpoint and its deliveries; returns its id when it existed.
+DELETE FROM delivery.webhook_endpoints WHERE id = $1 RETURNING id;
+
+-- name: enable_webhook
+-- Re-enable an endpoint (its pending deliveries go out again, in order); returns its id when it existed.
+UPDATE delivery.webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL, failing_since = NULL
+WHERE id = $1 RETURNING id;
+
+-- name: webhook_deliveries
+-- An endpoint's deliveries, newest first, before id $2, at most $3.
+SELECT id, chat_id, event_id, type, status, attempts, next_attempt_at, last_status, last_error, created_at,
+       delivered_at
+FROM delivery.webhook_deliveries
+WHERE endpoint_id = $1 AND id < $2
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: redeliver_webhook
+-- Send a delivery again as soon as it is the oldest pending of its chat; returns its id when it exists.
+UPDATE delivery.webhook_deliveries SET status = 'pending', next_attempt_at = now(), delivered_at = NULL
+WHERE id = $1 AND endpoint_id = $2 RETURNING id;
