@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import jwt
 from fastapi import APIRouter, Depends, FastAPI, Header, Path as PathParam, Query, Request
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -43,17 +45,27 @@ async def chat_token(request: Request, chat_id: ChatId, _: Principal = Depends(r
     return _mint(request, chat_id)
 
 
-async def _stream_principal(request: Request,
-                            access_token: Annotated[str | None, Query(
-                                description="The bearer token, for EventSource (which cannot set headers).")] = None,
-                            ) -> Principal:
+@dataclass(frozen=True)
+class Reader:
+    """Who opens a stream, and until when its token is valid (Unix time)."""
+
+    principal: Principal
+    expires_at: float
+
+
+async def _stream_reader(request: Request,
+                         access_token: Annotated[str | None, Query(
+                             description="The bearer token, for EventSource (which cannot set headers).")] = None,
+                         ) -> Reader:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return verify_token(request.app.state.auth_secret, token.strip())
-    if access_token:
-        return verify_token(request.app.state.auth_secret, access_token)
-    raise ApiError(401, "missing_token", "an `Authorization: Bearer <token>` header or `access_token` is required")
+    token = token.strip() if scheme.lower() == "bearer" and token.strip() else access_token
+    if not token:
+        raise ApiError(401, "missing_token", "an `Authorization: Bearer <token>` header or `access_token` is required")
+    principal = verify_token(request.app.state.auth_secret, token)
+    # Signature and expiry were just checked: read the expiry only, to end the stream with the token.
+    exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    return Reader(principal, float(exp))
 
 
 def _resume_point(header: str | None, query: str | None) -> int:
@@ -78,15 +90,16 @@ async def chat_stream(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id_query: Annotated[str | None, Query(alias="last_event_id",
                                                      description="Resume point when no Last-Event-ID header is sent.")] = None,
-    me: Principal = Depends(_stream_principal),
+    reader: Reader = Depends(_stream_reader),
 ):
     """Replays the chat's events after Last-Event-ID (or from the start of the window), then streams new ones."""
+    me = reader.principal
     if me.role == "chat":
         if me.sub != chat_id:
             raise ApiError(403, "forbidden_chat", "a chat token may read only its own chat's stream")
     elif me.role != "frontend":
         raise ApiError(403, "forbidden_role", f"role {me.role!r} may not call this; needs frontend or chat")
-    return _sse(request, domain.chat_stream(chat_id), _resume_point(last_event_id, last_event_id_query))
+    return await _sse(request, domain.chat_stream(chat_id), _resume_point(last_event_id, last_event_id_query), reader)
 
 
 @router.get("/v1/operators/me/stream", summary="The calling operator's events as Server-Sent Events.",
@@ -99,17 +112,25 @@ async def operator_stream(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id_query: Annotated[str | None, Query(alias="last_event_id",
                                                      description="Resume point when no Last-Event-ID header is sent.")] = None,
-    me: Principal = Depends(_stream_principal),
+    reader: Reader = Depends(_stream_reader),
 ):
     """New messages on the chats I hold and my assignments starting and ending, resumable like the chat stream."""
+    me = reader.principal
     if me.role != "operator":
         raise ApiError(403, "forbidden_role", f"role {me.role!r} may not call this; needs operator")
-    return _sse(request, domain.operator_stream(me.sub), _resume_point(last_event_id, last_event_id_query))
+    return await _sse(request, domain.operator_stream(me.sub), _resume_point(last_event_id, last_event_id_query),
+                      reader)
 
 
-def _sse(request: Request, stream: str, after: int) -> EventSourceResponse:
+async def _sse(request: Request, stream: str, after: int, reader: Reader) -> EventSourceResponse:
     state = request.app.state
-    return EventSourceResponse(streams.stream_events(state.hub, state.store, stream, after),
+    if after:
+        last = await state.store.last_seq(stream)
+        if after > last:
+            raise ApiError(422, "validation_error", f"Last-Event-ID {after} is ahead of this stream (last id {last})",
+                           details=[{"field": "Last-Event-ID", "message": f"at most {last}", "type": "range"}])
+    events = streams.stream_events(state.hub, state.store, stream, after, until=reader.expires_at)
+    return EventSourceResponse(events,
                                ping=state.settings.delivery_heartbeat_s,
                                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

@@ -62,6 +62,11 @@ class Store:
         async with self.pool.acquire() as conn:
             return await conn.fetch(QUERIES.events_after, stream, seq, limit)
 
+    async def last_seq(self, stream: str) -> int:
+        """The last sequence a stream has given out (0: none yet)."""
+        async with self.pool.acquire() as conn:
+            return await conn.fetchval(QUERIES.last_seq, stream) or 0
+
     async def prune(self, before: datetime, batch: int = 5000) -> int:
         """Delete stream events, applied ids and delivered webhook deliveries older than `before`, a batch per transaction; returns events deleted."""
         total = 0

@@ -11,7 +11,9 @@ are the same read, so there is no gap between them and no duplicate. When the li
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections import defaultdict
 from typing import AsyncIterator
 
@@ -105,17 +107,26 @@ class Hub:
             delay = min(delay * 2, 5)
 
 
-async def stream_events(hub: Hub, store: Store, stream: str, after: int) -> AsyncIterator[ServerSentEvent]:
-    """A stream's events after sequence `after`: the stored ones, then each new one as it commits."""
+async def stream_events(hub: Hub, store: Store, stream: str, after: int,
+                        until: float | None = None) -> AsyncIterator[ServerSentEvent]:
+    """A stream's events after sequence `after`: the stored ones, then each new one as it commits.
+
+    The stream ends at `until` (Unix time: the token's expiry), so a reader must come back with a
+    valid token; it resumes with Last-Event-ID. A resume point older than the replay window starts
+    with a `gap` event (no id) naming the first sequence still there.
+    """
     kind = stream.partition(":")[0]  # chat | operator: the metrics' label
     wake = hub.subscribe(stream)
     OPEN_STREAMS.labels(kind).inc()
     replaying = True
     try:
-        while True:
+        while until is None or time.time() < until:
             wake.clear()
             rows = await store.events_after(stream, after)
             now = utcnow()
+            if replaying and after > 0 and rows and rows[0]["seq"] > after + 1:
+                yield ServerSentEvent(data=json.dumps({"type": "gap", "after": after, "resumes_at": rows[0]["seq"]}),
+                                      event="gap")
             for row in rows:
                 after = row["seq"]
                 EVENTS_PUSHED.labels(kind, row["type"]).inc()
@@ -125,7 +136,10 @@ async def stream_events(hub: Hub, store: Store, stream: str, after: int) -> Asyn
             if len(rows) == PAGE:
                 continue
             replaying = False
-            await wake.wait()
+            try:
+                await asyncio.wait_for(wake.wait(), None if until is None else max(0.0, until - time.time()))
+            except asyncio.TimeoutError:
+                return
     finally:
         OPEN_STREAMS.labels(kind).dec()
         hub.unsubscribe(stream, wake)

@@ -172,7 +172,8 @@ async def test_resuming_with_last_event_id_gives_every_later_event_once_with_no_
 
         async def stored():
             async with stream(url, chat, chat_token(chat), last_event_id="7") as probe:
-                return await probe.next()
+                # 422 while id 7 is still ahead of the stream
+                return probe.response.status_code == 200 and await probe.next()
 
         await eventually(stored)
         async with stream(url, chat, chat_token(chat), last_event_id="3") as sse:
@@ -292,3 +293,46 @@ async def test_every_instance_pushes_every_event_to_the_streams_it_holds(env):
         assert [e["data"]["text"] for e in got_a] == [e["data"]["text"] for e in got_b] == ["m0", "m1", "m2"]
         assert [e["id"] for e in got_a] == [e["id"] for e in got_b] == ["1", "2", "3"]
         assert time.monotonic() - started < 15
+
+
+async def test_a_stream_ends_with_its_token_and_a_fresh_token_resumes_where_it_stopped(env):
+    settings = env.with_settings(delivery_heartbeat_s=0.5)
+    chat = f"chat-{uuid.uuid4().hex[:8]}"
+    async with serving("delivery", settings, free_port()) as url, Producer(settings) as kafka:
+        short = chat_token(chat, ttl=3)
+        async with stream(url, chat, short) as sse:
+            await kafka.send(TOPIC_LIFECYCLE, recorded(chat, "one"))
+            assert (await sse.next())["id"] == "1"
+            started = time.monotonic()
+            try:
+                await sse.next(timeout=10)
+                ended = False
+            except AssertionError:
+                ended = True
+            assert ended and time.monotonic() - started < 5, "the stream outlived its token"
+        async with stream(url, chat, short, last_event_id="1") as sse:
+            assert sse.response.status_code == 401
+        await kafka.send(TOPIC_LIFECYCLE, recorded(chat, "two"))
+        async with stream(url, chat, chat_token(chat), last_event_id="1") as sse:
+            assert [(e["id"], e["data"]["text"]) for e in await sse.take(1)] == [("2", "two")]
+
+
+async def test_a_resume_point_older_than_the_window_says_so_and_one_ahead_of_the_stream_is_refused(env):
+    chat = f"chat-{uuid.uuid4().hex[:8]}"
+    async with serving("delivery", env.settings, free_port()) as url, Producer(env.settings) as kafka:
+        for text in ("a", "b", "c"):
+            await kafka.send(TOPIC_LIFECYCLE, recorded(chat, text))
+        conn = await env.connect()
+        try:
+            await eventually(lambda: conn.fetchval(
+                "SELECT count(*) = 3 FROM delivery.stream_events WHERE stream = 'chat:' || $1", chat))
+            await conn.execute("DELETE FROM delivery.stream_events WHERE stream = 'chat:' || $1 AND seq < 3", chat)
+        finally:
+            await conn.close()
+        async with stream(url, chat, chat_token(chat), last_event_id="1") as sse:
+            gap, event = await sse.take(2)
+        assert gap["event"] == "gap" and "id" not in gap and gap["data"] == {"type": "gap", "after": 1, "resumes_at": 3}
+        assert (event["id"], event["data"]["text"]) == ("3", "c")
+        async with stream(url, chat, chat_token(chat), last_event_id="4") as sse:
+            assert sse.response.status_code == 422
+            assert "ahead" in json.loads(await sse.response.aread())["error"]["message"]

@@ -34,6 +34,10 @@ WHERE stream = $1 AND seq > $2
 ORDER BY seq
 LIMIT $3;
 
+-- name: last_seq
+-- The last sequence a stream has given out (no row: none yet).
+SELECT last_seq FROM delivery.stream_sequences WHERE stream = $1;
+
 -- name: held_chats
 -- Who holds these chats now.
 SELECT chat_id, operator_id, assignment_id FROM delivery.held_chats WHERE chat_id = ANY($1::text[]);
