@@ -1,6 +1,4 @@
-"""HS256 bearer tokens (SPEC §4): `sub` and `role` in {frontend, operator, admin, chat}.
-
-A `chat` token (`sub` = a chat id, minted by delivery) lets a browser read and write only that chat."""
+"""HS256 bearer tokens (SPEC §4): `sub` and `role` in {frontend, operator, admin}."""
 
 from __future__ import annotations
 
@@ -13,6 +11,7 @@ from fastapi import Depends, Request
 
 from shared.errors import ApiError
 
+# `chat`: a chat id as `sub`, minted by delivery, lets a browser read and write only that chat (SPEC §9).
 Role = Literal["frontend", "operator", "admin", "chat"]
 ROLES: tuple[str, ...] = ("frontend", "operator", "admin", "chat")
 ALGORITHM = "HS256"
