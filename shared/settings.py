@@ -67,6 +67,7 @@ class Settings(BaseSettings):
                                                     description="An endpoint failing this long is disabled.")
     delivery_webhook_poll_interval_s: float = Field(0.5, gt=0, description="Sender's pause when nothing is due.")
     delivery_webhook_concurrency: int = Field(20, ge=1, description="Deliveries one instance sends at once.")
+    delivery_url: str = Field("http://127.0.0.1:8006", description="Delivery as browsers reach it (console stream).")
 
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> "Settings":

@@ -228,10 +228,10 @@ async def stuck(older_than_s: float = Query(300, ge=0, le=30 * 86400), store: St
     return await store.stuck_chats(older_than_s)
 
 
-@router.get("/v1/console/config", tags=["console"], summary="Where the console finds ingest and stats.")
+@router.get("/v1/console/config", tags=["console"], summary="Where the console finds ingest, stats and delivery.")
 async def console_config(request: Request):
     settings = request.app.state.settings
-    return {"ingest_url": settings.ingest_url, "stats_url": settings.stats_url}
+    return {"ingest_url": settings.ingest_url, "stats_url": settings.stats_url, "delivery_url": settings.delivery_url}
 
 
 def mount_console(app: FastAPI) -> None:
