@@ -136,6 +136,8 @@ async def _sse(request: Request, stream: str, after: int, reader: Reader) -> Eve
 
 
 class WidgetTokenIn(BaseModel):
+    """The chat the demo widget plays the user of."""
+
     chat_id: str = Field(pattern=ID_PATTERN)
 
 

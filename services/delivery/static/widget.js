@@ -82,7 +82,10 @@
     const text = $("text").value.trim();
     if (!text) return;
     $("error").textContent = "";
-    const body = {message_id: crypto.randomUUID(), sender: "user", text: text};
+    // crypto.randomUUID exists only in secure contexts (https, localhost); a LAN address over http has none.
+    const id = (crypto.randomUUID && crypto.randomUUID()) ||
+      ("w-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 12));
+    const body = {message_id: id, sender: "user", text: text};
     for (let attempt = 0; attempt < 2; attempt++) {
       const r = await fetch(ingestUrl + "/v1/chats/" + encodeURIComponent(chatId) + "/messages", {
         method: "POST", headers: {"Content-Type": "application/json", "Authorization": "Bearer " + token},
