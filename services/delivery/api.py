@@ -72,7 +72,7 @@ def _resume_point(header: str | None, query: str | None) -> int:
     raw = header if header is not None else query
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit() is True; int() refuses it
         raise ApiError(422, "validation_error", f"Last-Event-ID: {raw[:40]!r} is not an event id of this stream",
                        details=[{"field": "Last-Event-ID", "message": "expected a non-negative integer",
                                  "type": "int"}])

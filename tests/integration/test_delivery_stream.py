@@ -250,6 +250,9 @@ async def test_chat_tokens_read_only_their_own_chat_and_expired_or_missing_token
         assert await status("chat-a", token("op-1")) == (403, "forbidden_role")
         assert await status("chat-a", {"Authorization": f"Bearer {chat_token('chat-a')}",
                                        "Last-Event-ID": "abc"}) == (422, "validation_error")
+        for bad in ("-1", "1e3", "9" * 19, "\u00b2"):  # "²": str.isdigit() says yes, int() says no
+            r = await delivery.get(f"/v1/chats/chat-a/stream?access_token={chat_token('chat-a')}&last_event_id={bad}")
+            assert (r.status_code, r.json()["error"]["code"]) == (422, "validation_error"), bad
         r = await delivery.get(f"/v1/chats/chat-b/stream?access_token={chat_token('chat-a')}")
         assert r.status_code == 403
         r = await delivery.post("/v1/chats/chat-a/token", headers={"Authorization": f"Bearer {chat_token('chat-a')}"})
