@@ -121,7 +121,8 @@ class Sender:
             status = response.status_code
             if not 200 <= status < 300:
                 error = f"HTTP {status}"
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError, OSError) as exc:
+            # A URL httpx cannot use is an attempt that failed, retried with backoff like the others.
             error = f"{type(exc).__name__}: {exc}"[:500]
         WEBHOOK_LATENCY.observe(time.perf_counter() - started)
         outcome = domain.webhook_outcome(status)

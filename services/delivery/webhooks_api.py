@@ -6,7 +6,8 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+import httpx
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from services.delivery import webhooks
@@ -17,6 +18,7 @@ from shared.events import LIFECYCLE_TYPES
 
 router = APIRouter(tags=["webhooks"])
 MAX_URL = 2048
+MAX_ID = 2**63 - 1  # bigserial
 
 
 class WebhookIn(BaseModel):
@@ -38,6 +40,10 @@ class WebhookIn(BaseModel):
             raise ValueError("not a URL") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError("only http and https URLs with a host are allowed")
+        try:  # the client that will send must accept it too (it refuses some hosts pydantic allows)
+            httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a usable URL: {exc}") from None
         return value
 
     @field_validator("event_types")
@@ -148,19 +154,20 @@ async def enable_webhook(request: Request, webhook_id: uuid.UUID, _: Principal =
 @router.get("/v1/admin/webhooks/{webhook_id}/deliveries", response_model=DeliveriesOut,
             summary="An endpoint's deliveries log, newest first.")
 async def list_deliveries(request: Request, webhook_id: uuid.UUID,
-                          before: Annotated[int | None, Query(ge=1, description="Only deliveries with a smaller id.")] = None,
+                          before: Annotated[int | None, Query(ge=1, le=MAX_ID,
+                                                              description="Only deliveries with a smaller id.")] = None,
                           limit: Annotated[int, Query(ge=1, le=500)] = 100,
                           _: Principal = Depends(require("admin"))):
     """Each delivery's status, attempts, last HTTP status and error."""
     async with _pool(request).acquire() as conn:
-        rows = await conn.fetch(QUERIES.webhook_deliveries, webhook_id, before or 2**62, limit)
+        rows = await conn.fetch(QUERIES.webhook_deliveries, webhook_id, before or MAX_ID, limit)
     deliveries = [dict(r) for r in rows]
     return {"deliveries": deliveries, "next_before": deliveries[-1]["id"] if len(deliveries) == limit else None}
 
 
 @router.post("/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", status_code=202,
              summary="Send a delivery again.")
-async def redeliver(request: Request, webhook_id: uuid.UUID, delivery_id: int,
+async def redeliver(request: Request, webhook_id: uuid.UUID, delivery_id: Annotated[int, Path(ge=1, le=MAX_ID)],
                     _: Principal = Depends(require("admin"))):
     """It goes out as soon as it is the oldest pending delivery of its chat for this endpoint."""
     async with _pool(request).acquire() as conn:

@@ -193,7 +193,8 @@ async def test_webhook_admin_refuses_bad_input_with_clear_errors(env):
             r = await delivery.post("/v1/admin/webhooks", headers=headers, json=body)
             return r.status_code, r.json()["error"]["code"] if r.status_code >= 400 else None
 
-        for url in ("ftp://example.com/x", "javascript:alert(1)", "not a url", "file:///etc/passwd", "http://", ""):
+        for url in ("ftp://example.com/x", "javascript:alert(1)", "not a url", "file:///etc/passwd", "http://", "",
+                    "http://\u2603.com/"):
             assert await post({"url": url}) == (422, "validation_error"), url
         assert await post({"url": "https://example.com/h", "event_types": ["no_such_fact"]}) == (422, "validation_error")
         assert await post({"url": "https://example.com/h", "secret": "whsec_short"}) == (422, "validation_error")
@@ -208,5 +209,12 @@ async def test_webhook_admin_refuses_bad_input_with_clear_errors(env):
         assert (await delivery.delete(f"/v1/admin/webhooks/{missing}", headers=ADMIN)).status_code == 404
         r = await delivery.post(f"/v1/admin/webhooks/{missing}/deliveries/1/redeliver", headers=ADMIN)
         assert r.status_code == 404
+        hook = created.json()["id"]
+        r = await delivery.post(f"/v1/admin/webhooks/{hook}/deliveries/{2**64}/redeliver", headers=ADMIN)
+        assert r.status_code == 422
+        r = await delivery.get(f"/v1/admin/webhooks/{hook}/deliveries?before={2**64}", headers=ADMIN)
+        assert r.status_code == 422
+        r = await delivery.get(f"/v1/admin/webhooks/{hook}/deliveries", headers=ADMIN)
+        assert r.json() == {"deliveries": [], "next_before": None}
         assert (await delivery.delete(f"/v1/admin/webhooks/{created.json()['id']}", headers=ADMIN)).status_code == 204
         assert (await delivery.get("/v1/admin/webhooks", headers=ADMIN)).json() == []
