@@ -339,3 +339,26 @@ async def test_a_resume_point_older_than_the_window_says_so_and_one_ahead_of_the
         async with stream(url, chat, chat_token(chat), last_event_id="4") as sse:
             assert sse.response.status_code == 422
             assert "ahead" in json.loads(await sse.response.aread())["error"]["message"]
+
+
+async def test_streams_keep_getting_events_after_the_listen_connection_is_killed(env):
+    chat = f"chat-{uuid.uuid4().hex[:8]}"
+    async with serving("delivery", env.settings, free_port()) as url, Producer(env.settings) as kafka:
+        conn = await env.connect()
+        try:
+            async with stream(url, chat, chat_token(chat)) as sse:
+                await kafka.send(TOPIC_LIFECYCLE, recorded(chat, "before"))
+                assert (await sse.next())["data"]["text"] == "before"
+                killed = await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = 'delivery-listen' AND datname = current_database()")
+                assert killed == 1
+                # Sent while the listener may still be reconnecting: the reconnect wakes every stream.
+                await kafka.send(TOPIC_LIFECYCLE, recorded(chat, "after"))
+                got = await sse.next(timeout=15)
+                assert (got["id"], got["data"]["text"]) == ("2", "after")
+            await eventually(lambda: conn.fetchval(
+                "SELECT count(*) = 1 FROM pg_stat_activity "
+                "WHERE application_name = 'delivery-listen' AND datname = current_database()"))
+        finally:
+            await conn.close()
