@@ -62,6 +62,12 @@
         show(kind, JSON.parse(e.data));
       });
     }
+    source.addEventListener("gap", () => {
+      const li = document.createElement("li");
+      li.className = "note gap";
+      li.textContent = "Older messages are no longer available.";
+      $("messages").appendChild(li);
+    });
     source.onerror = async () => {
       if (source.readyState === EventSource.CONNECTING) {
         status("connecting", "reconnecting…");  // the browser retries with Last-Event-ID
