@@ -17,8 +17,9 @@ from fastapi import Depends, Request
 from shared.errors import ApiError
 from shared.events import operator_id_problem
 
-Role = Literal["frontend", "operator", "admin"]
-ROLES: tuple[str, ...] = ("frontend", "operator", "admin")
+# `chat`: a chat id as `sub`, minted by delivery, lets a browser read and write only that chat (SPEC §9).
+Role = Literal["frontend", "operator", "admin", "chat"]
+ROLES: tuple[str, ...] = ("frontend", "operator", "admin", "chat")
 ALGORITHM = "HS256"
 
 
@@ -85,10 +86,15 @@ async def _principal(request: Request) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "missing_token", "an `Authorization: Bearer <token>` header is required")
+    return await principal_of(request, token.strip())
+
+
+async def principal_of(request: Request, token: str) -> Principal:
+    """The token's principal: an identity provider's (JWKS) token or an HS256 one, else ApiError 401/503."""
     jwks: JwksVerifier | None = getattr(request.app.state, "jwks", None)
-    if jwks is not None and jwks.handles(token.strip()):
-        return await jwks.verify(token.strip())
-    return verify_token(request.app.state.auth_secret, token.strip())
+    if jwks is not None and jwks.handles(token):
+        return await jwks.verify(token)
+    return verify_token(request.app.state.auth_secret, token)
 
 
 # ---- tokens of an identity provider, verified against its JWKS ------------------------------------

@@ -10,7 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "switchboard-dev-secret-do-not-use-in-production"
 
-SERVICE_PORTS = {"ingest": 8001, "assigner": 8002, "idle_monitor": 8003, "stats": 8004, "assigner_worker": 8005}
+SERVICE_PORTS = {"ingest": 8001, "assigner": 8002, "idle_monitor": 8003, "stats": 8004, "assigner_worker": 8005,
+                 "delivery": 8006}
 
 
 class ConfigError(RuntimeError):
@@ -73,6 +74,18 @@ class Settings(BaseSettings):
                               "0 keeps them forever.")
     retention_interval_s: float = Field(3600, gt=0, description="How often the prune/purge loop runs.")
     retention_batch_size: int = Field(5000, ge=1, description="Rows one prune/purge statement touches at most.")
+    delivery_port: int = SERVICE_PORTS["delivery"]
+    delivery_retention_s: float = Field(24 * 3600, gt=0, description="How long chat stream events stay replayable.")
+    delivery_heartbeat_s: float = Field(15, gt=0, description="Seconds between SSE heartbeat comments.")
+    delivery_chat_token_ttl_s: int = Field(900, ge=1, le=24 * 3600, description="Lifetime of minted chat tokens.")
+    delivery_webhook_timeout_s: float = Field(10, gt=0, description="Per webhook request (connect to last byte).")
+    delivery_webhook_backoff_base_s: float = Field(5, gt=0, description="First retry delay; doubles per attempt.")
+    delivery_webhook_backoff_max_s: float = Field(3600, gt=0, description="Longest delay between two attempts.")
+    delivery_webhook_disable_after_s: float = Field(24 * 3600, gt=0,
+                                                    description="An endpoint failing this long is disabled.")
+    delivery_webhook_poll_interval_s: float = Field(0.5, gt=0, description="Sender's pause when nothing is due.")
+    delivery_webhook_concurrency: int = Field(20, ge=1, description="Deliveries one instance sends at once.")
+    delivery_url: str = Field("http://127.0.0.1:8006", description="Delivery as browsers reach it (console stream).")
 
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> "Settings":

@@ -104,7 +104,7 @@ def migrate() -> None:
 
 
 @app.command()
-def run(service: str = typer.Argument(..., help="ingest | assigner | assigner_worker | idle_monitor | stats"),
+def run(service: str = typer.Argument(..., help="ingest | assigner | assigner_worker | idle_monitor | stats | delivery"),
         port: Optional[int] = typer.Option(None, help="Override the service's HTTP port.")) -> None:
     """Run one service in the foreground (HTTP and its Kafka loops).
 
@@ -233,6 +233,7 @@ def _start(demo: bool) -> None:
         console.print(f"  {name:15s} {base}:{port}  (metrics {base}:{port}/metrics, API {base}:{port}/docs)")
     console.print(f"  operator console  {base}:{settings.assigner_port}/console/")
     console.print(f"  admin page        {base}:{settings.assigner_port}/console/admin.html")
+    console.print(f"  chat widget       {base}:{settings.delivery_port}/widget/  (the user's side; a second tab)")
     console.print(f"  logs              {local_dir() / 'logs'}")
     console.print("  demo tokens (12 h):")
     for role, sub in (("operator", "op-1"), ("operator", "op-2"), ("admin", "admin"), ("frontend", "web")):

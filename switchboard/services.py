@@ -1,11 +1,11 @@
-"""The four services, by name: where their code, schema and migrations are."""
+"""The services, by name: where their code, schema and migrations are."""
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
 
-NAMES = ("ingest", "assigner", "idle_monitor", "stats")
+NAMES = ("ingest", "assigner", "idle_monitor", "stats", "delivery")
 
 # The processes `switchboard up` and the benchmark start, with the service each runs and the settings
 # it gets. The assigner runs as two: its HTTP API and its worker (the inbound/timeouts consumer, the
@@ -17,6 +17,7 @@ PROCESSES = {
     "assigner_worker": ("assigner", {"SWITCHBOARD_ASSIGNER_MODE": "worker"}),
     "idle_monitor": ("idle_monitor", {}),
     "stats": ("stats", {}),
+    "delivery": ("delivery", {}),
 }
 ROOT = Path(__file__).resolve().parents[1] / "services"
 

@@ -267,10 +267,10 @@ async def erase_content(chat_id: str, store: Store = Depends(_store), _: Princip
     return {"chat_id": chat_id, "texts_erased": erased}
 
 
-@router.get("/v1/console/config", tags=["console"], summary="Where the console finds ingest and stats.")
+@router.get("/v1/console/config", tags=["console"], summary="Where the console finds ingest, stats and delivery.")
 async def console_config(request: Request):
     settings = request.app.state.settings
-    return {"ingest_url": settings.ingest_url, "stats_url": settings.stats_url}
+    return {"ingest_url": settings.ingest_url, "stats_url": settings.stats_url, "delivery_url": settings.delivery_url}
 
 
 def mount_console(app: FastAPI) -> None:

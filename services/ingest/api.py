@@ -128,9 +128,13 @@ async def post_message(
     request: Request,
     chat_id: str = Path(description="The chat; also the Kafka key.",
                         json_schema_extra={"pattern": ID_PATTERN}),
-    me: Principal = Depends(require("frontend", "operator")),
+    me: Principal = Depends(require("frontend", "operator", "chat")),
 ) -> AcceptedOut:
     """Validate one message, publish its event, answer with its event id."""
+    if me.role == "chat" and me.sub != chat_id:
+        # A chat token (delivery's widget) belongs to one chat: no other chat, whatever the body.
+        metrics.rejected("chat_mismatch")
+        raise ApiError(403, "chat_mismatch", "a chat token may only post to its own chat")
     body = await read_body(request, domain.MAX_MESSAGE_BYTES)
     try:
         domain.check_chat_id(chat_id)
@@ -143,6 +147,10 @@ async def post_message(
         # The console replies with the operator's own token: it may speak only as that operator.
         metrics.rejected("operator_mismatch")
         raise ApiError(403, "operator_mismatch", "an operator token may only post operator messages as itself")
+    if me.role == "chat" and message.sender != "user":
+        # The widget's token speaks only as the chat's user, never as an operator.
+        metrics.rejected("chat_mismatch")
+        raise ApiError(403, "chat_mismatch", "a chat token may only post user messages")
     draft = domain.draft(chat_id, message, new_event_id(), utcnow())
     try:
         answer = await request.app.state.coalescer.accept(draft)

@@ -1,0 +1,61 @@
+"""Delivery: keeps each chat's stream events (from chat.lifecycle) and serves them as Server-Sent Events."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.delivery import api, handlers, store, streams, webhooks, webhooks_api
+from shared.events import TOPIC_LIFECYCLE
+from shared.auth import jwks_verifier
+from shared.http import create_app as create_http_app
+from shared.kafka import BatchConsumer
+from shared.runtime import Runtime
+from shared.settings import Settings
+
+SCHEMA = "delivery"
+MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
+# One group for every instance: the replay table is shared and each event is stored once. Each
+# instance serves its own streams from that table, woken by Postgres LISTEN/NOTIFY (streams.py).
+GROUP_ID = "delivery"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Wire delivery: migrations, the chat.lifecycle consumer, the stream listener, the pruner, the HTTP API."""
+    runtime = Runtime(settings, "delivery", SCHEMA, MIGRATIONS)
+    hub = streams.Hub(settings.database_url)
+
+    async def readiness() -> dict[str, bool]:
+        """The shared checks plus the stream listener's connection."""
+        checks = await runtime.readiness()
+        checks["listener"] = hub.connected.is_set()
+        return checks
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await runtime.start()
+        st = store.Store(runtime.pool)
+        app.state.store = st
+        app.state.settings = settings
+        app.state.hub = hub
+        runtime.add_consumer(BatchConsumer(
+            settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
+            topics=[TOPIC_LIFECYCLE], claim_sql=store.QUERIES.claim_event_ids,
+            apply=handlers.make_apply(settings),  # every type: webhooks may want any fact
+        ))
+        runtime.add_loop("delivery-listen", hub.listen)
+        runtime.add_loop("delivery-prune", lambda: handlers.prune_forever(settings, st))
+        runtime.add_loop("delivery-webhooks", webhooks.Sender(settings, runtime.pool).run)
+        await runtime.start_consumers()
+        yield
+        await runtime.stop()
+
+    app = create_http_app("delivery", title="Switchboard delivery", lifespan=lifespan,
+                          readiness=readiness, auth_secret=settings.auth_secret,
+                          jwks=jwks_verifier(settings))
+    app.include_router(api.router)
+    app.include_router(webhooks_api.router)
+    api.mount_widget(app)
+    return app

@@ -1,0 +1,179 @@
+-- Named queries of delivery (see shared/db.py: `-- name:` then a description line).
+
+-- name: claim_event_ids
+-- Record a batch of event ids as applied; returns the ids not seen before.
+WITH ins AS (
+    INSERT INTO delivery.processed_events (event_id)
+    SELECT unnest($1::uuid[])
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+)
+SELECT coalesce(array_agg(event_id), '{}'::uuid[]) FROM ins;
+
+-- name: reserve_sequences
+-- Take `n` more sequence numbers for each stream (streams sorted: a stable lock order); returns each one's last after the take.
+INSERT INTO delivery.stream_sequences AS s (stream, last_seq)
+SELECT * FROM unnest($1::text[], $2::bigint[])
+ON CONFLICT (stream) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq
+RETURNING stream, last_seq;
+
+-- name: insert_stream_events
+-- Append stream events (their sequences already reserved).
+INSERT INTO delivery.stream_events (stream, seq, event_id, type, occurred_at, data)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::jsonb[]);
+
+-- name: notify_streams
+-- Wake every instance's readers of these streams; Postgres delivers a NOTIFY only when the transaction commits.
+SELECT count(pg_notify('delivery_stream', stream)) FROM unnest($1::text[]) AS t (stream);
+
+-- name: events_after
+-- A stream's events after a sequence, oldest first, at most $3.
+SELECT seq, type, occurred_at, data::text AS data
+FROM delivery.stream_events
+WHERE stream = $1 AND seq > $2
+ORDER BY seq
+LIMIT $3;
+
+-- name: last_seq
+-- The last sequence a stream has given out (no row: none yet).
+SELECT last_seq FROM delivery.stream_sequences WHERE stream = $1;
+
+-- name: held_chats
+-- Who holds these chats now.
+SELECT chat_id, operator_id, assignment_id FROM delivery.held_chats WHERE chat_id = ANY($1::text[]);
+
+-- name: hold_chats
+-- Record the current holder of chats (one row per chat).
+INSERT INTO delivery.held_chats AS h (chat_id, operator_id, assignment_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[])
+ON CONFLICT (chat_id) DO UPDATE SET operator_id = excluded.operator_id, assignment_id = excluded.assignment_id;
+
+-- name: release_chats
+-- Forget the holders of chats nobody holds any more.
+DELETE FROM delivery.held_chats WHERE chat_id = ANY($1::text[]);
+
+-- name: prune_stream_events
+-- Delete up to $2 stream events recorded before $1; returns how many went.
+WITH old AS MATERIALIZED (
+    SELECT stream, seq FROM delivery.stream_events WHERE recorded_at < $1 LIMIT $2
+), gone AS (
+    DELETE FROM delivery.stream_events e USING old
+    WHERE e.stream = old.stream AND e.seq = old.seq
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: prune_processed_events
+-- Forget up to $2 applied event ids recorded before $1 (older events are ignored on redelivery); returns how many went.
+WITH old AS MATERIALIZED (
+    SELECT event_id FROM delivery.processed_events WHERE applied_at < $1 LIMIT $2
+), gone AS (
+    DELETE FROM delivery.processed_events p USING old WHERE p.event_id = old.event_id
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: prune_webhook_deliveries
+-- Delete up to $2 delivered webhook deliveries older than $1; returns how many went.
+WITH old AS MATERIALIZED (
+    SELECT id FROM delivery.webhook_deliveries WHERE status = 'delivered' AND delivered_at < $1 LIMIT $2
+), gone AS (
+    DELETE FROM delivery.webhook_deliveries d USING old WHERE d.id = old.id
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: enqueue_webhook_deliveries
+-- Queue a batch's facts for every endpoint that wants their type, in batch order (the id is the sending order).
+INSERT INTO delivery.webhook_deliveries (endpoint_id, chat_id, event_id, type, payload)
+SELECT e.id, f.chat_id, f.event_id, f.type, f.payload
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS f (chat_id, event_id, type, payload, n)
+JOIN delivery.webhook_endpoints e ON cardinality(e.event_types) = 0 OR f.type = ANY (e.event_types)
+ORDER BY f.n, e.id
+ON CONFLICT (endpoint_id, event_id) DO NOTHING;
+
+-- name: claim_webhook_deliveries
+-- Lease up to $1 due deliveries of enabled endpoints, each the oldest pending of its chat and endpoint, for $2 seconds.
+WITH c AS MATERIALIZED (
+    SELECT d.id
+    FROM delivery.webhook_deliveries d
+    JOIN delivery.webhook_endpoints e ON e.id = d.endpoint_id AND e.disabled_at IS NULL
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM delivery.webhook_deliveries o
+                      WHERE o.endpoint_id = d.endpoint_id AND o.chat_id = d.chat_id
+                        AND o.status = 'pending' AND o.id < d.id)
+    ORDER BY d.next_attempt_at, d.id
+    LIMIT $1
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE delivery.webhook_deliveries d
+SET next_attempt_at = now() + make_interval(secs => $2), attempts = d.attempts + 1
+FROM c, delivery.webhook_endpoints e
+WHERE d.id = c.id AND e.id = d.endpoint_id
+RETURNING d.id, d.endpoint_id, d.chat_id, d.event_id, d.type, d.payload::text AS payload, d.attempts,
+          d.created_at, e.url, e.secret;
+
+-- name: mark_webhook_delivered
+-- A delivery got a 2xx: done; its endpoint is healthy again.
+WITH d AS (
+    UPDATE delivery.webhook_deliveries
+    SET status = 'delivered', delivered_at = now(), last_status = $2, last_error = NULL
+    WHERE id = $1 AND status = 'pending'
+    RETURNING endpoint_id
+)
+UPDATE delivery.webhook_endpoints e SET failing_since = NULL FROM d WHERE e.id = d.endpoint_id;
+
+-- name: mark_webhook_failed
+-- A delivery failed: retry after $2 seconds; its endpoint is disabled once it has failed for $5 seconds. Returns whether it was disabled now.
+WITH d AS (
+    UPDATE delivery.webhook_deliveries
+    SET next_attempt_at = now() + make_interval(secs => $2), last_status = $3, last_error = $4
+    WHERE id = $1 AND status = 'pending'
+    RETURNING endpoint_id
+)
+UPDATE delivery.webhook_endpoints e
+SET failing_since = coalesce(e.failing_since, now()),
+    disabled_at = CASE WHEN e.disabled_at IS NULL AND e.failing_since < now() - make_interval(secs => $5)
+                       THEN now() ELSE e.disabled_at END,
+    disabled_reason = CASE WHEN e.disabled_at IS NULL AND e.failing_since < now() - make_interval(secs => $5)
+                           THEN 'failing since ' || e.failing_since::text || ': ' || $4 ELSE e.disabled_reason END
+FROM d WHERE e.id = d.endpoint_id
+RETURNING e.disabled_at = now() AS disabled;
+
+-- name: webhook_backlog
+-- Pending webhook deliveries (all endpoints) and the age of the oldest, in seconds.
+SELECT count(*) AS pending, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest_s
+FROM delivery.webhook_deliveries WHERE status = 'pending';
+
+-- name: create_webhook
+-- Register an endpoint.
+INSERT INTO delivery.webhook_endpoints (id, url, event_types, secret) VALUES ($1, $2, $3, $4)
+RETURNING id, url, event_types, created_at, failing_since, disabled_at, disabled_reason;
+
+-- name: list_webhooks
+-- Every endpoint (without secrets), oldest first.
+SELECT id, url, event_types, created_at, failing_since, disabled_at, disabled_reason
+FROM delivery.webhook_endpoints ORDER BY created_at, id;
+
+-- name: delete_webhook
+-- Remove an endpoint and its deliveries; returns its id when it existed.
+DELETE FROM delivery.webhook_endpoints WHERE id = $1 RETURNING id;
+
+-- name: enable_webhook
+-- Re-enable an endpoint (its pending deliveries go out again, in order); returns its id when it existed.
+UPDATE delivery.webhook_endpoints SET disabled_at = NULL, disabled_reason = NULL, failing_since = NULL
+WHERE id = $1 RETURNING id;
+
+-- name: webhook_deliveries
+-- An endpoint's deliveries, newest first, before id $2, at most $3.
+SELECT id, chat_id, event_id, type, status, attempts, next_attempt_at, last_status, last_error, created_at,
+       delivered_at
+FROM delivery.webhook_deliveries
+WHERE endpoint_id = $1 AND id < $2
+ORDER BY id DESC
+LIMIT $3;
+
+-- name: redeliver_webhook
+-- Send a delivery again as soon as it is the oldest pending of its chat; returns its id when it exists.
+UPDATE delivery.webhook_deliveries SET status = 'pending', next_attempt_at = now(), delivered_at = NULL
+WHERE id = $1 AND endpoint_id = $2 RETURNING id;
