@@ -71,7 +71,7 @@ class InvalidCommand(DomainError):
 
 @dataclass(frozen=True)
 class Chat:
-    """A chat row plus what the store knows of its current assignment."""
+    """A chat row plus what the repository knows of its current assignment."""
 
     chat_id: str
     state: str
@@ -256,7 +256,7 @@ def on_timeout(chat: Chat | None, cmd: TimeOutAssignment) -> Decision:
 
 
 def on_pull(chat: Chat, cmd: AssignToPuller) -> Decision:
-    """The store picked this waiting chat for the puller: assign it."""
+    """The allocation picked this waiting chat for the puller: assign it."""
     if chat.state != WAITING:
         raise ChatNotWaiting(f"chat {chat.chat_id} is {chat.state}, not waiting")
     new = replace(chat, state=ASSIGNED, assigned_operator_id=cmd.operator_id, assignment_id=cmd.assignment_id,
