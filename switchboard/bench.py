@@ -55,7 +55,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from services.assigner.store import QUERIES as ASSIGNER_QUERIES
+from services.assigner.repository import QUERIES as ASSIGNER_QUERIES
 from shared.auth import issue_token
 from shared.events import TOPIC_INBOUND, TOPIC_LIFECYCLE, OperatorMessage, OperatorMessagePayload, UserMessage, \
     UserMessagePayload, encode

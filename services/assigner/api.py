@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.assigner import domain, metrics
 from services.assigner.batcher import OperatorBatcher
-from services.assigner.store import Pulled, Store
+from services.assigner.usecases import Assigner, Pulled
 from shared.auth import Principal, require
 from shared.errors import ApiError
 from shared.events import ID_PATTERN, OperatorId
@@ -109,8 +109,8 @@ async def _body(request: Request, model: type[BaseModel]):
         raise ApiError(422, "validation_error", f"{first['field']}: {first['message']}", details=details) from None
 
 
-async def _store(request: Request) -> Store:
-    return request.app.state.store
+async def _assigner(request: Request) -> Assigner:
+    return request.app.state.assigner
 
 
 async def _batcher(request: Request) -> OperatorBatcher:
@@ -126,16 +126,31 @@ def _json(model: type[BaseModel], body: dict) -> Response:
     return Response(model.model_validate(body).model_dump_json(), media_type="application/json")
 
 
-def _domain_error(exc: domain.DomainError) -> ApiError:
-    return ApiError(exc.status, exc.code, str(exc))
+# The answer to each refusal of the domain (docs/contract.md): status and error code.
+DOMAIN_ERRORS: dict[type[domain.DomainError], tuple[int, str]] = {
+    domain.UnknownChat: (404, "chat_not_found"),
+    domain.UnknownAssignment: (404, "assignment_not_found"),
+    domain.NotYourAssignment: (403, "not_your_assignment"),
+    domain.AssignmentNotActive: (409, "assignment_not_active"),
+    domain.ChatIsCompleted: (409, "chat_completed"),
+    domain.OperatorAtCapacity: (409, "operator_at_capacity"),
+    domain.InvalidCommand: (422, "invalid_command"),
+    domain.DomainError: (409, "conflict"),
+}
 
 
-def _assignment_body(store: Store, pulled: Pulled, chat: dict) -> dict:
+def domain_error(exc: domain.DomainError) -> ApiError:
+    """The API's answer to a domain refusal (its nearest mapped class; a bare conflict otherwise)."""
+    status, code = next(DOMAIN_ERRORS[k] for k in type(exc).__mro__ if k in DOMAIN_ERRORS)
+    return ApiError(status, code, str(exc))
+
+
+def _assignment_body(assigner: Assigner, pulled: Pulled, chat: dict) -> dict:
     return {
         "assignment_id": pulled.assignment_id,
         "chat": chat,
         "assigned_at": pulled.assigned_at,
-        "idle_deadline": pulled.assigned_at + timedelta(seconds=store.settings.idle_timeout_s),
+        "idle_deadline": pulled.assigned_at + timedelta(seconds=assigner.settings.idle_timeout_s),
     }
 
 
@@ -144,27 +159,27 @@ NO_CONTENT = {204: {"description": "Nothing is waiting for this operator."}}
 
 @router.post("/v1/assignments/next", response_model=AssignmentOut, responses=NO_CONTENT, tags=["operator"],
              summary="Pull the next chat (retry-safe: at capacity, returns the current assignment).")
-async def pull_next(store: Store = Depends(_store), batcher: OperatorBatcher = Depends(_batcher),
+async def pull_next(assigner: Assigner = Depends(_assigner), batcher: OperatorBatcher = Depends(_batcher),
                     me: Principal = Depends(require("operator"))):
     started = time.perf_counter()
     try:
         pulled, view = await batcher.pull(me.sub)
     except domain.DomainError as exc:
-        raise _domain_error(exc) from None
+        raise domain_error(exc) from None
     result = "assigned" if pulled.new else ("current" if pulled.assignment_id else "empty")
     metrics.PULL_LATENCY.labels(result).observe(time.perf_counter() - started)
     if pulled.assignment_id is None:
         return Response(status_code=204)
-    return _json(AssignmentOut, _assignment_body(store, pulled, view))
+    return _json(AssignmentOut, _assignment_body(assigner, pulled, view))
 
 
 @router.get("/v1/assignments/current", response_model=AssignmentOut, responses=NO_CONTENT, tags=["operator"],
             summary="The caller's current assignment.")
-async def current(store: Store = Depends(_store), me: Principal = Depends(require("operator"))):
-    pulled = await store.current(me.sub)
+async def current(assigner: Assigner = Depends(_assigner), me: Principal = Depends(require("operator"))):
+    pulled = await assigner.current(me.sub)
     if pulled.assignment_id is None:
         return Response(status_code=204)
-    return _assignment_body(store, pulled, await store.chat_view(pulled.chat_id))
+    return _assignment_body(assigner, pulled, await assigner.chat_view(pulled.chat_id))
 
 
 @router.post("/v1/assignments/{assignment_id}/release", response_model=ReleasedOut, tags=["operator"],
@@ -174,7 +189,7 @@ async def release(assignment_id: uuid.UUID, batcher: OperatorBatcher = Depends(_
     try:
         chat_id = await batcher.release(me.sub, assignment_id)
     except domain.DomainError as exc:
-        raise _domain_error(exc) from None
+        raise domain_error(exc) from None
     return _json(ReleasedOut, {"assignment_id": assignment_id, "chat_id": chat_id, "status": "released"})
 
 
@@ -185,14 +200,14 @@ async def complete_assignment(assignment_id: uuid.UUID, batcher: OperatorBatcher
     try:
         chat_id = await batcher.complete(me.sub, assignment_id)
     except domain.DomainError as exc:
-        raise _domain_error(exc) from None
+        raise domain_error(exc) from None
     return _json(ReleasedOut, {"assignment_id": assignment_id, "chat_id": chat_id, "status": "completed"})
 
 
 @router.get("/v1/chats/{chat_id}", response_model=ChatOut, tags=["operator"],
             summary="A chat with its messages (its assigned operator, or an admin).", responses=errors(404))
-async def chat(chat_id: str, store: Store = Depends(_store), me: Principal = Depends(require("operator", "admin"))):
-    view = await store.chat_view(chat_id)
+async def chat(chat_id: str, assigner: Assigner = Depends(_assigner), me: Principal = Depends(require("operator", "admin"))):
+    view = await assigner.chat_view(chat_id)
     if view is None:
         raise ApiError(404, "chat_not_found", f"chat {chat_id} does not exist")
     if me.role != "admin" and view["assigned_operator_id"] != me.sub:
@@ -205,39 +220,39 @@ async def chat(chat_id: str, store: Store = Depends(_store), me: Principal = Dep
              responses=errors(404, 409),
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": ReassignIn.model_json_schema()}}}})
-async def reassign(chat_id: str, request: Request, store: Store = Depends(_store),
+async def reassign(chat_id: str, request: Request, assigner: Assigner = Depends(_assigner),
                    _: Principal = Depends(require("admin"))):
     # The body is read here, after the token was checked: SPEC §4 wants 401 before any 422.
     body = await _body(request, ReassignIn)
     try:
-        assigned, view = await store.reassign(chat_id, body.operator_id)
+        assigned, view = await assigner.reassign(chat_id, body.operator_id)
     except domain.DomainError as exc:
-        raise _domain_error(exc) from None
-    return _json(AssignmentOut, _assignment_body(store, assigned, view))
+        raise domain_error(exc) from None
+    return _json(AssignmentOut, _assignment_body(assigner, assigned, view))
 
 
 @router.post("/v1/admin/chats/{chat_id}/complete", response_model=ChatOut, tags=["admin"],
              summary="Complete a chat in any state.", responses=errors(404, 409))
-async def admin_complete(chat_id: str, store: Store = Depends(_store), me: Principal = Depends(require("admin"))):
+async def admin_complete(chat_id: str, assigner: Assigner = Depends(_assigner), me: Principal = Depends(require("admin"))):
     try:
-        return _json(ChatOut, await store.admin_complete(me.sub, chat_id))
+        return _json(ChatOut, await assigner.admin_complete(me.sub, chat_id))
     except domain.DomainError as exc:
-        raise _domain_error(exc) from None
+        raise domain_error(exc) from None
 
 
 @router.get("/v1/admin/queue", response_model=QueueOut, tags=["admin"],
             summary="Chats per state, oldest waiting age, active assignments and who holds them.")
-async def queue(store: Store = Depends(_store), _: Principal = Depends(require("admin"))):
-    return await store.queue_summary()
+async def queue(assigner: Assigner = Depends(_assigner), _: Principal = Depends(require("admin"))):
+    return await assigner.queue_summary()
 
 
 @router.get("/v1/admin/stuck-chats", response_model=StuckChatsPage, tags=["admin"],
             summary="Chats waiting or assigned for longer than older_than_s seconds, oldest first, one page.")
 async def stuck(older_than_s: float = Query(300, ge=0, le=30 * 86400), limit: LimitParam = DEFAULT_LIMIT,
-                cursor: CursorParam = None, store: Store = Depends(_store),
+                cursor: CursorParam = None, assigner: Assigner = Depends(_assigner),
                 _: Principal = Depends(require("admin"))):
     after = _stuck_key(decode_cursor(STUCK_CURSOR, cursor, 2))
-    rows, resume = await store.stuck_chats(older_than_s, limit, after)
+    rows, resume = await assigner.stuck_chats(older_than_s, limit, after)
     next_cursor = encode_cursor(STUCK_CURSOR, [resume[0].isoformat(), resume[1]]) if resume else None
     return {"chats": rows, "next_cursor": next_cursor}
 
@@ -257,13 +272,13 @@ def _stuck_key(key: list[str] | None) -> tuple[datetime, str] | None:
 @router.delete("/v1/admin/chats/{chat_id}/content", response_model=ContentErased, tags=["admin"],
                summary="Erase a chat's message texts everywhere Switchboard stores them; counts stay exact.",
                responses=errors(404))
-async def erase_content(chat_id: str, store: Store = Depends(_store), _: Principal = Depends(require("admin"))):
+async def erase_content(chat_id: str, assigner: Assigner = Depends(_assigner), _: Principal = Depends(require("admin"))):
     if not re.match(ID_PATTERN, chat_id):  # no event can carry such an id: no such chat
         raise ApiError(404, "chat_not_found", f"chat {chat_id!r} does not exist")
     try:
-        erased = await store.erase_chat_content(chat_id)
+        erased = await assigner.erase_chat_content(chat_id)
     except domain.DomainError as exc:
-        raise _domain_error(exc) from None
+        raise domain_error(exc) from None
     return {"chat_id": chat_id, "texts_erased": erased}
 
 

@@ -3,7 +3,7 @@
 Every such request used to be its own transaction of eight or nine statements and a commit; with
 hundreds of operators the assigner spent its time in round trips and WAL flushes. Requests now
 queue here; each worker takes everything queued (up to `max_batch`) and applies it as one
-transaction (`Store.operator_batch`), so a busy floor pays a dozen statements and one commit per
+transaction (`usecases.Assigner.operator_batch`), so a busy floor pays a dozen statements and one commit per
 batch instead of per request. A lone request is applied at once: nothing waits for a batch to fill.
 """
 
@@ -16,7 +16,7 @@ import uuid
 import asyncpg
 
 from services.assigner import metrics
-from services.assigner.store import OperatorCommand, Pulled, Store
+from services.assigner.usecases import Assigner, OperatorCommand, Pulled
 from shared.errors import ApiError
 from shared.retry import Backoff
 
@@ -27,7 +27,7 @@ RETRIES = 3  # a deadlock or serialization failure retries the whole batch
 class OperatorBatcher:
     """Queue of operator commands and the workers that apply them in batches."""
 
-    def __init__(self, store: Store, *, workers: int = 2, max_batch: int = 128):
+    def __init__(self, store: Assigner, *, workers: int = 2, max_batch: int = 128):
         self.store = store
         self.workers = workers
         self.max_batch = max_batch

@@ -1,7 +1,10 @@
-"""The chat state machine of SPEC §3 as pure functions: `decide(chat, command) -> Decision`.
+"""The assigner's rules as pure functions: the chat state machine of SPEC §3 (`decide`), the
+event-to-command mapping, the ownership and capacity checks, and the allocation of a batch of pulls.
 
-No I/O here. The store loads a `Chat`, calls `decide`, and persists the new chat together with
-the facts (the lifecycle events of SPEC §2) in one transaction.
+No I/O and no clock here. A use case (usecases.py) loads chats through the repository, calls these
+functions with the time it read, and saves the `Changes` (new chats and their facts, the lifecycle
+events of SPEC §2) in one transaction. Refusals are the named exceptions below; the HTTP API maps
+each to its status and code.
 """
 
 from __future__ import annotations
@@ -9,16 +12,18 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Union
+from typing import Literal, Union
 
 from shared.events import (
     AssignmentEndedPayload,
+    Envelope,
     ChatAnsweredPayload,
     ChatAssignedPayload,
     ChatCompletedPayload,
     ChatQueuedPayload,
     ChatReopenedPayload,
     MessageRecordedPayload,
+    operator_id_problem,
 )
 
 WAITING = "waiting_assignment"
@@ -29,30 +34,44 @@ STATES = (WAITING, ASSIGNED, WAITING_USER, COMPLETED)
 
 
 class DomainError(Exception):
-    """A command that the chat's current state refuses."""
+    """A command that the chat's current state refuses (the API maps each kind to its answer)."""
 
-    status = 409
-    code = "conflict"
+
+class UnknownChat(DomainError):
+    """The command names a chat that does not exist."""
+
+
+class UnknownAssignment(DomainError):
+    """The command names an assignment that does not exist."""
 
 
 class NotYourAssignment(DomainError):
-    status = 403
-    code = "not_your_assignment"
+    """An operator acts on an assignment held by someone else."""
 
 
 class AssignmentNotActive(DomainError):
-    status = 409
-    code = "assignment_not_active"
+    """The assignment already ended (answered, released, timed out, reassigned or completed)."""
 
 
 class ChatIsCompleted(DomainError):
-    status = 409
-    code = "chat_completed"
+    """A completed chat is not reassigned (a user message reopens it)."""
+
+
+class ChatNotWaiting(DomainError):
+    """A pull picked a chat that is no longer waiting."""
+
+
+class OperatorAtCapacity(DomainError):
+    """The operator already holds as many chats as the capacity allows."""
+
+
+class InvalidCommand(DomainError):
+    """A command whose own data the event contract refuses (only its caller hears of it)."""
 
 
 @dataclass(frozen=True)
 class Chat:
-    """A chat row plus what the store knows of its current assignment."""
+    """A chat row plus what the repository knows of its current assignment."""
 
     chat_id: str
     state: str
@@ -237,9 +256,9 @@ def on_timeout(chat: Chat | None, cmd: TimeOutAssignment) -> Decision:
 
 
 def on_pull(chat: Chat, cmd: AssignToPuller) -> Decision:
-    """The store picked this waiting chat for the puller: assign it."""
+    """The allocation picked this waiting chat for the puller: assign it."""
     if chat.state != WAITING:
-        raise DomainError(f"chat {chat.chat_id} is {chat.state}, not waiting")
+        raise ChatNotWaiting(f"chat {chat.chat_id} is {chat.state}, not waiting")
     new = replace(chat, state=ASSIGNED, assigned_operator_id=cmd.operator_id, assignment_id=cmd.assignment_id,
                   assignment_started_at=cmd.at, assignment_responded=False)
     return Decision(new, [Fact("chat_assigned", ChatAssignedPayload(
@@ -299,7 +318,7 @@ def decide(chat: Chat | None, cmd: Command, chat_id: str | None = None) -> Decis
     if isinstance(cmd, TimeOutAssignment):
         return on_timeout(chat, cmd)
     if chat is None:
-        raise DomainError(f"chat {chat_id} does not exist")
+        raise UnknownChat(f"chat {chat_id} does not exist")
     if isinstance(cmd, AssignToPuller):
         return on_pull(chat, cmd)
     if isinstance(cmd, ReleaseAssignment):
@@ -311,27 +330,58 @@ def decide(chat: Chat | None, cmd: Command, chat_id: str | None = None) -> Decis
     raise TypeError(f"unknown command {cmd!r}")
 
 
-def may_pull(chat: Chat, operator_id: str, now: datetime, cooldown_s: float) -> bool:
-    """Invariant 3: the last operator gets a chat back only after the cooldown since it was queued."""
-    if chat.state != WAITING:
-        return False
-    if chat.last_operator_id != operator_id:
-        return True
-    return chat.queued_at is not None and now - chat.queued_at >= timedelta(seconds=cooldown_s)
+# ---- event -> command --------------------------------------------------------------------
 
 
-def match_pullers(pullers: list[str], candidates: list[Chat], now: datetime, cooldown_s: float) -> list[Chat | None]:
-    """Give each puller, in arrival order, the oldest candidate it may take (invariant 3), or None.
+def command_of(event: Envelope, at: datetime) -> Command:
+    """The command an inbound message or idle timeout (chat.inbound, chat.timeouts) applies at `at`."""
+    p = event.payload
+    if event.type == "user_message":
+        return ReceiveUserMessage(message_id=p.message_id, text=p.text, sent_at=p.sent_at, at=at)
+    if event.type == "operator_message":
+        return ReceiveOperatorMessage(message_id=p.message_id, operator_id=p.operator_id, text=p.text,
+                                      sent_at=p.sent_at, at=at)
+    if event.type == "assignment_idle":
+        return TimeOutAssignment(assignment_id=p.assignment_id, at=at)
+    raise TypeError(f"the assigner does not apply {event.type}")
 
-    `candidates` are waiting chats oldest first; each goes to at most one puller. A chat the first
-    puller may not take (it had it last, not cooled down) stays available for the next ones.
-    """
-    taken: set[str] = set()
-    matched: list[Chat | None] = []
-    for operator_id in pullers:
-        pick = next((c for c in candidates if c.chat_id not in taken and may_pull(c, operator_id, now, cooldown_s)),
-                    None)
-        if pick is not None:
-            taken.add(pick.chat_id)
-        matched.append(pick)
-    return matched
+
+# ---- operators' and admins' commands: ownership and capacity ----------------------------
+
+
+@dataclass(frozen=True)
+class AssignmentRecord:
+    """A stored assignment, as the ownership checks need it."""
+
+    assignment_id: uuid.UUID
+    chat_id: str
+    operator_id: str
+    ended_at: datetime | None = None
+    outcome: str | None = None
+
+
+def ending_command(kind: Literal["release", "complete"], operator_id: str, assignment_id: uuid.UUID,
+                   record: AssignmentRecord | None, at: datetime) -> ReleaseAssignment | CompleteChat:
+    """An operator's release or completion as a command, once the assignment exists, is theirs and is active."""
+    if record is None:
+        raise UnknownAssignment(f"assignment {assignment_id} does not exist")
+    if record.operator_id != operator_id:
+        raise NotYourAssignment(f"assignment {assignment_id} is not yours")
+    if record.ended_at is not None:
+        raise AssignmentNotActive(f"assignment {assignment_id} ended ({record.outcome})")
+    if kind == "release":
+        return ReleaseAssignment(operator_id=operator_id, assignment_id=assignment_id, at=at)
+    return CompleteChat(by=f"operator:{operator_id}", at=at, assignment_id=assignment_id, operator_id=operator_id)
+
+
+def check_operator_id(operator_id: str) -> None:
+    """No event could carry this operator id: refuse the command that names it."""
+    problem = operator_id_problem(operator_id)
+    if problem is not None:
+        raise InvalidCommand(f"operator id {problem}")
+
+
+def check_room(operator_id: str, chat_id: str, held_chats: list[str], capacity: int) -> None:
+    """An admin gives `chat_id` to an operator: they need room, unless they already hold that chat."""
+    if chat_id not in held_chats and len(held_chats) >= capacity:
+        raise OperatorAtCapacity(f"operator {operator_id} already holds {len(held_chats)} chat(s), the capacity")

@@ -8,38 +8,38 @@ import logging
 import asyncpg
 
 from services.assigner import metrics
-from services.assigner.store import Changes, Store
+from services.assigner.repository import Changes
+from services.assigner.usecases import Assigner, count_outcomes
 from shared.kafka import Incoming
 
 log = logging.getLogger("switchboard.assigner")
 GAUGE_INTERVAL_S = 5.0
 
 
-def make_apply(store: Store):
+def make_apply(assigner: Assigner):
     """The batch applier for BatchConsumer: one partition batch of chat.inbound or chat.timeouts."""
 
     async def on_inbound_or_timeouts(conn: asyncpg.Connection, batch: list[Incoming]) -> Changes:
-        return await store.apply_events(conn, [item.event for item in batch])
+        return await assigner.apply_events(conn, [item.event for item in batch])
 
     return on_inbound_or_timeouts
 
 
 def after_commit(changes: Changes) -> None:
     """Count assignment outcomes once their transaction committed."""
-    Store.count_outcomes(changes)
+    count_outcomes(changes)
 
 
-async def export_gauges(store: Store) -> None:
+async def export_gauges(assigner: Assigner) -> None:
     """Refresh chats-per-state, oldest-waiting, active-assignment and outbox gauges periodically."""
     while True:
         try:
-            summary = await store.queue_summary()
+            summary = await assigner.queue_summary()
             for state, n in summary["chats_by_state"].items():
                 metrics.CHATS.labels(state).set(n)
             metrics.OLDEST_WAITING.set(summary["oldest_waiting_age_s"])
             metrics.ASSIGNMENTS_ACTIVE.set(summary["active_assignments"])
-            async with store.pool.acquire() as conn:
-                metrics.OUTBOX_BACKLOG.set(await conn.fetchval(store.q.outbox_backlog))
+            metrics.OUTBOX_BACKLOG.set(await assigner.outbox_backlog())
         except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
             log.warning("queue gauges not refreshed", extra={"error": repr(exc)})
         await asyncio.sleep(GAUGE_INTERVAL_S)

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from services.assigner import api, handlers
 from services.assigner.batcher import OperatorBatcher
 from services.assigner.outbox import OutboxRelay
-from services.assigner.store import Store
+from services.assigner.repository import QUERIES
+from services.assigner.usecases import Assigner
 from shared.auth import jwks_verifier
 from shared.events import TOPIC_INBOUND, TOPIC_TIMEOUTS
 from shared.http import create_app as create_http_app
@@ -25,7 +26,7 @@ GROUP_ID = "assigner"
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """Wire the assigner: Postgres store, inbound/timeouts consumer, outbox relay, HTTP API.
+    """Wire the assigner: use cases over Postgres, inbound/timeouts consumer, outbox relay, HTTP API.
 
     SWITCHBOARD_ASSIGNER_MODE splits it: `api` serves HTTP only, `worker` runs the consumer, the
     relay, the gauges and the retention loop (its HTTP port still answers /healthz, /readyz and /metrics).
@@ -35,22 +36,22 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await runtime.start(uses_kafka=settings.assigner_mode != "api")
-        store = Store(runtime.pool, settings)
-        app.state.store = store
-        batcher = OperatorBatcher(store)
+        assigner = Assigner(runtime.pool, settings)
+        app.state.assigner = assigner
+        batcher = OperatorBatcher(assigner)
         app.state.batcher = batcher
         runtime.add_loop("operator-batches", batcher.run)
         app.state.settings = settings
         if settings.assigner_mode in ("all", "worker"):
             runtime.add_consumer(BatchConsumer(
                 settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
-                topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS], claim_sql=store.q.claim_event_ids,
-                apply=handlers.make_apply(store), after_commit=handlers.after_commit,
+                topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS], claim_sql=QUERIES.claim_event_ids,
+                apply=handlers.make_apply(assigner), after_commit=handlers.after_commit,
             ))
-            relay = OutboxRelay(runtime.pool, runtime.producer, settings, store.q)
+            relay = OutboxRelay(runtime.pool, runtime.producer, settings, QUERIES)
             runtime.add_loop("outbox-relay", relay.run)
-            runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(store))
-            pruner = Pruner(runtime.pool, store.retention_jobs(), batch_size=settings.retention_batch_size,
+            runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(assigner))
+            pruner = Pruner(runtime.pool, assigner.retention_jobs(), batch_size=settings.retention_batch_size,
                             interval_s=settings.retention_interval_s)
             app.state.pruner = pruner
             runtime.add_loop("retention", pruner.run)

@@ -1,4 +1,4 @@
-"""Operators' commands applied together in one transaction (Store.operator_batch), against real Postgres."""
+"""Operators' commands applied together in one transaction (Assigner.operator_batch), against real Postgres."""
 
 import asyncio
 import uuid
@@ -6,8 +6,8 @@ import uuid
 from tests.harness import Producer, running, token
 from tests.integration.test_assigner_flow import cid, open_chat, pull
 
-from services.assigner.domain import AssignmentNotActive, NotYourAssignment
-from services.assigner.store import OperatorCommand, Pulled, UnknownAssignment
+from services.assigner.domain import AssignmentNotActive, NotYourAssignment, UnknownAssignment
+from services.assigner.usecases import OperatorCommand, Pulled
 
 
 async def test_a_chat_released_in_a_batch_goes_to_another_puller_of_the_same_batch(env):
@@ -17,7 +17,7 @@ async def test_a_chat_released_in_a_batch_goes_to_another_puller_of_the_same_bat
         first = await pull(api, "op-a")
         assert first["chat"]["chat_id"] == older
         await open_chat(env, kafka, newer)
-        store = api.app.state.store
+        store = api.app.state.assigner
         results, _ = await store.operator_batch([
             OperatorCommand("release", "op-a", uuid.UUID(first["assignment_id"])),
             OperatorCommand("pull", "op-b"),
@@ -34,7 +34,7 @@ async def test_each_command_of_a_batch_gets_its_own_answer(env):
     async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
         await open_chat(env, kafka, chat)
         mine = await pull(api, "op-a")
-        store = api.app.state.store
+        store = api.app.state.assigner
         a_id = uuid.UUID(mine["assignment_id"])
         results, _ = await store.operator_batch([
             OperatorCommand("release", "op-b", a_id),          # not theirs

@@ -5,7 +5,7 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer
 
-from services.assigner.store import QUERIES
+from services.assigner.repository import QUERIES
 from shared.events import TOPIC_INBOUND, TOPIC_LIFECYCLE
 from tests import harness
 from tests.harness import Producer, eventually, running, token, user_message

@@ -1,6 +1,5 @@
 """The assigner against real Kafka and Postgres, driven as frontends (Kafka) and operators (HTTP) would."""
 
-import asyncio
 import uuid
 
 from tests import harness
@@ -90,20 +89,6 @@ async def test_after_answering_the_same_operator_does_not_get_the_chat_back(env)
         assert a["chat"]["chat_id"] == other_chat
         b = await pull(api, "op-b")
         assert b["chat"]["chat_id"] == first_chat
-
-
-async def test_a_lone_operator_gets_the_chat_back_after_the_cooldown(env):
-    chat = cid()
-    settings = env.with_settings(repeat_cooldown_s=1.0)
-    async with running("assigner", settings) as api, Producer(settings) as kafka:
-        await open_chat(env, kafka, chat, "hey")
-        got = await pull(api, "op-a")
-        r = await api.post(f"/v1/assignments/{got['assignment_id']}/release", headers=token("op-a"))
-        assert r.status_code == 200
-        assert (await api.post("/v1/assignments/next", headers=token("op-a"))).status_code == 204
-        await asyncio.sleep(1.1)
-        again = await api.post("/v1/assignments/next", headers=token("op-a"))
-        assert again.status_code == 200 and again.json()["chat"]["chat_id"] == chat
 
 
 async def test_an_idle_timeout_requeues_and_a_stale_one_changes_nothing(env):

@@ -4,13 +4,14 @@ import uuid
 
 import asyncpg
 
-from services.assigner.store import OperatorCommand, Store
+from services.assigner.repository import QUERIES
+from services.assigner.usecases import Assigner, OperatorCommand
 from shared import db
 from shared.events import AssignmentIdle, AssignmentIdlePayload, new_event_id, utcnow
 from tests.harness import user_message
 
 
-async def apply_in_own_transaction(store: Store, pool: asyncpg.Pool, event) -> None:
+async def apply_in_own_transaction(store: Assigner, pool: asyncpg.Pool, event) -> None:
     """What the worker's consumer does with one event (its own transaction and connection)."""
     async with pool.acquire() as conn, conn.transaction():
         await store.apply_events(conn, [event])
@@ -18,7 +19,7 @@ async def apply_in_own_transaction(store: Store, pool: asyncpg.Pool, event) -> N
 
 async def test_a_pull_racing_a_timeout_starts_its_assignment_after_the_timed_out_one_ended(env, monkeypatch):
     pool = await db.create_pool(env.database_url, min_size=1, max_size=4)
-    store = Store(pool, env.with_settings(repeat_cooldown_s=0))
+    store = Assigner(pool, env.with_settings(repeat_cooldown_s=0))
     chat = f"chat-{uuid.uuid4().hex[:8]}"
     try:
         await apply_in_own_transaction(store, pool, user_message(chat))
@@ -34,7 +35,7 @@ async def test_a_pull_racing_a_timeout_starts_its_assignment_after_the_timed_out
         raced = []
 
         async def fetch(self, query, *args, **kwargs):
-            if query == store.q.claim_waiting_chats and not raced:
+            if query == QUERIES.claim_waiting_chats and not raced:
                 raced.append(True)
                 await apply_in_own_transaction(store, pool, timeout)
             return await original(self, query, *args, **kwargs)

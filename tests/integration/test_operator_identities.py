@@ -11,7 +11,9 @@ from urllib.parse import quote
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.assigner.store import InvalidCommand, OperatorCommand, Store
+from services.assigner.api import domain_error
+from services.assigner.domain import InvalidCommand
+from services.assigner.usecases import Assigner, OperatorCommand
 from shared.db import create_pool
 from shared.events import TOPIC_INBOUND
 from tests.harness import Producer, eventually, running, token, user_message
@@ -146,12 +148,12 @@ async def test_one_bad_pull_in_a_batch_fails_alone_and_every_other_command_appli
         assert held.status_code == 200
     pool = await create_pool(env.database_url, min_size=1, max_size=2)
     try:
-        store = Store(pool, env.settings)
+        store = Assigner(pool, env.settings)
         commands = [OperatorCommand("pull", "alice@example.com"), OperatorCommand("pull", "bad\nsub"),
                     OperatorCommand("release", "op-release", uuid.UUID(held.json()["assignment_id"])),
                     OperatorCommand("pull", "auth0|bob")]
         results, _ = await store.operator_batch(commands)
-        assert isinstance(results[1], InvalidCommand) and results[1].status == 422
+        assert isinstance(results[1], InvalidCommand) and domain_error(results[1]).status == 422
         assert results[2] == held.json()["chat"]["chat_id"]
         given = {results[i][0].chat_id for i in (0, 3)}
         assert len(given) == 2 and None not in given

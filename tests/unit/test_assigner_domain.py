@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from services.assigner import allocation
 from services.assigner import domain as d
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -128,8 +129,8 @@ def test_an_idle_timeout_for_the_current_assignment_requeues_and_excludes_the_id
     assert decision.chat.state == d.WAITING and decision.chat.last_operator_id == "A"
     assert decision.chat.waiting_since == at(0) and decision.chat.queued_at == at(300)
     assert decision.facts[0].payload.outcome == "timed_out"
-    assert not d.may_pull(decision.chat, "A", at(301), cooldown_s=60)
-    assert d.may_pull(decision.chat, "B", at(301), cooldown_s=60)
+    assert not allocation.may_pull(decision.chat, "A", at(301), cooldown_s=60)
+    assert allocation.may_pull(decision.chat, "B", at(301), cooldown_s=60)
 
 
 def test_a_stale_idle_timeout_changes_nothing():
@@ -168,33 +169,5 @@ def test_complete_from_any_state_ends_an_active_assignment(state):
 def test_the_last_operator_gets_the_chat_back_after_the_cooldown():
     chat = assigned_to("A")
     chat = d.decide(chat, d.ReleaseAssignment("A", chat.assignment_id, at(10))).chat
-    assert not d.may_pull(chat, "A", at(69.9), cooldown_s=60)
-    assert d.may_pull(chat, "A", at(70), cooldown_s=60)
-
-
-def waiting(chat_id, last=None, queued_s=0):
-    return d.Chat(chat_id=chat_id, state=d.WAITING, last_operator_id=last, waiting_since=at(queued_s),
-                  queued_at=at(queued_s))
-
-
-def test_a_batch_of_pullers_takes_the_oldest_chats_in_arrival_order():
-    chats = [waiting("c1"), waiting("c2"), waiting("c3")]
-    picks = d.match_pullers(["A", "B"], chats, at(10), cooldown_s=60)
-    assert [p.chat_id for p in picks] == ["c1", "c2"]
-
-
-def test_a_puller_skips_its_own_recent_chat_and_leaves_it_for_the_next_puller():
-    chats = [waiting("c1", last="A", queued_s=5), waiting("c2")]
-    picks = d.match_pullers(["A", "B"], chats, at(10), cooldown_s=60)
-    assert [p.chat_id for p in picks] == ["c2", "c1"]
-
-
-def test_a_puller_gets_nothing_rather_than_a_chat_it_may_not_take_or_one_already_given():
-    chats = [waiting("c1", last="A", queued_s=5), waiting("c2")]
-    picks = d.match_pullers(["B", "A", "A"], chats, at(10), cooldown_s=60)
-    assert [p.chat_id if p else None for p in picks] == ["c1", "c2", None]
-
-
-def test_after_the_cooldown_the_last_operator_may_take_it_back_in_a_batch():
-    picks = d.match_pullers(["A"], [waiting("c1", last="A", queued_s=0)], at(60), cooldown_s=60)
-    assert picks[0].chat_id == "c1"
+    assert not allocation.may_pull(chat, "A", at(69.9), cooldown_s=60)
+    assert allocation.may_pull(chat, "A", at(70), cooldown_s=60)

@@ -1,0 +1,238 @@
+"""Postgres side of the assigner: load and lock chats, save a transaction's changes, read views.
+
+Only loads and saves, each a named query of `sql/queries.sql`, inside the connection (and
+transaction) its caller gives. No decisions: the use cases (usecases.py) decide with the domain.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable
+
+import asyncpg
+
+from services.assigner.allocation import Held
+from services.assigner.domain import AssignmentRecord, Chat, Decision, Fact
+from shared import events
+from shared.db import Queries
+
+QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
+MESSAGES_SHOWN = 500
+
+FACT_MODELS = {
+    "message_recorded": events.MessageRecorded,
+    "chat_queued": events.ChatQueued,
+    "chat_assigned": events.ChatAssigned,
+    "assignment_ended": events.AssignmentEnded,
+    "chat_answered": events.ChatAnswered,
+    "chat_completed": events.ChatCompleted,
+    "chat_reopened": events.ChatReopened,
+}
+
+
+def chat_from_row(row) -> Chat:
+    """A domain Chat from a chats row (optionally joined with its assignment)."""
+    keys = row.keys()
+    return Chat(
+        chat_id=row["chat_id"], state=row["state"], assigned_operator_id=row["assigned_operator_id"],
+        last_operator_id=row["last_operator_id"], assignment_id=row["assignment_id"],
+        waiting_since=row["waiting_since"], queued_at=row["queued_at"],
+        operator_replied_at=row["operator_replied_at"], last_user_message_at=row["last_user_message_at"],
+        message_count=row["message_count"], created_at=row["created_at"],
+        assignment_started_at=row["assignment_started_at"] if "assignment_started_at" in keys else None,
+        assignment_responded=bool(row["assignment_responded"]) if "assignment_responded" in keys else False,
+    )
+
+
+class Changes:
+    """What a transaction will write: final chat states and facts in order (with each stored message's
+    sequence number, the operator who held the chat then, and the event id it came with)."""
+
+    def __init__(self):
+        self.chats: dict[str, Chat] = {}
+        self.facts: list[tuple[str, Fact, datetime]] = []
+        self.message_seq: list[int] = []
+        self.handled_by: list[str | None] = []
+        self.message_event_ids: list[uuid.UUID] = []
+
+    def add(self, chat_id: str, before: Chat | None, decision: Decision, at: datetime,
+            event_id: uuid.UUID | None = None) -> None:
+        """Record one decision's result."""
+        if decision.chat is not None:
+            self.chats[chat_id] = decision.chat
+        for fact in decision.facts:
+            self.facts.append((chat_id, fact, at))
+            if fact.type == "message_recorded":
+                self.message_seq.append(decision.chat.message_count)
+                self.handled_by.append(before.assigned_operator_id if before else None)
+                self.message_event_ids.append(event_id or uuid.uuid4())
+
+    def ended_assignments(self) -> set[uuid.UUID]:
+        """Assignments these changes end."""
+        return {f.payload.assignment_id for _, f, _ in self.facts if f.type == "assignment_ended"}
+
+
+def _envelope(chat_id: str, fact: Fact, at: datetime):
+    model = FACT_MODELS[fact.type]
+    return model(event_id=uuid.uuid4(), chat_id=chat_id, occurred_at=at, producer="assigner", payload=fact.payload)
+
+
+class Repository:
+    """Loads and saves of the assigner's tables; every method runs in the connection it is given."""
+
+    def __init__(self, queries: Queries = QUERIES):
+        self.q = queries
+
+    # ---- chats ---------------------------------------------------------------------------
+
+    async def lock_chats(self, conn: asyncpg.Connection, chat_ids: Iterable[str]) -> dict[str, Chat]:
+        """Lock and load chats by id, in chat_id order (missing ones are absent from the result)."""
+        rows = await conn.fetch(self.q.lock_chats, sorted(set(chat_ids)))
+        return {r["chat_id"]: chat_from_row(r) for r in await self._fresh(conn, rows)}
+
+    async def lock_chats_with_known(self, conn: asyncpg.Connection, chat_ids: Iterable[str],
+                                    message_ids: Iterable[str]) -> tuple[dict[str, Chat], set[tuple[str, str]]]:
+        """Lock and load chats, with the (chat_id, message_id) pairs among `message_ids` they already store."""
+        rows = await conn.fetch(self.q.lock_chats_with_known, sorted(set(chat_ids)), sorted(set(message_ids)))
+        chats = {r["chat_id"]: chat_from_row(r) for r in await self._fresh(conn, rows)}
+        return chats, {(r["chat_id"], m) for r in rows for m in r["known_message_ids"]}
+
+    async def _fresh(self, conn: asyncpg.Connection, rows: list) -> list:
+        """Locked rows, those whose joined assignment is stale re-read under the lock now held.
+
+        A chat updated by a transaction this one waited for comes back at its newest version, but
+        joined with the assignment its own snapshot saw (none, or the previous one): deciding on that
+        would end an assignment with no start time (a 500) or miss a first response.
+        """
+        stale = [r["chat_id"] for r in rows if r["assignment_stale"]]
+        if not stale:
+            return rows
+        reread = {r["chat_id"]: r for r in await conn.fetch(self.q.read_chats, stale)}
+        return [reread.get(r["chat_id"], r) if r["assignment_stale"] else r for r in rows]
+
+    async def claim_waiting(self, conn: asyncpg.Connection, limit: int) -> list[Chat]:
+        """Lock the `limit` oldest waiting chats nobody else holds (SKIP LOCKED)."""
+        return [chat_from_row(r) for r in await conn.fetch(self.q.claim_waiting_chats, limit)]
+
+    async def claim_next(self, conn: asyncpg.Connection, operator_id: str, cooled_before: datetime,
+                         given: list[str]) -> Chat | None:
+        """Lock the oldest waiting chat `operator_id` may take (not theirs last unless queued by
+        `cooled_before`), past the chats in `given` (SKIP LOCKED)."""
+        row = await conn.fetchrow(self.q.claim_next_chat, operator_id, cooled_before, given)
+        return chat_from_row(row) if row is not None else None
+
+    # ---- assignments and operators -------------------------------------------------------
+
+    async def assignments(self, conn: asyncpg.Connection, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, AssignmentRecord]:
+        """Assignment records by id (absent ids are absent)."""
+        rows = await conn.fetch(self.q.assignments_by_ids, list(set(ids)))
+        return {r["assignment_id"]: AssignmentRecord(r["assignment_id"], r["chat_id"], r["operator_id"],
+                                                     r["ended_at"], r["outcome"]) for r in rows}
+
+    async def lock_operator(self, conn: asyncpg.Connection, operator_id: str) -> None:
+        """Serialise an operator's pulls and reassignments to it until commit."""
+        await conn.execute(self.q.lock_operator, operator_id)
+
+    async def lock_operators(self, conn: asyncpg.Connection, operator_ids: list[str]) -> None:
+        """lock_operator for several operators, in sorted order (no deadlock)."""
+        await conn.execute(self.q.lock_operators, sorted(operator_ids))
+
+    async def held_by(self, conn: asyncpg.Connection, operator_ids: list[str]) -> dict[str, list[Held]]:
+        """Active assignments of each operator, oldest first."""
+        held: dict[str, list[Held]] = {op: [] for op in operator_ids}
+        for r in await conn.fetch(self.q.active_assignments_of_many, list(operator_ids)):
+            held[r["operator_id"]].append(Held(r["assignment_id"], r["chat_id"], r["started_at"]))
+        return held
+
+    async def held_by_one(self, conn: asyncpg.Connection, operator_id: str) -> list[Held]:
+        """One operator's active assignments, oldest first."""
+        rows = await conn.fetch(self.q.active_assignments_of, operator_id)
+        return [Held(r["assignment_id"], r["chat_id"], r["started_at"]) for r in rows]
+
+    # ---- saving ----------------------------------------------------------------------------
+
+    async def persist(self, conn: asyncpg.Connection, changes: Changes, now: datetime) -> None:
+        """Write chats, assignments, messages and outbox rows of a transaction, set-based.
+
+        At most three statements: first responses and ends (updates of existing assignments),
+        then every insert in one (`write_changes`). `now` stamps the chats written.
+        """
+        firsts, ends, starts, msgs = [], [], [], []
+        for chat_id, fact, _at in changes.facts:
+            p = fact.payload
+            if fact.type == "message_recorded":
+                msgs.append((chat_id, p))
+                if p.first_response_ms is not None:
+                    firsts.append((p.assignment_id, p.recorded_at))
+            elif fact.type == "assignment_ended":
+                ends.append((p.assignment_id, p.ended_at, p.outcome))
+            elif fact.type == "chat_assigned":
+                starts.append((p.assignment_id, chat_id, p.operator_id, p.via, p.assigned_at))
+        if firsts:
+            await conn.execute(self.q.mark_first_responses, *map(list, zip(*firsts)))
+        if ends:
+            await conn.execute(self.q.end_assignments, *map(list, zip(*ends)))
+        if not (changes.chats or starts or msgs or changes.facts):
+            return
+        cs = list(changes.chats.values())
+        envs = [_envelope(chat_id, fact, at) for chat_id, fact, at in changes.facts]
+        await conn.execute(
+            self.q.write_changes,
+            [c.chat_id for c in cs], [c.state for c in cs], [c.assigned_operator_id for c in cs],
+            [c.last_operator_id for c in cs], [c.assignment_id for c in cs], [c.waiting_since for c in cs],
+            [c.queued_at for c in cs], [c.operator_replied_at for c in cs],
+            [c.last_user_message_at for c in cs], [c.message_count for c in cs],
+            [c.created_at or now for c in cs], [now] * len(cs),
+            *(map(list, zip(*starts)) if starts else ([], [], [], [], [])),
+            [c for c, _ in msgs], [p.message_id for _, p in msgs], changes.message_seq,
+            [p.sender for _, p in msgs], [p.operator_id for _, p in msgs], [p.text for _, p in msgs],
+            [p.sent_at for _, p in msgs], [p.recorded_at for _, p in msgs],
+            [p.assignment_id for _, p in msgs], changes.handled_by, changes.message_event_ids,
+            [e.chat_id for e in envs], [e.event_id for e in envs], [e.type for e in envs],
+            [e.model_dump_json() for e in envs],
+        )
+
+    async def erase_texts(self, conn: asyncpg.Connection, chat_id: str) -> int:
+        """Blank a locked chat's message texts and its unpublished facts' texts; returns messages blanked.
+
+        The relay is kept out until commit while the outbox rows are rewritten, so no text the erase
+        saw leaves for Kafka afterwards.
+        """
+        erased = await conn.fetchval(self.q.erase_chat_texts, chat_id)
+        await conn.execute(self.q.lock_outbox_relay)
+        await conn.execute(self.q.erase_outbox_texts, chat_id)
+        return erased
+
+    # ---- views -----------------------------------------------------------------------------
+
+    async def views(self, conn: asyncpg.Connection, chat_ids: list[str]) -> dict[str, dict]:
+        """API views of several chats, messages included (one statement, in `conn`'s transaction).
+
+        Times inside `messages` are ISO strings; the API's response model reads them as datetimes.
+        """
+        rows = await conn.fetch(self.q.chat_views, chat_ids, MESSAGES_SHOWN)
+        return {r["chat_id"]: {
+            "chat_id": r["chat_id"], "state": r["state"], "assigned_operator_id": r["assigned_operator_id"],
+            "last_operator_id": r["last_operator_id"], "waiting_since": r["waiting_since"],
+            "message_count": r["message_count"], "messages": json.loads(r["messages"]),
+        } for r in rows}
+
+    async def queue_counts(self, conn: asyncpg.Connection) -> tuple[dict[str, int], datetime | None, list]:
+        """Chats per state, when the oldest waiting chat was queued, active assignments per operator."""
+        counts = {r["state"]: r["n"] for r in await conn.fetch(self.q.count_by_state)}
+        oldest = await conn.fetchval(self.q.oldest_waiting)
+        holders = await conn.fetch(self.q.active_by_operator)
+        return counts, oldest, [(r["operator_id"], r["n"]) for r in holders]
+
+    async def stuck_page(self, conn: asyncpg.Connection, cutoff: datetime, limit: int,
+                         after: tuple[datetime, str] | None) -> list[dict]:
+        """Up to `limit` chats waiting or assigned since before `cutoff`, oldest first, after the keyset."""
+        since, chat_id = after if after is not None else (None, None)
+        return [dict(r) for r in await conn.fetch(self.q.stuck_chats_page, cutoff, limit, since, chat_id)]
+
+    async def outbox_backlog(self, conn: asyncpg.Connection) -> int:
+        """Facts not yet published."""
+        return await conn.fetchval(self.q.outbox_backlog)

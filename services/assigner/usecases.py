@@ -1,0 +1,326 @@
+"""The assigner's use cases: each opens (or joins) one transaction, loads through the repository,
+decides with the domain, and saves the changes.
+
+Time comes from an injected clock, read under the locks so times follow commit order; tests pass
+one they move instead of sleeping. Commands return what they did.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable, Literal, Protocol
+
+import asyncpg
+
+from services.assigner import allocation, domain, metrics
+from services.assigner.domain import Chat
+from services.assigner.repository import Changes, Repository
+from shared import events
+from shared.retention import PruneJob
+from shared.settings import Settings
+
+CLAIM_SLACK = 4  # extra candidates a batch of pulls locks, for pullers who may not take the oldest
+TEXT_PURGE_DIVISOR = 50  # a purge batch takes retention_batch_size / 50 chats (each with all its messages)
+
+
+class Clock(Protocol):
+    """Now, as an aware datetime (production: shared.events.utcnow)."""
+
+    def __call__(self) -> datetime: ...
+
+
+@dataclass(frozen=True)
+class OperatorCommand:
+    """An operator's pull, release or completion, applied in a batch with others."""
+
+    kind: Literal["pull", "release", "complete"]
+    operator_id: str
+    assignment_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class Pulled:
+    """The outcome of a pull or a reassignment: the assignment given (or kept), or nothing."""
+
+    assignment_id: uuid.UUID | None
+    chat_id: str | None
+    assigned_at: datetime | None
+    new: bool
+
+
+NOTHING = Pulled(None, None, None, new=False)
+
+
+def count_outcomes(changes: Changes) -> None:
+    """Bump assignment counters once the transaction committed."""
+    for _chat_id, fact, _at in changes.facts:
+        if fact.type == "chat_assigned":
+            metrics.ASSIGNMENTS_STARTED.labels(fact.payload.via).inc()
+        elif fact.type == "assignment_ended":
+            metrics.ASSIGNMENTS_ENDED.labels(fact.payload.outcome).inc()
+
+
+class Assigner:
+    """The assigner's use cases over a Postgres pool."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, clock: Clock = events.utcnow,
+                 repository: Repository | None = None):
+        self.pool = pool
+        self.settings = settings
+        self.clock: Callable[[], datetime] = clock
+        self.repo = repository or Repository()
+
+    count_outcomes = staticmethod(count_outcomes)
+
+    # ---- consumer: inbound messages and idle timeouts -----------------------------------------
+
+    async def apply_events(self, conn: asyncpg.Connection, items: list[events.Envelope]) -> Changes:
+        """Apply inbound messages and timeouts of one partition batch, in order, inside `conn`'s transaction.
+
+        A message already stored (the same message under another event id) is applied once only.
+        """
+        message_ids = [e.payload.message_id for e in items if e.type in ("user_message", "operator_message")]
+        chats, known = await self.repo.lock_chats_with_known(conn, {e.chat_id for e in items}, message_ids)
+        changes = Changes()
+        for event in items:
+            at = self.clock()
+            cmd = domain.command_of(event, at)
+            if isinstance(cmd, (domain.ReceiveUserMessage, domain.ReceiveOperatorMessage)):
+                key = (event.chat_id, cmd.message_id)
+                if key in known:
+                    continue
+                known.add(key)
+            before = chats.get(event.chat_id)
+            decision = domain.decide(before, cmd, event.chat_id)
+            if decision.chat is not None:
+                chats[event.chat_id] = decision.chat
+            changes.add(event.chat_id, before, decision, at, event.event_id)
+        await self.repo.persist(conn, changes, self.clock())
+        return changes
+
+    # ---- operators: pulls, releases and completions in one transaction ------------------------
+
+    async def operator_batch(self, commands: list[OperatorCommand]) -> tuple[list[object], Changes]:
+        """Apply operators' pulls, releases and completions together, in one transaction.
+
+        Returns one result per command, in order (a `(Pulled, view)` pair for a pull, the chat id for
+        a release or completion, or the domain.DomainError that refused it) and the changes, whose
+        outcomes the caller counts once committed. Lock order: chats of released/completed
+        assignments (sorted, may wait), then the pullers' advisory locks (sorted, may wait), then
+        waiting chats with SKIP LOCKED (never waits): no cycle with the consumer or another batch.
+        """
+        results: list[object] = [None] * len(commands)
+        changes = Changes()
+        async with self.pool.acquire() as conn, conn.transaction():
+            enders = [i for i, c in enumerate(commands) if c.kind != "pull"]
+            if enders:
+                await self._endings(conn, commands, enders, results, changes)
+            pullers = [i for i, c in enumerate(commands) if c.kind == "pull"]
+            if pullers:
+                await self._pulls(conn, commands, pullers, results, changes)
+            await self.repo.persist(conn, changes, self.clock())
+            shown = sorted({r.chat_id for r in results if isinstance(r, Pulled) and r.chat_id is not None})
+            views = await self.repo.views(conn, shown) if shown else {}
+            for i, r in enumerate(results):
+                if isinstance(r, Pulled):
+                    results[i] = (r, views.get(r.chat_id) if r.chat_id is not None else None)
+        return results, changes
+
+    async def _endings(self, conn: asyncpg.Connection, commands: list[OperatorCommand], enders: list[int],
+                       results: list, changes: Changes) -> None:
+        """Releases and completions of a batch, on the chats of their assignments (locked)."""
+        records = await self.repo.assignments(conn, (commands[i].assignment_id for i in enders))
+        chats = await self.repo.lock_chats(conn, {r.chat_id for r in records.values()})
+        now = self.clock()  # read under the locks: times follow commit order
+        for i in enders:
+            c = commands[i]
+            record = records.get(c.assignment_id)
+            try:
+                cmd = domain.ending_command(c.kind, c.operator_id, c.assignment_id, record, now)
+                chat = chats[record.chat_id]
+                decision = domain.decide(chat, cmd)
+            except domain.DomainError as exc:
+                results[i] = exc
+                continue
+            except ValueError as exc:  # pydantic's ValidationError too: this command's data
+                results[i] = domain.InvalidCommand(f"{c.kind} refused: {exc}")
+                continue
+            if decision.chat is not None:
+                chats[chat.chat_id] = decision.chat
+            changes.add(chat.chat_id, chat, decision, now)
+            results[i] = chat.chat_id
+
+    async def _pulls(self, conn: asyncpg.Connection, commands: list[OperatorCommand], pullers: list[int],
+                     results: list, changes: Changes) -> None:
+        """Pulls of a batch: room is counted under each puller's lock; the oldest chats go first."""
+        for i in pullers:
+            try:
+                domain.check_operator_id(commands[i].operator_id)  # no event could carry it: this pull alone
+            except domain.InvalidCommand as exc:
+                results[i] = exc
+        pullers = [i for i in pullers if results[i] is None]
+        if not pullers:
+            return
+        operators = sorted({commands[i].operator_id for i in pullers})
+        await self.repo.lock_operators(conn, operators)
+        ended = changes.ended_assignments()
+        held = {op: [h for h in hs if h.assignment_id not in ended]
+                for op, hs in (await self.repo.held_by(conn, operators)).items()}
+        cooldown_s = self.settings.repeat_cooldown_s
+        room = allocation.with_room([commands[i].operator_id for i in pullers],
+                                    {op: len(hs) for op, hs in held.items()}, self.settings.operator_capacity)
+        wanting = [i for i, fits in zip(pullers, room) if fits]
+        if wanting:
+            limit = len(wanting) + CLAIM_SLACK
+            claimed = await self.repo.claim_waiting(conn, limit)
+            # After the reads and the claim: a new assignment starts after every end this transaction
+            # saw, its own and those committed by others before the claim locked their chats, so the
+            # recorded history never shows an operator over capacity or a chat held twice at once.
+            now = self.clock()
+            candidates = allocation.pull_candidates(claimed, changes.chats.values())
+            picks = allocation.match_pullers([commands[i].operator_id for i in wanting], candidates, now, cooldown_s)
+            given = [p.chat_id for p in picks if p is not None]
+            for i, pick in zip(wanting, picks):
+                op = commands[i].operator_id
+                if allocation.looks_further(pick, len(claimed), limit):
+                    pick = await self.repo.claim_next(conn, op, allocation.cooled_before(now, cooldown_s), given)
+                    if pick is not None:
+                        given.append(pick.chat_id)
+                        now = max(now, self.clock())  # this chat was locked just now: start after its last end
+                if pick is None:
+                    results[i] = NOTHING
+                    continue
+                results[i] = self._assign(pick, op, now, changes)
+                if isinstance(results[i], Pulled):
+                    held[op].append(allocation.Held(results[i].assignment_id, pick.chat_id, now))
+        for i in pullers:
+            if results[i] is None:  # at capacity: the current assignment (retry-safe pull)
+                current = allocation.current_of(held[commands[i].operator_id])
+                results[i] = Pulled(current.assignment_id, current.chat_id, current.started_at, new=False) \
+                    if current else NOTHING
+
+    @staticmethod
+    def _assign(pick: Chat, operator_id: str, now: datetime, changes: Changes) -> Pulled | domain.DomainError:
+        """Give the picked chat to the puller, or the refusal of this pull alone (its chat stays waiting)."""
+        cmd = domain.AssignToPuller(operator_id=operator_id, assignment_id=uuid.uuid4(), at=now)
+        try:
+            decision = domain.decide(pick, cmd)
+        except domain.DomainError as exc:
+            return exc
+        except ValueError as exc:
+            return domain.InvalidCommand(f"pull refused: {exc}")
+        changes.add(pick.chat_id, pick, decision, now)
+        return Pulled(cmd.assignment_id, pick.chat_id, now, new=True)
+
+    # ---- admins: reassign, complete, erase ----------------------------------------------------
+
+    async def _command_on_chat(self, chat_id: str, command_at, operator_lock: str | None = None
+                               ) -> tuple[Chat, dict]:
+        """Apply one admin command to a chat in its own transaction; the chat after it, and its view.
+
+        Locks in the order every transaction takes them: the chat, then (for a reassign) the target
+        operator, as a batch locks chats of ended assignments before pullers. `command_at(now)` builds
+        the command with the time read under the locks, so times follow commit order.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            chat = (await self.repo.lock_chats(conn, [chat_id])).get(chat_id)
+            if chat is None:
+                raise domain.UnknownChat(f"chat {chat_id} does not exist")
+            if operator_lock is not None:
+                await self.repo.lock_operator(conn, operator_lock)
+            cmd = command_at(self.clock())
+            if isinstance(cmd, domain.ReassignChat):
+                held = await self.repo.held_by_one(conn, cmd.operator_id)
+                domain.check_room(cmd.operator_id, chat_id, [h.chat_id for h in held], self.settings.operator_capacity)
+            decision = domain.decide(chat, cmd)
+            changes = Changes()
+            changes.add(chat_id, chat, decision, cmd.at)
+            await self.repo.persist(conn, changes, self.clock())
+            view = (await self.repo.views(conn, [chat_id]))[chat_id]
+        count_outcomes(changes)
+        return decision.chat or chat, view
+
+    async def admin_complete(self, admin: str, chat_id: str) -> dict:
+        """An admin completes a chat in any state; returns the chat's view as committed."""
+        _, view = await self._command_on_chat(chat_id, lambda now: domain.CompleteChat(by=f"admin:{admin}", at=now))
+        return view
+
+    async def reassign(self, chat_id: str, operator_id: str) -> tuple[Pulled, dict]:
+        """An admin gives a chat to an operator (who must have room): the assignment it holds now, and the view.
+
+        The assignment is the one this transaction created, or the operator's current one on this
+        chat when it already held it: what was done, not a later re-read that may see another
+        chat of the same operator.
+        """
+        assignment_id = uuid.uuid4()
+        chat, view = await self._command_on_chat(
+            chat_id, lambda now: domain.ReassignChat(operator_id=operator_id, assignment_id=assignment_id, at=now),
+            operator_lock=operator_id)
+        return Pulled(chat.assignment_id, chat_id, chat.assignment_started_at,
+                      new=chat.assignment_id == assignment_id), view
+
+    async def erase_chat_content(self, chat_id: str) -> int:
+        """Remove every stored text of a chat (messages, unpublished facts), keeping every row; returns texts removed.
+
+        Idempotent. What Kafka already holds stays until its retention.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await self.repo.lock_chats(conn, [chat_id]):
+                raise domain.UnknownChat(f"chat {chat_id} does not exist")
+            return await self.repo.erase_texts(conn, chat_id)
+
+    # ---- reads ----------------------------------------------------------------------------------
+
+    async def current(self, operator_id: str) -> Pulled:
+        """The operator's oldest active assignment, if any."""
+        async with self.pool.acquire() as conn:
+            current = allocation.current_of(await self.repo.held_by_one(conn, operator_id))
+        return Pulled(current.assignment_id, current.chat_id, current.started_at, new=False) if current else NOTHING
+
+    async def chat_view(self, chat_id: str) -> dict | None:
+        """The chat as the API shows it, messages included (None when it does not exist)."""
+        async with self.pool.acquire() as conn:
+            return (await self.repo.views(conn, [chat_id])).get(chat_id)
+
+    async def queue_summary(self) -> dict:
+        """Counts per state, oldest waiting age, active assignments per operator."""
+        async with self.pool.acquire() as conn:
+            counts, oldest, holders = await self.repo.queue_counts(conn)
+        return {
+            "chats_by_state": {s: counts.get(s, 0) for s in domain.STATES},
+            "oldest_waiting_since": oldest,
+            "oldest_waiting_age_s": (self.clock() - oldest).total_seconds() if oldest else 0.0,
+            "active_assignments": sum(n for _, n in holders),
+            "operators": [{"operator_id": op, "active_assignments": n} for op, n in holders],
+        }
+
+    async def stuck_chats(self, older_than_s: float, limit: int,
+                          after: tuple[datetime, str] | None = None) -> tuple[list[dict], tuple[datetime, str] | None]:
+        """One page of chats waiting or assigned for longer than `older_than_s`, oldest first.
+
+        Returns the rows and the sort key to resume after (None on the last page).
+        """
+        cutoff = self.clock() - timedelta(seconds=older_than_s)
+        async with self.pool.acquire() as conn:
+            rows = await self.repo.stuck_page(conn, cutoff, limit + 1, after)
+        page = rows[:limit]
+        resume = (page[-1]["since"], page[-1]["chat_id"]) if len(rows) > limit else None
+        for row in page:
+            del row["since"]
+        return page, resume
+
+    async def outbox_backlog(self) -> int:
+        """Facts committed and not yet published."""
+        async with self.pool.acquire() as conn:
+            return await self.repo.outbox_backlog(conn)
+
+    def retention_jobs(self) -> list[PruneJob]:
+        """What the assigner's retention loop prunes: applied ids past the dedup window, old texts."""
+        s, q = self.settings, self.repo.q
+        jobs = [PruneJob("assigner.processed_events", q.prune_processed_events, timedelta(seconds=s.dedup_window_s))]
+        if s.message_retention_days > 0:
+            jobs.append(PruneJob("assigner.messages.text", q.purge_completed_texts,
+                                 timedelta(days=s.message_retention_days), batch_divisor=TEXT_PURGE_DIVISOR))
+        return jobs

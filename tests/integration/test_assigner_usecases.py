@@ -1,0 +1,100 @@
+"""The assigner's use cases on real Postgres with a clock the test moves: time passes without sleeping."""
+
+import uuid
+from datetime import timedelta
+
+from services.assigner.usecases import NOTHING, Assigner, OperatorCommand
+from shared.db import create_pool
+from shared.events import utcnow
+from tests.harness import user_message
+
+
+class MovedClock:
+    """A clock that stands still until the test moves it."""
+
+    def __init__(self):
+        self.now = utcnow()
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+async def queued(assigner: Assigner, clock: MovedClock, *chat_ids: str) -> None:
+    """Users write into new chats, one second apart, as the consumer would apply it."""
+    for chat_id in chat_ids:
+        async with assigner.pool.acquire() as conn, conn.transaction():
+            await assigner.apply_events(conn, [user_message(chat_id, "hey")])
+        clock.advance(1)
+
+
+async def pull(assigner: Assigner, operator_id: str):
+    (result,), _ = await assigner.operator_batch([OperatorCommand("pull", operator_id)])
+    return result
+
+
+async def release(assigner: Assigner, operator_id: str, assignment_id: uuid.UUID) -> str:
+    (result,), _ = await assigner.operator_batch([OperatorCommand("release", operator_id, assignment_id)])
+    assert isinstance(result, str), result
+    return result
+
+
+async def test_a_lone_operator_gets_the_chat_back_once_the_clock_passes_the_cooldown(env):
+    clock = MovedClock()
+    pool = await create_pool(env.database_url, min_size=1, max_size=2)
+    try:
+        assigner = Assigner(pool, env.settings, clock=clock)
+        cooldown = env.settings.repeat_cooldown_s
+        await queued(assigner, clock, "chat-lone")
+        got, view = await pull(assigner, "op-a")
+        assert got.new and view["state"] == "assigned"
+        await release(assigner, "op-a", got.assignment_id)
+        clock.advance(cooldown - 0.001)
+        assert await pull(assigner, "op-a") == (NOTHING, None)
+        clock.advance(0.001)
+        again, view = await pull(assigner, "op-a")
+        assert again.new and again.chat_id == "chat-lone" and again.assigned_at == clock.now
+        assert view["assigned_operator_id"] == "op-a"
+    finally:
+        await pool.close()
+
+
+async def test_an_operator_whose_own_recent_chats_fill_the_claim_gets_one_further_down_the_queue(env):
+    """The spare-candidate fallback: a pull's claim (1 + CLAIM_SLACK chats) holds only chats the
+    operator released within the cooldown, so the chat behind them is found by the next query."""
+    clock = MovedClock()
+    pool = await create_pool(env.database_url, min_size=1, max_size=2)
+    try:
+        assigner = Assigner(pool, env.settings, clock=clock)
+        own = [f"chat-own-{i}" for i in range(5)]
+        await queued(assigner, clock, *own, "chat-behind")
+        for chat_id in own:  # each pull gives the oldest chat op-a did not just release
+            got, _ = await pull(assigner, "op-a")
+            assert got.chat_id == chat_id
+            await release(assigner, "op-a", got.assignment_id)
+        behind, _ = await pull(assigner, "op-a")
+        assert behind.new and behind.chat_id == "chat-behind"
+        await release(assigner, "op-a", behind.assignment_id)
+        clock.advance(env.settings.repeat_cooldown_s)
+        oldest, _ = await pull(assigner, "op-a")
+        assert oldest.chat_id == own[0]  # cooled down: the queue's head again
+    finally:
+        await pool.close()
+
+
+async def test_a_chat_is_stuck_and_ages_in_the_queue_as_the_clock_moves(env):
+    clock = MovedClock()
+    pool = await create_pool(env.database_url, min_size=1, max_size=2)
+    try:
+        assigner = Assigner(pool, env.settings, clock=clock)
+        await queued(assigner, clock, "chat-slow")
+        assert (await assigner.stuck_chats(older_than_s=300, limit=10))[0] == []
+        clock.advance(300)
+        page, resume = await assigner.stuck_chats(older_than_s=300, limit=10)
+        assert [c["chat_id"] for c in page] == ["chat-slow"] and resume is None
+        summary = await assigner.queue_summary()
+        assert summary["oldest_waiting_age_s"] == 301.0
+    finally:
+        await pool.close()
