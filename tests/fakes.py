@@ -19,8 +19,6 @@ from shared.settings import Settings
 from switchboard import services as registry
 from tests.harness import BoundedASGITransport, make_settings
 
-SERVICES = ("ingest", "assigner", "idle_monitor", "stats")
-
 
 def unit_settings(**overrides) -> Settings:
     """Settings whose database and broker are never contacted (the apps below get fakes instead)."""
@@ -77,19 +75,19 @@ class Untouched:
 
 
 class StatsStore:
-    """Stats' reads over figures a test puts in `operators` (keyed by operator id, all time)."""
+    """Stats' reads over figures a test puts in `operators` (keyed by operator id, the same for any day)."""
 
     def __init__(self, operators: dict[str, dict] | None = None):
         self.operators_by_id = operators or {}
         self.days: list[date | None] = []
 
     async def operator(self, operator_id: str, day: date | None) -> dict:
-        """The operator's figures (what the test stored) for any day."""
+        """The operator's stored figures; the day asked for is recorded in `days`."""
         self.days.append(day)
         return {"operator_id": operator_id, **self.operators_by_id[operator_id]}
 
     async def operators(self, day: date | None, limit: int, after: str | None = None) -> tuple[list[dict], str | None]:
-        """One page of the stored operators, sorted by id."""
+        """One page of the stored operators, sorted by id; the day asked for is recorded in `days`."""
         self.days.append(day)
         ids = sorted(i for i in self.operators_by_id if after is None or i > after)
         page = [{"operator_id": i, **self.operators_by_id[i]} for i in ids[:limit]]

@@ -6,11 +6,13 @@ instances, metrics of publishing) stays in tests/integration/test_ingest_api.py.
 
 import time
 import uuid
+from datetime import timedelta
 
 import jwt
 import pytest
 
 from services.ingest.domain import MAX_MESSAGE_BYTES
+from shared.events import utcnow
 from tests import fakes
 from tests.harness import TEST_SECRET, token
 
@@ -167,4 +169,36 @@ async def test_an_invalid_batch_gets_422(body, field):
         r = await api.post("/v1/messages:batch", json=body, headers=FRONTEND)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["details"][0]["field"] == field
+    assert publisher.published == []
+
+
+OUTSIDE = [
+    pytest.param("0001-01-01T00:00:00+14:00", id="year-1-at-plus-14"),
+    pytest.param("9999-12-31T23:59:59-14:00", id="year-9999-at-minus-14"),
+    pytest.param("1999-12-31T23:59:59Z", id="just-before-2000"),
+    pytest.param("future-2h", id="two-hours-ahead"),
+]
+
+
+def _when(value: str) -> str:
+    return (utcnow() + timedelta(hours=2)).isoformat() if value == "future-2h" else value
+
+
+@pytest.mark.parametrize("sent_at", OUTSIDE)
+async def test_ingest_refuses_a_sent_at_outside_the_window_with_422_naming_the_field(sent_at):
+    # What the assigner could not store (tests/integration/test_storable_fields.py) never gets a 202.
+    body = {"message_id": "m-1", "sender": "user", "text": "hi", "sent_at": _when(sent_at)}
+    serving, publisher = ingest()
+    async with serving as api:
+        single = await api.post(f"/v1/chats/{cid()}/messages", json=body, headers=FRONTEND)
+        batch = await api.post("/v1/messages:batch", json={"messages": [{**body, "chat_id": cid()}]},
+                               headers=FRONTEND)
+    assert single.status_code == 422, single.text
+    error = single.json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["details"][0]["field"] == "sent_at"
+    assert error["message"].startswith("sent_at: ") and "2000-01-01" in error["message"]
+    assert batch.status_code == 200, batch.text
+    [item] = batch.json()["results"]
+    assert item["status"] == 422 and item["error"]["details"][0]["field"] == "sent_at"
     assert publisher.published == []

@@ -6,6 +6,7 @@ Figures read from the real tables stay in tests/integration/test_stats_api.py.
 from __future__ import annotations
 
 from datetime import date
+from urllib.parse import quote
 
 from tests import fakes, harness
 
@@ -36,3 +37,15 @@ async def test_a_day_that_is_not_a_calendar_date_is_422():
         r = await client.get("/v1/stats/operators", params={"day": "2024-02-29"}, headers=admin)
         assert r.status_code == 200 and r.json()["day"] == "2024-02-29"
     assert store.days == [date(2024, 2, 29)]  # no refused day reached the store
+
+
+async def test_the_stats_path_refuses_an_id_no_operator_could_have_with_a_json_422():
+    admin = harness.token("boss", "admin")
+    app = fakes.build("stats")  # an Untouched store: a refused id never reaches it
+    async with fakes.serving(app, "stats") as stats:
+        for bad in ("x" * 256, "tab\there", "zero\u200bwidth"):
+            r = await stats.get(f"/v1/operators/{quote(bad, safe='')}/stats", headers=admin)
+            assert r.status_code == 422, (bad, r.text)
+            assert r.json()["error"]["code"] == "validation_error"
+        assert (await stats.get("/v1/operators//stats", headers=admin)).status_code == 422
+    assert app.state.store.reached == []
