@@ -63,34 +63,28 @@ def test_a_batch_without_assignment_facts_never_reaches_the_store():
 
 
 class CountingTicker(handlers.Ticker):
-    """A ticker that counts its rounds and wakes a test waiting for the n-th one to begin."""
+    """A ticker whose rounds end as `outcome` says; it counts them and wakes a test waiting for the n-th."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, outcome, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.outcome = outcome
         self.rounds = 0
         self.round_began = asyncio.Event()
 
     async def fire_due(self) -> int:
         self.rounds += 1
         self.round_began.set()
-        return await self.round()
-
-    async def round(self) -> int:
-        raise NotImplementedError
+        return self.outcome()
 
 
-class FailingTicker(CountingTicker):
-    """A ticker whose rounds fail as when Postgres or Kafka is down."""
-
-    async def round(self) -> int:
-        raise ConnectionError("postgres unreachable")
+def failing() -> int:
+    """A round that fails as when Postgres or Kafka is down."""
+    raise ConnectionError("postgres unreachable")
 
 
-class QuietTicker(CountingTicker):
-    """A ticker with nothing due."""
-
-    async def round(self) -> int:
-        return 0
+def quiet() -> int:
+    """A round with nothing due."""
+    return 0
 
 
 async def run_until_round(ticker: CountingTicker, n: int) -> None:
@@ -107,7 +101,7 @@ async def run_until_round(ticker: CountingTicker, n: int) -> None:
 
 
 def test_a_ticker_whose_rounds_keep_failing_is_counted_and_turns_unhealthy():
-    ticker = FailingTicker(FakeStore(), producer=None, settings=SETTINGS)
+    ticker = CountingTicker(failing, FakeStore(), producer=None, settings=SETTINGS)
     ticker.last_round = time.monotonic() - 3600
     before = handlers.FIRE_FAILURES._value.get()
     asyncio.run(run_until_round(ticker, 3))
@@ -116,7 +110,7 @@ def test_a_ticker_whose_rounds_keep_failing_is_counted_and_turns_unhealthy():
 
 
 def test_a_ticker_completing_rounds_is_healthy_and_refreshes_the_armed_gauge():
-    ticker = QuietTicker(FakeStore(), producer=None, settings=SETTINGS)
+    ticker = CountingTicker(quiet, FakeStore(), producer=None, settings=SETTINGS)
     ticker.last_round = time.monotonic() - 3600
     asyncio.run(run_until_round(ticker, 2))
     assert ticker.healthy
