@@ -25,39 +25,36 @@ MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
 GROUP_ID = "assigner"
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Wire the assigner: use cases over Postgres, inbound/timeouts consumer, outbox relay, HTTP API.
+def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: OperatorBatcher | None = None) -> FastAPI:
+    """Wire the assigner in one place: use cases over Postgres, inbound/timeouts consumer, outbox relay, HTTP API.
 
     SWITCHBOARD_ASSIGNER_MODE splits it: `api` serves HTTP only, `worker` runs the consumer, the
     relay, the gauges and the retention loop (its HTTP port still answers /healthz, /readyz and /metrics).
+
+    With settings alone (production) the store is built on a Postgres pool at startup. A `store`
+    passed in (a test's fake: any object with the methods the API calls) serves the HTTP API alone,
+    whatever the mode: no Postgres, no Kafka, no consumer or relay. `batcher` replaces the operators'
+    batcher (by default one over the store, run until shutdown).
     """
     runtime = Runtime(settings, "assigner", SCHEMA, MIGRATIONS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await runtime.start(uses_kafka=settings.assigner_mode != "api")
-        assigner = Assigner(runtime.pool, settings)
-        app.state.assigner = assigner
-        batcher = OperatorBatcher(assigner)
-        app.state.batcher = batcher
-        runtime.add_loop("operator-batches", batcher.run)
         app.state.settings = settings
-        if settings.assigner_mode in ("all", "worker"):
-            runtime.add_consumer(BatchConsumer(
-                settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
-                topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS], claim_sql=QUERIES.claim_event_ids,
-                apply=handlers.make_apply(assigner), after_commit=handlers.after_commit,
-            ))
-            relay = OutboxRelay(runtime.pool, runtime.producer, settings, QUERIES)
-            runtime.add_loop("outbox-relay", relay.run)
-            runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(assigner))
-            pruner = Pruner(runtime.pool, assigner.retention_jobs(), batch_size=settings.retention_batch_size,
-                            interval_s=settings.retention_interval_s)
-            app.state.pruner = pruner
-            runtime.add_loop("retention", pruner.run)
+        if store is None:
+            await runtime.start(uses_kafka=settings.assigner_mode != "api")
+        live = store if store is not None else Assigner(runtime.pool, settings)
+        app.state.assigner = live
+        app.state.batcher = batcher if batcher is not None else OperatorBatcher(live)
+        if batcher is None:
+            runtime.add_loop("operator-batches", app.state.batcher.run)
+        if store is None and settings.assigner_mode in ("all", "worker"):
+            app.state.pruner = _start_worker(settings, runtime, live)
         await runtime.start_consumers()
-        yield
-        await runtime.stop()
+        try:
+            yield
+        finally:
+            await runtime.stop()
 
     app = create_http_app("assigner", title="Switchboard assigner", lifespan=lifespan,
                           readiness=runtime.readiness, auth_secret=settings.auth_secret,
@@ -65,3 +62,24 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(api.router)
     api.mount_console(app)
     return app
+
+
+def _start_worker(settings: Settings, runtime: Runtime, store: Assigner) -> Pruner:
+    """Register the worker's parts: the consumer, the outbox relay, the queue gauges, retention (its pruner)."""
+    runtime.add_consumer(BatchConsumer(
+        settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
+        topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS], claim_sql=QUERIES.claim_event_ids,
+        apply=handlers.make_apply(store), after_commit=handlers.after_commit,
+    ))
+    relay = OutboxRelay(runtime.pool, runtime.producer, settings, QUERIES)
+    runtime.add_loop("outbox-relay", relay.run)
+    runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(store))
+    pruner = Pruner(runtime.pool, store.retention_jobs(), batch_size=settings.retention_batch_size,
+                    interval_s=settings.retention_interval_s)
+    runtime.add_loop("retention", pruner.run)
+    return pruner
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The production app, as `switchboard run assigner` serves it (in SWITCHBOARD_ASSIGNER_MODE)."""
+    return bootstrap(settings)

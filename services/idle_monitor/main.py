@@ -22,8 +22,12 @@ MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
 GROUP_ID = "idle_monitor"
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Wire the idle monitor: Postgres store, lifecycle consumer, deadline ticker, HTTP API."""
+def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
+    """Wire the idle monitor in one place: Postgres store, lifecycle consumer, deadline ticker, retention, HTTP API.
+
+    With settings alone (production) all of it runs on Postgres and Kafka. A `store` passed in (a
+    test's fake) serves the HTTP API alone: no Postgres, no Kafka, no consumer, no ticker.
+    """
     runtime = Runtime(settings, "idle_monitor", SCHEMA, MIGRATIONS)
     tickers: list[handlers.Ticker] = []
 
@@ -35,30 +39,41 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await runtime.start()
-        store = Store(runtime.pool)
-        app.state.store = store
         app.state.settings = settings
+        if store is not None:
+            app.state.store = store
+            yield
+            return
+        await runtime.start()
+        live = Store(runtime.pool)
+        app.state.store = live
         app.state.consumer = runtime.add_consumer(BatchConsumer(
             settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
-            topics=[TOPIC_LIFECYCLE], claim_sql=store.q.claim_event_ids,
-            apply=handlers.make_apply(store, settings), after_commit=handlers.after_commit,
+            topics=[TOPIC_LIFECYCLE], claim_sql=live.q.claim_event_ids,
+            apply=handlers.make_apply(live, settings), after_commit=handlers.after_commit,
             wanted_types=handlers.WANTED_TYPES, fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
         ))
-        ticker = handlers.Ticker(store, runtime.producer, settings)
+        ticker = handlers.Ticker(live, runtime.producer, settings)
         app.state.ticker = ticker
         tickers.append(ticker)
         runtime.add_loop("idle-ticker", ticker.run)
-        pruner = Pruner(runtime.pool, store.retention_jobs(settings), batch_size=settings.retention_batch_size,
+        pruner = Pruner(runtime.pool, live.retention_jobs(settings), batch_size=settings.retention_batch_size,
                         interval_s=settings.retention_interval_s)
         app.state.pruner = pruner
         runtime.add_loop("retention", pruner.run)
         await runtime.start_consumers()
-        yield
-        await runtime.stop()
+        try:
+            yield
+        finally:
+            await runtime.stop()
 
     app = create_http_app("idle_monitor", title="Switchboard idle monitor", lifespan=lifespan,
                           readiness=readiness, auth_secret=settings.auth_secret,
                           jwks=jwks_verifier(settings))
     app.include_router(api.router)
     return app
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The production app, as `switchboard run idle_monitor` serves it."""
+    return bootstrap(settings)

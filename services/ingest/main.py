@@ -22,31 +22,43 @@ SCHEMA = "ingest"
 MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Wire ingest: the idempotency store in Postgres, the chat.inbound publisher, the HTTP API."""
+def bootstrap(settings: Settings, *, store: Store | None = None, publisher: Publisher | None = None) -> FastAPI:
+    """Wire ingest in one place: the idempotency store, the chat.inbound publisher, the coalescer, the HTTP API.
+
+    With settings alone (production) the store is built on a Postgres pool at startup, with its
+    retention loop, and the publisher owns a Kafka producer. A `store` or `publisher` passed in (the
+    fakes of tests/fakes.py) is used as it is and never started or stopped here; with a store passed
+    in, no Postgres is reached and no topic is created.
+    """
     runtime = Runtime(settings, "ingest", SCHEMA, MIGRATIONS)
-    publisher = Publisher(settings)
+    owns_publisher = publisher is None
+    live_publisher = publisher if publisher is not None else Publisher(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        # The publisher owns its producer: it replaces it when aiokafka cannot recover by itself.
-        await runtime.start(with_producer=False)
-        await publisher.start()
-        app.state.store = Store(runtime.pool)
-        app.state.publisher = publisher
-        app.state.coalescer = handlers.Coalescer(app.state)
-        app.state.coalescer.start()
-        # Acknowledged keys past the dedup window go; a message id sent again after that is a new event
-        # to ingest, and the assigner still stores the message once (it knows every message id it stored).
-        pruner = Pruner(runtime.pool, [PruneJob("ingest.message_keys", QUERIES.prune_acked_keys,
-                                                timedelta(seconds=settings.dedup_window_s))],
-                        batch_size=settings.retention_batch_size, interval_s=settings.retention_interval_s)
-        app.state.pruner = pruner
-        runtime.add_loop("retention", pruner.run)
-        yield
-        await app.state.coalescer.stop()
-        await publisher.stop()
-        await runtime.stop()
+        state = app.state
+        if store is None:
+            # The publisher owns its producer: it replaces it when aiokafka cannot recover by itself.
+            await runtime.start(with_producer=False)
+            state.store = Store(runtime.pool)
+            state.pruner = _pruner(settings, runtime)
+            runtime.add_loop("retention", state.pruner.run)
+        else:
+            state.store = store
+        if owns_publisher:
+            await live_publisher.start()
+        # The API and the coalescer read `store` and `publisher` from app.state on every request or
+        # round, so a test may swap the publisher of a running app.
+        state.publisher = live_publisher
+        state.coalescer = handlers.Coalescer(state)
+        state.coalescer.start()
+        try:
+            yield
+        finally:
+            await state.coalescer.stop()
+            if owns_publisher:
+                await live_publisher.stop()
+            await runtime.stop()
 
     # Per-route limits are enforced while reading the body; this is the largest (a full batch).
     app = create_http_app("ingest", title="Switchboard ingest", lifespan=lifespan,
@@ -56,3 +68,19 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(api.router)
     return app
+
+
+def _pruner(settings: Settings, runtime: Runtime) -> Pruner:
+    """Acknowledged keys past the dedup window go.
+
+    A message id sent again after that is a new event to ingest, and the assigner still stores the
+    message once (it knows every message id it stored).
+    """
+    job = PruneJob("ingest.message_keys", QUERIES.prune_acked_keys, timedelta(seconds=settings.dedup_window_s))
+    return Pruner(runtime.pool, [job], batch_size=settings.retention_batch_size,
+                  interval_s=settings.retention_interval_s)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The production app, as `switchboard run ingest` serves it."""
+    return bootstrap(settings)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.stats import api, handlers, store
+from services.stats import api, handlers, store as stats_store
 from shared.auth import jwks_verifier
 from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
@@ -21,22 +21,30 @@ MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
 GROUP_ID = "stats"
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Wire stats: migrations, the chat.lifecycle consumer (group `stats`), the retention loop, the HTTP API."""
+def bootstrap(settings: Settings, *, store: stats_store.Store | None = None) -> FastAPI:
+    """Wire stats in one place: migrations, the chat.lifecycle consumer (group `stats`), retention, the HTTP API.
+
+    With settings alone (production) all of it runs on Postgres and Kafka. A `store` passed in (a
+    test's fake) serves the HTTP API alone: no Postgres, no Kafka, no consumer.
+    """
     runtime = Runtime(settings, "stats", SCHEMA, MIGRATIONS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if store is not None:
+            app.state.store = store
+            yield
+            return
         await runtime.start()
         # Sessions of this pool resolve the unqualified stats queries in the live schema.
-        pool = await store.create_pool(settings, SCHEMA)
-        app.state.store = store.Store(pool)
+        pool = await stats_store.create_pool(settings, SCHEMA)
+        app.state.store = stats_store.Store(pool)
         runtime.add_consumer(BatchConsumer(
             settings=settings, pool=pool, producer=runtime.producer, group_id=GROUP_ID,
-            topics=[TOPIC_LIFECYCLE], claim_sql=store.QUERIES.claim_event_ids,
+            topics=[TOPIC_LIFECYCLE], claim_sql=stats_store.QUERIES.claim_event_ids,
             apply=handlers.make_apply(), fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
         ))
-        pruner = Pruner(pool, store.retention_jobs(settings), batch_size=settings.retention_batch_size,
+        pruner = Pruner(pool, stats_store.retention_jobs(settings), batch_size=settings.retention_batch_size,
                         interval_s=settings.retention_interval_s)
         app.state.pruner = pruner
         runtime.add_loop("retention", pruner.run)
@@ -52,3 +60,8 @@ def create_app(settings: Settings) -> FastAPI:
                           jwks=jwks_verifier(settings))
     app.include_router(api.router)
     return app
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The production app, as `switchboard run stats` serves it."""
+    return bootstrap(settings)

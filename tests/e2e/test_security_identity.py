@@ -1,9 +1,9 @@
 """Identity and roles, against the four services running as real processes.
 
-Every route of every service's OpenAPI document is called with no token, malformed and forged
-tokens, an expired token, and each role it does not admit: 401 or 403 every time. An operator
-can never act on another operator's assignment or read another's figures. Services refuse the
-development secret unless in development mode. Tokens and the secret never reach the logs.
+An operator can never act on another operator's assignment or read another's figures. Services
+refuse the development secret unless in development mode. Tokens and the secret never reach the
+logs. (Every route refusing missing, malformed, forged and expired tokens and the roles it does not
+admit needs no process: tests/unit/test_auth_routes.py, whose tables this file shares.)
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import uuid
 from urllib.parse import urlparse
 
 import httpx
-import jwt
 import pytest
 
 from shared.auth import issue_token
@@ -22,77 +21,9 @@ from shared.settings import DEV_SECRET
 from tests import harness
 from tests.conftest import BASE_URL, BOOTSTRAP
 from tests.e2e.procs import Fleet, ServiceProcess, service_env
+from tests.unit.test_auth_routes import BODIES, PUBLIC_PREFIXES, ROLES, SERVICES, bad_credentials, path_of
 
 pytestmark = pytest.mark.timeout(240)
-
-SERVICES = ("ingest", "assigner", "idle_monitor", "stats")
-ROLES = ("frontend", "operator", "admin")
-# Routes open to anyone by design: probes, metrics, the API documents, the console's static files
-# and the console's bootstrap config (where ingest and stats live; it holds no data).
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc", "/asyncapi.json",
-                   "/console", "/v1/console/")
-# Who may call each route; a route missing here fails the test until its roles are written down.
-ALLOWED = {
-    ("ingest", "POST", "/v1/chats/{chat_id}/messages"): {"frontend", "operator"},
-    ("ingest", "POST", "/v1/messages:batch"): {"frontend"},
-    ("assigner", "POST", "/v1/assignments/next"): {"operator"},
-    ("assigner", "GET", "/v1/assignments/current"): {"operator"},
-    ("assigner", "POST", "/v1/assignments/{assignment_id}/release"): {"operator"},
-    ("assigner", "POST", "/v1/assignments/{assignment_id}/complete"): {"operator"},
-    ("assigner", "GET", "/v1/chats/{chat_id}"): {"operator", "admin"},
-    ("assigner", "POST", "/v1/admin/chats/{chat_id}/reassign"): {"admin"},
-    ("assigner", "POST", "/v1/admin/chats/{chat_id}/complete"): {"admin"},
-    ("assigner", "DELETE", "/v1/admin/chats/{chat_id}/content"): {"admin"},
-    ("assigner", "GET", "/v1/admin/queue"): {"admin"},
-    ("assigner", "GET", "/v1/admin/stuck-chats"): {"admin"},
-    ("idle_monitor", "GET", "/v1/admin/timers"): {"admin"},
-    ("stats", "GET", "/v1/operators/{operator_id}/stats"): {"operator", "admin"},
-    ("stats", "GET", "/v1/stats/operators"): {"admin"},
-    ("stats", "GET", "/v1/chats/{chat_id}/stats"): {"admin"},
-}
-# Bodies that would be valid, so that only the token can be the reason for a refusal.
-BODIES = {
-    "/v1/chats/{chat_id}/messages": {"message_id": "m-sec", "sender": "user", "text": "hi"},
-    "/v1/messages:batch": {"messages": [{"chat_id": "c-sec", "message_id": "m-sec", "sender": "user",
-                                         "text": "hi"}]},
-    "/v1/admin/chats/{chat_id}/reassign": {"operator_id": "op-sec"},
-}
-PATH_VALUES = {"chat_id": "c-sec", "assignment_id": str(uuid.uuid4()), "operator_id": "op-sec"}
-OTHER_SECRET = "not-the-switchboard-secret-0123456789abcdef"
-
-
-def bad_credentials() -> dict[str, dict[str, str]]:
-    """Authorization headers that must all be refused with 401."""
-    now = int(time.time())
-    secret = harness.TEST_SECRET
-    return {
-        "none": {},
-        "empty bearer": {"Authorization": "Bearer"},
-        "not a jwt": {"Authorization": "Bearer not-a-token"},
-        "basic scheme": {"Authorization": "Basic " + issue_token(secret, "admin-1", "admin")},
-        "bad signature": {"Authorization": "Bearer " + issue_token(OTHER_SECRET, "admin-1", "admin")},
-        "expired": {"Authorization": "Bearer " + issue_token(secret, "admin-1", "admin", ttl_s=-30)},
-        "alg none": {"Authorization": "Bearer " + jwt.encode(
-            {"sub": "admin-1", "role": "admin", "exp": now + 600}, None, algorithm="none")},
-        "unknown role": {"Authorization": "Bearer " + jwt.encode(
-            {"sub": "root", "role": "superuser", "exp": now + 600}, secret, algorithm="HS256")},
-        "no expiry": {"Authorization": "Bearer " + jwt.encode(
-            {"sub": "admin-1", "role": "admin"}, secret, algorithm="HS256")},
-        "empty subject": {"Authorization": "Bearer " + jwt.encode(
-            {"sub": "", "role": "admin", "exp": now + 600}, secret, algorithm="HS256")},
-        "tampered payload": {"Authorization": "Bearer " + _tampered(secret)},
-    }
-
-
-def _tampered(secret: str) -> str:
-    """An operator token whose payload was swapped for an admin one, keeping the signature."""
-    import base64
-    import json
-
-    header, _, signature = issue_token(secret, "op-1", "operator").split(".")
-    claims = {"sub": "op-1", "role": "admin", "exp": int(time.time()) + 600}
-    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    return f"{header}.{payload}.{signature}"
 
 
 @pytest.fixture(scope="module")
@@ -127,54 +58,11 @@ async def routes(client: httpx.AsyncClient, fleet: Fleet) -> list[tuple[str, str
 async def call(client: httpx.AsyncClient, fleet: Fleet, route: tuple[str, str, str], headers: dict,
                content: bytes | None = None) -> httpx.Response:
     name, method, path = route
-    url = fleet[name].url + path.format(**{k: v for k, v in PATH_VALUES.items() if "{" + k + "}" in path})
+    url = fleet[name].url + path_of(path)
     if content is None and path in BODIES:
         return await client.request(method, url, headers=headers, json=BODIES[path])
     return await client.request(method, url, headers={**headers, "Content-Type": "application/json"},
                                 content=content)
-
-
-async def test_every_route_in_every_openapi_document_has_its_roles_written_down(fleet):
-    async with httpx.AsyncClient(timeout=10) as client:
-        found = await routes(client, fleet)
-    assert set(found) == set(ALLOWED), {"undocumented roles": sorted(set(found) - set(ALLOWED)),
-                                        "vanished routes": sorted(set(ALLOWED) - set(found))}
-
-
-async def test_every_route_refuses_missing_malformed_forged_and_expired_tokens_with_401(fleet):
-    failures = []
-    async with httpx.AsyncClient(timeout=10) as client:
-        for route in await routes(client, fleet):
-            for label, headers in bad_credentials().items():
-                r = await call(client, fleet, route, headers)
-                body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-                if r.status_code != 401 or "error" not in body:
-                    failures.append((route, label, r.status_code, r.text[:200]))
-    assert not failures, failures
-
-
-async def test_every_route_refuses_the_roles_it_does_not_admit_with_403(fleet):
-    failures = []
-    async with httpx.AsyncClient(timeout=10) as client:
-        for route in await routes(client, fleet):
-            for role in set(ROLES) - ALLOWED.get(route, set(ROLES)):
-                r = await call(client, fleet, route, harness.token(f"{role}-sec", role))
-                if r.status_code != 403 or r.json().get("error", {}).get("code") is None:
-                    failures.append((route, role, r.status_code, r.text[:200]))
-    assert not failures, failures
-
-
-async def test_a_missing_token_is_401_even_when_the_body_is_not_json(fleet):
-    failures = []
-    async with httpx.AsyncClient(timeout=10) as client:
-        for route in await routes(client, fleet):
-            if route[1] != "POST":
-                continue
-            for content in (b'{"unterminated', b"\xff\xfe", b'{"message_id": 5}'):
-                r = await call(client, fleet, route, {}, content=content)
-                if r.status_code != 401:
-                    failures.append((route, content, r.status_code, r.text[:200]))
-    assert not failures, failures
 
 
 async def test_an_operator_cannot_read_release_or_complete_another_operators_chat_nor_read_their_figures(fleet):

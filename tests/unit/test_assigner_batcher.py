@@ -12,18 +12,29 @@ from shared.events import ChatAssignedPayload, utcnow
 
 
 class FakeStore:
-    """Records each batch; refuses any batch holding operator 'bad' as the database would."""
+    """Records each batch; refuses any batch holding operator 'bad' as the database would.
 
-    def __init__(self, delay: float = 0.0):
+    A gated store holds every batch at its start until the test opens the gate, so a test knows a
+    batch is running (`started`) instead of guessing it from a sleep.
+    """
+
+    def __init__(self, gated: bool = False):
         self.batches: list[list[str]] = []
-        self.delay = delay
+        self.started = asyncio.Event()
+        self.gate = asyncio.Event()
+        if not gated:
+            self.gate.set()
 
     async def operator_batch(self, commands):
         self.batches.append([c.operator_id for c in commands])
-        await asyncio.sleep(self.delay)
+        self.started.set()
+        await self.gate.wait()
+        self.refuse(commands)
+        return [f"chat-of-{c.operator_id}" for c in commands], None
+
+    def refuse(self, commands) -> None:
         if any(c.operator_id == "bad" for c in commands):
             raise asyncpg.DataError("invalid byte sequence")
-        return [f"chat-of-{c.operator_id}" for c in commands], None
 
     def count_outcomes(self, changes):
         pass
@@ -39,13 +50,21 @@ async def run_with(store, body):
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def queue_behind_a_running_batch(store, batcher, first: str, rest: list[str]):
+    """Start `first`'s batch, hold it, queue `rest` meanwhile, then let it go; returns every task."""
+    head = asyncio.create_task(batcher.pull(first))
+    await store.started.wait()  # `first`'s batch is running (held at the gate)
+    tail = [asyncio.create_task(batcher.pull(op)) for op in rest]
+    await asyncio.sleep(0)  # one turn of the loop: each new task has queued its command
+    store.gate.set()
+    return head, tail
+
+
 async def test_requests_queued_while_a_batch_runs_go_together_into_the_next():
-    store = FakeStore(delay=0.05)
+    store = FakeStore(gated=True)
 
     async def body(batcher):
-        first = asyncio.create_task(batcher.pull("op-1"))
-        await asyncio.sleep(0.01)  # op-1's batch is running now
-        rest = [asyncio.create_task(batcher.pull(f"op-{i}")) for i in range(2, 6)]
+        first, rest = await queue_behind_a_running_batch(store, batcher, "op-1", [f"op-{i}" for i in range(2, 6)])
         return await asyncio.gather(first, *rest)
 
     answers = await run_with(store, body)
@@ -54,39 +73,33 @@ async def test_requests_queued_while_a_batch_runs_go_together_into_the_next():
 
 
 async def test_data_the_database_refuses_fails_only_its_own_request():
-    store = FakeStore(delay=0.02)
+    store = FakeStore(gated=True)
 
     async def body(batcher):
-        blocker = asyncio.create_task(batcher.pull("op-0"))
-        await asyncio.sleep(0.005)
-        calls = [asyncio.create_task(batcher.pull(op)) for op in ("op-1", "bad", "op-2")]
+        blocker, calls = await queue_behind_a_running_batch(store, batcher, "op-0", ["op-1", "bad", "op-2"])
         await blocker
         return await asyncio.gather(*calls, return_exceptions=True)
 
     good1, bad, good2 = await run_with(store, body)
     assert (good1, good2) == ("chat-of-op-1", "chat-of-op-2")
     assert isinstance(bad, ApiError) and bad.status == 422 and bad.code == "invalid_command"
+    assert store.batches[1] == ["op-1", "bad", "op-2"]  # queued together, refused together, then split
 
 
 class ModelRefusingStore(FakeStore):
     """Refuses any batch holding operator 'bad' as an event model would (a pydantic ValidationError)."""
 
-    async def operator_batch(self, commands):
-        self.batches.append([c.operator_id for c in commands])
-        await asyncio.sleep(self.delay)
+    def refuse(self, commands) -> None:
         for c in commands:
             if c.operator_id == "bad":
                 ChatAssignedPayload(assignment_id=uuid.uuid4(), operator_id="", assigned_at=utcnow(), via="pull")
-        return [f"chat-of-{c.operator_id}" for c in commands], None
 
 
 async def test_a_command_an_event_model_refuses_fails_only_its_own_request_with_a_4xx():
-    store = ModelRefusingStore(delay=0.02)
+    store = ModelRefusingStore(gated=True)
 
     async def body(batcher):
-        blocker = asyncio.create_task(batcher.pull("op-0"))
-        await asyncio.sleep(0.005)
-        calls = [asyncio.create_task(batcher.pull(op)) for op in ("op-1", "bad", "op-2", "op-3")]
+        blocker, calls = await queue_behind_a_running_batch(store, batcher, "op-0", ["op-1", "bad", "op-2", "op-3"])
         await blocker
         return await asyncio.gather(*calls, return_exceptions=True)
 
@@ -117,17 +130,18 @@ async def test_a_conflict_of_one_command_with_the_data_fails_only_that_request_w
 
 
 async def test_requests_still_queued_at_shutdown_get_a_retryable_503():
-    store = FakeStore(delay=0.2)
+    store = FakeStore(gated=True)  # the gate never opens: op-1's batch is still running at shutdown
     batcher = OperatorBatcher(store, workers=1)
     task = asyncio.create_task(batcher.run())
     running = asyncio.create_task(batcher.pull("op-1"))
-    await asyncio.sleep(0.01)
+    await store.started.wait()
     queued = asyncio.create_task(batcher.pull("op-2"))
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one turn of the loop: op-2's command is queued
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     with pytest.raises(ApiError) as refused:
         await queued
     assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
+    assert store.batches == [["op-1"]]
     running.cancel()
     await asyncio.gather(running, return_exceptions=True)

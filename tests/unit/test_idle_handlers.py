@@ -62,42 +62,56 @@ def test_a_batch_without_assignment_facts_never_reaches_the_store():
     assert store.changes == []
 
 
-class FailingTicker(handlers.Ticker):
-    """A ticker whose rounds fail as when Postgres or Kafka is down."""
+class CountingTicker(handlers.Ticker):
+    """A ticker whose rounds end as `outcome` says; it counts them and wakes a test waiting for the n-th."""
+
+    def __init__(self, outcome, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.outcome = outcome
+        self.rounds = 0
+        self.round_began = asyncio.Event()
 
     async def fire_due(self) -> int:
-        raise ConnectionError("postgres unreachable")
+        self.rounds += 1
+        self.round_began.set()
+        return self.outcome()
 
 
-class QuietTicker(handlers.Ticker):
-    """A ticker with nothing due."""
-
-    async def fire_due(self) -> int:
-        return 0
+def failing() -> int:
+    """A round that fails as when Postgres or Kafka is down."""
+    raise ConnectionError("postgres unreachable")
 
 
-async def run_briefly(ticker: handlers.Ticker, seconds: float) -> None:
+def quiet() -> int:
+    """A round with nothing due."""
+    return 0
+
+
+async def run_until_round(ticker: CountingTicker, n: int) -> None:
+    """Run the ticker until its n-th round begins (so every earlier round has ended), then stop it."""
     task = asyncio.create_task(ticker.run())
-    await asyncio.sleep(seconds)
-    task.cancel()
     try:
-        await task
-    except asyncio.CancelledError:
-        pass
+        async with asyncio.timeout(30):  # a bound for a broken ticker, not a window the test relies on
+            while ticker.rounds < n:
+                ticker.round_began.clear()
+                await ticker.round_began.wait()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def test_a_ticker_whose_rounds_keep_failing_is_counted_and_turns_unhealthy():
-    ticker = FailingTicker(FakeStore(), producer=None, settings=SETTINGS)
+    ticker = CountingTicker(failing, FakeStore(), producer=None, settings=SETTINGS)
     ticker.last_round = time.monotonic() - 3600
     before = handlers.FIRE_FAILURES._value.get()
-    asyncio.run(run_briefly(ticker, 0.1))
-    assert handlers.FIRE_FAILURES._value.get() > before
+    asyncio.run(run_until_round(ticker, 3))
+    assert handlers.FIRE_FAILURES._value.get() - before >= 2
     assert not ticker.healthy
 
 
 def test_a_ticker_completing_rounds_is_healthy_and_refreshes_the_armed_gauge():
-    ticker = QuietTicker(FakeStore(), producer=None, settings=SETTINGS)
+    ticker = CountingTicker(quiet, FakeStore(), producer=None, settings=SETTINGS)
     ticker.last_round = time.monotonic() - 3600
-    asyncio.run(run_briefly(ticker, 0.1))
+    asyncio.run(run_until_round(ticker, 2))
     assert ticker.healthy
     assert handlers.TIMERS_PENDING._value.get() == 7.0
