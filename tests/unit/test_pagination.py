@@ -43,4 +43,4 @@ async def test_stuck_chats_refuse_a_bad_cursor_or_limit_with_a_json_422():
             assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error", (limit, r.text)
         # The token is checked before the query string.
         assert (await api.get("/v1/admin/stuck-chats", params={"cursor": "nope"})).status_code == 401
-    assert app.state.store.reached == []
+    assert app.state.assigner.reached == []
