@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from datetime import timedelta
 from typing import Sequence
 
 import asyncpg
@@ -28,9 +26,3 @@ def make_apply(settings: Settings) -> ApplyBatch:
 
     return on_lifecycle
 
-
-async def prune_forever(settings: Settings, st: store.Store, interval_s: float = 60.0) -> None:
-    """Drop stream events and applied ids older than the retention window, once a minute."""
-    while True:
-        await st.prune(utcnow() - timedelta(seconds=settings.delivery_retention_s))
-        await asyncio.sleep(interval_s)

@@ -12,6 +12,7 @@ from shared.events import TOPIC_LIFECYCLE
 from shared.auth import jwks_verifier
 from shared.http import create_app as create_http_app
 from shared.kafka import BatchConsumer
+from shared.retention import Pruner
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -46,7 +47,10 @@ def create_app(settings: Settings) -> FastAPI:
             apply=handlers.make_apply(settings),  # every type: webhooks may want any fact
         ))
         runtime.add_loop("delivery-listen", hub.listen)
-        runtime.add_loop("delivery-prune", lambda: handlers.prune_forever(settings, st))
+        pruner = Pruner(runtime.pool, st.retention_jobs(settings), batch_size=settings.retention_batch_size,
+                        interval_s=settings.retention_interval_s)
+        app.state.pruner = pruner
+        runtime.add_loop("retention", pruner.run)
         runtime.add_loop("delivery-webhooks", webhooks.Sender(settings, runtime.pool).run)
         await runtime.start_consumers()
         yield

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
 
 from services.delivery.domain import Holder, StreamEvent, counts_per_stream, number
 from shared.db import Queries
+from shared.retention import PruneJob
+from shared.settings import Settings
 
 QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
 PAGE = 500
@@ -67,17 +69,9 @@ class Store:
         async with self.pool.acquire() as conn:
             return await conn.fetchval(QUERIES.last_seq, stream) or 0
 
-    async def prune(self, before: datetime, batch: int = 5000) -> int:
-        """Delete stream events, applied ids and delivered webhook deliveries older than `before`, a batch per transaction; returns events deleted."""
-        total = 0
-        async with self.pool.acquire() as conn:
-            while True:
-                n = await conn.fetchval(QUERIES.prune_stream_events, before, batch)
-                total += n
-                if n < batch:
-                    break
-            while await conn.fetchval(QUERIES.prune_processed_events, before, batch) >= batch:
-                pass
-            while await conn.fetchval(QUERIES.prune_webhook_deliveries, before, batch) >= batch:
-                pass
-        return total
+    def retention_jobs(self, settings: Settings) -> list[PruneJob]:
+        """What shared.retention prunes here: stream events, applied ids and delivered webhooks past the window."""
+        keep = timedelta(seconds=settings.delivery_retention_s)
+        return [PruneJob("delivery.stream_events", QUERIES.prune_stream_events, keep),
+                PruneJob("delivery.processed_events", QUERIES.prune_processed_events, keep),
+                PruneJob("delivery.webhook_deliveries", QUERIES.prune_webhook_deliveries, keep)]

@@ -225,8 +225,8 @@ async def test_old_stream_events_are_pruned_and_sequences_never_reused(env):
             await eventually(lambda: conn.fetchval("SELECT count(*) FROM delivery.stream_events WHERE stream = 'chat:' || $1", chat))
             await conn.execute("UPDATE delivery.stream_events SET recorded_at = now() - interval '25 hours'")
             await conn.execute("UPDATE delivery.processed_events SET applied_at = now() - interval '25 hours'")
-            store = delivery.app.state.store
-            assert await store.prune(utcnow() - timedelta(seconds=env.settings.delivery_retention_s)) == 1
+            removed = await delivery.app.state.pruner.prune_once()
+            assert removed["delivery.stream_events"] == 1 and removed["delivery.processed_events"] >= 1
             assert await conn.fetchval("SELECT count(*) FROM delivery.processed_events") == 0
             await kafka.send(TOPIC_LIFECYCLE, recorded(chat, "new"))
             row = await eventually(lambda: conn.fetchrow(

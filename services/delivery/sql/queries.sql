@@ -53,7 +53,7 @@ ON CONFLICT (chat_id) DO UPDATE SET operator_id = excluded.operator_id, assignme
 DELETE FROM delivery.held_chats WHERE chat_id = ANY($1::text[]);
 
 -- name: prune_stream_events
--- Delete up to $2 stream events recorded before $1; returns how many went.
+-- Delete up to $2 stream events recorded before $1; returns (removed, claimed) for shared.retention.
 WITH old AS MATERIALIZED (
     SELECT stream, seq FROM delivery.stream_events WHERE recorded_at < $1 LIMIT $2
 ), gone AS (
@@ -61,27 +61,27 @@ WITH old AS MATERIALIZED (
     WHERE e.stream = old.stream AND e.seq = old.seq
     RETURNING 1
 )
-SELECT count(*) FROM gone;
+SELECT count(*) AS removed, count(*) AS claimed FROM gone;
 
 -- name: prune_processed_events
--- Forget up to $2 applied event ids recorded before $1 (older events are ignored on redelivery); returns how many went.
+-- Forget up to $2 applied event ids recorded before $1 (older events are ignored on redelivery); returns (removed, claimed).
 WITH old AS MATERIALIZED (
     SELECT event_id FROM delivery.processed_events WHERE applied_at < $1 LIMIT $2
 ), gone AS (
     DELETE FROM delivery.processed_events p USING old WHERE p.event_id = old.event_id
     RETURNING 1
 )
-SELECT count(*) FROM gone;
+SELECT count(*) AS removed, count(*) AS claimed FROM gone;
 
 -- name: prune_webhook_deliveries
--- Delete up to $2 delivered webhook deliveries older than $1; returns how many went.
+-- Delete up to $2 delivered webhook deliveries older than $1; returns (removed, claimed).
 WITH old AS MATERIALIZED (
     SELECT id FROM delivery.webhook_deliveries WHERE status = 'delivered' AND delivered_at < $1 LIMIT $2
 ), gone AS (
     DELETE FROM delivery.webhook_deliveries d USING old WHERE d.id = old.id
     RETURNING 1
 )
-SELECT count(*) FROM gone;
+SELECT count(*) AS removed, count(*) AS claimed FROM gone;
 
 -- name: enqueue_webhook_deliveries
 -- Queue a batch's facts for every endpoint that wants their type, in batch order (the id is the sending order).
