@@ -11,7 +11,9 @@ from typing import Awaitable, Callable
 import asyncpg
 
 from shared import db, migrations
-from shared.kafka import BatchConsumer, ResilientProducer, ensure_topics, kafka_ready
+from shared.kafka.admin import ensure_topics, kafka_ready
+from shared.kafka.consumer import BatchConsumer
+from shared.kafka.producer import ResilientProducer
 from shared.retry import Backoff, retrying
 from shared.settings import Settings
 

@@ -18,6 +18,7 @@ from shared.kafka import BatchConsumer
 from shared.retention import Pruner
 from shared.runtime import Runtime
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 SCHEMA = "assigner"
 MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
@@ -44,7 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.assigner_mode in ("all", "worker"):
             runtime.add_consumer(BatchConsumer(
                 settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
-                topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS], claim_sql=store.q.claim_event_ids,
+                topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS], tracker=EventIds(SCHEMA),
                 apply=handlers.make_apply(store), after_commit=handlers.after_commit,
             ))
             relay = OutboxRelay(runtime.pool, runtime.producer, settings, store.q)

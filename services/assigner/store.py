@@ -17,6 +17,7 @@ from shared import events
 from shared.db import Queries
 from shared.retention import PruneJob
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
 MESSAGES_SHOWN = 500
@@ -476,8 +477,7 @@ class Store:
     def retention_jobs(self) -> list[PruneJob]:
         """What the assigner's retention loop prunes: applied ids past the dedup window, old texts."""
         s = self.settings
-        jobs = [PruneJob("assigner.processed_events", self.q.prune_processed_events,
-                         timedelta(seconds=s.dedup_window_s))]
+        jobs = [EventIds("assigner").prune_job(timedelta(seconds=s.dedup_window_s))]
         if s.message_retention_days > 0:
             jobs.append(PruneJob("assigner.messages.text", self.q.purge_completed_texts,
                                  timedelta(days=s.message_retention_days), batch_divisor=TEXT_PURGE_DIVISOR))

@@ -16,6 +16,7 @@ from shared.kafka import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
 from shared.retention import Pruner
 from shared.runtime import Runtime
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 SCHEMA = "idle_monitor"
 MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
@@ -41,7 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.settings = settings
         app.state.consumer = runtime.add_consumer(BatchConsumer(
             settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
-            topics=[TOPIC_LIFECYCLE], claim_sql=store.q.claim_event_ids,
+            topics=[TOPIC_LIFECYCLE], tracker=EventIds(SCHEMA),
             apply=handlers.make_apply(store, settings), after_commit=handlers.after_commit,
             wanted_types=handlers.WANTED_TYPES, fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
         ))

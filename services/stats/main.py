@@ -15,6 +15,7 @@ from shared.kafka import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
 from shared.retention import Pruner
 from shared.runtime import Runtime
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 SCHEMA = "stats"
 MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
@@ -33,7 +34,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.store = store.Store(pool)
         runtime.add_consumer(BatchConsumer(
             settings=settings, pool=pool, producer=runtime.producer, group_id=GROUP_ID,
-            topics=[TOPIC_LIFECYCLE], claim_sql=store.QUERIES.claim_event_ids,
+            topics=[TOPIC_LIFECYCLE], tracker=EventIds(SCHEMA),
             apply=handlers.make_apply(), fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
         ))
         pruner = Pruner(pool, store.retention_jobs(settings), batch_size=settings.retention_batch_size,
