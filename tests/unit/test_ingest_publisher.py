@@ -29,7 +29,7 @@ class FakeProducer:
     async def stop(self):
         self.stopped = True
 
-    async def send(self, topic, value=None, key=None):
+    async def send(self, topic, value=None, key=None, headers=None):
         self.sent.append((topic, key, value))
         fut = asyncio.get_running_loop().create_future()
         if self.mode == "ack":
