@@ -10,7 +10,6 @@ once: nothing waits for a batch to fill.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 

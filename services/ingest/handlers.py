@@ -6,20 +6,14 @@ call: claim the keys in Postgres, publish what Kafka has not acknowledged, recor
 
 from __future__ import annotations
 
-import asyncio
 import time
-
-import asyncpg
 
 from services.ingest import domain, metrics
 from services.ingest.domain import Accepted, Draft
 from services.ingest.publisher import Publisher
 from services.ingest.store import Store
 from shared.batcher import Batcher
-
-# Postgres did not answer (as opposed to a bug in a query, which must surface as a 500).
-DATABASE_DOWN = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-                 asyncpg.TooManyConnectionsError, asyncpg.QueryCanceledError, OSError, asyncio.TimeoutError)
+from shared.db import DATABASE_DOWN
 
 
 class DatabaseUnavailable(Exception):
