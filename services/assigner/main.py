@@ -15,7 +15,6 @@ from shared.auth import jwks_verifier
 from shared.events import TOPIC_INBOUND, TOPIC_TIMEOUTS
 from shared.http import create_app as create_http_app
 from shared.kafka import BatchConsumer
-from shared.retention import Pruner
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.tracking import EventIds
@@ -51,10 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
             relay = OutboxRelay(runtime.pool, runtime.producer, settings, store.q)
             runtime.add_loop("outbox-relay", relay.run)
             runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(store))
-            pruner = Pruner(runtime.pool, store.retention_jobs(), batch_size=settings.retention_batch_size,
-                            interval_s=settings.retention_interval_s)
-            app.state.pruner = pruner
-            runtime.add_loop("retention", pruner.run)
+            app.state.pruner = runtime.add_pruner(store.retention_jobs())
         await runtime.start_consumers()
         yield
         await runtime.stop()

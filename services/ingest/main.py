@@ -14,7 +14,7 @@ from services.ingest.publisher import Publisher
 from services.ingest.store import QUERIES, Store
 from shared.auth import jwks_verifier
 from shared.http import create_app as create_http_app
-from shared.retention import Pruner, PruneJob
+from shared.retention import PruneJob
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -38,11 +38,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.coalescer.start()
         # Acknowledged keys past the dedup window go; a message id sent again after that is a new event
         # to ingest, and the assigner still stores the message once (it knows every message id it stored).
-        pruner = Pruner(runtime.pool, [PruneJob("ingest.message_keys", QUERIES.prune_acked_keys,
-                                                timedelta(seconds=settings.dedup_window_s))],
-                        batch_size=settings.retention_batch_size, interval_s=settings.retention_interval_s)
-        app.state.pruner = pruner
-        runtime.add_loop("retention", pruner.run)
+        app.state.pruner = runtime.add_pruner([PruneJob("ingest.message_keys", QUERIES.prune_acked_keys,
+                                                        timedelta(seconds=settings.dedup_window_s))])
         yield
         await app.state.coalescer.stop()
         await publisher.stop()

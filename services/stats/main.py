@@ -12,7 +12,6 @@ from shared.auth import jwks_verifier
 from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
 from shared.kafka import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
-from shared.retention import Pruner
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.tracking import EventIds
@@ -37,10 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
             topics=[TOPIC_LIFECYCLE], tracker=EventIds(SCHEMA),
             apply=handlers.make_apply(), fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
         ))
-        pruner = Pruner(pool, store.retention_jobs(settings), batch_size=settings.retention_batch_size,
-                        interval_s=settings.retention_interval_s)
-        app.state.pruner = pruner
-        runtime.add_loop("retention", pruner.run)
+        app.state.pruner = runtime.add_pruner(store.retention_jobs(settings), pool)
         await runtime.start_consumers()
         try:
             yield

@@ -57,6 +57,8 @@ LIMIT $1;
 
 -- name: prune_ended_assignments
 -- Forget up to $2 ended-assignment tombstones recorded before $1 (past the dedup window); returns (removed, claimed).
+-- (The batch shape of shared/sql/tracking.sql's prune, on purpose: every retention job is one such
+-- statement over its own table and key, and shared.retention runs them alike.)
 WITH doomed AS MATERIALIZED (
     SELECT assignment_id FROM idle_monitor.ended_assignments
     WHERE recorded_at < $1
