@@ -22,7 +22,7 @@ from services.stats import domain, handlers, store
 from services.stats.main import GROUP_ID, SCHEMA
 from shared import db
 from shared.events import TOPIC_LIFECYCLE
-from shared.kafka import Incoming, Poison, decode_record
+from shared.kafka.decoding import Incoming, Poison, decode_record
 from shared.settings import Settings
 from shared.tracking import EventIds
 

@@ -11,7 +11,7 @@ from services.stats import api, handlers, store
 from shared.auth import jwks_verifier
 from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
-from shared.kafka import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
+from shared.kafka.consumer import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.tracking import EventIds
