@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from urllib.parse import urlparse
 
 import asyncpg
 import asyncpg.pool
+
+# Postgres (or the way to it) is down, restarting or overloaded: answered 503 with Retry-After by
+# every API (shared.http), the request may be retried and nothing half-done is visible (every write
+# is one transaction). A bug in a query is none of these and surfaces as a 500. OSError covers
+# refused connections and timeouts (asyncio.TimeoutError, e.g. BoundedPool's acquire, is one).
+DATABASE_DOWN = (
+    asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+    asyncpg.InternalClientError, asyncpg.QueryCanceledError, OSError, asyncio.TimeoutError,
+)
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 SESSION_SETTINGS = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Awaitable, Callable
 
-import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -14,17 +13,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import metrics
-from shared.errors import ApiError
+from shared.db import DATABASE_DOWN
+from shared.errors import REQUEST_PARTS, ApiError, field_errors, validation_error
 
 Readiness = Callable[[], Awaitable[dict[str, bool]]]
-
-# Postgres (or the way to it) is down or restarting: the request may be retried, nothing half-done
-# is visible (every write is one transaction). OSError covers refused connections and timeouts.
-DATABASE_DOWN = (
-    asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
-    asyncpg.InternalClientError, OSError,
-)
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -46,11 +38,6 @@ ERROR_RESPONSES = {
         503: "A dependency (Postgres or Kafka) is unavailable; retry after Retry-After seconds.",
     }.items()
 }
-
-
-def _field_of(err: dict) -> str:
-    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    return ".".join(loc) or "body"
 
 
 class _Observe:
@@ -137,13 +124,8 @@ def create_app(service: str, *, title: str, lifespan, readiness: Readiness, auth
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        message = f"{_field_of(first)}: {first.get('msg', 'invalid request')}"
-        details = [{"field": _field_of(e), "message": e.get("msg"), "type": e.get("type")} for e in errors]
-        return JSONResponse(
-            {"error": {"code": "validation_error", "message": message, "details": details}}, status_code=422
-        )
+        error = validation_error(field_errors(exc.errors(), skip=REQUEST_PARTS))
+        return JSONResponse(error.body(), status_code=error.status)
 
     app.add_middleware(_Observe, service=service, max_body_bytes=max_body_bytes)
 

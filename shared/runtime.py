@@ -11,7 +11,10 @@ from typing import Awaitable, Callable
 import asyncpg
 
 from shared import db, migrations
-from shared.kafka import BatchConsumer, ResilientProducer, ensure_topics, kafka_ready
+from shared.kafka.admin import ensure_topics, kafka_ready
+from shared.kafka.consumer import BatchConsumer
+from shared.kafka.producer import ResilientProducer
+from shared.retention import Pruner, PruneJob
 from shared.retry import Backoff, retrying
 from shared.settings import Settings
 
@@ -90,6 +93,13 @@ class Runtime:
                     await backoff.wait()
 
         self._loops.append(asyncio.create_task(supervised(), name=name))
+
+    def add_pruner(self, jobs: list[PruneJob], pool: asyncpg.Pool | None = None) -> Pruner:
+        """Run the service's retention jobs every SWITCHBOARD_RETENTION_INTERVAL_S as loop `retention`."""
+        s = self.settings
+        pruner = Pruner(pool or self.pool, jobs, batch_size=s.retention_batch_size, interval_s=s.retention_interval_s)
+        self.add_loop("retention", pruner.run)
+        return pruner
 
     async def start_consumers(self) -> None:
         """Join every registered consumer group."""

@@ -44,7 +44,7 @@ def _dev_env() -> None:
 def infra_up_impl(echo=console.print) -> None:
     """Start Kafka and Postgres when none answers, create the database and the topics."""
     from deploy.local import kafka, postgres
-    from shared.kafka import ensure_topics, kafka_ready
+    from shared.kafka.admin import ensure_topics, kafka_ready
     from shared.settings import Settings
 
     url = os.environ.get("SWITCHBOARD_DATABASE_URL", Settings.model_fields["database_url"].default)

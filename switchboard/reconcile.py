@@ -22,11 +22,12 @@ from services.stats import domain, handlers, store
 from services.stats.main import GROUP_ID, SCHEMA
 from shared import db
 from shared.events import TOPIC_LIFECYCLE
-from shared.kafka import Incoming, Poison, decode_record
+from shared.kafka.decoding import Incoming, Poison, decode_record
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 QUERIES = db.Queries(Path(__file__).parent / "sql" / "reconcile.sql")
-SHADOW_SCHEMA = "stats_rebuild"
+SHADOW_SCHEMA = "stats_rebuild"  # one of shared.tracking.SCHEMAS
 TABLES = (
     ("operator_day", domain.OPERATOR_COUNTERS),
     ("operator_total", domain.OPERATOR_COUNTERS),
@@ -141,7 +142,11 @@ def _compare_all(report: Report, expected: dict, actual: dict) -> None:
 
 async def rebuild(settings: Settings, *, shadow: str = SHADOW_SCHEMA, keep: bool = False,
                   timeout_s: float = 600.0, quiesce_timeout_s: float = 30.0) -> Report:
-    """Replay chat.lifecycle from the earliest offset into `shadow`; compare with the live figures."""
+    """Replay chat.lifecycle from the earliest offset into `shadow`; compare with the live figures.
+
+    `shadow` must be one of shared.tracking.SCHEMAS (its processed_events is claimed there).
+    """
+    tracker = EventIds(shadow)  # before anything is created: an unknown shadow schema is refused
     report = Report()
     lock = await _connect(settings, SCHEMA)
     try:
@@ -150,7 +155,7 @@ async def rebuild(settings: Settings, *, shadow: str = SHADOW_SCHEMA, keep: bool
         await lock.execute(store.QUERIES.create_shadow_schema, shadow)
         pool = await store.create_pool(settings, shadow, app="switchboard-rebuild", max_size=2)
         try:
-            await _replay(settings, pool, report, timeout_s)
+            await _replay(settings, pool, tracker, report, timeout_s)
         finally:
             await pool.close()
         report.not_quiescent = await wait_quiescent(settings, quiesce_timeout_s)
@@ -167,7 +172,8 @@ async def rebuild(settings: Settings, *, shadow: str = SHADOW_SCHEMA, keep: bool
     return report
 
 
-async def _replay(settings: Settings, pool: asyncpg.Pool, report: Report, timeout_s: float) -> None:
+async def _replay(settings: Settings, pool: asyncpg.Pool, tracker: EventIds, report: Report,
+                  timeout_s: float) -> None:
     apply = handlers.make_apply(observe=False)
     partitions = await lifecycle_partitions(settings)
     if not partitions:
@@ -190,13 +196,14 @@ async def _replay(settings: Settings, pool: asyncpg.Pool, report: Report, timeou
             for tp, records in batches.items():
                 records = [r for r in records if r.offset < ends[tp]]
                 if records:
-                    await _apply_records(pool, apply, tp, records, report)
+                    await _apply_records(pool, tracker, apply, tp, records, report)
             pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
     finally:
         await consumer.stop()
 
 
-async def _apply_records(pool, apply, tp: TopicPartition, records, report: Report) -> None:
+async def _apply_records(pool, tracker: EventIds, apply, tp: TopicPartition, records, report: Report) -> None:
+    """Apply one partition's records as the live consumer does: new event ids claimed in the effect's transaction."""
     good = []
     for rec in records:
         try:
@@ -208,12 +215,7 @@ async def _apply_records(pool, apply, tp: TopicPartition, records, report: Repor
         return
     async with pool.acquire() as conn:
         async with conn.transaction():
-            fresh = set(await conn.fetchval(store.QUERIES.claim_event_ids, [g.event.event_id for g in good]))
-            applied, seen = [], set()
-            for g in good:
-                if g.event.event_id in fresh and g.event.event_id not in seen:
-                    seen.add(g.event.event_id)
-                    applied.append(g)
+            applied, _ = await tracker.claim_new(conn, good)
             if applied:
                 await apply(conn, applied)
     report.replayed += len(applied)

@@ -17,7 +17,7 @@ from services.assigner import domain, metrics
 from services.assigner.batcher import OperatorBatcher
 from services.assigner.usecases import Assigner, Pulled
 from shared.auth import Principal, require
-from shared.errors import ApiError
+from shared.errors import ApiError, field_errors, validation_error
 from shared.events import ID_PATTERN, OperatorId
 from shared.http import ERROR_SCHEMA
 from shared.pagination import (DEFAULT_LIMIT, CursorParam, LimitParam, decode_cursor, encode_cursor,
@@ -103,10 +103,7 @@ async def _body(request: Request, model: type[BaseModel]):
     try:
         return model.model_validate_json(raw or b"null")
     except ValidationError as exc:
-        details = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"], "type": e["type"]}
-                   for e in exc.errors()]
-        first = details[0]
-        raise ApiError(422, "validation_error", f"{first['field']}: {first['message']}", details=details) from None
+        raise validation_error(field_errors(exc)) from None
 
 
 async def _assigner(request: Request) -> Assigner:

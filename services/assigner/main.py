@@ -19,6 +19,7 @@ from shared.kafka import BatchConsumer
 from shared.retention import Pruner
 from shared.runtime import Runtime
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 SCHEMA = "assigner"
 MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
@@ -68,16 +69,13 @@ def _start_worker(settings: Settings, runtime: Runtime, store: Assigner) -> Prun
     """Register the worker's parts: the consumer, the outbox relay, the queue gauges, retention (its pruner)."""
     runtime.add_consumer(BatchConsumer(
         settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
-        topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS], claim_sql=QUERIES.claim_event_ids,
+        topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS], tracker=EventIds(SCHEMA),
         apply=handlers.make_apply(store), after_commit=handlers.after_commit,
     ))
     relay = OutboxRelay(runtime.pool, runtime.producer, settings, QUERIES)
     runtime.add_loop("outbox-relay", relay.run)
     runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(store))
-    pruner = Pruner(runtime.pool, store.retention_jobs(), batch_size=settings.retention_batch_size,
-                    interval_s=settings.retention_interval_s)
-    runtime.add_loop("retention", pruner.run)
-    return pruner
+    return runtime.add_pruner(store.retention_jobs())
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -20,6 +20,7 @@ from services.assigner.repository import Changes, Repository
 from shared import events
 from shared.retention import PruneJob
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 CLAIM_SLACK = 4  # extra candidates a batch of pulls locks, for pullers who may not take the oldest
 TEXT_PURGE_DIVISOR = 50  # a purge batch takes retention_batch_size / 50 chats (each with all its messages)
@@ -319,7 +320,7 @@ class Assigner:
     def retention_jobs(self) -> list[PruneJob]:
         """What the assigner's retention loop prunes: applied ids past the dedup window, old texts."""
         s, q = self.settings, self.repo.q
-        jobs = [PruneJob("assigner.processed_events", q.prune_processed_events, timedelta(seconds=s.dedup_window_s))]
+        jobs = [EventIds("assigner").prune_job(timedelta(seconds=s.dedup_window_s))]
         if s.message_retention_days > 0:
             jobs.append(PruneJob("assigner.messages.text", q.purge_completed_texts,
                                  timedelta(days=s.message_retention_days), batch_divisor=TEXT_PURGE_DIVISOR))

@@ -12,9 +12,9 @@ from shared.events import TOPIC_LIFECYCLE
 from shared.auth import jwks_verifier
 from shared.http import create_app as create_http_app
 from shared.kafka import BatchConsumer
-from shared.retention import Pruner
 from shared.runtime import Runtime
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 SCHEMA = "delivery"
 MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
@@ -43,14 +43,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.hub = hub
         runtime.add_consumer(BatchConsumer(
             settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
-            topics=[TOPIC_LIFECYCLE], claim_sql=store.QUERIES.claim_event_ids,
+            topics=[TOPIC_LIFECYCLE], tracker=EventIds(SCHEMA),
             apply=handlers.make_apply(settings),  # every type: webhooks may want any fact
         ))
         runtime.add_loop("delivery-listen", hub.listen)
-        pruner = Pruner(runtime.pool, st.retention_jobs(settings), batch_size=settings.retention_batch_size,
-                        interval_s=settings.retention_interval_s)
-        app.state.pruner = pruner
-        runtime.add_loop("retention", pruner.run)
+        app.state.pruner = runtime.add_pruner(st.retention_jobs(settings))
         runtime.add_loop("delivery-webhooks", webhooks.Sender(settings, runtime.pool).run)
         await runtime.start_consumers()
         yield

@@ -12,6 +12,7 @@ from services.delivery.domain import Holder, StreamEvent, counts_per_stream, num
 from shared.db import Queries
 from shared.retention import PruneJob
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
 PAGE = 500
@@ -73,5 +74,5 @@ class Store:
         """What shared.retention prunes here: stream events, applied ids and delivered webhooks past the window."""
         keep = timedelta(seconds=settings.delivery_retention_s)
         return [PruneJob("delivery.stream_events", QUERIES.prune_stream_events, keep),
-                PruneJob("delivery.processed_events", QUERIES.prune_processed_events, keep),
+                EventIds("delivery").prune_job(keep),
                 PruneJob("delivery.webhook_deliveries", QUERIES.prune_webhook_deliveries, keep)]

@@ -23,7 +23,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.idle_monitor import domain
 from services.idle_monitor.store import Applied, Store
 from shared.events import TOPIC_TIMEOUTS, encode, utcnow
-from shared.kafka import ApplyBatch, Incoming, ResilientProducer
+from shared.kafka.consumer import ApplyBatch
+from shared.kafka.decoding import Incoming
+from shared.kafka.producer import ResilientProducer
 from shared.retry import Backoff
 from shared.settings import Settings
 

@@ -12,10 +12,10 @@ from services.idle_monitor.store import Store
 from shared.auth import jwks_verifier
 from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
-from shared.kafka import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
-from shared.retention import Pruner
+from shared.kafka.consumer import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
 from shared.runtime import Runtime
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 SCHEMA = "idle_monitor"
 MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
@@ -49,7 +49,7 @@ def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
         app.state.store = live
         app.state.consumer = runtime.add_consumer(BatchConsumer(
             settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
-            topics=[TOPIC_LIFECYCLE], claim_sql=live.q.claim_event_ids,
+            topics=[TOPIC_LIFECYCLE], tracker=EventIds(SCHEMA),
             apply=handlers.make_apply(live, settings), after_commit=handlers.after_commit,
             wanted_types=handlers.WANTED_TYPES, fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
         ))
@@ -57,10 +57,7 @@ def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
         app.state.ticker = ticker
         tickers.append(ticker)
         runtime.add_loop("idle-ticker", ticker.run)
-        pruner = Pruner(runtime.pool, live.retention_jobs(settings), batch_size=settings.retention_batch_size,
-                        interval_s=settings.retention_interval_s)
-        app.state.pruner = pruner
-        runtime.add_loop("retention", pruner.run)
+        app.state.pruner = runtime.add_pruner(live.retention_jobs(settings))
         await runtime.start_consumers()
         try:
             yield

@@ -14,6 +14,7 @@ from services.idle_monitor.domain import Deadline, TimerChanges
 from shared.db import Queries
 from shared.retention import PruneJob
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
 
@@ -88,4 +89,4 @@ class Store:
         """
         keep = timedelta(seconds=settings.dedup_window_s)
         return [PruneJob("idle_monitor.ended_assignments", self.q.prune_ended_assignments, keep),
-                PruneJob("idle_monitor.processed_events", self.q.prune_processed_events, keep)]
+                EventIds("idle_monitor").prune_job(keep)]

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from services.ingest import asyncapi, domain, handlers, metrics
 from services.ingest.domain import BatchIn, BatchItemIn, MessageIn
 from shared.auth import Principal, require
-from shared.errors import ApiError
+from shared.errors import ApiError, describe, validation_error
 from shared.events import ID_PATTERN, new_event_id, utcnow
 from shared.http import ERROR_SCHEMA
 
@@ -85,11 +85,6 @@ def _unavailable(request: Request, what: str, details=None) -> ApiError:
     return ApiError(503, f"{what}_unavailable", message, headers=_retry_after(request), details=details)
 
 
-def _invalid(errors: list[dict]) -> ApiError:
-    first = errors[0]
-    return ApiError(422, "validation_error", f"{first['field']}: {first['message']}", details=errors)
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, or 413 as soon as it exceeds `limit` bytes (with or without Content-Length)."""
     length = request.headers.get("content-length")
@@ -142,7 +137,7 @@ async def post_message(
     except ValidationError as exc:
         errors = domain.field_errors(exc)
         metrics.rejected(errors[0]["type"])
-        raise _invalid(errors) from None
+        raise validation_error(errors) from None
     if me.role == "operator" and (message.sender != "operator" or message.operator_id != me.sub):
         # The console replies with the operator's own token: it may speak only as that operator.
         metrics.rejected("operator_mismatch")
@@ -181,7 +176,7 @@ async def post_batch(request: Request, _: Principal = Depends(require("frontend"
     except ValidationError as exc:
         errors = domain.field_errors(exc)
         metrics.rejected(errors[0]["type"])
-        raise _invalid(errors) from None
+        raise validation_error(errors) from None
     results: list[ItemResult | None] = []
     drafts, positions = [], []
     now = utcnow()
@@ -195,7 +190,7 @@ async def post_batch(request: Request, _: Principal = Depends(require("frontend"
             results.append(ItemResult(
                 index=index, chat_id=_str(ident.get("chat_id")), message_id=_str(ident.get("message_id")),
                 status=422, error=ItemError(code="validation_error",
-                                            message=f"{errors[0]['field']}: {errors[0]['message']}",
+                                            message=describe(errors),
                                             details=errors),
             ))
             continue

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+# The one formatter of field errors (shared.errors); ingest's entry points call it as domain.field_errors.
+from shared.errors import field_errors  # noqa: F401
 from shared.events import (
     ID_PATTERN,
     OperatorId,
@@ -162,14 +164,4 @@ def answers(drafts: list[Draft], claims: dict[Key, Claim], first_acks: set[Key])
         fresh = d.key in first_acks and d.key not in answered
         answered.add(d.key)
         out.append(Accepted(claims[d.key].event_id, duplicate=not fresh))
-    return out
-
-
-def field_errors(exc: ValidationError, prefix: str = "") -> list[dict]:
-    """Pydantic errors as `{"field", "message", "type"}`, the field dotted (`messages.3.text`)."""
-    out = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        field = ".".join(p for p in (prefix, loc) if p) or "body"
-        out.append({"field": field, "message": err.get("msg", "invalid"), "type": err.get("type", "invalid")})
     return out

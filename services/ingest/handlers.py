@@ -6,19 +6,14 @@ call: claim the keys in Postgres, publish what Kafka has not acknowledged, recor
 
 from __future__ import annotations
 
-import asyncio
 import time
-
-import asyncpg
 
 from services.ingest import domain, metrics
 from services.ingest.domain import Accepted, Draft
 from services.ingest.publisher import Publisher
 from services.ingest.store import Store
-
-# Postgres did not answer (as opposed to a bug in a query, which must surface as a 500).
-DATABASE_DOWN = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-                 asyncpg.TooManyConnectionsError, asyncpg.QueryCanceledError, OSError, asyncio.TimeoutError)
+from shared.batcher import Batcher
+from shared.db import DATABASE_DOWN
 
 
 class DatabaseUnavailable(Exception):
@@ -62,50 +57,31 @@ class Coalescer:
 
     While a round is in flight, arriving messages queue up and go together in the next round, so
     a busy ingest pays two Postgres round trips and one Kafka flush per round rather than per
-    message; an idle one starts a round at once (no added wait).
+    message; an idle one starts a round at once (no added wait). One round at a time (one worker
+    of the shared batcher), so one chat's messages keep their order.
     """
 
     def __init__(self, state, max_batch: int = domain.MAX_BATCH):
         # `state` holds `store` and `publisher`, read each round (tests swap the publisher).
         self.state = state
-        self.max_batch = max_batch
-        self._queue: list[tuple[Draft, asyncio.Future]] = []
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._batcher: Batcher[Draft, Accepted | None] = Batcher(self._round, max_batch=max_batch, stopping="ingest")
+
+    @property
+    def max_batch(self) -> int:
+        """The most messages one round takes."""
+        return self._batcher.max_batch
 
     def start(self) -> None:
         """Start the round loop."""
-        self._task = asyncio.create_task(self._rounds(), name="ingest-coalescer")
+        self._batcher.start()
 
     async def stop(self) -> None:
-        """Finish the queued rounds, then stop."""
-        if self._task is None:
-            return
-        while self._queue:
-            await asyncio.sleep(0.01)
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        """Finish the queued rounds, then stop (later messages are answered 503)."""
+        await self._batcher.stop()
 
     async def accept(self, draft: Draft) -> Accepted | None:
         """Accept one message in the next round; same answers and errors as `accept_messages`."""
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append((draft, future))
-        self._wakeup.set()
-        return await future
+        return await self._batcher.submit(draft)
 
-    async def _rounds(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-                try:
-                    answers = await accept_messages(self.state.store, self.state.publisher, [d for d, _ in batch])
-                except Exception as exc:  # every waiter gets the round's failure, as a lone call would
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), answer in zip(batch, answers):
-                    if not future.done():
-                        future.set_result(answer)
+    async def _round(self, drafts: list[Draft]) -> list[Accepted | None]:
+        return await accept_messages(self.state.store, self.state.publisher, drafts)

@@ -14,7 +14,7 @@ from services.ingest.publisher import Publisher
 from services.ingest.store import QUERIES, Store
 from shared.auth import jwks_verifier
 from shared.http import create_app as create_http_app
-from shared.retention import Pruner, PruneJob
+from shared.retention import PruneJob
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -41,8 +41,10 @@ def bootstrap(settings: Settings, *, store: Store | None = None, publisher: Publ
             # The publisher owns its producer: it replaces it when aiokafka cannot recover by itself.
             await runtime.start(with_producer=False)
             state.store = Store(runtime.pool)
-            state.pruner = _pruner(settings, runtime)
-            runtime.add_loop("retention", state.pruner.run)
+            # Acknowledged keys past the dedup window go; a message id sent again after that is a new event
+            # to ingest, and the assigner still stores the message once (it knows every message id it stored).
+            state.pruner = runtime.add_pruner([PruneJob("ingest.message_keys", QUERIES.prune_acked_keys,
+                                                        timedelta(seconds=settings.dedup_window_s))])
         else:
             state.store = store
         if owns_publisher:
@@ -68,17 +70,6 @@ def bootstrap(settings: Settings, *, store: Store | None = None, publisher: Publ
     app.state.settings = settings
     app.include_router(api.router)
     return app
-
-
-def _pruner(settings: Settings, runtime: Runtime) -> Pruner:
-    """Acknowledged keys past the dedup window go.
-
-    A message id sent again after that is a new event to ingest, and the assigner still stores the
-    message once (it knows every message id it stored).
-    """
-    job = PruneJob("ingest.message_keys", QUERIES.prune_acked_keys, timedelta(seconds=settings.dedup_window_s))
-    return Pruner(runtime.pool, [job], batch_size=settings.retention_batch_size,
-                  interval_s=settings.retention_interval_s)
 
 
 def create_app(settings: Settings) -> FastAPI:

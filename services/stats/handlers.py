@@ -8,7 +8,8 @@ import asyncpg
 from prometheus_client import Counter, Histogram
 
 from services.stats import domain, store
-from shared.kafka import ApplyBatch, Incoming
+from shared.kafka.consumer import ApplyBatch
+from shared.kafka.decoding import Incoming
 
 # Aggregates only: no chat or operator labels, so the series count stays bounded.
 FIRST_RESPONSE_SECONDS = Histogram(

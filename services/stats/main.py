@@ -11,10 +11,10 @@ from services.stats import api, handlers, store as stats_store
 from shared.auth import jwks_verifier
 from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
-from shared.kafka import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
-from shared.retention import Pruner
+from shared.kafka.consumer import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
 from shared.runtime import Runtime
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 SCHEMA = "stats"
 MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
@@ -41,13 +41,10 @@ def bootstrap(settings: Settings, *, store: stats_store.Store | None = None) -> 
         app.state.store = stats_store.Store(pool)
         runtime.add_consumer(BatchConsumer(
             settings=settings, pool=pool, producer=runtime.producer, group_id=GROUP_ID,
-            topics=[TOPIC_LIFECYCLE], claim_sql=stats_store.QUERIES.claim_event_ids,
+            topics=[TOPIC_LIFECYCLE], tracker=EventIds(SCHEMA),
             apply=handlers.make_apply(), fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
         ))
-        pruner = Pruner(pool, stats_store.retention_jobs(settings), batch_size=settings.retention_batch_size,
-                        interval_s=settings.retention_interval_s)
-        app.state.pruner = pruner
-        runtime.add_loop("retention", pruner.run)
+        app.state.pruner = runtime.add_pruner(stats_store.retention_jobs(settings), pool)
         await runtime.start_consumers()
         try:
             yield

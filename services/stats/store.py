@@ -11,6 +11,7 @@ from services.stats.domain import CHAT_COUNTERS, OPERATOR_COUNTERS, Settled, Tal
 from shared import db
 from shared.retention import PruneJob
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 QUERIES = db.Queries(Path(__file__).parent / "sql" / "queries.sql")
 
@@ -51,8 +52,7 @@ async def apply_tally(conn: asyncpg.Connection, t: Tally) -> Settled:
 
 def retention_jobs(settings: Settings) -> list[PruneJob]:
     """What stats prunes: applied event ids past the dedup window (it stores no message text)."""
-    return [PruneJob("stats.processed_events", QUERIES.prune_processed_events,
-                     timedelta(seconds=settings.dedup_window_s))]
+    return [EventIds("stats").prune_job(timedelta(seconds=settings.dedup_window_s))]
 
 
 def _columns(rows: dict, names: tuple[str, ...]) -> list[list[int]]:

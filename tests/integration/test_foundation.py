@@ -9,14 +9,13 @@ import pytest
 
 from shared import db, migrations
 from shared.events import TOPIC_INBOUND, TOPIC_LIFECYCLE
+from services.idle_monitor.main import MIGRATIONS as TRACKED_MIGRATIONS
 from shared.kafka import BatchConsumer, make_producer
+from shared.tracking import EventIds
 from tests.harness import Producer, eventually, user_message
 
-CLAIM = """
-WITH ins AS (INSERT INTO plumbing.applied (event_id) SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING
-             RETURNING event_id)
-SELECT coalesce(array_agg(event_id), '{}') FROM ins"""
-
+# The consumer's event ids go to a real service schema's processed_events, through shared.tracking.
+TRACKED_SCHEMA = "idle_monitor"
 
 async def test_migrations_apply_once_in_order_and_again_is_a_no_op(env, tmp_path: Path):
     (tmp_path / "0001_create_things.sql").write_text("CREATE TABLE mig_t.things (id int PRIMARY KEY);")
@@ -42,9 +41,9 @@ def test_migration_files_must_be_numbered_without_gaps(tmp_path: Path):
 
 async def _plumbing(env):
     conn = await asyncpg.connect(env.database_url)
+    await migrations.apply(conn, TRACKED_SCHEMA, TRACKED_MIGRATIONS)
     await conn.execute("""
         CREATE SCHEMA IF NOT EXISTS plumbing;
-        CREATE TABLE IF NOT EXISTS plumbing.applied (event_id uuid PRIMARY KEY);
         CREATE TABLE IF NOT EXISTS plumbing.effects (event_id uuid NOT NULL, text text NOT NULL);""")
     await conn.close()
 
@@ -72,7 +71,7 @@ async def run_consumer(env, *, crash_before_commit: bool, expect: int):
                                [(i.event.event_id, i.event.payload.text) for i in batch])
 
     consumer = BatchConsumer(settings=env.settings, pool=pool, producer=producer, group_id="plumbing",
-                             topics=[TOPIC_INBOUND], claim_sql=CLAIM, apply=apply)
+                             topics=[TOPIC_INBOUND], tracker=EventIds(TRACKED_SCHEMA), apply=apply)
     await consumer.start()
     if crash_before_commit:
         async def die(*_a, **_k):

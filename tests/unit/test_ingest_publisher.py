@@ -29,7 +29,7 @@ class FakeProducer:
     async def stop(self):
         self.stopped = True
 
-    async def send(self, topic, value=None, key=None):
+    async def send(self, topic, value=None, key=None, headers=None):
         self.sent.append((topic, key, value))
         fut = asyncio.get_running_loop().create_future()
         if self.mode == "ack":
@@ -119,3 +119,21 @@ def test_the_caching_partitioner_maps_keys_exactly_like_the_default_one():
         for i in range(40):
             key = f"chat-{i % 9}".encode()
             assert cached(key, parts, parts) == default(key, parts, parts)
+
+
+async def test_the_services_producer_is_the_same_one_a_failed_ack_starts_its_replacement_clock():
+    from shared.kafka import ResilientProducer
+
+    failing, fresh = FakeProducer("fail"), FakeProducer()
+    producer = ResilientProducer(SETTINGS, factory(failing, fresh))
+    await producer.start()
+    try:
+        await producer.send_and_wait("t", value=b"a", key=b"c1")
+    except RuntimeError:
+        pass
+    assert producer.replacements == 0
+    await asyncio.sleep(0.65)  # failing for longer than 3 send timeouts of 0.2 s
+    await producer.send_and_wait("t", value=b"b", key=b"c1")
+    assert producer.replacements == 1 and fresh.sent == [("t", b"c1", b"b")]
+    await producer.stop()
+    assert failing.stopped and fresh.stopped

@@ -1,15 +1,5 @@
 -- Named queries of the assigner. Python refers to them by name (shared.db.Queries).
 
--- name: claim_event_ids
--- Record applied event ids in the applying transaction; returns the ids that were new.
-WITH ins AS (
-    INSERT INTO assigner.processed_events (event_id)
-    SELECT unnest($1::uuid[])
-    ON CONFLICT DO NOTHING
-    RETURNING event_id
-)
-SELECT coalesce(array_agg(event_id), '{}') FROM ins;
-
 -- name: lock_chats
 -- Load and lock chats with their current assignment, in chat_id order so batches never deadlock.
 -- After waiting for a concurrent writer's lock, Postgres re-checks the chat row at its newest version
@@ -216,19 +206,6 @@ DELETE FROM assigner.outbox WHERE id = ANY($1::bigint[]);
 SELECT count(*) FROM assigner.outbox;
 
 -- ---- retention and pagination (docs/operations.md "Data retention", docs/contract.md "Lists") ----
-
--- name: prune_processed_events
--- Forget up to $2 applied event ids recorded before $1 (past the dedup window); returns (removed, claimed).
-WITH doomed AS MATERIALIZED (
-    SELECT event_id FROM assigner.processed_events
-    WHERE applied_at < $1
-    ORDER BY applied_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM assigner.processed_events p USING doomed d WHERE p.event_id = d.event_id RETURNING 1
-)
-SELECT count(*) AS removed, count(*) AS claimed FROM gone;
 
 -- name: purge_completed_texts
 -- Blank the message texts of up to $2 chats completed (and unchanged) since before $1; returns (messages, chats).

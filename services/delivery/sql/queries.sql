@@ -1,15 +1,5 @@
 -- Named queries of delivery (see shared/db.py: `-- name:` then a description line).
 
--- name: claim_event_ids
--- Record a batch of event ids as applied; returns the ids not seen before.
-WITH ins AS (
-    INSERT INTO delivery.processed_events (event_id)
-    SELECT unnest($1::uuid[])
-    ON CONFLICT DO NOTHING
-    RETURNING event_id
-)
-SELECT coalesce(array_agg(event_id), '{}'::uuid[]) FROM ins;
-
 -- name: reserve_sequences
 -- Take `n` more sequence numbers for each stream (streams sorted: a stable lock order); returns each one's last after the take.
 INSERT INTO delivery.stream_sequences AS s (stream, last_seq)
@@ -59,16 +49,6 @@ WITH old AS MATERIALIZED (
 ), gone AS (
     DELETE FROM delivery.stream_events e USING old
     WHERE e.stream = old.stream AND e.seq = old.seq
-    RETURNING 1
-)
-SELECT count(*) AS removed, count(*) AS claimed FROM gone;
-
--- name: prune_processed_events
--- Forget up to $2 applied event ids recorded before $1 (older events are ignored on redelivery); returns (removed, claimed).
-WITH old AS MATERIALIZED (
-    SELECT event_id FROM delivery.processed_events WHERE applied_at < $1 LIMIT $2
-), gone AS (
-    DELETE FROM delivery.processed_events p USING old WHERE p.event_id = old.event_id
     RETURNING 1
 )
 SELECT count(*) AS removed, count(*) AS claimed FROM gone;

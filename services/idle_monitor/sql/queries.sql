@@ -1,15 +1,5 @@
 -- Named queries of the idle monitor (see shared/db.py: `-- name:` then a description line).
 
--- name: claim_event_ids
--- Record a batch of event ids as applied; returns the ids not seen before.
-WITH ins AS (
-    INSERT INTO idle_monitor.processed_events (event_id)
-    SELECT unnest($1::uuid[])
-    ON CONFLICT DO NOTHING
-    RETURNING event_id
-)
-SELECT coalesce(array_agg(event_id), '{}'::uuid[]) FROM ins;
-
 -- name: disarm_deadlines
 -- Remember ended assignments and delete their deadlines; returns how many deadlines went.
 WITH ended AS (
@@ -67,6 +57,8 @@ LIMIT $1;
 
 -- name: prune_ended_assignments
 -- Forget up to $2 ended-assignment tombstones recorded before $1 (past the dedup window); returns (removed, claimed).
+-- (The batch shape of shared/sql/tracking.sql's prune, on purpose: every retention job is one such
+-- statement over its own table and key, and shared.retention runs them alike.)
 WITH doomed AS MATERIALIZED (
     SELECT assignment_id FROM idle_monitor.ended_assignments
     WHERE recorded_at < $1
@@ -75,18 +67,5 @@ WITH doomed AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ), gone AS (
     DELETE FROM idle_monitor.ended_assignments e USING doomed d WHERE e.assignment_id = d.assignment_id RETURNING 1
-)
-SELECT count(*) AS removed, count(*) AS claimed FROM gone;
-
--- name: prune_processed_events
--- Forget up to $2 applied event ids recorded before $1 (past the dedup window); returns (removed, claimed).
-WITH doomed AS MATERIALIZED (
-    SELECT event_id FROM idle_monitor.processed_events
-    WHERE applied_at < $1
-    ORDER BY applied_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM idle_monitor.processed_events p USING doomed d WHERE p.event_id = d.event_id RETURNING 1
 )
 SELECT count(*) AS removed, count(*) AS claimed FROM gone;

@@ -1,16 +1,7 @@
 -- Stats queries. Table names are unqualified on purpose: the pool's search_path picks the
 -- schema (`stats` for the live service, a shadow schema for `switchboard stats rebuild`), so
--- the replay runs exactly the statements the live consumer runs.
-
--- name: claim_event_ids
--- Record applied event ids; returns those not seen before (the batch's fresh events).
-WITH ins AS (
-    INSERT INTO processed_events (event_id)
-    SELECT unnest($1::uuid[])
-    ON CONFLICT DO NOTHING
-    RETURNING event_id
-)
-SELECT coalesce(array_agg(event_id), '{}') FROM ins;
+-- the replay runs exactly the statements the live consumer runs. The applied event ids are
+-- claimed and pruned through shared/tracking.py, which names the schema (`stats` or the shadow).
 
 -- name: record_chats_handled
 -- Remember which chats each operator wrote to (per day and overall); counts the first-time pairs (day NULL = overall).
@@ -118,19 +109,6 @@ SELECT stats.create_shadow_schema($1);
 SELECT stats.drop_shadow_schema($1);
 
 -- ---- retention and pagination (docs/operations.md "Data retention", docs/contract.md "Lists") ----
-
--- name: prune_processed_events
--- Forget up to $2 applied event ids recorded before $1 (past the dedup window); returns (removed, claimed).
-WITH doomed AS MATERIALIZED (
-    SELECT event_id FROM processed_events
-    WHERE applied_at < $1
-    ORDER BY applied_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM processed_events p USING doomed d WHERE p.event_id = d.event_id RETURNING 1
-)
-SELECT count(*) AS removed, count(*) AS claimed FROM gone;
 
 -- name: operators_page_on_day
 -- One page of operators (ids after $2, or from the first when NULL; at most $3) with their figures on UTC day $1.

@@ -5,7 +5,7 @@ offsets were not committed yet; its poison records must not be dead-lettered aga
 Two records keep them out:
 - in memory, the offsets this consumer sent that no committed offset covers yet: a retried batch,
   whose transaction rolled back, finds them here;
-- in Postgres, a marker id per dead-lettered record, claimed with the group's claim query in the
+- in Postgres, a marker id per dead-lettered record, claimed through shared.tracking in the
   transaction of the record's batch: whoever re-reads a batch that committed finds it there, as it
   finds the batch's applied event ids.
 What is left: a crash or a rebalance between the send and the commit of that transaction sends the

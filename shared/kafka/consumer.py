@@ -1,10 +1,9 @@
-"""Kafka plumbing: an idempotent producer, topic creation, readiness, and the batch consumer.
+"""The batch consumer: each poll applied in one Postgres transaction, offsets committed after it.
 
-The consumer applies each partition's batch in one Postgres transaction that also records the
-applied event ids, and commits the Kafka offsets only after that transaction has committed.
-Records that can never be applied go to the dead-letter topic with their reason, once each
-(`shared.deadletter`); transient failures are retried in place (`shared.retry`), never skipped, and
-turn the group unhealthy past SWITCHBOARD_CONSUMER_STALL_S.
+The transaction also records the applied event ids (shared.tracking), and the Kafka offsets are
+committed only after it has committed. Records that can never be applied go to the dead-letter
+topic with their reason, once each (`shared.kafka.deadletter`); transient failures are retried in
+place (`shared.retry`), never skipped, and turn the group unhealthy past SWITCHBOARD_CONSUMER_STALL_S.
 """
 
 from __future__ import annotations
@@ -13,199 +12,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, TopicAlreadyExistsError
-from aiokafka.partitioner import DefaultPartitioner
-from pydantic import BaseModel, ValidationError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from shared import faults
 from shared import metrics
-from shared.deadletter import DeadLetters, Poisoned
-from shared.events import ADAPTERS, ALL_TOPICS, TOPIC_DLQ, TYPE_HEADER, decode_json, utcnow
-from shared.events import LIFECYCLE_TYPES as KNOWN_TYPES
+from shared.events import TOPIC_DLQ, utcnow
+from shared.kafka.deadletter import DeadLetters, Poisoned
+from shared.kafka.decoding import Incoming, Poison, decode_record, skippable
+from shared.kafka.producer import ResilientProducer
 from shared.retry import Backoff
 from shared.settings import Settings
+
+if TYPE_CHECKING:  # shared.tracking imports this package (Incoming): no import cycle at run time
+    from shared.tracking import EventIds
 
 log = logging.getLogger("switchboard.kafka")
 
 MAX_BACKOFF_S = 5.0
-
-
-class CachingPartitioner:
-    """aiokafka's DefaultPartitioner (murmur2 of the key, as Java clients), remembered per key.
-
-    murmur2 is pure Python in aiokafka (~11 us a call); a chat's events share its key, so most
-    sends hit the cache. The partition count is part of the cache key: adding partitions remaps.
-    """
-
-    def __init__(self, size: int = 100_000):
-        self._size = size
-        self._cache: dict[tuple[bytes, int], int] = {}
-        self._default = DefaultPartitioner()
-
-    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-        if key is None:
-            return self._default(key, all_partitions, available)
-        slot = (key, len(all_partitions))
-        partition = self._cache.get(slot)
-        if partition is None:
-            if len(self._cache) >= self._size:
-                self._cache.clear()
-            partition = self._cache[slot] = self._default(key, all_partitions, available)
-        return partition
-
-
-def make_producer(settings: Settings, **overrides) -> AIOKafkaProducer:
-    """A producer that waits for every in-sync replica and never duplicates on retry."""
-    options = dict(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        partitioner=CachingPartitioner(),
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=2,
-        request_timeout_ms=int(settings.kafka_send_timeout_s * 1000),
-        max_request_size=2 * 1024 * 1024,
-        client_id="switchboard",
-    )
-    options.update(overrides)
-    return AIOKafkaProducer(**options)
-
-
-class ResilientProducer:
-    """The idempotent producer, replaced by a fresh one when it cannot recover by itself.
-
-    aiokafka reconnects after a broker restart, but an idempotent producer whose sequence state
-    the broker lost (OutOfOrderSequenceNumber) or whose sender task died fails every send from
-    then on. When sends have failed for longer than three send timeouts, or the sender is dead,
-    the next send goes through a new producer (a new producer id and sequence).
-    """
-
-    def __init__(self, settings: Settings, **overrides):
-        self.settings = settings
-        self.overrides = overrides
-        self.replace_after_s = 3 * settings.kafka_send_timeout_s
-        self._producer: AIOKafkaProducer | None = None
-        self._failing_since: float | None = None
-        self._lock = asyncio.Lock()
-        self.replacements = 0
-
-    async def start(self) -> None:
-        """Start the first producer (raises while Kafka does not answer)."""
-        producer = make_producer(self.settings, **self.overrides)
-        await producer.start()
-        self._producer = producer
-
-    async def stop(self) -> None:
-        """Flush and close, bounded: a dead broker must not hang shutdown."""
-        if self._producer is not None:
-            await _bounded_stop(self._producer)
-            self._producer = None
-
-    def _usable(self) -> bool:
-        producer = self._producer
-        if producer is None:
-            return False
-        task = getattr(getattr(producer, "_sender", None), "sender_task", None)
-        if task is not None and task.done():
-            return False
-        return self._failing_since is None or time.monotonic() - self._failing_since < self.replace_after_s
-
-    async def _current(self) -> AIOKafkaProducer:
-        if self._usable():
-            return self._producer  # type: ignore[return-value]
-        async with self._lock:
-            if self._usable():
-                return self._producer  # type: ignore[return-value]
-            old, self._producer = self._producer, None
-            if old is not None:
-                log.warning("replacing the Kafka producer", extra={"client": "switchboard"})
-                self.replacements += 1
-                asyncio.get_running_loop().create_task(_bounded_stop(old))
-            self._failing_since = None
-            await self.start()
-            return self._producer  # type: ignore[return-value]
-
-    def _observe(self, future: asyncio.Future) -> None:
-        if future.cancelled() or future.exception() is not None:
-            if self._failing_since is None:
-                self._failing_since = time.monotonic()
-        else:
-            self._failing_since = None
-
-    async def send(self, topic: str, value=None, key=None, headers=None) -> asyncio.Future:
-        """Enqueue a record; the returned future resolves once Kafka acknowledged it."""
-        producer = await self._current()
-        try:
-            future = await producer.send(topic, value=value, key=key, headers=headers)
-        except Exception:
-            if self._failing_since is None:
-                self._failing_since = time.monotonic()
-            raise
-        future.add_done_callback(self._observe)
-        return future
-
-    async def send_and_wait(self, topic: str, value=None, key=None, headers=None):
-        """Send one record and wait for its acknowledgement."""
-        return await (await self.send(topic, value=value, key=key, headers=headers))
-
-
-async def _bounded_stop(producer: AIOKafkaProducer, timeout_s: float = 10.0) -> None:
-    try:
-        await asyncio.wait_for(producer.stop(), timeout_s)
-    except Exception as exc:
-        log.warning("Kafka producer did not close cleanly", extra={"error": repr(exc)})
-
-
-async def ensure_topics(settings: Settings, names: Sequence[str] = ALL_TOPICS) -> list[str]:
-    """Create the SPEC §2 topics (with the configured prefix) that do not exist yet."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10000)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [settings.topic(n) for n in names]
-        missing = [t for t in wanted if t not in existing]
-        if missing:
-            try:
-                await admin.create_topics(
-                    [NewTopic(t, num_partitions=settings.topic_partitions,
-                              replication_factor=settings.topic_replication_factor) for t in missing]
-                )
-            except TopicAlreadyExistsError:
-                pass
-        return missing
-    finally:
-        await admin.close()
-
-
-async def kafka_ready(bootstrap_servers: str, timeout_s: float = 3.0) -> bool:
-    """True when the broker answers a metadata request (not merely accepts a connection)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000))
-    try:
-        await asyncio.wait_for(admin.start(), timeout_s)
-        await asyncio.wait_for(admin.list_topics(), timeout_s)
-        return True
-    except Exception:
-        return False
-    finally:
-        try:
-            await admin.close()
-        except Exception:
-            pass
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """A decoded event with where it came from."""
-
-    event: BaseModel
-    topic: str
-    partition: int
-    offset: int
 
 
 # chat.lifecycle consumers (stats, idle monitor) trade up to fetch_max_wait (50 ms) of latency for
@@ -213,56 +40,7 @@ class Incoming:
 LIFECYCLE_FETCH_MIN_BYTES = 64 * 1024
 
 
-class Poison(Exception):
-    """A record that can never be applied; it goes to the dead-letter topic."""
-
-
 ApplyBatch = Callable[[asyncpg.Connection, list[Incoming]], Awaitable[None]]
-
-
-def decode_record(logical_topic: str, key: bytes | None, value: bytes | None) -> BaseModel:
-    """Decode and validate one record of a topic, or raise Poison with the reason."""
-    adapter = ADAPTERS.get(logical_topic)
-    if adapter is None:
-        raise Poison(f"no schema for topic {logical_topic}")
-    try:
-        event = adapter.validate_json(value) if value is not None else None
-    except ValidationError:
-        event = None
-    if event is None:
-        _explain(adapter, value)  # the slow path only to name what is wrong
-    expected = event.chat_id.encode()
-    if key != expected:
-        raise Poison(f"record key {key!r} does not match chat_id {event.chat_id!r}")
-    return event
-
-
-def _explain(adapter, value: bytes | None) -> None:
-    try:
-        data = decode_json(value)
-    except ValueError as exc:
-        raise Poison(str(exc)) from None
-    if "schema_version" in data and data["schema_version"] != 1:
-        raise Poison(f"unsupported schema_version {data['schema_version']!r}")
-    try:
-        adapter.validate_python(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise Poison(f"validation failed at {where or 'record'}: {first['msg']}") from None
-    raise Poison("record does not validate as JSON")
-
-
-def _skippable(headers, wanted: frozenset[str]) -> bool:
-    """True when the record's `type` header names a known event type this group does not act on."""
-    for name, value in headers or ():
-        if name == TYPE_HEADER:
-            try:
-                kind = value.decode()
-            except (AttributeError, UnicodeDecodeError):
-                return False
-            return kind in KNOWN_TYPES and kind not in wanted
-    return False
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -301,7 +79,7 @@ class BatchConsumer:
         producer: "AIOKafkaProducer | ResilientProducer",
         group_id: str,
         topics: Sequence[str],
-        claim_sql: str,
+        tracker: EventIds,
         apply: ApplyBatch,
         after_commit: Callable[[object], None] | None = None,
         max_records: int | None = None,
@@ -313,7 +91,7 @@ class BatchConsumer:
         self.producer = producer
         self.group_id = settings.group(group_id)
         self.logical = {settings.topic(t): t for t in topics}
-        self.claim_sql = claim_sql
+        self.tracker = tracker
         self.apply = apply
         self.after_commit = after_commit
         self.max_records = max_records or settings.consumer_max_records
@@ -479,7 +257,7 @@ class BatchConsumer:
         for tp, records in live.items():
             logical = self.logical[tp.topic]
             for rec in records:
-                if self.wanted_types is not None and _skippable(rec.headers, self.wanted_types):
+                if self.wanted_types is not None and skippable(rec.headers, self.wanted_types):
                     ignored[logical] = ignored.get(logical, 0) + 1
                     continue
                 try:
@@ -546,22 +324,15 @@ class BatchConsumer:
 
         Poison records are dead-lettered in that transaction, unless their marker was claimed before.
         """
-        applied: list[Incoming] = []
         result = None
         if not good and not poisoned:
-            return applied
+            return []
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                ids = [g.event.event_id for g in good] + [p.marker for p in poisoned]
-                fresh = set(await conn.fetchval(self.claim_sql, ids) or [])
+                applied, markers = await self.tracker.claim_new(conn, good, [p.marker for p in poisoned])
                 for p in poisoned:
-                    if p.marker in fresh:
+                    if p.marker in markers:
                         await self.dead_letters.send(p)
-                seen = set()
-                for g in good:
-                    if g.event.event_id in fresh and g.event.event_id not in seen:
-                        seen.add(g.event.event_id)
-                        applied.append(g)
                 if applied:
                     result = await self.apply(conn, applied)
         faults.reached("consumer_after_apply")  # crash tests: committed in Postgres, offsets not yet in Kafka
