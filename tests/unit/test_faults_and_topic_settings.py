@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import kafka
+from shared.kafka import admin as kafka
 from shared.settings import ConfigError, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
