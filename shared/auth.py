@@ -1,4 +1,4 @@
-"""Bearer tokens (SPEC §4): `sub` and `role` in {frontend, operator, admin}.
+"""Bearer tokens (docs/contract.md §4): `sub` and `role` in {frontend, operator, admin}.
 
 HS256 tokens signed with SWITCHBOARD_AUTH_SECRET (development, internal tools), and, when
 SWITCHBOARD_AUTH_JWKS_URL is set, RS256/ES256 tokens of an identity provider verified against its JWKS.
@@ -17,7 +17,7 @@ from fastapi import Depends, Request
 from shared.errors import ApiError
 from shared.events import operator_id_problem
 
-# `chat`: a chat id as `sub`, minted by delivery, lets a browser read and write only that chat (SPEC §9).
+# `chat`: a chat id as `sub`, minted by delivery, lets a browser read and write only that chat (docs/contract.md §9).
 Role = Literal["frontend", "operator", "admin", "chat"]
 ROLES: tuple[str, ...] = ("frontend", "operator", "admin", "chat")
 ALGORITHM = "HS256"

@@ -1,4 +1,4 @@
-"""The event contract of SPEC §2: one envelope, one discriminated union per topic."""
+"""The event contract of docs/contract.md §2: one envelope, one discriminated union per topic."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Part of the assigner's domain (no I/O, no clock): `usecases.OperatorCommands` loads the pullers'
 active assignments and the claimed waiting chats, and applies what these functions decide. Invariant 3
-(SPEC §3): an operator gets back a chat it had last only after the repeat cooldown since it was queued.
+(docs/contract.md §3): an operator gets back a chat it had last only after the repeat cooldown since it was queued.
 """
 
 from __future__ import annotations

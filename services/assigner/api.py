@@ -1,4 +1,4 @@
-"""HTTP API of the assigner (SPEC §4): operators pull and release; admins reassign and watch."""
+"""HTTP API of the assigner (docs/contract.md §4): operators pull and release; admins reassign and watch."""
 
 from __future__ import annotations
 
@@ -219,7 +219,7 @@ async def chat(chat_id: str, assigner: Assigner = Depends(_assigner), me: Princi
                  "application/json": {"schema": ReassignIn.model_json_schema()}}}})
 async def reassign(chat_id: str, request: Request, assigner: Assigner = Depends(_assigner),
                    _: Principal = Depends(require("admin"))):
-    # The body is read here, after the token was checked: SPEC §4 wants 401 before any 422.
+    # The body is read here, after the token was checked: docs/contract.md §4 wants 401 before any 422.
     body = await _body(request, ReassignIn)
     try:
         assigned, view = await assigner.reassign(chat_id, body.operator_id)

@@ -1,9 +1,9 @@
-"""The assigner's rules as pure functions: the chat state machine of SPEC §3 (`decide`), the
+"""The assigner's rules as pure functions: the chat state machine of docs/contract.md §3 (`decide`), the
 event-to-command mapping, the ownership and capacity checks, and the allocation of a batch of pulls.
 
 No I/O and no clock here. A use case (usecases.py) loads chats through the repository, calls these
 functions with the time it read, and saves the `Changes` (new chats and their facts, the lifecycle
-events of SPEC §2) in one transaction. Refusals are the named exceptions below; the HTTP API maps
+events of docs/contract.md §2) in one transaction. Refusals are the named exceptions below; the HTTP API maps
 each to its status and code.
 """
 

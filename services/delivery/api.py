@@ -1,4 +1,4 @@
-"""Delivery HTTP API (SPEC §9): chat tokens, the chat and operator streams (SSE), and the demo widget."""
+"""Delivery HTTP API (docs/contract.md §9): chat tokens, the chat and operator streams (SSE), and the demo widget."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Webhook administration (SPEC §9): endpoints, their deliveries log, redelivery. Role admin."""
+"""Webhook administration (docs/contract.md §9): endpoints, their deliveries log, redelivery. Role admin."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ class DeliveriesOut(BaseModel):
 
 
 async def _body(request: Request) -> WebhookIn:
-    # Read after the token was checked: SPEC §4 wants 401 before any 422.
+    # Read after the token was checked: docs/contract.md §4 wants 401 before any 422.
     raw = await request.body()
     try:
         return WebhookIn.model_validate_json(raw or b"null")

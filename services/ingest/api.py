@@ -1,7 +1,7 @@
-"""HTTP API of ingest (SPEC §4): frontends post user and operator messages, one at a time or in batches.
+"""HTTP API of ingest (docs/contract.md §4): frontends post user and operator messages, one at a time or in batches.
 
 Bodies are read here, not by FastAPI, so that the token is checked before anything about the
-body (SPEC §4: 401 first), and so that a body without Content-Length (chunked) is cut off at
+body (docs/contract.md §4: 401 first), and so that a body without Content-Length (chunked) is cut off at
 the size limit instead of being read whole.
 """
 

@@ -1,4 +1,4 @@
-"""Stats HTTP API (SPEC §4): an admin sees every figure, an operator only its own."""
+"""Stats HTTP API (docs/contract.md §4): an admin sees every figure, an operator only its own."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ DayParam = Annotated[str | None, Query(description=DAY_DESCRIPTION, examples=["2
 
 
 class OperatorStats(BaseModel):
-    """One operator's figures for a UTC day or all time (SPEC §5)."""
+    """One operator's figures for a UTC day or all time (docs/contract.md §5)."""
 
     operator_id: str
     assignments: int = Field(description="Assignment records started (day of their start).")

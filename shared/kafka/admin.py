@@ -1,4 +1,4 @@
-"""Kafka administration: create the SPEC §2 topics, and tell whether the broker answers."""
+"""Kafka administration: create the docs/contract.md §2 topics, and tell whether the broker answers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from shared.settings import Settings
 
 
 async def ensure_topics(settings: Settings, names: Sequence[str] = ALL_TOPICS) -> list[str]:
-    """Create the SPEC §2 topics (with the configured prefix) that do not exist yet."""
+    """Create the docs/contract.md §2 topics (with the configured prefix) that do not exist yet."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10000)
     await admin.start()
     try:

@@ -2,7 +2,7 @@
 -- Days are UTC dates of the records' own timestamps, exactly as stats takes them from the facts.
 
 -- name: recount_operator_days
--- Per operator and UTC day: every SPEC §5 counter, recounted from assigner.assignments and assigner.messages.
+-- Per operator and UTC day: every docs/contract.md §5 counter, recounted from assigner.assignments and assigner.messages.
 WITH started AS (
     SELECT operator_id, (started_at AT TIME ZONE 'UTC')::date AS day, count(*) AS assignments
     FROM assigner.assignments GROUP BY 1, 2
@@ -45,7 +45,7 @@ LEFT JOIN ended e USING (operator_id, day)
 LEFT JOIN responded r USING (operator_id, day);
 
 -- name: recount_operator_totals
--- Per operator, all time: every SPEC §5 counter; chats_handled counts distinct chats overall.
+-- Per operator, all time: every docs/contract.md §5 counter; chats_handled counts distinct chats overall.
 WITH assigned AS (
     SELECT operator_id, count(*) AS assignments,
            count(*) FILTER (WHERE outcome = 'answered') AS answered,

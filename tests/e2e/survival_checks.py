@@ -1,4 +1,4 @@
-"""What the survival test checks after the storm: the SPEC §3 invariants over the whole history,
+"""What the survival test checks after the storm: the docs/contract.md §3 invariants over the whole history,
 chat.lifecycle against the assigner's tables, and topic end offsets."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ async def end_offsets_total(settings, topic: str) -> int:
 
 
 async def check_invariants(conn: asyncpg.Connection, capacity: int) -> None:
-    """SPEC §3 invariants, over the whole history the database kept."""
+    """docs/contract.md §3 invariants, over the whole history the database kept."""
     # 1: assigned <=> operator set <=> exactly one active assignment, and it is the chat's current one.
     assert await conn.fetchval("""
         SELECT count(*) FROM assigner.chats c
@@ -88,7 +88,7 @@ async def check_invariants(conn: asyncpg.Connection, capacity: int) -> None:
 
 
 def anti_repeat_violations(facts: list, cooldown_s: float) -> tuple[list[str], collections.Counter]:
-    """SPEC §3 invariant 3 over a history: replays each chat's distinct lifecycle facts (in their
+    """docs/contract.md §3 invariant 3 over a history: replays each chat's distinct lifecycle facts (in their
     per-chat order) to know its last operator and `queued_at` at every pull; a pull by the last
     operator less than the cooldown after `queued_at`, or of a chat that was not waiting, is a
     violation. Returns the violations and what was checked."""

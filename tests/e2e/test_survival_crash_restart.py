@@ -10,7 +10,7 @@ batch and before its rows are deleted, and a consumer after its batch committed 
 before its offsets are committed in Kafka. On a fixed schedule besides, the API instances, ingest,
 an idle monitor and a stats instance are SIGKILLed, every Postgres session is terminated twice,
 and the broker and the cluster are restarted. Afterwards every accepted message is stored exactly
-once, the SPEC §3 invariants hold (the anti-repeat rule over the whole lifecycle history), the
+once, the docs/contract.md §3 invariants hold (the anti-repeat rule over the whole lifecycle history), the
 outbox is drained and was published in order and complete, idle timers match the active
 assignments, and `switchboard reconcile` finds no difference.
 """

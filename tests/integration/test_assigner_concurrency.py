@@ -1,4 +1,4 @@
-"""Invariants under concurrency and redelivery (SPEC §3), against real Kafka and Postgres."""
+"""Invariants under concurrency and redelivery (docs/contract.md §3), against real Kafka and Postgres."""
 
 import asyncio
 import uuid

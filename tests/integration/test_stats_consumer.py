@@ -34,7 +34,7 @@ async def _snapshot(env) -> dict:
 
 
 def seed_example(chat_id: str, operator_id: str, start: datetime) -> list:
-    """SPEC §5's example: "hey", assignment, "how are you?" while the operator types, the reply."""
+    """docs/contract.md §5's example: "hey", assignment, "how are you?" while the operator types, the reply."""
     a = uuid.uuid4()
     assigned_at = start + timedelta(seconds=2)
     replied_at = start + timedelta(seconds=9, microseconds=123_456)

@@ -1,4 +1,4 @@
-"""Every row of the SPEC §3 table, on the pure state machine."""
+"""Every row of the docs/contract.md §3 table, on the pure state machine."""
 
 import uuid
 from datetime import datetime, timedelta, timezone

@@ -1,4 +1,4 @@
-"""Tokens (SPEC §4) and settings read from SWITCHBOARD_* variables."""
+"""Tokens (docs/contract.md §4) and settings read from SWITCHBOARD_* variables."""
 
 import time
 
