@@ -253,8 +253,8 @@ class Load:
 
     # -- monitor --------------------------------------------------------------------------------
 
-    async def scrape(self, families: tuple[str, ...] = ()) -> list | None:
-        """The assigner's metrics (all, or those named): its API process and, when it runs apart, its worker's."""
+    async def scrape(self, names: tuple[str, ...] = ()) -> list | None:
+        """The assigner's metrics (all, or the samples named): its API process and, apart, its worker's."""
         samples = []
         for name in ("assigner", "assigner_worker"):
             if name not in self.stack.urls:
@@ -265,13 +265,13 @@ class Load:
                 return None
             if status != 200:
                 return None
-            samples += parse_metrics(data.decode(), families)
+            samples += parse_metrics(data.decode(), names)
         return samples
 
     async def monitor(self) -> None:
         """Every 0.5 s: the assigner's applied inbound events, the backlog, and the users' gate."""
         while True:
-            samples = await self.scrape(families=(APPLIED,))
+            samples = await self.scrape(names=(APPLIED,))
             if samples is not None:
                 self.applied_inbound = metric_sum(samples, APPLIED, group=self.group,
                                                   topic=TOPIC_INBOUND, result="applied")

@@ -9,16 +9,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 
-def parse_metrics(text: str, families: tuple[str, ...] = ()) -> list[Sample]:
-    """Every sample of a text exposition (name, labels, value), or only those of the metrics named.
+def parse_metrics(text: str, names: tuple[str, ...] = ()) -> list[Sample]:
+    """Every sample of a text exposition (name, labels, value), or only the samples of these names.
 
     The parser is pure Python and several times slower than the services write the text: the
-    monitor, which reads one counter twice a second in the bench's own process, hands it only the
-    lines of that counter.
+    monitor, which reads one counter twice a second in the bench's own process, hands it only that
+    counter's sample lines.
     """
-    if families:
-        keep = families + tuple(f"# {kind} {name}" for name in families for kind in ("HELP", "TYPE"))
-        text = "\n".join(line for line in text.splitlines() if line.startswith(keep))
+    if names:
+        starts = tuple(f"{name}{after}" for name in names for after in ("{", " "))
+        text = "\n".join(line for line in text.splitlines() if line.startswith(starts))
     return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
