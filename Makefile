@@ -23,5 +23,9 @@ test: $(VENV)/.installed
 down: $(VENV)/.installed
 	$(VENV)/bin/switchboard down
 
-bench: $(VENV)/.installed
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(VENV)/bin/switchboard bench

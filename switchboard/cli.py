@@ -326,7 +326,7 @@ def bench_ingest(messages: int = typer.Option(5000, help="Messages to send in al
                  batch: int = typer.Option(0, help="Use the batch endpoint with this many messages a call (0: single)."),
                  url: Optional[str] = typer.Option(None, help="Ingest base URL; default: start ingest in-process.")) -> None:
     """Measure ingest's accepted messages per second and accept latency (p50/p99)."""
-    from switchboard.bench_ingest import main as bench_main
+    from switchboard.bench.ingest import main as bench_main
 
     bench_main(_settings(), messages=messages, concurrency=concurrency, batch=batch, url=url)
 

@@ -1,18 +1,29 @@
 """`switchboard bench` in smoke mode: the four services as real subprocesses, a few seconds of load.
 
-Asserts the report's structure and that nothing was lost or doubled; never a timing figure.
+Asserts the report's structure and that nothing was lost or doubled; never a timing figure. Also:
+every option docs/performance.md documents is an option of the command, and `python -m
+switchboard.bench` is that same command.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import uuid
+from dataclasses import fields
 from pathlib import Path
+
+import typer
 
 from shared.settings import Settings
 from switchboard import bench
+from switchboard.cli import app
 from tests import harness
+
+REPO = Path(__file__).resolve().parents[2]
 
 BASE_URL = os.environ.get("SWITCHBOARD_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/switchboard")
 BOOTSTRAP = os.environ.get("SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -63,6 +74,9 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
     for name in ("max", "half"):
         phase = report["phases"][name]
         assert phase["user_events_per_s"] > 0 and phase["window_s"] > 0
+        # The assigner's own histograms, read from its /metrics, cover the phase.
+        assert phase["assigner_histogram_apply_ms"]["batches"] > 0
+        assert phase["assigner_histogram_apply_ms"]["p99"] is not None
         assert set(phase["apply_latency_ms"]) >= LATENCY_KEYS and phase["apply_latency_ms"]["count"] > 0
         assert set(phase["pull_latency_ms"]) >= LATENCY_KEYS and phase["pull_latency_ms"]["count"] > 0
         assert phase["stats_lag_ms"]["count"] > 0 and phase["stats_lag_ms"]["facts_not_applied"] == 0
@@ -70,9 +84,13 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
     assert report["phases"]["half"]["target_rate"] > 0
 
     processes = report["resources"]["processes"]
-    for service in ("ingest", "assigner", "idle_monitor", "stats"):
+    for service in ("ingest", "assigner", "assigner_worker", "idle_monitor", "stats", "bench client"):
         assert processes[service]["peak_rss_mb"] > 0
         assert processes[service]["cpu_seconds_total"] >= 0
+    # Found by the port it listens on; Postgres counts every session, those that ended too.
+    assert processes["kafka broker"]["peak_rss_mb"] > 0
+    assert processes["postgres (all sessions)"]["cpu_seconds_total"] > 0
+    assert report["resources"]["machine_busy_cores_max"] > 0
 
     scale = report["scale_check"]
     assert [s["waiting_chats"] for s in scale["sizes"]] == list(bench.SMOKE["scale_sizes"])
@@ -80,6 +98,7 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
         assert size["waiting_chats_counted"] >= size["waiting_chats"] - scale["operators"]
         assert size["pulls"] > 0 and set(size["pull_latency_ms"]) >= LATENCY_KEYS
         assert size["claim_plan"]["uses_queue_index"] is True
+        assert size["server_pull_latency_ms"]["p99"] is not None
     assert scale["p99_ratio_largest_to_smallest"] is not None
 
     assert len(report["targets"]) == 5
@@ -90,3 +109,32 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
         assert report["plot"] == str(plot) and plot.stat().st_size > 0
     else:
         assert report["plot"] is None
+
+
+def _bench_command():
+    return typer.main.get_command(app).commands["bench"]
+
+
+def test_every_documented_bench_option_is_an_option_of_the_command():
+    table = (REPO / "docs" / "performance.md").read_text().split("## Options", 1)[1].split("\n## ", 1)[0]
+    documented = {flag for line in table.splitlines() if line.startswith("| `--")
+                  for flag in re.findall(r"--[a-z][a-z-]*", line.split("|")[1])}
+    offered = {flag for param in _bench_command().params for flag in (*param.opts, *param.secondary_opts)}
+
+    assert len(documented) >= 30
+    assert documented <= offered, sorted(documented - offered)
+
+
+def test_every_option_of_the_command_is_a_bench_option():
+    known = {f.name for f in fields(bench.Options)}
+
+    assert {param.name for param in _bench_command().params} <= known
+
+
+def test_python_dash_m_switchboard_bench_is_the_same_command():
+    done = subprocess.run([sys.executable, "-m", "switchboard.bench", "--no-such-option"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 2, done.stderr
+    assert "No such option: --no-such-option" in done.stderr
+    assert "python -m switchboard.bench" in done.stderr

@@ -10,19 +10,18 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import socket
-import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import urlparse
 
-import asyncpg
 import httpx
 
 from shared.auth import issue_token
 from shared.settings import Settings
+from switchboard.bench.processes import ServiceProcesses, free_port, service_argv, wait_ready
+from switchboard.bench.stack import delete_topics, drop_database, recreate_database, run_dir, with_db
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_MESSAGES = 200_000
@@ -95,44 +94,33 @@ class OwnIngest:
         self.run_id = uuid.uuid4().hex[:8]
         self.db_name = f"sb_bench_{self.run_id}"
         self.prefix = f"bench-{self.run_id}."
-        self.proc: subprocess.Popen | None = None
+        self.processes = ServiceProcesses(run_dir(f"ingest-{self.run_id}"))
 
     async def __aenter__(self) -> str:
         base = self.settings.database_url
-        admin = await asyncpg.connect(_with_db(base, "postgres"))
-        try:
-            await admin.execute(f'CREATE DATABASE "{self.db_name}"')
-        finally:
-            await admin.close()
-        port = _free_port()
-        env = dict(os.environ, SWITCHBOARD_DATABASE_URL=_with_db(base, self.db_name),
+        await recreate_database(base, self.db_name)
+        port = free_port()
+        env = dict(os.environ, SWITCHBOARD_DATABASE_URL=with_db(base, self.db_name),
                    SWITCHBOARD_TOPIC_PREFIX=self.prefix, SWITCHBOARD_AUTH_SECRET=self.settings.auth_secret,
                    SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS=self.settings.kafka_bootstrap_servers,
                    SWITCHBOARD_HTTP_HOST="127.0.0.1", SWITCHBOARD_LOG_LEVEL="WARNING")
         if self.settings.dev_mode:
             env["SWITCHBOARD_DEV_MODE"] = "1"
-        self.proc = subprocess.Popen([sys.executable, "-m", "switchboard", "run", "ingest", "--port", str(port)],
-                                     env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        pid = self.processes.start("ingest", service_argv("ingest", port), env)
         base_url = f"http://127.0.0.1:{port}"
-        await _wait_ready(base_url, self.proc)
-        print(f"ingest started (pid {self.proc.pid}) on {base_url}, topics {self.prefix}*, database {self.db_name}",
-              file=sys.stderr)
+        try:
+            await wait_ready({"ingest": base_url}, 120, self.processes)
+        except RuntimeError as exc:
+            await self.__aexit__()
+            raise SystemExit(str(exc)) from None
+        print(f"ingest started (pid {pid}) on {base_url}, topics {self.prefix}*, database {self.db_name}, "
+              f"log {self.processes.log_file('ingest')}", file=sys.stderr)
         return base_url
 
     async def __aexit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                await asyncio.to_thread(self.proc.wait, 30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                await asyncio.to_thread(self.proc.wait, 10)
-        admin = await asyncpg.connect(_with_db(self.settings.database_url, "postgres"))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-        await _delete_topics(self.settings.kafka_bootstrap_servers, self.prefix)
+        await self.processes.stop_all(timeout_s=30)
+        await drop_database(self.settings.database_url, self.db_name)
+        await delete_topics(self.settings.kafka_bootstrap_servers, self.prefix)
 
 
 async def _load(base: str, secret: str, messages: int, concurrency: int, batch: int) -> Result:
@@ -175,41 +163,3 @@ async def _load(base: str, secret: str, messages: int, concurrency: int, batch: 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, calls))))
         result.elapsed = time.perf_counter() - started
     return result
-
-
-async def _wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=2) as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"ingest exited with status {proc.returncode} during start-up")
-            try:
-                if (await client.get(f"{base}/readyz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.3)
-    raise SystemExit(f"ingest not ready on {base} within {timeout_s}s")
-
-
-async def _delete_topics(bootstrap: str, prefix: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
-
-
-def _with_db(url: str, name: str) -> str:
-    return urlunparse(urlparse(url)._replace(path=f"/{name}"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
