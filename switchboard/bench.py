@@ -44,8 +44,8 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlparse, urlunparse
@@ -57,8 +57,14 @@ from rich.table import Table
 
 from services.assigner.repository import QUERIES as ASSIGNER_QUERIES
 from shared.auth import issue_token
-from shared.events import TOPIC_INBOUND, TOPIC_LIFECYCLE, OperatorMessage, OperatorMessagePayload, UserMessage, \
-    UserMessagePayload, encode
+from shared.events import (
+    TOPIC_INBOUND,
+    OperatorMessage,
+    OperatorMessagePayload,
+    UserMessage,
+    UserMessagePayload,
+    encode,
+)
 from shared.settings import Settings
 from switchboard.services import PROCESSES
 
@@ -77,46 +83,61 @@ CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 class Options:
     """Every knob of the benchmark (each is a keyword of `main`)."""
 
-    users: int = 200                 # simulated users (each writes into its own chats)
-    http_users: int = 16             # of them, how many write through ingest HTTP when direct_kafka is on
-    operators: int = 40              # simulated operators in the load phases
-    user_think_ms: float = 0.0       # pause between two messages of one user (0: as fast as acknowledged)
+    users: int = 200  # simulated users (each writes into its own chats)
+    http_users: int = 16  # of them, how many write through ingest HTTP when direct_kafka is on
+    operators: int = 40  # simulated operators in the load phases
+    user_think_ms: float = 0.0  # pause between two messages of one user (0: as fast as acknowledged)
     operator_think_ms: float = 20.0  # pause between a pull and the reply/release (uniform 0.5x..1.5x)
-    release_share: float = 0.1       # share of pulled chats released instead of answered
-    messages_per_chat: int = 6       # a user opens a new chat after this many messages
-    direct_kafka: bool = True        # users (all but http_users) produce straight to chat.inbound
-    reply_via: str = "ingest"        # operators reply through "ingest" (HTTP) or "kafka"
-    backlog_cap: int = 1500          # users wait while acked-but-not-applied inbound events exceed this
-    warmup_s: float = 10.0           # load before the measured window of the max phase
-    duration_s: float = 60.0         # measured window of the max phase
-    half_duration_s: float = 30.0    # measured window at half the max throughput (0 skips the phase)
-    drain_timeout_s: float = 90.0    # bound on waiting for the assigner to catch up after a phase
-    pgbench: bool = True             # run pgbench -N on a scratch database of the same server
+    release_share: float = 0.1  # share of pulled chats released instead of answered
+    messages_per_chat: int = 6  # a user opens a new chat after this many messages
+    direct_kafka: bool = True  # users (all but http_users) produce straight to chat.inbound
+    reply_via: str = "ingest"  # operators reply through "ingest" (HTTP) or "kafka"
+    backlog_cap: int = 1500  # users wait while acked-but-not-applied inbound events exceed this
+    warmup_s: float = 10.0  # load before the measured window of the max phase
+    duration_s: float = 60.0  # measured window of the max phase
+    half_duration_s: float = 30.0  # measured window at half the max throughput (0 skips the phase)
+    drain_timeout_s: float = 90.0  # bound on waiting for the assigner to catch up after a phase
+    pgbench: bool = True  # run pgbench -N on a scratch database of the same server
     pgbench_seconds: int = 15
     pgbench_clients: int = 8
     pgbench_threads: int = 2
     scale_check: bool | None = None  # default: on when the bench starts its own stack
     scale_sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000)
     scale_operators: int = 200
-    scale_duration_s: float = 15.0   # measured pulls per size (after 2 s of warm-up)
-    scale_think_ms: float = 1000.0   # pause between an operator's release and its next pull
-    profile: bool = False            # py-spy record the services during the max phase
+    scale_duration_s: float = 15.0  # measured pulls per size (after 2 s of warm-up)
+    scale_think_ms: float = 1000.0  # pause between an operator's release and its next pull
+    profile: bool = False  # py-spy record the services during the max phase
     database: str = "switchboard_bench"
     partitions: int = 6
     output: str = "artifacts/bench/bench.json"
     plot: str = "artifacts/bench/bench.png"
-    ingest_url: str | None = None    # use a running stack instead of starting one
+    ingest_url: str | None = None  # use a running stack instead of starting one
     assigner_url: str | None = None
     stats_url: str | None = None
-    keep: bool = False               # keep the bench database and topics afterwards
-    smoke: bool = False              # tiny numbers, a few seconds (CI)
+    keep: bool = False  # keep the bench database and topics afterwards
+    smoke: bool = False  # tiny numbers, a few seconds (CI)
     seed: int = 20250601
 
 
-SMOKE = dict(users=6, http_users=2, operators=3, user_think_ms=20.0, operator_think_ms=5.0, warmup_s=1.0,
-             duration_s=3.0, half_duration_s=2.0, drain_timeout_s=60.0, pgbench_seconds=2, pgbench_clients=2,
-             pgbench_threads=1, scale_sizes=(100, 1_000), scale_operators=10, scale_duration_s=2.0,
-             scale_think_ms=50.0, backlog_cap=500)
+SMOKE = dict(
+    users=6,
+    http_users=2,
+    operators=3,
+    user_think_ms=20.0,
+    operator_think_ms=5.0,
+    warmup_s=1.0,
+    duration_s=3.0,
+    half_duration_s=2.0,
+    drain_timeout_s=60.0,
+    pgbench_seconds=2,
+    pgbench_clients=2,
+    pgbench_threads=1,
+    scale_sizes=(100, 1_000),
+    scale_operators=10,
+    scale_duration_s=2.0,
+    scale_think_ms=50.0,
+    backlog_cap=500,
+)
 
 
 def make_options(**options) -> Options:
@@ -204,8 +225,9 @@ class Conn:
                 pass
         self.reader = self.writer = None
 
-    async def request(self, method: str, path: str, token: str | None = None, body: bytes | None = None,
-                      timeout: float = 30.0) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, token: str | None = None, body: bytes | None = None, timeout: float = 30.0
+    ) -> tuple[int, bytes]:
         """(status, body); reconnects once when a kept-alive connection was closed by the server."""
         for attempt in (1, 2):
             fresh = self.writer is None
@@ -217,7 +239,7 @@ class Conn:
                 await self.close()
                 if fresh or attempt == 2:
                     raise HttpError(repr(exc)) from None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self.close()
                 raise HttpError(f"timeout after {timeout}s") from None
         raise HttpError("unreachable")
@@ -275,7 +297,7 @@ async def http_get(base: str, path: str, token: str | None = None, timeout: floa
 
 # ---- Prometheus text -----------------------------------------------------------------------------
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
@@ -506,23 +528,50 @@ async def run_pgbench(base_url: str, name: str, opts: Options) -> dict:
     await recreate_database(base_url, name)
     args, env = _pg_args(base_url)
     try:
-        init = await asyncio.to_thread(subprocess.run, [binary, "-i", "-q", "-s", "1", *args, name],
-                                       capture_output=True, text=True, env=env, timeout=300)
+        init = await asyncio.to_thread(
+            subprocess.run,
+            [binary, "-i", "-q", "-s", "1", *args, name],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         if init.returncode != 0:
             raise RuntimeError(f"pgbench -i failed: {init.stderr[-1000:]}")
-        cmd = [binary, "-N", "-n", "-c", str(opts.pgbench_clients), "-j", str(opts.pgbench_threads),
-               "-T", str(opts.pgbench_seconds), *args, name]
-        done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, env=env,
-                                       timeout=opts.pgbench_seconds + 120)
+        cmd = [
+            binary,
+            "-N",
+            "-n",
+            "-c",
+            str(opts.pgbench_clients),
+            "-j",
+            str(opts.pgbench_threads),
+            "-T",
+            str(opts.pgbench_seconds),
+            *args,
+            name,
+        ]
+        done = await asyncio.to_thread(
+            subprocess.run, cmd, capture_output=True, text=True, env=env, timeout=opts.pgbench_seconds + 120
+        )
         if done.returncode != 0:
             raise RuntimeError(f"pgbench failed: {done.stderr[-1000:]}")
-        m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", done.stdout) or \
-            re.search(r"tps = ([0-9.]+)", done.stdout)
+        m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", done.stdout) or re.search(
+            r"tps = ([0-9.]+)", done.stdout
+        )
         lat = re.search(r"latency average = ([0-9.]+) ms", done.stdout)
-        return {"tps": float(m.group(1)) if m else None, "latency_avg_ms": float(lat.group(1)) if lat else None,
-                "script": "simple-update (-N)", "clients": opts.pgbench_clients, "threads": opts.pgbench_threads,
-                "seconds": opts.pgbench_seconds, "scale": 1, "database": name,
-                "command": " ".join(cmd[:8] + ["..."] + [name]), "binary": binary}
+        return {
+            "tps": float(m.group(1)) if m else None,
+            "latency_avg_ms": float(lat.group(1)) if lat else None,
+            "script": "simple-update (-N)",
+            "clients": opts.pgbench_clients,
+            "threads": opts.pgbench_threads,
+            "seconds": opts.pgbench_seconds,
+            "scale": 1,
+            "database": name,
+            "command": " ".join(cmd[:8] + ["..."] + [name]),
+            "binary": binary,
+        }
     finally:
         await drop_database(base_url, name)
 
@@ -561,16 +610,25 @@ class Stack:
             if not (opts.assigner_url and opts.ingest_url and opts.stats_url):
                 raise ValueError("a running stack needs --ingest-url, --assigner-url and --stats-url")
             self.settings = settings
-            self.urls = {"ingest": opts.ingest_url.rstrip("/"), "assigner": opts.assigner_url.rstrip("/"),
-                         "stats": opts.stats_url.rstrip("/")}
+            self.urls = {
+                "ingest": opts.ingest_url.rstrip("/"),
+                "assigner": opts.assigner_url.rstrip("/"),
+                "stats": opts.stats_url.rstrip("/"),
+            }
             self.database_url = settings.database_url
         else:
             self.database_url = with_db(settings.database_url, opts.database)
             self.ports = {name: free_port() for name in PROCESSES}
-            self.settings = settings.model_copy(update=dict(
-                database_url=self.database_url, topic_prefix=f"bench{run_id}.",
-                auth_secret=secrets.token_urlsafe(36), dev_mode=False, topic_partitions=opts.partitions,
-                **{f"{n}_port": p for n, p in self.ports.items()}))
+            self.settings = settings.model_copy(
+                update=dict(
+                    database_url=self.database_url,
+                    topic_prefix=f"bench{run_id}.",
+                    auth_secret=secrets.token_urlsafe(36),
+                    dev_mode=False,
+                    topic_partitions=opts.partitions,
+                    **{f"{n}_port": p for n, p in self.ports.items()},
+                )
+            )
             self.urls = {n: f"http://127.0.0.1:{p}" for n, p in self.ports.items()}
 
     def env(self) -> dict:
@@ -579,13 +637,19 @@ class Stack:
         for key in ("SWITCHBOARD_LOCAL_DIR", "SWITCHBOARD_CACHE_DIR"):
             if key in os.environ:
                 env[key] = os.environ[key]
-        env.update({
-            "SWITCHBOARD_DATABASE_URL": s.database_url, "SWITCHBOARD_TOPIC_PREFIX": s.topic_prefix,
-            "SWITCHBOARD_AUTH_SECRET": s.auth_secret, "SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-            "SWITCHBOARD_TOPIC_PARTITIONS": str(s.topic_partitions), "SWITCHBOARD_LOG_LEVEL": "WARNING",
-            "SWITCHBOARD_INGEST_URL": self.urls["ingest"], "SWITCHBOARD_STATS_URL": self.urls["stats"],
-            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
-        })
+        env.update(
+            {
+                "SWITCHBOARD_DATABASE_URL": s.database_url,
+                "SWITCHBOARD_TOPIC_PREFIX": s.topic_prefix,
+                "SWITCHBOARD_AUTH_SECRET": s.auth_secret,
+                "SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+                "SWITCHBOARD_TOPIC_PARTITIONS": str(s.topic_partitions),
+                "SWITCHBOARD_LOG_LEVEL": "WARNING",
+                "SWITCHBOARD_INGEST_URL": self.urls["ingest"],
+                "SWITCHBOARD_STATS_URL": self.urls["stats"],
+                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+            }
+        )
         for name, port in self.ports.items():
             env[f"SWITCHBOARD_{name.upper()}_PORT"] = str(port)
         return env
@@ -600,9 +664,13 @@ class Stack:
             for name, (_, overrides) in PROCESSES.items():
                 pid_file = self.dir / f"{name}.pid"
                 self.pid_files[name] = pid_file
-                pid = process.spawn([sys.executable, "-m", "switchboard", "run", name, "--port", str(self.ports[name])],
-                                    pid_file=pid_file, log_file=self.dir / f"{name}.log", env={**env, **overrides},
-                                    cwd=REPO)
+                pid = process.spawn(
+                    [sys.executable, "-m", "switchboard", "run", name, "--port", str(self.ports[name])],
+                    pid_file=pid_file,
+                    log_file=self.dir / f"{name}.log",
+                    env={**env, **overrides},
+                    cwd=REPO,
+                )
                 self.watched.pids[name] = pid
         await self.wait_ready(120)
         if self.external:
@@ -640,7 +708,9 @@ class Stack:
             if not pending:
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"not ready after {timeout_s:.0f}s: {', '.join(sorted(pending))} (logs in {self.dir})")
+                raise RuntimeError(
+                    f"not ready after {timeout_s:.0f}s: {', '.join(sorted(pending))} (logs in {self.dir})"
+                )
             await asyncio.sleep(0.3)
 
     async def stop(self) -> None:
@@ -678,17 +748,17 @@ class Recorder:
     """Everything the load generator observed, per wall-clock second and per message."""
 
     def __init__(self):
-        self.sent_at: dict[str, float] = {}          # user message_id -> frontend hand-over time
-        self.path_of: dict[str, str] = {}            # user message_id -> "http" | "kafka"
+        self.sent_at: dict[str, float] = {}  # user message_id -> frontend hand-over time
+        self.path_of: dict[str, str] = {}  # user message_id -> "http" | "kafka"
         self.user_acked: set[str] = set()
         self.user_unconfirmed: set[str] = set()
         self.op_acked: set[str] = set()
         self.op_unconfirmed: set[str] = set()
         self.user_acks_by_s: dict[int, int] = defaultdict(int)
         self.replies_by_s: dict[int, int] = defaultdict(int)
-        self.pulls: list[tuple[float, float, str]] = []     # (wall time, seconds, result)
+        self.pulls: list[tuple[float, float, str]] = []  # (wall time, seconds, result)
         self.releases: list[tuple[float, float]] = []
-        self.replies: list[tuple[float, float]] = []        # operator reply accept latency
+        self.replies: list[tuple[float, float]] = []  # operator reply accept latency
         self.accepts: dict[str, list[tuple[float, float]]] = {"http": [], "kafka": []}
         self.errors: dict[str, int] = defaultdict(int)
         self.inbound_acked = 0
@@ -782,9 +852,14 @@ class Load:
             body = json.dumps({"message_id": message_id, "sender": "user", "text": "hello, I need help"}).encode()
             ok = await self._post_ingest(conn, chat_id, body)
         else:
-            occurred = datetime.fromtimestamp(started, timezone.utc)
-            event = UserMessage(event_id=uuid.uuid4(), chat_id=chat_id, occurred_at=occurred, producer="bench",
-                                payload=UserMessagePayload(message_id=message_id, text="hello, I need help"))
+            occurred = datetime.fromtimestamp(started, UTC)
+            event = UserMessage(
+                event_id=uuid.uuid4(),
+                chat_id=chat_id,
+                occurred_at=occurred,
+                producer="bench",
+                payload=UserMessagePayload(message_id=message_id, text="hello, I need help"),
+            )
             ok = await self._produce(chat_id, encode(event))
         done = time.time()
         if ok:
@@ -798,8 +873,9 @@ class Load:
     async def _post_ingest(self, conn: Conn, chat_id: str, body: bytes) -> bool:
         for attempt in range(4):
             try:
-                status, data = await conn.request("POST", f"/v1/chats/{quote(chat_id)}/messages", self.frontend_token,
-                                                  body)
+                status, data = await conn.request(
+                    "POST", f"/v1/chats/{quote(chat_id)}/messages", self.frontend_token, body
+                )
             except HttpError:
                 self.rec.errors["ingest_connection"] += 1
                 await asyncio.sleep(0.1 * (attempt + 1))
@@ -886,14 +962,25 @@ class Load:
         message_id = f"b{self.run_id}-{me}-r{uuid.uuid4().hex[:10]}"
         t1 = time.time()
         if ingest is not None:
-            body = json.dumps({"message_id": message_id, "sender": "operator", "operator_id": me,
-                               "text": "Thanks, let me look into that."}).encode()
+            body = json.dumps(
+                {
+                    "message_id": message_id,
+                    "sender": "operator",
+                    "operator_id": me,
+                    "text": "Thanks, let me look into that.",
+                }
+            ).encode()
             ok = await self._post_ingest(ingest, chat_id, body)
         else:
-            event = OperatorMessage(event_id=uuid.uuid4(), chat_id=chat_id,
-                                    occurred_at=datetime.fromtimestamp(t1, timezone.utc), producer="bench",
-                                    payload=OperatorMessagePayload(message_id=message_id, operator_id=me,
-                                                                   text="Thanks, let me look into that."))
+            event = OperatorMessage(
+                event_id=uuid.uuid4(),
+                chat_id=chat_id,
+                occurred_at=datetime.fromtimestamp(t1, UTC),
+                producer="bench",
+                payload=OperatorMessagePayload(
+                    message_id=message_id, operator_id=me, text="Thanks, let me look into that."
+                ),
+            )
             ok = await self._produce(chat_id, encode(event))
         done = time.time()
         if ok:
@@ -925,8 +1012,13 @@ class Load:
         while True:
             samples = await self.scrape()
             if samples is not None:
-                self.applied_inbound = metric_sum(samples, "switchboard_consumer_events_total", group=self.group,
-                                                  topic=TOPIC_INBOUND, result="applied")
+                self.applied_inbound = metric_sum(
+                    samples,
+                    "switchboard_consumer_events_total",
+                    group=self.group,
+                    topic=TOPIC_INBOUND,
+                    result="applied",
+                )
                 self.backlog = max(0, int(self.rec.inbound_acked - self.applied_inbound))
                 if self.backlog > self.opts.backlog_cap:
                     self.gate.clear()
@@ -941,13 +1033,14 @@ class Load:
         turns = sum(self.rec.replies_by_s.get(int(now) - k, 0) for k in range(1, 4)) / 3
         recent = [p[1] for p in self.rec.pulls[-400:] if p[0] > now - 3]
         p99 = pct(recent, 0.99)
-        return (f"user msgs/s {acks:,.0f} │ turns/s {turns:,.0f} │ pull p99 "
-                f"{'-' if p99 is None else f'{p99 * 1000:.0f} ms'} │ backlog {self.backlog:,}")
+        return (
+            f"user msgs/s {acks:,.0f} │ turns/s {turns:,.0f} │ pull p99 "
+            f"{'-' if p99 is None else f'{p99 * 1000:.0f} ms'} │ backlog {self.backlog:,}"
+        )
 
     # -- phases ---------------------------------------------------------------------------------
 
-    async def run_phase(self, label: str, seconds: float, rate: float | None, task_id=None,
-                        on_tick=None) -> None:
+    async def run_phase(self, label: str, seconds: float, rate: float | None, task_id=None, on_tick=None) -> None:
         """Run users and operators for `seconds`; the caller owns the progress task."""
         self.rate = rate
         self._next_slot = time.monotonic()
@@ -960,8 +1053,9 @@ class Load:
         try:
             while (elapsed := time.monotonic() - started) < seconds:
                 if self.progress is not None and task_id is not None:
-                    self.progress.update(task_id, completed=min(elapsed, seconds),
-                                         description=f"{label:<10} {self.live_line()}")
+                    self.progress.update(
+                        task_id, completed=min(elapsed, seconds), description=f"{label:<10} {self.live_line()}"
+                    )
                 if on_tick:
                     on_tick(elapsed)
                 await asyncio.sleep(0.25)
@@ -983,13 +1077,18 @@ async def wait_drained(pool: asyncpg.Pool, rec: Recorder, run_id: str, timeout_s
     stored = 0
     while time.monotonic() - started < timeout_s:
         async with pool.acquire() as conn:
-            stored = await conn.fetchval("SELECT count(*) FROM assigner.messages WHERE message_id LIKE $1",
-                                         f"b{run_id}-%")
+            stored = await conn.fetchval(
+                "SELECT count(*) FROM assigner.messages WHERE message_id LIKE $1", f"b{run_id}-%"
+            )
         if stored >= expected:
             break
         await asyncio.sleep(0.5)
-    return {"expected": expected, "stored": stored, "seconds": round(time.monotonic() - started, 1),
-            "complete": stored >= expected}
+    return {
+        "expected": expected,
+        "stored": stored,
+        "seconds": round(time.monotonic() - started, 1),
+        "complete": stored >= expected,
+    }
 
 
 async def load_messages(pool: asyncpg.Pool, run_id: str) -> tuple[dict[str, float], set[str], dict]:
@@ -998,12 +1097,19 @@ async def load_messages(pool: asyncpg.Pool, run_id: str) -> tuple[dict[str, floa
     async with pool.acquire() as conn:
         rows = await conn.fetch(
             "SELECT message_id, sender, extract(epoch FROM recorded_at)::float8 AS t "
-            "FROM assigner.messages WHERE message_id LIKE $1", like)
+            "FROM assigner.messages WHERE message_id LIKE $1",
+            like,
+        )
         answered = await conn.fetch(
             "SELECT floor(extract(epoch FROM ended_at))::bigint AS s, count(*) AS n FROM assigner.assignments "
-            "WHERE outcome = 'answered' GROUP BY 1")
+            "WHERE outcome = 'answered' GROUP BY 1"
+        )
     users, ops = {}, set()
-    per_s: dict[str, dict[int, int]] = {"user": defaultdict(int), "operator": defaultdict(int), "answered": defaultdict(int)}
+    per_s: dict[str, dict[int, int]] = {
+        "user": defaultdict(int),
+        "operator": defaultdict(int),
+        "answered": defaultdict(int),
+    }
     for r in rows:
         if r["sender"] == "user":
             users[r["message_id"]] = r["t"]
@@ -1024,18 +1130,25 @@ async def integrity(pool: asyncpg.Pool, rec: Recorder, users: dict[str, float], 
     async with pool.acquire() as conn:
         mismatched = await conn.fetchval(
             "SELECT count(*) FROM assigner.chats c LEFT JOIN (SELECT chat_id, count(*) AS n FROM assigner.messages "
-            "GROUP BY 1) m USING (chat_id) WHERE c.message_count <> coalesce(m.n, 0)")
+            "GROUP BY 1) m USING (chat_id) WHERE c.message_count <> coalesce(m.n, 0)"
+        )
         two_active = await conn.fetchval(
             "SELECT count(*) FROM (SELECT chat_id FROM assigner.assignments WHERE ended_at IS NULL "
-            "GROUP BY 1 HAVING count(*) > 1) x")
+            "GROUP BY 1 HAVING count(*) > 1) x"
+        )
     return {
-        "user_messages_acked": len(rec.user_acked), "user_messages_stored": len(stored_users),
-        "user_messages_lost": len(lost_users), "user_messages_unexpected": len(unexpected_users),
+        "user_messages_acked": len(rec.user_acked),
+        "user_messages_stored": len(stored_users),
+        "user_messages_lost": len(lost_users),
+        "user_messages_unexpected": len(unexpected_users),
         "user_messages_unconfirmed": len(rec.user_unconfirmed),
-        "operator_messages_acked": len(rec.op_acked), "operator_messages_stored": len(ops),
-        "operator_messages_lost": len(lost_ops), "operator_messages_unexpected": len(unexpected_ops),
+        "operator_messages_acked": len(rec.op_acked),
+        "operator_messages_stored": len(ops),
+        "operator_messages_lost": len(lost_ops),
+        "operator_messages_unexpected": len(unexpected_ops),
         "operator_messages_unconfirmed": len(rec.op_unconfirmed),
-        "chats_with_message_count_mismatch": mismatched, "chats_with_two_active_assignments": two_active,
+        "chats_with_message_count_mismatch": mismatched,
+        "chats_with_two_active_assignments": two_active,
         "lost_examples": sorted(lost_users)[:5] + sorted(lost_ops)[:5],
     }
 
@@ -1044,13 +1157,17 @@ async def run_reconcile(settings: Settings, timeout_s: float = 60) -> dict:
     from switchboard.reconcile import reconcile
 
     report = await reconcile(settings, quiesce_timeout_s=timeout_s)
-    return {"differences": len(report.differences), "compared": report.compared,
-            "not_quiescent": report.not_quiescent,
-            "examples": [d.describe("assigner", "stats") for d in report.differences[:5]]}
+    return {
+        "differences": len(report.differences),
+        "compared": report.compared,
+        "not_quiescent": report.not_quiescent,
+        "examples": [d.describe("assigner", "stats") for d in report.differences[:5]],
+    }
 
 
-async def stats_lag(settings: Settings, pool: asyncpg.Pool, windows: dict[str, tuple[float, float]],
-                    cap: int = 300_000) -> dict[str, dict]:
+async def stats_lag(
+    settings: Settings, pool: asyncpg.Pool, windows: dict[str, tuple[float, float]], cap: int = 300_000
+) -> dict[str, dict]:
     """Per window: lifecycle fact occurred_at -> stats.processed_events.applied_at (records read by time)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -1061,8 +1178,12 @@ async def stats_lag(settings: Settings, pool: asyncpg.Pool, windows: dict[str, t
     start = min(w[0] for w in windows.values())
     end = max(w[1] for w in windows.values())
     parts = await lifecycle_partitions(settings)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, max_poll_records=5000)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        max_poll_records=5000,
+    )
     occurred: dict[uuid.UUID, float] = {}
     await consumer.start()
     try:
@@ -1103,9 +1224,12 @@ async def stats_lag(settings: Settings, pool: asyncpg.Pool, windows: dict[str, t
     missing = 0
     async with pool.acquire() as conn:
         for i in range(0, len(ids), 50_000):
-            chunk = ids[i:i + 50_000]
-            rows = await conn.fetch("SELECT event_id, extract(epoch FROM applied_at)::float8 AS t "
-                                    "FROM stats.processed_events WHERE event_id = ANY($1::uuid[])", chunk)
+            chunk = ids[i : i + 50_000]
+            rows = await conn.fetch(
+                "SELECT event_id, extract(epoch FROM applied_at)::float8 AS t "
+                "FROM stats.processed_events WHERE event_id = ANY($1::uuid[])",
+                chunk,
+            )
             found = {r["event_id"]: r["t"] for r in rows}
             missing += len(chunk) - len(found)
             for eid, applied in found.items():
@@ -1136,7 +1260,10 @@ async def load_waiting_chats(pool: asyncpg.Pool, first: int, last: int, on_progr
                 "INSERT INTO assigner.chats (chat_id, state, waiting_since, queued_at, message_count, created_at, "
                 "updated_at) SELECT 'scale-' || lpad(g::text, 8, '0'), 'waiting_assignment', ts, ts, 0, now(), now() "
                 "FROM (SELECT g, now() - random() * interval '1 day' AS ts FROM generate_series($1::int, $2::int) g) s",
-                a, b, timeout=600)
+                a,
+                b,
+                timeout=600,
+            )
         if on_progress:
             on_progress(b - first + 1)
 
@@ -1152,8 +1279,11 @@ async def claim_plan(pool: asyncpg.Pool) -> dict:
         node = stack.pop()
         nodes.append(f"{node['Node Type']}{' using ' + node['Index Name'] if 'Index Name' in node else ''}")
         stack.extend(node.get("Plans", []))
-    return {"nodes": nodes, "execution_ms": round(plan.get("Execution Time", 0.0), 3),
-            "uses_queue_index": any("chats_queue_idx" in n for n in nodes)}
+    return {
+        "nodes": nodes,
+        "execution_ms": round(plan.get("Execution Time", 0.0), 3),
+        "uses_queue_index": any("chats_queue_idx" in n for n in nodes),
+    }
 
 
 async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: Progress | None) -> dict:
@@ -1161,12 +1291,16 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
     results = []
     loaded = 0
     for size in sizes:
-        task = progress.add_task(f"scale      loading {size:,} waiting chats", total=max(1, size - loaded)) \
-            if progress else None
+        task = (
+            progress.add_task(f"scale      loading {size:,} waiting chats", total=max(1, size - loaded))
+            if progress
+            else None
+        )
         load_started = time.monotonic()
         if size > loaded:
-            await load_waiting_chats(pool, loaded + 1, size,
-                                     (lambda n, t=task: progress.update(t, completed=n)) if progress else None)
+            await load_waiting_chats(
+                pool, loaded + 1, size, (lambda n, t=task: progress.update(t, completed=n)) if progress else None
+            )
         async with pool.acquire() as conn:
             await conn.execute("VACUUM (ANALYZE) assigner.chats", timeout=600)
             waiting = await conn.fetchval("SELECT count(*) FROM assigner.chats WHERE state = 'waiting_assignment'")
@@ -1177,8 +1311,9 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
         load.rec.pulls.clear()
         load.rec.releases.clear()
         load.running = True
-        actors = [asyncio.create_task(load.operator(j, prefix="scale-op", scale=True))
-                  for j in range(opts.scale_operators)]
+        actors = [
+            asyncio.create_task(load.operator(j, prefix="scale-op", scale=True)) for j in range(opts.scale_operators)
+        ]
         total = opts.scale_duration_s + 2.0
         if progress:
             progress.update(task, total=total, completed=0, description=f"scale      {size:,} waiting: pulling")
@@ -1186,16 +1321,26 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
         cpu0 = load.stack.watched.cpu()
         spies = []
         if opts.profile and size == sizes[-1] and not load.stack.external:
-            spies = start_profiles(load.stack, opts.scale_duration_s, Path(opts.output).parent / "profiles",
-                                   names=("assigner",), suffix=f"-scale-{size}")
+            spies = start_profiles(
+                load.stack,
+                opts.scale_duration_s,
+                Path(opts.output).parent / "profiles",
+                names=("assigner",),
+                suffix=f"-scale-{size}",
+            )
         try:
             while (el := time.time() - t0) < total:
                 if progress:
                     recent = [p[1] for p in load.rec.pulls[-400:] if p[0] > time.time() - 3 and p[2] == "assigned"]
                     p99 = pct(recent, 0.99)
-                    progress.update(task, completed=el, description=(
-                        f"scale      {size:,} waiting │ pulls {len(load.rec.pulls):,} │ pull p99 "
-                        f"{'-' if p99 is None else f'{p99 * 1000:.0f} ms'}"))
+                    progress.update(
+                        task,
+                        completed=el,
+                        description=(
+                            f"scale      {size:,} waiting │ pulls {len(load.rec.pulls):,} │ pull p99 "
+                            f"{'-' if p99 is None else f'{p99 * 1000:.0f} ms'}"
+                        ),
+                    )
                 await asyncio.sleep(0.25)
         finally:
             load.running = False
@@ -1220,16 +1365,23 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
                 v = histogram_quantile(q, ha, hb)
                 server[name] = None if v is None else round(v * 1000, 2)
         window = max(0.001, time.time() - (t0 + 2.0))
-        results.append({
-            "waiting_chats": size, "waiting_chats_counted": waiting, "load_seconds": round(load_s, 1),
-            "operators": opts.scale_operators, "pulls": len(measured), "pulls_per_s": round(len(measured) / window, 1),
-            "pull_latency_ms": summary_ms(assigned),
-            "empty_pulls": sum(1 for p in measured if p[2] == "empty"),
-            "release_latency_ms": summary_ms([r[1] for r in load.rec.releases if r[0] >= t0 + 2.0]),
-            "server_pull_latency_ms": server, "claim_plan": plan,
-            "cpu_cores": cpu_delta(cpu0, cpu1, elapsed),
-            **({"profile": profile} if profile else {}),
-        })
+        results.append(
+            {
+                "waiting_chats": size,
+                "waiting_chats_counted": waiting,
+                "load_seconds": round(load_s, 1),
+                "operators": opts.scale_operators,
+                "pulls": len(measured),
+                "pulls_per_s": round(len(measured) / window, 1),
+                "pull_latency_ms": summary_ms(assigned),
+                "empty_pulls": sum(1 for p in measured if p[2] == "empty"),
+                "release_latency_ms": summary_ms([r[1] for r in load.rec.releases if r[0] >= t0 + 2.0]),
+                "server_pull_latency_ms": server,
+                "claim_plan": plan,
+                "cpu_cores": cpu_delta(cpu0, cpu1, elapsed),
+                **({"profile": profile} if profile else {}),
+            }
+        )
         if progress:
             progress.update(task, completed=total, description=f"scale      {size:,} waiting: done")
     small, large = results[0], results[-1]
@@ -1239,15 +1391,25 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
     ratio50 = None
     if small["pull_latency_ms"]["p50"] and large["pull_latency_ms"]["p50"]:
         ratio50 = round(large["pull_latency_ms"]["p50"] / small["pull_latency_ms"]["p50"], 2)
-    return {"operators": opts.scale_operators, "think_ms": opts.scale_think_ms, "sizes": results,
-            "p99_ratio_largest_to_smallest": ratio, "p50_ratio_largest_to_smallest": ratio50}
+    return {
+        "operators": opts.scale_operators,
+        "think_ms": opts.scale_think_ms,
+        "sizes": results,
+        "p99_ratio_largest_to_smallest": ratio,
+        "p50_ratio_largest_to_smallest": ratio50,
+    }
 
 
 # ---- profiling -----------------------------------------------------------------------------------
 
 
-def start_profiles(stack: Stack, seconds: float, out_dir: Path, names=("assigner", "assigner_worker", "ingest", "stats"),
-                   suffix: str = "") -> list[tuple[str, subprocess.Popen, Path]]:
+def start_profiles(
+    stack: Stack,
+    seconds: float,
+    out_dir: Path,
+    names=("assigner", "assigner_worker", "ingest", "stats"),
+    suffix: str = "",
+) -> list[tuple[str, subprocess.Popen, Path]]:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         console.print("[yellow]py-spy not found (pip install py-spy): no profiles[/yellow]")
@@ -1259,22 +1421,54 @@ def start_profiles(stack: Stack, seconds: float, out_dir: Path, names=("assigner
         if not pid:
             continue
         raw = out_dir / f"{name}{suffix}.collapsed.txt"
-        proc = subprocess.Popen([spy, "record", "--nonblocking", "-r", "50", "-d", str(int(seconds)), "-p", str(pid),
-                                 "--format", "raw", "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--nonblocking",
+                "-r",
+                "50",
+                "-d",
+                str(int(seconds)),
+                "-p",
+                str(pid),
+                "--format",
+                "raw",
+                "-o",
+                str(raw),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         running.append((name, proc, raw))
     return running
 
 
-LIBRARIES = (("asyncpg", "asyncpg"), ("aiokafka", "aiokafka"), ("kafka", "aiokafka"), ("pydantic", "pydantic"),
-             ("fastapi", "fastapi/starlette"), ("starlette", "fastapi/starlette"), ("anyio", "fastapi/starlette"),
-             ("uvicorn", "uvicorn/h11"), ("h11", "uvicorn/h11"), ("httptools", "uvicorn/h11"), ("jwt", "pyjwt"),
-             ("prometheus_client", "prometheus_client"), ("json", "json"), ("ssl", "ssl"), ("asyncio", "asyncio"),
-             ("selectors", "asyncio"), ("threading", "threads (thread pool)"), ("services/", "project"),
-             ("shared/", "project"))
+LIBRARIES = (
+    ("asyncpg", "asyncpg"),
+    ("aiokafka", "aiokafka"),
+    ("kafka", "aiokafka"),
+    ("pydantic", "pydantic"),
+    ("fastapi", "fastapi/starlette"),
+    ("starlette", "fastapi/starlette"),
+    ("anyio", "fastapi/starlette"),
+    ("uvicorn", "uvicorn/h11"),
+    ("h11", "uvicorn/h11"),
+    ("httptools", "uvicorn/h11"),
+    ("jwt", "pyjwt"),
+    ("prometheus_client", "prometheus_client"),
+    ("json", "json"),
+    ("ssl", "ssl"),
+    ("asyncio", "asyncio"),
+    ("selectors", "asyncio"),
+    ("threading", "threads (thread pool)"),
+    ("services/", "project"),
+    ("shared/", "project"),
+)
 
 
 def _library(frame: str) -> str:
-    where = frame[frame.rfind("(") + 1:]
+    where = frame[frame.rfind("(") + 1 :]
     for needle, name in LIBRARIES:
         if where.startswith(needle) or f"/{needle}" in where:
             return name
@@ -1309,16 +1503,29 @@ def summarize_profile(raw: Path, top: int = 12) -> dict:
     def fmt(d):
         return [{"frame": k, "share": round(v / total, 3)} for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
 
-    return {"samples": total, "self": fmt(own), "project_inclusive": fmt(incl),
-            "self_by_library": {k: round(v / total, 3) for k, v in sorted(libs.items(), key=lambda kv: -kv[1])},
-            "file": str(raw)}
+    return {
+        "samples": total,
+        "self": fmt(own),
+        "project_inclusive": fmt(incl),
+        "self_by_library": {k: round(v / total, 3) for k, v in sorted(libs.items(), key=lambda kv: -kv[1])},
+        "file": str(raw),
+    }
 
 
 # ---- report --------------------------------------------------------------------------------------
 
 
-def phase_report(name: str, window: tuple[float, float], rec: Recorder, users: dict[str, float],
-                 per_s: dict, cpu0: dict, cpu1: dict, hist: dict, extra: dict) -> dict:
+def phase_report(
+    name: str,
+    window: tuple[float, float],
+    rec: Recorder,
+    users: dict[str, float],
+    per_s: dict,
+    cpu0: dict,
+    cpu1: dict,
+    hist: dict,
+    extra: dict,
+) -> dict:
     a, b = window
     secs = list(range(math.ceil(a), math.floor(b)))
     span = max(1, len(secs))
@@ -1345,20 +1552,29 @@ def phase_report(name: str, window: tuple[float, float], rec: Recorder, users: d
         "turns_per_s": round(turns, 1),
         "apply_latency_ms": {**summary_ms(lat), "by_path": {k: summary_ms(v) for k, v in by_path.items() if v}},
         "assigner_histogram_apply_ms": hist,
-        "pull_latency_ms": {**summary_ms([p[1] for p in pulls]),
-                            "by_result": {k: summary_ms(v) for k, v in sorted(by_result.items())}},
+        "pull_latency_ms": {
+            **summary_ms([p[1] for p in pulls]),
+            "by_result": {k: summary_ms(v) for k, v in sorted(by_result.items())},
+        },
         "pulls_per_s": round(len(pulls) / max(0.001, b - a), 1),
         "release_latency_ms": summary_ms([r[1] for r in rec.releases if a <= r[0] < b]),
         "reply_accept_latency_ms": summary_ms([r[1] for r in rec.replies if a <= r[0] < b]),
-        "user_accept_latency_ms": {k: summary_ms([x[1] for x in v if a <= x[0] < b]) for k, v in rec.accepts.items()
-                                   if v},
+        "user_accept_latency_ms": {
+            k: summary_ms([x[1] for x in v if a <= x[0] < b]) for k, v in rec.accepts.items() if v
+        },
         "cpu_cores": cpu_delta(cpu0, cpu1, b - a),
         **extra,
     }
 
 
-def timeline(rec: Recorder, users: dict[str, float], per_s: dict, t_start: float, t_end: float,
-             phases: list[tuple[str, float, float]]) -> list[dict]:
+def timeline(
+    rec: Recorder,
+    users: dict[str, float],
+    per_s: dict,
+    t_start: float,
+    t_end: float,
+    phases: list[tuple[str, float, float]],
+) -> list[dict]:
     apply_by_s: dict[int, list[float]] = defaultdict(list)
     for mid, t_sent in rec.sent_at.items():
         if mid in users:
@@ -1370,15 +1586,20 @@ def timeline(rec: Recorder, users: dict[str, float], per_s: dict, t_start: float
     for s in range(int(t_start), int(t_end) + 1):
         phase = next((n for n, a, b in phases if a <= s + 0.5 < b), "")
         ap, pl = apply_by_s.get(s, []), pulls_by_s.get(s, [])
-        out.append({
-            "t": round(s - t_start, 1), "epoch": s, "phase": phase,
-            "user_acked": rec.user_acks_by_s.get(s, 0), "user_applied": per_s["user"].get(s, 0),
-            "turns": per_s["answered"].get(s, 0),
-            "apply_p50_ms": rnd(pct(ap, 0.5) and pct(ap, 0.5) * 1000, 2),
-            "apply_p99_ms": rnd(pct(ap, 0.99) and pct(ap, 0.99) * 1000, 2),
-            "pull_p50_ms": rnd(pct(pl, 0.5) and pct(pl, 0.5) * 1000, 2),
-            "pull_p99_ms": rnd(pct(pl, 0.99) and pct(pl, 0.99) * 1000, 2),
-        })
+        out.append(
+            {
+                "t": round(s - t_start, 1),
+                "epoch": s,
+                "phase": phase,
+                "user_acked": rec.user_acks_by_s.get(s, 0),
+                "user_applied": per_s["user"].get(s, 0),
+                "turns": per_s["answered"].get(s, 0),
+                "apply_p50_ms": rnd(pct(ap, 0.5) and pct(ap, 0.5) * 1000, 2),
+                "apply_p99_ms": rnd(pct(ap, 0.99) and pct(ap, 0.99) * 1000, 2),
+                "pull_p50_ms": rnd(pct(pl, 0.5) and pct(pl, 0.5) * 1000, 2),
+                "pull_p99_ms": rnd(pct(pl, 0.99) and pct(pl, 0.99) * 1000, 2),
+            }
+        )
     return out
 
 
@@ -1408,8 +1629,12 @@ def write_plot(report: dict, path: Path) -> str | None:
     ax.set_ylabel("events / s")
     ax.set_title("Switchboard bench: throughput")
     ax2 = axes[1]
-    for key, label in (("apply_p50_ms", "apply p50"), ("apply_p99_ms", "apply p99"),
-                       ("pull_p50_ms", "pull p50"), ("pull_p99_ms", "pull p99")):
+    for key, label in (
+        ("apply_p50_ms", "apply p50"),
+        ("apply_p99_ms", "apply p99"),
+        ("pull_p50_ms", "pull p50"),
+        ("pull_p99_ms", "pull p99"),
+    ):
         xs = [p["t"] for p in tl if p[key] is not None]
         ys = [max(p[key], 0.01) for p in tl if p[key] is not None]
         ax2.plot(xs, ys, label=label + " (ms)", lw=1.2, ls="-" if "apply" in key else ":")
@@ -1449,11 +1674,21 @@ def targets(report: dict) -> list[dict]:
         out.append({"name": name, "value": value, "target": target, "met": met, "unit": unit})
 
     ratio = h.get("events_per_pgbench_tps")
-    add("user-message events/s >= pgbench TPS (aim 2x)", ratio, ">= 1.0 (2.0)",
-        None if ratio is None else ratio >= 1.0, "x")
+    add(
+        "user-message events/s >= pgbench TPS (aim 2x)",
+        ratio,
+        ">= 1.0 (2.0)",
+        None if ratio is None else ratio >= 1.0,
+        "x",
+    )
     p99 = h.get("pull_p99_ms_200_operators")
-    add(f"pull p99 with {report['options']['scale_operators']} operators", p99, "<= 10 ms",
-        None if p99 is None else p99 <= 10, "ms")
+    add(
+        f"pull p99 with {report['options']['scale_operators']} operators",
+        p99,
+        "<= 10 ms",
+        None if p99 is None else p99 <= 10,
+        "ms",
+    )
     r = (report.get("scale_check") or {}).get("p99_ratio_largest_to_smallest")
     add("pull p99 at largest / smallest queue", r, "<= 1.5", None if r is None else r <= 1.5, "x")
     a = h.get("apply_p99_ms_half")
@@ -1476,24 +1711,38 @@ def print_report(report: dict) -> None:
     t.add_row("conversation turns/s", v(h["turns_per_s"]))
     t.add_row("pgbench simple-update TPS (same run)", v(h["pgbench_tps"]))
     t.add_row("events/s ÷ pgbench TPS", v(h["events_per_pgbench_tps"], "x", 2))
-    t.add_row("apply latency p50 / p99 (half load)", f"{v(h['apply_p50_ms_half'], ' ms')} / {v(h['apply_p99_ms_half'], ' ms')}")
-    t.add_row("apply latency p50 / p99 (max load)", f"{v(h['apply_p50_ms_max'], ' ms')} / {v(h['apply_p99_ms_max'], ' ms')}")
+    t.add_row(
+        "apply latency p50 / p99 (half load)",
+        f"{v(h['apply_p50_ms_half'], ' ms')} / {v(h['apply_p99_ms_half'], ' ms')}",
+    )
+    t.add_row(
+        "apply latency p50 / p99 (max load)", f"{v(h['apply_p50_ms_max'], ' ms')} / {v(h['apply_p99_ms_max'], ' ms')}"
+    )
     t.add_row("pull latency p50 / p99 (load phases)", f"{v(h['pull_p50_ms'], ' ms')} / {v(h['pull_p99_ms'], ' ms')}")
     t.add_row("stats lag p99 (half load)", v(h["stats_lag_p99_ms"], " ms"))
     for s in (report.get("scale_check") or {}).get("sizes", []):
         lat = s["pull_latency_ms"]
-        t.add_row(f"scale: pull p50 / p99 with {s['waiting_chats']:,} waiting",
-                  f"{v(lat['p50'], ' ms')} / {v(lat['p99'], ' ms')}  ({s['pulls_per_s']:,.0f} pulls/s)")
+        t.add_row(
+            f"scale: pull p50 / p99 with {s['waiting_chats']:,} waiting",
+            f"{v(lat['p50'], ' ms')} / {v(lat['p99'], ' ms')}  ({s['pulls_per_s']:,.0f} pulls/s)",
+        )
     sc = report.get("scale_check") or {}
     if sc:
         t.add_row("scale: p99 ratio largest/smallest", v(sc.get("p99_ratio_largest_to_smallest"), "x", 2))
     for name, r in report["resources"]["processes"].items():
-        t.add_row(f"cpu cores (max phase) / peak RSS: {name}",
-                  f"{v(r.get('cpu_cores_max'), '', 2)} / {v(r.get('peak_rss_mb'), ' MB')}")
+        t.add_row(
+            f"cpu cores (max phase) / peak RSS: {name}",
+            f"{v(r.get('cpu_cores_max'), '', 2)} / {v(r.get('peak_rss_mb'), ' MB')}",
+        )
     integ = report["integrity"]
-    t.add_row("lost / unexpected user messages", f"{integ.get('user_messages_lost')} / {integ.get('user_messages_unexpected')}")
-    t.add_row("reconcile differences (after load / at end)",
-              f"{(integ.get('reconcile') or {}).get('differences')} / {(integ.get('reconcile_final') or {}).get('differences')}")
+    t.add_row(
+        "lost / unexpected user messages",
+        f"{integ.get('user_messages_lost')} / {integ.get('user_messages_unexpected')}",
+    )
+    t.add_row(
+        "reconcile differences (after load / at end)",
+        f"{(integ.get('reconcile') or {}).get('differences')} / {(integ.get('reconcile_final') or {}).get('differences')}",
+    )
     console.print(t)
     tt = Table(title="Targets (figures, not assertions)")
     for col in ("target", "value", "wanted", "met"):
@@ -1516,37 +1765,65 @@ async def run(settings: Settings, opts: Options) -> dict:
     rec = Recorder()
     load_avg = os.getloadavg()
     report: dict[str, Any] = {
-        "version": REPORT_VERSION, "run_id": run_id,
-        "started_at": datetime.now(timezone.utc).isoformat(),
-        "machine": {"cpus": os.cpu_count(), "load_avg_at_start": [round(x, 2) for x in load_avg],
-                    "python": sys.version.split()[0]},
+        "version": REPORT_VERSION,
+        "run_id": run_id,
+        "started_at": datetime.now(UTC).isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_at_start": [round(x, 2) for x in load_avg],
+            "python": sys.version.split()[0],
+        },
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
-        "stack": {"mode": "external" if stack.external else "spawned", "urls": stack.urls,
-                  "topic_prefix": stack.settings.topic_prefix, "database": urlparse(stack.database_url).path.lstrip("/")},
+        "stack": {
+            "mode": "external" if stack.external else "spawned",
+            "urls": stack.urls,
+            "topic_prefix": stack.settings.topic_prefix,
+            "database": urlparse(stack.database_url).path.lstrip("/"),
+        },
         "notes": [],
     }
     if load_avg[0] > (os.cpu_count() or 1) * 0.5:
-        report["notes"].append(f"the machine was busy before the run (load average {load_avg[0]:.1f} on "
-                               f"{os.cpu_count()} cores): figures are pessimistic")
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+        report["notes"].append(
+            f"the machine was busy before the run (load average {load_avg[0]:.1f} on "
+            f"{os.cpu_count()} cores): figures are pessimistic"
+        )
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=24),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
     pool = None
     try:
         with progress:
-            t = progress.add_task("starting   the four services" if not stack.external else "checking   the stack",
-                                  total=None)
+            t = progress.add_task(
+                "starting   the four services" if not stack.external else "checking   the stack", total=None
+            )
             await stack.start()
             progress.update(t, total=1, completed=1, description="ready      services up")
             loopback = urlparse(stack.database_url).hostname in ("127.0.0.1", "localhost", "::1")
             pool = await asyncpg.create_pool(
-                stack.database_url, min_size=1, max_size=4, ssl=False if loopback else None,
-                server_settings={"application_name": "switchboard-bench", "statement_timeout": "0"})
+                stack.database_url,
+                min_size=1,
+                max_size=4,
+                ssl=False if loopback else None,
+                server_settings={"application_name": "switchboard-bench", "statement_timeout": "0"},
+            )
             if opts.pgbench:
-                t = progress.add_task(f"pgbench    -N -c {opts.pgbench_clients} -j {opts.pgbench_threads} "
-                                      f"-T {opts.pgbench_seconds}", total=None)
+                t = progress.add_task(
+                    f"pgbench    -N -c {opts.pgbench_clients} -j {opts.pgbench_threads} -T {opts.pgbench_seconds}",
+                    total=None,
+                )
                 report["pgbench"] = await run_pgbench(stack.database_url, f"{opts.database}_pgbench", opts)
-                progress.update(t, total=1, completed=1,
-                                description=f"pgbench    {report['pgbench']['tps']:,.0f} TPS (simple-update)")
+                progress.update(
+                    t,
+                    total=1,
+                    completed=1,
+                    description=f"pgbench    {report['pgbench']['tps']:,.0f} TPS (simple-update)",
+                )
             else:
                 report["pgbench"] = None
             phases: list[tuple[str, float, float]] = []
@@ -1567,8 +1844,13 @@ async def run(settings: Settings, opts: Options) -> dict:
                     marks_task = asyncio.create_task(_mark_after(opts.warmup_s, load, marks))
                     if opts.profile and not stack.external:
                         # py-spy samples the measured window only (it starts when the warm-up ends)
-                        marks_task.add_done_callback(lambda _: spies.extend(start_profiles(
-                            stack, max(1, opts.duration_s - 1), Path(opts.output).parent / "profiles")))
+                        marks_task.add_done_callback(
+                            lambda _: spies.extend(
+                                start_profiles(
+                                    stack, max(1, opts.duration_s - 1), Path(opts.output).parent / "profiles"
+                                )
+                            )
+                        )
                     await load.run_phase("max", total, None, task)
                     await marks_task
                     t1 = time.time()
@@ -1580,7 +1862,7 @@ async def run(settings: Settings, opts: Options) -> dict:
                     extras["max"]["backlog_at_end"] = load.backlog
                     phases += [("warm-up", t0, start_max), ("max", start_max, t1)]
                     windows["max"] = (start_max, t1)
-                    for name, proc, raw in spies:
+                    for name, proc, _raw in spies:
                         try:
                             await asyncio.to_thread(proc.wait, timeout=30)
                         except subprocess.TimeoutExpired:
@@ -1590,9 +1872,13 @@ async def run(settings: Settings, opts: Options) -> dict:
                     d0 = time.time()
                     task = progress.add_task("drain      waiting for the assigner to catch up", total=None)
                     drained = await wait_drained(pool, rec, run_id, opts.drain_timeout_s)
-                    progress.update(task, total=1, completed=1,
-                                    description=f"drain      {drained['stored']:,}/{drained['expected']:,} stored "
-                                                f"in {drained['seconds']} s")
+                    progress.update(
+                        task,
+                        total=1,
+                        completed=1,
+                        description=f"drain      {drained['stored']:,}/{drained['expected']:,} stored "
+                        f"in {drained['seconds']} s",
+                    )
                     extras["max"]["drain"] = drained
                     phases.append(("drain", d0, time.time()))
                     # half phase: paced at half of the applied rate just measured
@@ -1611,8 +1897,9 @@ async def run(settings: Settings, opts: Options) -> dict:
                         h1 = time.time()
                         hstart = hmarks.get("start", h0 + 2)
                         cpu["half"] = (hmarks.get("cpu") or stack.watched.cpu(), stack.watched.cpu())
-                        hists["half"] = _hist_summary(hmarks.get("samples"), await load.scrape(),
-                                                      stack.settings.group("assigner"))
+                        hists["half"] = _hist_summary(
+                            hmarks.get("samples"), await load.scrape(), stack.settings.group("assigner")
+                        )
                         extras["half"]["backlog_at_end"] = load.backlog
                         phases += [("warm-up", h0, hstart), ("half", hstart, h1)]
                         windows["half"] = (hstart, h1)
@@ -1620,9 +1907,13 @@ async def run(settings: Settings, opts: Options) -> dict:
                         task = progress.add_task("drain", total=None)
                         drained = await wait_drained(pool, rec, run_id, opts.drain_timeout_s)
                         extras["half"]["drain"] = drained
-                        progress.update(task, total=1, completed=1,
-                                        description=f"drain      {drained['stored']:,}/{drained['expected']:,} stored "
-                                                    f"in {drained['seconds']} s")
+                        progress.update(
+                            task,
+                            total=1,
+                            completed=1,
+                            description=f"drain      {drained['stored']:,}/{drained['expected']:,} stored "
+                            f"in {drained['seconds']} s",
+                        )
                         phases.append(("drain", d1, time.time()))
                     t_end = time.time()
                     # integrity and reconcile
@@ -1631,15 +1922,27 @@ async def run(settings: Settings, opts: Options) -> dict:
                     integ = await integrity(pool, rec, users, ops)
                     integ["reconcile"] = await run_reconcile(stack.settings)
                     lag = await stats_lag(stack.settings, pool, windows)
-                    progress.update(task, total=1, completed=1,
-                                    description=f"check      lost {integ['user_messages_lost'] + integ['operator_messages_lost']}, "
-                                                f"reconcile differences {integ['reconcile']['differences']}")
+                    progress.update(
+                        task,
+                        total=1,
+                        completed=1,
+                        description=f"check      lost {integ['user_messages_lost'] + integ['operator_messages_lost']}, "
+                        f"reconcile differences {integ['reconcile']['differences']}",
+                    )
                     report["phases"] = {}
                     for name, window in windows.items():
                         c0, c1 = cpu[name]
-                        report["phases"][name] = phase_report(name, window, rec, users, per_s, c0, c1, hists[name],
-                                                              {**extras.get(name, {}),
-                                                               "stats_lag_ms": lag.get(name)})
+                        report["phases"][name] = phase_report(
+                            name,
+                            window,
+                            rec,
+                            users,
+                            per_s,
+                            c0,
+                            c1,
+                            hists[name],
+                            {**extras.get(name, {}), "stats_lag_ms": lag.get(name)},
+                        )
                     report["timeline"] = timeline(rec, users, per_s, t_load, t_end, phases)
                     report["phase_spans"] = [(n, round(a - t_load, 2), round(b - t_load, 2)) for n, a, b in phases]
                     load_pulls = list(rec.pulls)
@@ -1648,9 +1951,13 @@ async def run(settings: Settings, opts: Options) -> dict:
                         report["scale_check"] = await scale_check(load, pool, opts, progress)
                         task = progress.add_task("check      final reconcile", total=None)
                         integ["reconcile_final"] = await run_reconcile(stack.settings)
-                        progress.update(task, total=1, completed=1,
-                                        description=f"check      final reconcile differences "
-                                                    f"{integ['reconcile_final']['differences']}")
+                        progress.update(
+                            task,
+                            total=1,
+                            completed=1,
+                            description=f"check      final reconcile differences "
+                            f"{integ['reconcile_final']['differences']}",
+                        )
                     else:
                         report["scale_check"] = None
                         integ["reconcile_final"] = integ["reconcile"]
@@ -1665,24 +1972,31 @@ async def run(settings: Settings, opts: Options) -> dict:
             rss = stack.watched.peak_rss_mb()
             max_cores = report["phases"]["max"]["cpu_cores"]
             report["resources"] = {
-                "processes": {name: {"cpu_cores_max": max_cores.get(name),
-                                     "cpu_cores_half": (report["phases"].get("half") or {}).get("cpu_cores", {}).get(name),
-                                     "cpu_seconds_total": rnd(cpu_total.get(name), 1),
-                                     "peak_rss_mb": rss.get(name)}
-                              for name in list(stack.watched.pids) + ["postgres (all sessions)"]},
+                "processes": {
+                    name: {
+                        "cpu_cores_max": max_cores.get(name),
+                        "cpu_cores_half": (report["phases"].get("half") or {}).get("cpu_cores", {}).get(name),
+                        "cpu_seconds_total": rnd(cpu_total.get(name), 1),
+                        "peak_rss_mb": rss.get(name),
+                    }
+                    for name in list(stack.watched.pids) + ["postgres (all sessions)"]
+                },
                 "machine_busy_cores_max": max_cores.get("machine (all processes)"),
                 "note": "cpu_cores = average cores used in the phase window; peak RSS = VmHWM; postgres and the "
-                        "Kafka broker are shared with anything else running on this machine",
+                "Kafka broker are shared with anything else running on this machine",
             }
             _headline(report, load_pulls)
             integ = report["integrity"]
-            integ["ok"] = (integ["user_messages_lost"] == 0 and integ["operator_messages_lost"] == 0
-                           and integ["chats_with_message_count_mismatch"] == 0
-                           and integ["chats_with_two_active_assignments"] == 0
-                           and integ["reconcile"]["differences"] == 0
-                           and integ["reconcile_final"]["differences"] == 0)
+            integ["ok"] = (
+                integ["user_messages_lost"] == 0
+                and integ["operator_messages_lost"] == 0
+                and integ["chats_with_message_count_mismatch"] == 0
+                and integ["chats_with_two_active_assignments"] == 0
+                and integ["reconcile"]["differences"] == 0
+                and integ["reconcile_final"]["differences"] == 0
+            )
             report["targets"] = targets(report)
-            report["finished_at"] = datetime.now(timezone.utc).isoformat()
+            report["finished_at"] = datetime.now(UTC).isoformat()
     finally:
         if pool is not None:
             await pool.close()

@@ -105,18 +105,29 @@ class OwnIngest:
         finally:
             await admin.close()
         port = _free_port()
-        env = dict(os.environ, SWITCHBOARD_DATABASE_URL=_with_db(base, self.db_name),
-                   SWITCHBOARD_TOPIC_PREFIX=self.prefix, SWITCHBOARD_AUTH_SECRET=self.settings.auth_secret,
-                   SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS=self.settings.kafka_bootstrap_servers,
-                   SWITCHBOARD_HTTP_HOST="127.0.0.1", SWITCHBOARD_LOG_LEVEL="WARNING")
+        env = dict(
+            os.environ,
+            SWITCHBOARD_DATABASE_URL=_with_db(base, self.db_name),
+            SWITCHBOARD_TOPIC_PREFIX=self.prefix,
+            SWITCHBOARD_AUTH_SECRET=self.settings.auth_secret,
+            SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS=self.settings.kafka_bootstrap_servers,
+            SWITCHBOARD_HTTP_HOST="127.0.0.1",
+            SWITCHBOARD_LOG_LEVEL="WARNING",
+        )
         if self.settings.dev_mode:
             env["SWITCHBOARD_DEV_MODE"] = "1"
-        self.proc = subprocess.Popen([sys.executable, "-m", "switchboard", "run", "ingest", "--port", str(port)],
-                                     env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "switchboard", "run", "ingest", "--port", str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
         base_url = f"http://127.0.0.1:{port}"
         await _wait_ready(base_url, self.proc)
-        print(f"ingest started (pid {self.proc.pid}) on {base_url}, topics {self.prefix}*, database {self.db_name}",
-              file=sys.stderr)
+        print(
+            f"ingest started (pid {self.proc.pid}) on {base_url}, topics {self.prefix}*, database {self.db_name}",
+            file=sys.stderr,
+        )
         return base_url
 
     async def __aexit__(self, *exc) -> None:
@@ -145,8 +156,10 @@ async def _load(base: str, secret: str, messages: int, concurrency: int, batch: 
     counter = iter(range(calls))
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
         for i in range(min(WARMUP, calls)):  # connections and caches warm, not measured
-            await client.post(f"/v1/chats/bench-{run}-warm/messages",
-                              json={"message_id": f"w{i}", "sender": "user", "text": "warm-up"})
+            await client.post(
+                f"/v1/chats/bench-{run}-warm/messages",
+                json={"message_id": f"w{i}", "sender": "user", "text": "warm-up"},
+            )
         deadline = time.monotonic() + MAX_SECONDS
 
         async def worker() -> None:
@@ -160,9 +173,17 @@ async def _load(base: str, secret: str, messages: int, concurrency: int, batch: 
                     body = {"message_id": f"m{n}", "sender": "user", "text": f"benchmark message {n}"}
                 else:
                     path = "/v1/messages:batch"
-                    body = {"messages": [
-                        {"chat_id": f"bench-{run}-c{i % CHATS}", "message_id": f"m{i}", "sender": "user",
-                         "text": f"benchmark message {i}"} for i in range(first, first + count)]}
+                    body = {
+                        "messages": [
+                            {
+                                "chat_id": f"bench-{run}-c{i % CHATS}",
+                                "message_id": f"m{i}",
+                                "sender": "user",
+                                "text": f"benchmark message {i}",
+                            }
+                            for i in range(first, first + count)
+                        ]
+                    }
                 started = time.perf_counter()
                 r = await client.post(path, json=body)
                 result.latencies.append(time.perf_counter() - started)

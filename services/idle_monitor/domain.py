@@ -7,9 +7,9 @@ into the `assignment_idle` event it publishes.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterable
 
 from pydantic import BaseModel
 

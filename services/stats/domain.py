@@ -7,9 +7,9 @@ database to know which (operator, chat) pairs are new, so it is settled by `sett
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
-from typing import Iterable
+from datetime import UTC, date, datetime
 
 from shared.events import AssignmentEnded, ChatAssigned, MessageRecorded
 
@@ -37,7 +37,7 @@ OUTCOME_COUNTERS = {
 
 def utc_day(at: datetime) -> date:
     """The UTC calendar day of an aware timestamp."""
-    return at.astimezone(timezone.utc).date()
+    return at.astimezone(UTC).date()
 
 
 @dataclass
@@ -146,11 +146,15 @@ class Difference:
     def describe(self, expected_name: str = "expected", actual_name: str = "actual") -> str:
         """A one-line human description of the difference."""
         where = " ".join(str(k) for k in self.key)
-        return (f"{self.table} {where} {self.figure}: {expected_name}={self.expected} "
-                f"{actual_name}={self.actual} (diff {self.actual - self.expected:+d})")
+        return (
+            f"{self.table} {where} {self.figure}: {expected_name}={self.expected} "
+            f"{actual_name}={self.actual} (diff {self.actual - self.expected:+d})"
+        )
 
 
-def compare(table: str, names: tuple[str, ...], expected: dict[tuple, dict], actual: dict[tuple, dict]) -> list[Difference]:
+def compare(
+    table: str, names: tuple[str, ...], expected: dict[tuple, dict], actual: dict[tuple, dict]
+) -> list[Difference]:
     """Every figure that differs between two keyed row sets; a missing row counts as all zeros."""
     diffs = []
     for key in sorted(set(expected) | set(actual), key=lambda k: tuple(str(p) for p in k)):

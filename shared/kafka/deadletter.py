@@ -69,8 +69,12 @@ class DeadLetters:
         metrics.DLQ_RECORDS.labels(self.group_id, self.logical[tp.topic]).inc()
         log.warning(
             "record sent to dead-letter topic",
-            extra={"group": self.group_id, "partition": f"{tp.topic}/{tp.partition}", "offset": rec.offset,
-                   "reason": poisoned.reason[:300]},
+            extra={
+                "group": self.group_id,
+                "partition": f"{tp.topic}/{tp.partition}",
+                "offset": rec.offset,
+                "reason": poisoned.reason[:300],
+            },
         )
 
     def committed(self, offsets: dict[TopicPartition, int]) -> None:

@@ -54,9 +54,18 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
         assert integrity[key]["compared"]["chat"] > 0
 
     headline = report["headline"]
-    assert set(headline) >= {"user_events_per_s", "turns_per_s", "pgbench_tps", "events_per_pgbench_tps",
-                             "apply_p50_ms_half", "apply_p99_ms_half", "pull_p50_ms", "pull_p99_ms",
-                             "stats_lag_p99_ms", "pull_p99_ms_200_operators"}
+    assert set(headline) >= {
+        "user_events_per_s",
+        "turns_per_s",
+        "pgbench_tps",
+        "events_per_pgbench_tps",
+        "apply_p50_ms_half",
+        "apply_p99_ms_half",
+        "pull_p50_ms",
+        "pull_p99_ms",
+        "stats_lag_p99_ms",
+        "pull_p99_ms_200_operators",
+    }
     assert headline["user_events_per_s"] > 0 and headline["pgbench_tps"] > 0
     assert report["pgbench"]["script"] == "simple-update (-N)"
 
@@ -85,7 +94,8 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
     assert len(report["targets"]) == 5
     assert all(set(t) == {"name", "value", "target", "met", "unit"} for t in report["targets"])
     assert report["timeline"] and {"t", "phase", "user_acked", "user_applied", "apply_p99_ms", "pull_p99_ms"} <= set(
-        report["timeline"][0])
+        report["timeline"][0]
+    )
     if _has_matplotlib():
         assert report["plot"] == str(plot) and plot.stat().st_size > 0
     else:
