@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-SCHEMA_VERSION = 1
+# Final, so the type checker sees Literal[1] and accepts it as Envelope.schema_version's default.
+SCHEMA_VERSION: Final = 1
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 OPERATOR_ID_MAX = 255
 
@@ -106,7 +107,7 @@ class Envelope(_Strict):
     """Fields every event carries."""
 
     event_id: uuid.UUID = Field(description="Unique id; consumers apply each id once.")
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Envelope version.")
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Envelope version.")
     chat_id: ChatId
     occurred_at: datetime = Field(description="When the fact happened (UTC, ISO 8601).")
     producer: str = Field(min_length=1, max_length=64, description="Who produced it.")
@@ -182,9 +183,11 @@ class MessageRecordedPayload(_Strict):
     text: str
     sent_at: datetime | None = None
     recorded_at: datetime
-    assignment_id: uuid.UUID | None = Field(None, description="The author's active assignment on this chat, if any.")
+    assignment_id: uuid.UUID | None = Field(
+        default=None, description="The author's active assignment on this chat, if any."
+    )
     first_response_ms: int | None = Field(
-        None, description="Set on the assigned operator's first message of an assignment."
+        default=None, description="Set on the assigned operator's first message of an assignment."
     )
 
 
