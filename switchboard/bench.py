@@ -1862,7 +1862,7 @@ async def run(settings: Settings, opts: Options) -> dict:
                     extras["max"]["backlog_at_end"] = load.backlog
                     phases += [("warm-up", t0, start_max), ("max", start_max, t1)]
                     windows["max"] = (start_max, t1)
-                    for name, proc, _raw in spies:
+                    for _name, proc, _raw in spies:
                         try:
                             await asyncio.to_thread(proc.wait, timeout=30)
                         except subprocess.TimeoutExpired:
