@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -40,7 +40,9 @@ MAX_BACKOFF_S = 5.0
 LIFECYCLE_FETCH_MIN_BYTES = 64 * 1024
 
 
-ApplyBatch = Callable[[asyncpg.Connection, list[Incoming]], Awaitable[None]]
+# What a group's applier returns for one transaction; BatchConsumer hands it to `after_commit`.
+R = TypeVar("R")
+ApplyBatch = Callable[[asyncpg.Connection, list[Incoming]], Awaitable[R]]
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -74,7 +76,7 @@ class _Rebalance(ConsumerRebalanceListener):
         log.info("partitions assigned", extra={"group": self._group, "partitions": str(sorted(assigned))})
 
 
-class BatchConsumer:
+class BatchConsumer(Generic[R]):
     """Consumes topics as one group; applies each partition batch once, exactly once in effect."""
 
     def __init__(
@@ -86,8 +88,8 @@ class BatchConsumer:
         group_id: str,
         topics: Sequence[str],
         tracker: EventIds,
-        apply: ApplyBatch,
-        after_commit: Callable[[object], None] | None = None,
+        apply: ApplyBatch[R],
+        after_commit: Callable[[R], None] | None = None,
         max_records: int | None = None,
         wanted_types: frozenset[str] | None = None,
         fetch_min_bytes: int = 1,
@@ -337,7 +339,6 @@ class BatchConsumer:
 
         Poison records are dead-lettered in that transaction, unless their marker was claimed before.
         """
-        result = None
         if not good and not poisoned:
             return []
         async with self.pool.acquire() as conn:
@@ -346,11 +347,11 @@ class BatchConsumer:
                 for p in poisoned:
                     if p.marker in markers:
                         await self.dead_letters.send(p)
-                if applied:
-                    result = await self.apply(conn, applied)
+                # A 1-tuple, not the bare result: None is a result too (some appliers return nothing).
+                result = (await self.apply(conn, applied),) if applied else None
         faults.reached("consumer_after_apply")  # crash tests: committed in Postgres, offsets not yet in Kafka
-        if applied and self.after_commit is not None:
-            self.after_commit(result)
+        if result is not None and self.after_commit is not None:
+            self.after_commit(result[0])
         return applied
 
     async def _export_lag(self, consumer: AIOKafkaConsumer) -> None:
