@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +30,8 @@ ERROR_SCHEMA = {
         }
     },
 }
-ERROR_RESPONSES = {
+# Typed as FastAPI's `responses` parameter (OpenAPI response objects by status code).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": desc, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
     for code, desc in {
         401: "Missing, malformed, expired or badly signed bearer token.",
