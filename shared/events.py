@@ -59,6 +59,8 @@ OperatorId = Annotated[
     ),
 ]
 Outcome = Literal["answered", "released", "timed_out", "reassigned", "completed"]
+Sender = Literal["user", "operator"]
+QueueReason = Literal["new", "user_reply", "reopened", "released", "timed_out"]
 
 
 def utcnow() -> datetime:
@@ -178,7 +180,7 @@ TimeoutEvent = Annotated[AssignmentIdle, Field(discriminator="type")]
 
 class MessageRecordedPayload(_Strict):
     message_id: MessageId
-    sender: Literal["user", "operator"]
+    sender: Sender
     operator_id: OperatorId | None = None
     text: str
     sent_at: datetime | None = None
@@ -192,7 +194,7 @@ class MessageRecordedPayload(_Strict):
 
 
 class ChatQueuedPayload(_Strict):
-    reason: Literal["new", "user_reply", "reopened", "released", "timed_out"]
+    reason: QueueReason
     waiting_since: datetime
     queued_at: datetime
 
