@@ -12,10 +12,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 from shared.events import (
     AssignmentEndedPayload,
+    AssignmentIdle,
     ChatAnsweredPayload,
     ChatAssignedPayload,
     ChatCompletedPayload,
@@ -23,8 +24,17 @@ from shared.events import (
     ChatReopenedPayload,
     Envelope,
     MessageRecordedPayload,
+    OperatorMessage,
+    Outcome,
+    QueueReason,
+    Sender,
+    UserMessage,
     operator_id_problem,
 )
+
+T = TypeVar("T")
+# The outcomes that put an assignment's chat back in the queue; each is also the queue reason.
+RequeueReason = Literal["released", "timed_out"]
 
 WAITING = "waiting_assignment"
 ASSIGNED = "assigned"
@@ -175,7 +185,18 @@ def response_ms(started_at: datetime, at: datetime) -> int:
     return (at - started_at) // timedelta(milliseconds=1)
 
 
-def _message(cmd, sender: str, chat: Chat, operator_id: str | None, assignment_id, first_ms) -> Fact:
+def _present(value: T | None, what: str, chat: Chat) -> T:
+    """`value`, which the chat's state guarantees; a None is a broken invariant (a corrupt row or rule).
+
+    ValueError, as the payload's own validation raised before: callers already treat it as this
+    command's refusal rather than a failure of the whole batch.
+    """
+    if value is None:
+        raise ValueError(f"chat {chat.chat_id} in state {chat.state} has no {what}")
+    return value
+
+
+def _message(cmd, sender: Sender, chat: Chat, operator_id: str | None, assignment_id, first_ms) -> Fact:
     return Fact(
         "message_recorded",
         MessageRecordedPayload(
@@ -191,20 +212,25 @@ def _message(cmd, sender: str, chat: Chat, operator_id: str | None, assignment_i
     )
 
 
-def _queued(reason: str, chat: Chat) -> Fact:
+def _queued(reason: QueueReason, chat: Chat) -> Fact:
     return Fact(
-        "chat_queued", ChatQueuedPayload(reason=reason, waiting_since=chat.waiting_since, queued_at=chat.queued_at)
+        "chat_queued",
+        ChatQueuedPayload(
+            reason=reason,
+            waiting_since=_present(chat.waiting_since, "waiting_since", chat),
+            queued_at=_present(chat.queued_at, "queued_at", chat),
+        ),
     )
 
 
-def _ended(chat: Chat, outcome: str, at: datetime) -> Fact:
+def _ended(chat: Chat, outcome: Outcome, at: datetime) -> Fact:
     return Fact(
         "assignment_ended",
         AssignmentEndedPayload(
-            assignment_id=chat.assignment_id,
-            operator_id=chat.assigned_operator_id,
+            assignment_id=_present(chat.assignment_id, "assignment_id", chat),
+            operator_id=_present(chat.assigned_operator_id, "assigned_operator_id", chat),
             outcome=outcome,
-            started_at=chat.assignment_started_at,
+            started_at=_present(chat.assignment_started_at, "assignment_started_at", chat),
             ended_at=at,
         ),
     )
@@ -221,7 +247,7 @@ def _unassigned(chat: Chat, **changes) -> Chat:
     )
 
 
-def _requeue(chat: Chat, at: datetime, reason: str, last_operator: str | None) -> Decision:
+def _requeue(chat: Chat, at: datetime, reason: RequeueReason, last_operator: str | None) -> Decision:
     """Back to the queue keeping its position (release, idle timeout)."""
     new = _unassigned(
         chat, state=WAITING, queued_at=at, last_operator_id=last_operator, waiting_since=chat.waiting_since or at
@@ -274,7 +300,11 @@ def on_operator_message(chat: Chat | None, cmd: ReceiveOperatorMessage, chat_id:
         return Decision(new, [_message(cmd, "operator", new, op, None, None), answered])
     counted = replace(chat, message_count=chat.message_count + 1)
     if chat.state == ASSIGNED and chat.assigned_operator_id == op:
-        first = None if chat.assignment_responded else response_ms(chat.assignment_started_at, cmd.at)
+        first = (
+            None
+            if chat.assignment_responded
+            else response_ms(_present(chat.assignment_started_at, "assignment_started_at", chat), cmd.at)
+        )
         new = _unassigned(counted, state=WAITING_USER, operator_replied_at=cmd.at, last_operator_id=op)
         return Decision(
             new,
@@ -327,7 +357,8 @@ def on_pull(chat: Chat, cmd: AssignToPuller) -> Decision:
     )
 
 
-def _check_own_active(chat: Chat, operator_id: str, assignment_id: uuid.UUID) -> None:
+def _check_own_active(chat: Chat, operator_id: str, assignment_id: uuid.UUID | None) -> None:
+    # assignment_id None (a CompleteChat without one) never matches an assigned chat's: not active.
     if chat.state != ASSIGNED or chat.assignment_id != assignment_id:
         raise AssignmentNotActive(f"assignment {assignment_id} is no longer active")
     if chat.assigned_operator_id != operator_id:
@@ -386,9 +417,11 @@ def on_reassign(chat: Chat, cmd: ReassignChat) -> Decision:
 def decide(chat: Chat | None, cmd: Command, chat_id: str | None = None) -> Decision:
     """Apply one command or event to a chat (None for a chat never seen)."""
     chat_id = chat_id or (chat.chat_id if chat else None)
-    if isinstance(cmd, ReceiveUserMessage):
-        return on_user_message(chat, cmd, chat_id)
-    if isinstance(cmd, ReceiveOperatorMessage):
+    if isinstance(cmd, (ReceiveUserMessage, ReceiveOperatorMessage)):
+        if chat_id is None:  # a caller's bug: the new chat would have no id
+            raise TypeError("decide() needs the chat_id of a message to a chat never seen")
+        if isinstance(cmd, ReceiveUserMessage):
+            return on_user_message(chat, cmd, chat_id)
         return on_operator_message(chat, cmd, chat_id)
     if isinstance(cmd, TimeOutAssignment):
         return on_timeout(chat, cmd)
@@ -410,16 +443,18 @@ def decide(chat: Chat | None, cmd: Command, chat_id: str | None = None) -> Decis
 
 def command_of(event: Envelope, at: datetime) -> Command:
     """The command an inbound message or idle timeout (chat.inbound, chat.timeouts) applies at `at`."""
-    p = event.payload
-    if event.type == "user_message":
-        return ReceiveUserMessage(message_id=p.message_id, text=p.text, sent_at=p.sent_at, at=at)
-    if event.type == "operator_message":
+    if isinstance(event, UserMessage):
+        u = event.payload
+        return ReceiveUserMessage(message_id=u.message_id, text=u.text, sent_at=u.sent_at, at=at)
+    if isinstance(event, OperatorMessage):
+        o = event.payload
         return ReceiveOperatorMessage(
-            message_id=p.message_id, operator_id=p.operator_id, text=p.text, sent_at=p.sent_at, at=at
+            message_id=o.message_id, operator_id=o.operator_id, text=o.text, sent_at=o.sent_at, at=at
         )
-    if event.type == "assignment_idle":
-        return TimeOutAssignment(assignment_id=p.assignment_id, at=at)
-    raise TypeError(f"the assigner does not apply {event.type}")
+    if isinstance(event, AssignmentIdle):
+        return TimeOutAssignment(assignment_id=event.payload.assignment_id, at=at)
+    # Every concrete event has a `type`; the Envelope base does not declare one.
+    raise TypeError(f"the assigner does not apply {getattr(event, 'type', type(event).__name__)}")
 
 
 # ---- operators' and admins' commands: ownership and capacity ----------------------------
