@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from shared.events import AssignmentEnded, ChatAssigned, MessageRecorded
+from shared.events import AssignmentEnded, ChatAssigned, Envelope, MessageRecorded
 
 OPERATOR_COUNTERS = (
     "assignments",
@@ -54,7 +54,7 @@ class Tally:
     messages: Counter = field(default_factory=Counter)
 
 
-def tally(events: Iterable) -> Tally:
+def tally(events: Iterable[Envelope]) -> Tally:
     """Count what a batch of lifecycle facts adds; facts that move no counter are ignored."""
     out = Tally()
     for event in events:
@@ -66,11 +66,11 @@ def tally(events: Iterable) -> Tally:
             out.chats[event.chat_id]["assignments"] += 1
             out.assignments_started += 1
         elif isinstance(event, AssignmentEnded):
-            p = event.payload
-            out.assignments_ended[p.outcome] += 1
-            counter = OUTCOME_COUNTERS.get(p.outcome)
+            e = event.payload
+            out.assignments_ended[e.outcome] += 1
+            counter = OUTCOME_COUNTERS.get(e.outcome)
             if counter:
-                out.operator_days[(p.operator_id, utc_day(p.ended_at))][counter] += 1
+                out.operator_days[(e.operator_id, utc_day(e.ended_at))][counter] += 1
     return out
 
 
