@@ -129,17 +129,20 @@ class Accepted:
     duplicate: bool
 
 
-def to_event(chat_id: str, message: MessageIn, event_id: uuid.UUID, occurred_at: datetime):
+def to_event(
+    chat_id: str, message: MessageIn, event_id: uuid.UUID, occurred_at: datetime
+) -> OperatorMessage | UserMessage:
     """The `chat.inbound` envelope for a posted message."""
     if message.sender == "operator":
-        payload = OperatorMessagePayload(
+        assert message.operator_id is not None, "MessageIn's validator requires operator_id from an operator"
+        by_operator = OperatorMessagePayload(
             message_id=message.message_id, operator_id=message.operator_id, text=message.text, sent_at=message.sent_at
         )
         return OperatorMessage(
-            event_id=event_id, chat_id=chat_id, occurred_at=occurred_at, producer=PRODUCER, payload=payload
+            event_id=event_id, chat_id=chat_id, occurred_at=occurred_at, producer=PRODUCER, payload=by_operator
         )
-    payload = UserMessagePayload(message_id=message.message_id, text=message.text, sent_at=message.sent_at)
-    return UserMessage(event_id=event_id, chat_id=chat_id, occurred_at=occurred_at, producer=PRODUCER, payload=payload)
+    by_user = UserMessagePayload(message_id=message.message_id, text=message.text, sent_at=message.sent_at)
+    return UserMessage(event_id=event_id, chat_id=chat_id, occurred_at=occurred_at, producer=PRODUCER, payload=by_user)
 
 
 def draft(chat_id: str, message: MessageIn, event_id: uuid.UUID, occurred_at: datetime) -> Draft:
