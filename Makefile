@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,lint]'
 	touch $@
 
 # exec: `switchboard up` is make's own child, so the SIGTERM make passes on to its children reaches it
@@ -22,6 +22,12 @@ test: $(VENV)/.installed
 
 down: $(VENV)/.installed
 	$(VENV)/bin/switchboard down
+
+# ruff (check + format) over the tree; mypy over shared/ and every service's pure domain.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy shared services/*/domain.py services/assigner/allocation.py
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'

@@ -114,10 +114,20 @@ class JwksVerifier:
     comes first, so the thread is used once per token, not per request.
     """
 
-    def __init__(self, url: str, *, issuer: str, audience: str, role_claim: str = "role",
-                 cache_s: float = 300, min_refresh_s: float = 30, fetch_timeout_s: float = 5):
-        self.client = jwt.PyJWKClient(url, cache_jwk_set=True, lifespan=cache_s, timeout=fetch_timeout_s,
-                                      cooldown_duration=min_refresh_s)
+    def __init__(
+        self,
+        url: str,
+        *,
+        issuer: str,
+        audience: str,
+        role_claim: str = "role",
+        cache_s: float = 300,
+        min_refresh_s: float = 30,
+        fetch_timeout_s: float = 5,
+    ):
+        self.client = jwt.PyJWKClient(
+            url, cache_jwk_set=True, lifespan=cache_s, timeout=fetch_timeout_s, cooldown_duration=min_refresh_s
+        )
         self.issuer = issuer
         self.audience = audience
         self.role_claim = role_claim
@@ -142,15 +152,21 @@ class JwksVerifier:
         try:
             key = await asyncio.to_thread(self.client.get_signing_key_from_jwt, token)
         except jwt.PyJWKClientConnectionError as exc:
-            raise ApiError(503, "identity_provider_unavailable",
-                           f"the identity provider's keys could not be fetched: {exc}",
-                           headers={"Retry-After": "5"}) from None
+            raise ApiError(
+                503,
+                "identity_provider_unavailable",
+                f"the identity provider's keys could not be fetched: {exc}",
+                headers={"Retry-After": "5"},
+            ) from None
         except jwt.PyJWKClientError as exc:  # no key with this kid, even after a refetch
             raise ApiError(401, "invalid_token", f"the bearer token is not valid: {exc}") from None
         except jwt.PyJWKSetError as exc:
-            raise ApiError(503, "identity_provider_unavailable",
-                           f"the identity provider's key set is unusable: {exc}",
-                           headers={"Retry-After": "5"}) from None
+            raise ApiError(
+                503,
+                "identity_provider_unavailable",
+                f"the identity provider's key set is unusable: {exc}",
+                headers={"Retry-After": "5"},
+            ) from None
         except jwt.PyJWTError as exc:
             raise ApiError(401, "invalid_token", f"the bearer token is not valid: {exc}") from None
         principal, exp = self._check(token, key)
@@ -161,8 +177,14 @@ class JwksVerifier:
 
     def _check(self, token: str, key: Any) -> tuple[Principal, float]:
         try:
-            claims = jwt.decode(token, key.key, algorithms=list(JWKS_ALGORITHMS), audience=self.audience,
-                                issuer=self.issuer, options={"require": ["sub", "exp", "iss", "aud"]})
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=list(JWKS_ALGORITHMS),
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["sub", "exp", "iss", "aud"]},
+            )
         except jwt.ExpiredSignatureError:
             raise ApiError(401, "token_expired", "the bearer token has expired") from None
         except jwt.InvalidTokenError as exc:
@@ -175,8 +197,9 @@ class JwksVerifier:
             raise ApiError(401, "invalid_subject", f"the bearer token's sub {problem}")
         role = role_from_claim(claims, self.role_claim)
         if role is None:
-            raise ApiError(401, "invalid_token",
-                           f"the bearer token's {self.role_claim!r} claim holds none of {', '.join(ROLES)}")
+            raise ApiError(
+                401, "invalid_token", f"the bearer token's {self.role_claim!r} claim holds none of {', '.join(ROLES)}"
+            )
         return Principal(sub=sub, role=role), float(claims["exp"])
 
 
@@ -196,9 +219,14 @@ def jwks_verifier(settings) -> JwksVerifier | None:
     """The JWKS verifier the settings describe, or None when SWITCHBOARD_AUTH_JWKS_URL is unset."""
     if not settings.auth_jwks_url:
         return None
-    return JwksVerifier(settings.auth_jwks_url, issuer=settings.auth_issuer, audience=settings.auth_audience,
-                        role_claim=settings.auth_role_claim, cache_s=settings.auth_jwks_cache_s,
-                        min_refresh_s=settings.auth_jwks_min_refresh_s)
+    return JwksVerifier(
+        settings.auth_jwks_url,
+        issuer=settings.auth_issuer,
+        audience=settings.auth_audience,
+        role_claim=settings.auth_role_claim,
+        cache_s=settings.auth_jwks_cache_s,
+        min_refresh_s=settings.auth_jwks_min_refresh_s,
+    )
 
 
 def require(*roles: str):
@@ -207,7 +235,9 @@ def require(*roles: str):
 
     async def dependency(principal: Principal = Depends(_principal)) -> Principal:
         if principal.role not in roles:
-            raise ApiError(403, "forbidden_role", f"role {principal.role!r} may not call this; needs {' or '.join(roles)}")
+            raise ApiError(
+                403, "forbidden_role", f"role {principal.role!r} may not call this; needs {' or '.join(roles)}"
+            )
         return principal
 
     return dependency

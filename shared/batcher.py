@@ -11,7 +11,8 @@ queued, and whatever arrives after, is answered 503 `shutting_down` (safe to ret
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Generic, Sequence, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
 
 from shared.errors import ApiError
 

@@ -15,9 +15,16 @@ import asyncpg.pool
 # is one transaction). A bug in a query is none of these and surfaces as a 500. OSError covers
 # refused connections and timeouts (asyncio.TimeoutError, e.g. BoundedPool's acquire, is one).
 DATABASE_DOWN = (
-    asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
-    asyncpg.InternalClientError, asyncpg.QueryCanceledError, OSError, asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.InternalClientError,
+    asyncpg.QueryCanceledError,
+    OSError,
+    asyncio.TimeoutError,
 )
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -52,8 +59,14 @@ class BoundedPool(asyncpg.pool.Pool):
         return super().acquire(timeout=ACQUIRE_TIMEOUT_S if timeout is None else timeout)
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20, app: str = "switchboard",
-                      server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 20,
+    app: str = "switchboard",
+    server_settings: dict[str, str] | None = None,
+) -> asyncpg.Pool:
     """An asyncpg pool whose sessions carry Switchboard's timeouts and an application name."""
     settings = dict(SESSION_SETTINGS, application_name=app, **(server_settings or {}))
     extra = {}
@@ -61,9 +74,18 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20, app: s
     if parsed.hostname in LOOPBACK and "sslmode" not in parsed.query:
         extra["ssl"] = False  # TLS to ourselves only costs CPU; asyncpg would negotiate it by default
     return await BoundedPool(
-        dsn, min_size=min_size, max_size=max_size, max_queries=50_000, max_inactive_connection_lifetime=300.0,
-        server_settings=settings, command_timeout=60, reset=_keep_session, loop=None,
-        connection_class=asyncpg.Connection, record_class=asyncpg.Record, **extra,
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        server_settings=settings,
+        command_timeout=60,
+        reset=_keep_session,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        **extra,
     )
 
 

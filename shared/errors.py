@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 # Where FastAPI says a request error was (the first part of its `loc`): not part of the field's name.
 REQUEST_PARTS = frozenset({"body", "query", "path", "header"})

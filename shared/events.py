@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
-from typing import Annotated, Literal, Union
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-SCHEMA_VERSION = 1
+# Final, so the type checker sees Literal[1] and accepts it as Envelope.schema_version's default.
+SCHEMA_VERSION: Final = 1
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 OPERATOR_ID_MAX = 255
 
@@ -48,15 +49,23 @@ def check_operator_id(value: str) -> str:
     return value
 
 
-OperatorId = Annotated[str, AfterValidator(check_operator_id), Field(
-    min_length=1, max_length=OPERATOR_ID_MAX,
-    description="Operator id (a token's `sub`): printable text, 1 to 255 characters.")]
+OperatorId = Annotated[
+    str,
+    AfterValidator(check_operator_id),
+    Field(
+        min_length=1,
+        max_length=OPERATOR_ID_MAX,
+        description="Operator id (a token's `sub`): printable text, 1 to 255 characters.",
+    ),
+]
 Outcome = Literal["answered", "released", "timed_out", "reassigned", "completed"]
+Sender = Literal["user", "operator"]
+QueueReason = Literal["new", "user_reply", "reopened", "released", "timed_out"]
 
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 # The window a message's `sent_at` must fall in (docs/contract.md, "The sent_at window"). Every value
@@ -64,7 +73,7 @@ def utcnow() -> datetime:
 # (year 1 at +14:00 or year 9999 at -14:00 do not), so what ingest accepts the assigner can store.
 # The future bound is Kafka's own default for producer clocks (message.timestamp.after.max.ms, 1 h);
 # it only widens as time passes, so a record accepted at ingest still passes when it is consumed.
-SENT_AT_EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+SENT_AT_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 SENT_AT_MAX_AHEAD = timedelta(hours=1)
 
 
@@ -76,8 +85,10 @@ def check_sent_at(value: datetime | None, now: datetime | None = None) -> dateti
         raise ValueError("sent_at must carry a timezone (UTC)")
     latest = (now or utcnow()) + SENT_AT_MAX_AHEAD
     if not SENT_AT_EARLIEST <= value <= latest:
-        raise ValueError(f"sent_at must lie between {SENT_AT_EARLIEST.isoformat()} and "
-                         f"{int(SENT_AT_MAX_AHEAD.total_seconds())} s after the current time")
+        raise ValueError(
+            f"sent_at must lie between {SENT_AT_EARLIEST.isoformat()} and "
+            f"{int(SENT_AT_MAX_AHEAD.total_seconds())} s after the current time"
+        )
     return value
 
 
@@ -98,7 +109,7 @@ class Envelope(_Strict):
     """Fields every event carries."""
 
     event_id: uuid.UUID = Field(description="Unique id; consumers apply each id once.")
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Envelope version.")
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Envelope version.")
     chat_id: ChatId
     occurred_at: datetime = Field(description="When the fact happened (UTC, ISO 8601).")
     producer: str = Field(min_length=1, max_length=64, description="Who produced it.")
@@ -144,7 +155,7 @@ class OperatorMessage(Envelope):
     payload: OperatorMessagePayload
 
 
-InboundEvent = Annotated[Union[UserMessage, OperatorMessage], Field(discriminator="type")]
+InboundEvent = Annotated[UserMessage | OperatorMessage, Field(discriminator="type")]
 
 # ---- chat.timeouts --------------------------------------------------------------------
 
@@ -162,28 +173,28 @@ class AssignmentIdle(Envelope):
     payload: AssignmentIdlePayload
 
 
-TimeoutEvent = Annotated[Union[AssignmentIdle], Field(discriminator="type")]
+TimeoutEvent = Annotated[AssignmentIdle, Field(discriminator="type")]
 
 # ---- chat.lifecycle (facts written by the assigner) -----------------------------------
 
 
 class MessageRecordedPayload(_Strict):
     message_id: MessageId
-    sender: Literal["user", "operator"]
+    sender: Sender
     operator_id: OperatorId | None = None
     text: str
     sent_at: datetime | None = None
     recorded_at: datetime
     assignment_id: uuid.UUID | None = Field(
-        None, description="The author's active assignment on this chat, if any."
+        default=None, description="The author's active assignment on this chat, if any."
     )
     first_response_ms: int | None = Field(
-        None, description="Set on the assigned operator's first message of an assignment."
+        default=None, description="Set on the assigned operator's first message of an assignment."
     )
 
 
 class ChatQueuedPayload(_Strict):
-    reason: Literal["new", "user_reply", "reopened", "released", "timed_out"]
+    reason: QueueReason
     waiting_since: datetime
     queued_at: datetime
 
@@ -266,9 +277,9 @@ class ChatReopened(Envelope):
     payload: ChatReopenedPayload
 
 
-LifecycleFact = Union[
-    MessageRecorded, ChatQueued, ChatAssigned, AssignmentEnded, ChatAnswered, ChatCompleted, ChatReopened
-]
+LifecycleFact = (
+    MessageRecorded | ChatQueued | ChatAssigned | AssignmentEnded | ChatAnswered | ChatCompleted | ChatReopened
+)
 LifecycleEvent = Annotated[LifecycleFact, Field(discriminator="type")]
 LIFECYCLE_TYPES = frozenset(m.model_fields["type"].default for m in LifecycleFact.__args__)
 # Kafka header carrying the event type on records the assigner's relay publishes, so a consumer

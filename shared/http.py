@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +30,8 @@ ERROR_SCHEMA = {
         }
     },
 }
-ERROR_RESPONSES = {
+# Typed as FastAPI's `responses` parameter (OpenAPI response objects by status code).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": desc, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
     for code, desc in {
         401: "Missing, malformed, expired or badly signed bearer token.",
@@ -85,14 +87,24 @@ def _with_challenge(exc: ApiError) -> dict[str, str]:
         else:
             # RFC 6750 allows printable ASCII but `"` and `\` here; header values must stay latin-1 anyway.
             description = "".join(c for c in exc.message if " " <= c <= "~" and c not in '"\\')[:200]
-            headers["WWW-Authenticate"] = (f'Bearer realm="switchboard", error="invalid_token", '
-                                           f'error_description="{description}"')
+            headers["WWW-Authenticate"] = (
+                f'Bearer realm="switchboard", error="invalid_token", error_description="{description}"'
+            )
     return headers
 
 
-def create_app(service: str, *, title: str, lifespan, readiness: Readiness, auth_secret: str,
-               max_body_bytes: int = 1024 * 1024, version: str = "1.0.0",
-               cors_origins: tuple[str, ...] = ("*",), jwks=None) -> FastAPI:
+def create_app(
+    service: str,
+    *,
+    title: str,
+    lifespan,
+    readiness: Readiness,
+    auth_secret: str,
+    max_body_bytes: int = 1024 * 1024,
+    version: str = "1.0.0",
+    cors_origins: tuple[str, ...] = ("*",),
+    jwks=None,
+) -> FastAPI:
     """A FastAPI app with Switchboard's error shape, `/healthz`, `/readyz`, `/metrics` and request metrics.
 
     `jwks` (shared.auth.JwksVerifier) also admits an identity provider's RS256/ES256 tokens.
@@ -102,16 +114,25 @@ def create_app(service: str, *, title: str, lifespan, readiness: Readiness, auth
     app.state.jwks = jwks
     app.state.service = service
     # Bearer tokens, never cookies: the browser console on another port may call every service.
-    app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["*"],
-                       allow_headers=["Authorization", "Content-Type"], max_age=600)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(cors_origins),
+        allow_methods=["*"],
+        allow_headers=["Authorization", "Content-Type"],
+        max_age=600,
+    )
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
         return JSONResponse(exc.body(), status_code=exc.status, headers=_with_challenge(exc))
 
     async def _database_down(_: Request, exc: Exception):
-        body = {"error": {"code": "postgres_unavailable",
-                          "message": f"the database is unavailable ({type(exc).__name__}); retry shortly"}}
+        body = {
+            "error": {
+                "code": "postgres_unavailable",
+                "message": f"the database is unavailable ({type(exc).__name__}); retry shortly",
+            }
+        }
         return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
 
     for kind in DATABASE_DOWN:
@@ -137,7 +158,9 @@ def create_app(service: str, *, title: str, lifespan, readiness: Readiness, auth
     async def readyz():
         checks = await readiness()
         ok = all(checks.values())
-        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
+        )
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus text format.")
     async def metrics_endpoint():

@@ -10,7 +10,9 @@ HTTP_REQUESTS = Counter(
     "switchboard_http_requests_total", "HTTP requests served.", ["service", "route", "method", "status"]
 )
 HTTP_LATENCY = Histogram(
-    "switchboard_http_request_duration_seconds", "HTTP request latency.", ["service", "route", "method"],
+    "switchboard_http_request_duration_seconds",
+    "HTTP request latency.",
+    ["service", "route", "method"],
     buckets=LATENCY_BUCKETS,
 )
 CONSUMER_EVENTS = Counter(
@@ -19,19 +21,20 @@ CONSUMER_EVENTS = Counter(
     ["group", "topic", "result"],
 )
 CONSUMER_BATCH_SECONDS = Histogram(
-    "switchboard_consumer_batch_duration_seconds", "Time to apply one partition batch.", ["group"],
+    "switchboard_consumer_batch_duration_seconds",
+    "Time to apply one partition batch.",
+    ["group"],
     buckets=LATENCY_BUCKETS,
 )
 CONSUMER_RETRIES = Counter(
     "switchboard_consumer_retries_total", "Batches retried after a transient failure.", ["group"]
 )
 CONSUMER_LAG = Gauge(
-    "switchboard_consumer_lag_records", "Records behind the partition's high watermark.",
+    "switchboard_consumer_lag_records",
+    "Records behind the partition's high watermark.",
     ["group", "topic", "partition"],
 )
-DLQ_RECORDS = Counter(
-    "switchboard_dlq_records_total", "Records sent to the dead-letter topic.", ["group", "topic"]
-)
+DLQ_RECORDS = Counter("switchboard_dlq_records_total", "Records sent to the dead-letter topic.", ["group", "topic"])
 EVENT_APPLY_LATENCY = Histogram(
     "switchboard_event_apply_latency_seconds",
     "From an event's occurred_at to the commit of its effect.",

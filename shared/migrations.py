@@ -44,9 +44,7 @@ async def apply(conn: asyncpg.Connection, schema: str, directory: Path) -> list[
             " version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {
-            r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')
-        }
+        done = {r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')}
         for migration in discover(directory):
             if migration.version in done:
                 continue
@@ -65,9 +63,7 @@ async def apply(conn: asyncpg.Connection, schema: str, directory: Path) -> list[
 
 async def pending(conn: asyncpg.Connection, schema: str, directory: Path) -> list[Migration]:
     """Migrations not yet applied (all of them when the schema does not exist yet)."""
-    exists = await conn.fetchval(
-        "SELECT to_regclass($1) IS NOT NULL", f'"{schema}".schema_migrations'
-    )
+    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".schema_migrations')
     done = set()
     if exists:
         done = {r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')}

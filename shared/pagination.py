@@ -20,8 +20,9 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 
 LimitParam = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Rows per page (1..{MAX_LIMIT}).")]
-CursorParam = Annotated[str | None, Query(
-    max_length=2048, description="`next_cursor` of the previous page; omitted: the first page.")]
+CursorParam = Annotated[
+    str | None, Query(max_length=2048, description="`next_cursor` of the previous page; omitted: the first page.")
+]
 
 
 def encode_cursor(kind: str, key: list[Any]) -> str:
@@ -48,5 +49,9 @@ def decode_cursor(kind: str, cursor: str | None, arity: int) -> list[Any] | None
 
 def invalid_cursor() -> ApiError:
     """The 422 for a cursor this list did not issue."""
-    return ApiError(422, "invalid_cursor", "cursor: not a cursor of this list; start again without one",
-                    details=[{"field": "cursor", "message": "not a cursor of this list", "type": "cursor"}])
+    return ApiError(
+        422,
+        "invalid_cursor",
+        "cursor: not a cursor of this list; start again without one",
+        details=[{"field": "cursor", "message": "not a cursor of this list", "type": "cursor"}],
+    )

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
 
 import asyncpg
 from prometheus_client import Counter
@@ -48,8 +48,15 @@ class PruneJob:
 class Pruner:
     """Runs a service's prune jobs every `interval_s` (several instances may run side by side)."""
 
-    def __init__(self, pool: asyncpg.Pool, jobs: list[PruneJob], *, batch_size: int, interval_s: float,
-                 clock: Callable[[], datetime] = utcnow):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        jobs: list[PruneJob],
+        *,
+        batch_size: int,
+        interval_s: float,
+        clock: Callable[[], datetime] = utcnow,
+    ):
         self.pool = pool
         self.jobs = jobs
         self.batch_size = batch_size
@@ -82,6 +89,6 @@ class Pruner:
                     log.info("retention round", extra={"removed": removed})
             except asyncio.CancelledError:
                 raise
-            except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
                 log.warning("retention round failed; next round retries", extra={"error": repr(exc)[:500]})
             await asyncio.sleep(self.interval_s)

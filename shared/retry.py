@@ -14,7 +14,8 @@ import asyncio
 import logging
 import random
 import time
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from shared import metrics
 
@@ -26,10 +27,16 @@ T = TypeVar("T")
 class Backoff:
     """Delays for consecutive failures: attempt n waits uniform(0, min(cap, base * 2**n)) seconds."""
 
-    def __init__(self, what: str, *, base: float = 0.1, cap: float = 5.0,
-                 rng: Callable[[float, float], float] = random.uniform,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        what: str,
+        *,
+        base: float = 0.1,
+        cap: float = 5.0,
+        rng: Callable[[float, float], float] = random.uniform,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if base <= 0 or cap < base:
             raise ValueError(f"backoff needs 0 < base <= cap (base={base}, cap={cap})")
         self.what = what
@@ -67,8 +74,9 @@ class Backoff:
         return 0.0 if self.failing_since is None else self._clock() - self.failing_since
 
 
-async def retrying(what: str, attempt: Callable[[], Awaitable[T]], *, tries: int | None = None,
-                   backoff: Backoff | None = None) -> T:
+async def retrying(
+    what: str, attempt: Callable[[], Awaitable[T]], *, tries: int | None = None, backoff: Backoff | None = None
+) -> T:
     """Call `attempt` until it succeeds, waiting through `backoff`; re-raise after `tries` failures."""
     backoff = backoff or Backoff(what)
     n = 0

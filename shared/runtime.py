@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import asyncpg
 
@@ -14,7 +14,7 @@ from shared import db, migrations
 from shared.kafka.admin import ensure_topics, kafka_ready
 from shared.kafka.consumer import BatchConsumer
 from shared.kafka.producer import ResilientProducer
-from shared.retention import Pruner, PruneJob
+from shared.retention import PruneJob, Pruner
 from shared.retry import Backoff, retrying
 from shared.settings import Settings
 
@@ -49,8 +49,10 @@ class Runtime:
         """
         self.uses_kafka = uses_kafka
         s = self.settings
-        self.pool = await _retry("postgres", lambda: db.create_pool(
-            s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max, app=self.service))
+        self.pool = await _retry(
+            "postgres",
+            lambda: db.create_pool(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max, app=self.service),
+        )
         async with self.pool.acquire() as conn:
             applied = await migrations.apply(conn, self.schema, self.migrations_dir)
         if applied:
@@ -115,7 +117,7 @@ class Runtime:
         for task in self._loops:
             try:  # bounded: a loop stuck in a cancelled query or send must not hold shutdown
                 await asyncio.wait_for(task, 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("background loop did not stop within 10 s", extra={"loop": task.get_name()})
             except (asyncio.CancelledError, Exception):
                 pass
@@ -127,7 +129,7 @@ class Runtime:
         if self.pool:
             try:
                 await asyncio.wait_for(self.pool.close(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.pool.terminate()
 
     async def readiness(self) -> dict[str, bool]:

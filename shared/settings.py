@@ -10,8 +10,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "switchboard-dev-secret-do-not-use-in-production"
 
-SERVICE_PORTS = {"ingest": 8001, "assigner": 8002, "idle_monitor": 8003, "stats": 8004, "assigner_worker": 8005,
-                 "delivery": 8006}
+SERVICE_PORTS = {
+    "ingest": 8001,
+    "assigner": 8002,
+    "idle_monitor": 8003,
+    "stats": 8004,
+    "assigner_worker": 8005,
+    "delivery": 8006,
+}
 
 
 class ConfigError(RuntimeError):
@@ -30,18 +36,23 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="Prepended to every topic name (tests isolate with it).")
     topic_partitions: int = Field(6, ge=1)
     topic_replication_factor: int = Field(
-        1, ge=1, description="Replicas of each topic ensure_topics creates: 1 for the local single broker, "
-                             "3 on a cluster (with the brokers' min.insync.replicas=2, acks=all then "
-                             "survives the loss of one broker).")
+        1,
+        ge=1,
+        description="Replicas of each topic ensure_topics creates: 1 for the local single broker, "
+        "3 on a cluster (with the brokers' min.insync.replicas=2, acks=all then "
+        "survives the loss of one broker).",
+    )
 
     idle_timeout_s: float = Field(300, gt=0)
     idle_check_interval_s: float = Field(0.2, gt=0)
     repeat_cooldown_s: float = Field(60, ge=0)
     operator_capacity: int = Field(1, ge=1)
     assigner_mode: Literal["all", "api", "worker"] = Field(
-        "all", description="all: one assigner process does everything; api: HTTP only (operators, admins); "
-                           "worker: the inbound/timeouts consumer, outbox relay and queue gauges only, "
-                           "so its batches never hold up an operator's request.")
+        "all",
+        description="all: one assigner process does everything; api: HTTP only (operators, admins); "
+        "worker: the inbound/timeouts consumer, outbox relay and queue gauges only, "
+        "so its batches never hold up an operator's request.",
+    )
 
     consumer_max_records: int = Field(500, ge=1)
     consumer_poll_timeout_ms: int = Field(200, ge=1)
@@ -61,17 +72,25 @@ class Settings(BaseSettings):
     stats_url: str = Field("http://127.0.0.1:8004", description="Stats as browsers reach it (admin page).")
     log_level: str = "INFO"
     consumer_stall_s: float = Field(
-        60, gt=0, description="A consumer group (or supervised background loop) failing for longer than this "
-                              "turns /readyz to 503 and switchboard_consumer_healthy to 0.")
+        60,
+        gt=0,
+        description="A consumer group (or supervised background loop) failing for longer than this "
+        "turns /readyz to 503 and switchboard_consumer_healthy to 0.",
+    )
 
     # Bounded storage (docs/operations.md, "Data retention").
     dedup_window_s: float = Field(
-        8 * 86400, gt=0,
+        8 * 86400,
+        gt=0,
         description="How long applied event ids (and ingest's acknowledged idempotency keys) are kept. Must "
-                    "outlive Kafka's retention (7 days by default): a record still in a topic can be redelivered.")
+        "outlive Kafka's retention (7 days by default): a record still in a topic can be redelivered.",
+    )
     message_retention_days: float = Field(
-        30, ge=0, description="Message texts of chats completed longer ago than this are purged (counts stay); "
-                              "0 keeps them forever.")
+        30,
+        ge=0,
+        description="Message texts of chats completed longer ago than this are purged (counts stay); "
+        "0 keeps them forever.",
+    )
     retention_interval_s: float = Field(3600, gt=0, description="How often the prune/purge loop runs.")
     retention_batch_size: int = Field(5000, ge=1, description="Rows one prune/purge statement touches at most.")
     delivery_port: int = SERVICE_PORTS["delivery"]
@@ -81,18 +100,18 @@ class Settings(BaseSettings):
     delivery_webhook_timeout_s: float = Field(10, gt=0, description="Per webhook request (connect to last byte).")
     delivery_webhook_backoff_base_s: float = Field(5, gt=0, description="First retry delay; doubles per attempt.")
     delivery_webhook_backoff_max_s: float = Field(3600, gt=0, description="Longest delay between two attempts.")
-    delivery_webhook_disable_after_s: float = Field(24 * 3600, gt=0,
-                                                    description="An endpoint failing this long is disabled.")
+    delivery_webhook_disable_after_s: float = Field(
+        24 * 3600, gt=0, description="An endpoint failing this long is disabled."
+    )
     delivery_webhook_poll_interval_s: float = Field(0.5, gt=0, description="Sender's pause when nothing is due.")
     delivery_webhook_concurrency: int = Field(20, ge=1, description="Deliveries one instance sends at once.")
     delivery_url: str = Field("http://127.0.0.1:8006", description="Delivery as browsers reach it (console stream).")
 
     @model_validator(mode="after")
-    def _refuse_dev_secret(self) -> "Settings":
+    def _refuse_dev_secret(self) -> Settings:
         if self.auth_secret == DEV_SECRET and not self.dev_mode:
             raise ValueError(
-                "SWITCHBOARD_AUTH_SECRET is the development secret; set a real secret "
-                "or SWITCHBOARD_DEV_MODE=1"
+                "SWITCHBOARD_AUTH_SECRET is the development secret; set a real secret or SWITCHBOARD_DEV_MODE=1"
             )
         return self
 
@@ -110,17 +129,20 @@ class Settings(BaseSettings):
 
     # Identity providers (docs/operations.md, "Running with a JWKS provider").
     auth_jwks_url: str | None = Field(
-        None, description="An identity provider's JWKS URL: RS256/ES256 tokens are verified against it "
-                          "(HS256 tokens signed with SWITCHBOARD_AUTH_SECRET are still accepted).")
+        None,
+        description="An identity provider's JWKS URL: RS256/ES256 tokens are verified against it "
+        "(HS256 tokens signed with SWITCHBOARD_AUTH_SECRET are still accepted).",
+    )
     auth_issuer: str | None = Field(None, description="The `iss` a JWKS-verified token must carry.")
     auth_audience: str | None = Field(None, description="The `aud` a JWKS-verified token must carry.")
-    auth_role_claim: str = Field("role", min_length=1,
-                                 description="Claim (dotted path) holding the role: a string or a list.")
+    auth_role_claim: str = Field(
+        "role", min_length=1, description="Claim (dotted path) holding the role: a string or a list."
+    )
     auth_jwks_cache_s: float = Field(300, gt=0, description="How long a fetched key set is used.")
     auth_jwks_min_refresh_s: float = Field(30, ge=0, description="Least time between refetches for unknown kids.")
 
     @model_validator(mode="after")
-    def _jwks_needs_issuer_and_audience(self) -> "Settings":
+    def _jwks_needs_issuer_and_audience(self) -> Settings:
         if self.auth_jwks_url and not (self.auth_issuer and self.auth_audience):
             raise ValueError("SWITCHBOARD_AUTH_JWKS_URL needs SWITCHBOARD_AUTH_ISSUER and SWITCHBOARD_AUTH_AUDIENCE")
         return self

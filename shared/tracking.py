@@ -10,9 +10,9 @@ claimed the same way. Ids past the dedup window are pruned by the retention loop
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import asyncpg
 
@@ -46,8 +46,9 @@ class EventIds:
         """Record the ids as applied (in the caller's transaction); returns those not seen before."""
         return set(await conn.fetchval(self.claim_sql, list(ids)) or ())
 
-    async def claim_new(self, conn: asyncpg.Connection, items: Sequence[Incoming],
-                        markers: Sequence[uuid.UUID] = ()) -> tuple[list[Incoming], set[uuid.UUID]]:
+    async def claim_new(
+        self, conn: asyncpg.Connection, items: Sequence[Incoming], markers: Sequence[uuid.UUID] = ()
+    ) -> tuple[list[Incoming], set[uuid.UUID]]:
         """Claim the events' ids and the markers; returns the events to apply (each new id once) and the new markers."""
         if not items and not markers:
             return [], set()

@@ -6,10 +6,8 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -29,7 +27,7 @@ def _settings():
         return load_settings()
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def _dev_env() -> None:
@@ -48,7 +46,9 @@ def infra_up_impl(echo=console.print) -> None:
     from shared.settings import Settings
 
     url = os.environ.get("SWITCHBOARD_DATABASE_URL", Settings.model_fields["database_url"].default)
-    bootstrap = os.environ.get("SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS", Settings.model_fields["kafka_bootstrap_servers"].default)
+    bootstrap = os.environ.get(
+        "SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS", Settings.model_fields["kafka_bootstrap_servers"].default
+    )
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # probes of a stopped broker are expected
     postgres.ensure(url, echo=echo)
     echo(f"PostgreSQL ready: {url}")
@@ -59,9 +59,16 @@ def infra_up_impl(echo=console.print) -> None:
         kafka.start(int(port), echo=echo)
     echo(f"Kafka ready: {bootstrap}")
     partitions = int(os.environ.get("SWITCHBOARD_TOPIC_PARTITIONS", "6"))
-    created = asyncio.run(ensure_topics(Settings(auth_secret="x" * 32, kafka_bootstrap_servers=bootstrap,
-                                                 topic_partitions=partitions,
-                                                 topic_prefix=os.environ.get("SWITCHBOARD_TOPIC_PREFIX", ""))))
+    created = asyncio.run(
+        ensure_topics(
+            Settings(
+                auth_secret="x" * 32,
+                kafka_bootstrap_servers=bootstrap,
+                topic_partitions=partitions,
+                topic_prefix=os.environ.get("SWITCHBOARD_TOPIC_PREFIX", ""),
+            )
+        )
+    )
     if created:
         echo(f"created topics: {', '.join(created)}")
 
@@ -104,8 +111,10 @@ def migrate() -> None:
 
 
 @app.command()
-def run(service: str = typer.Argument(..., help="ingest | assigner | assigner_worker | idle_monitor | stats | delivery"),
-        port: Optional[int] = typer.Option(None, help="Override the service's HTTP port.")) -> None:
+def run(
+    service: str = typer.Argument(..., help="ingest | assigner | assigner_worker | idle_monitor | stats | delivery"),
+    port: int | None = typer.Option(None, help="Override the service's HTTP port."),
+) -> None:
     """Run one service in the foreground (HTTP and its Kafka loops).
 
     `assigner` alone does all of the assigner's work unless SWITCHBOARD_ASSIGNER_MODE says otherwise;
@@ -125,14 +134,21 @@ def run(service: str = typer.Argument(..., help="ingest | assigner | assigner_wo
     settings = _settings()
     logs.configure(service, settings.log_level)
     application = registry.module(code).create_app(settings)
-    uvicorn.run(application, host=settings.http_host, port=port or settings.port_of(service),
-                log_config=None, timeout_graceful_shutdown=20)
+    uvicorn.run(
+        application,
+        host=settings.http_host,
+        port=port or settings.port_of(service),
+        log_config=None,
+        timeout_graceful_shutdown=20,
+    )
 
 
 @app.command()
-def token(role: str = typer.Option(..., help="frontend | operator | admin"),
-          sub: str = typer.Option(..., help="The subject: operator id, frontend name or admin name."),
-          ttl: int = typer.Option(12 * 3600, help="Seconds of validity.")) -> None:
+def token(
+    role: str = typer.Option(..., help="frontend | operator | admin"),
+    sub: str = typer.Option(..., help="The subject: operator id, frontend name or admin name."),
+    ttl: int = typer.Option(12 * 3600, help="Seconds of validity."),
+) -> None:
     """Print a signed bearer token."""
     from shared.auth import issue_token
 
@@ -141,7 +157,7 @@ def token(role: str = typer.Option(..., help="frontend | operator | admin"),
         typer.echo(issue_token(settings.auth_secret, sub, role, ttl))
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def _pid_file(name: str):
@@ -185,9 +201,10 @@ def _shield_cleanup() -> None:
 
 
 @app.command()
-def up(demo: bool = typer.Option(True, help="Start the demo traffic generator."),
-       detach: bool = typer.Option(False, help="Return once everything is ready instead of staying in the foreground."),
-       ) -> None:
+def up(
+    demo: bool = typer.Option(True, help="Start the demo traffic generator."),
+    detach: bool = typer.Option(False, help="Return once everything is ready instead of staying in the foreground."),
+) -> None:
     """Start Kafka and Postgres if needed, migrate, start the four services, print URLs and tokens.
 
     In the foreground, Ctrl-C, SIGTERM and SIGHUP all stop everything it started (`switchboard down`).
@@ -220,11 +237,19 @@ def _start(demo: bool) -> None:
     for name, (_, overrides) in registry.PROCESSES.items():
         pid_file = _pid_file(name)
         if process.read_pid(pid_file) is None:
-            process.spawn([sys.executable, "-m", "switchboard", "run", name], pid_file=pid_file,
-                          log_file=local_dir() / "logs" / f"{name}.log", env={**os.environ, **overrides})
+            process.spawn(
+                [sys.executable, "-m", "switchboard", "run", name],
+                pid_file=pid_file,
+                log_file=local_dir() / "logs" / f"{name}.log",
+                env={**os.environ, **overrides},
+            )
     if demo and process.read_pid(_pid_file("demo")) is None:
-        process.spawn([sys.executable, "-m", "switchboard", "demo"], pid_file=_pid_file("demo"),
-                      log_file=local_dir() / "logs" / "demo.log", env=dict(os.environ))
+        process.spawn(
+            [sys.executable, "-m", "switchboard", "demo"],
+            pid_file=_pid_file("demo"),
+            log_file=local_dir() / "logs" / "demo.log",
+            env=dict(os.environ),
+        )
     _wait_ready(settings)
     base = f"http://{settings.http_host}"
     console.print("[bold green]Switchboard is up[/bold green]")
@@ -288,16 +313,19 @@ def status() -> None:
 
 
 @app.command()
-def demo(rate: float = typer.Option(0.5, help="New user messages per second."),
-         operators: int = typer.Option(3, help="Simulated operators."),
-         duration: float = typer.Option(0, help="Seconds to run; 0 runs until stopped."),
-         ingest_url: Optional[str] = typer.Option(None, help="Ingest base URL (default: local port)."),
-         assigner_url: Optional[str] = typer.Option(None, help="Assigner base URL (default: local port).")) -> None:
+def demo(
+    rate: float = typer.Option(0.5, help="New user messages per second."),
+    operators: int = typer.Option(3, help="Simulated operators."),
+    duration: float = typer.Option(0, help="Seconds to run; 0 runs until stopped."),
+    ingest_url: str | None = typer.Option(None, help="Ingest base URL (default: local port)."),
+    assigner_url: str | None = typer.Option(None, help="Assigner base URL (default: local port)."),
+) -> None:
     """Simulated users and operators against the running services (for the local demo)."""
     from switchboard.demo import run_demo
 
-    run_demo(_settings(), rate=rate, operators=operators, duration=duration,
-             ingest_url=ingest_url, assigner_url=assigner_url)
+    run_demo(
+        _settings(), rate=rate, operators=operators, duration=duration, ingest_url=ingest_url, assigner_url=assigner_url
+    )
 
 
 @app.command()
@@ -321,10 +349,12 @@ def stats_rebuild() -> None:
 
 
 @app.command("bench-ingest")
-def bench_ingest(messages: int = typer.Option(5000, help="Messages to send in all."),
-                 concurrency: int = typer.Option(32, help="Requests in flight."),
-                 batch: int = typer.Option(0, help="Use the batch endpoint with this many messages a call (0: single)."),
-                 url: Optional[str] = typer.Option(None, help="Ingest base URL; default: start ingest in-process.")) -> None:
+def bench_ingest(
+    messages: int = typer.Option(5000, help="Messages to send in all."),
+    concurrency: int = typer.Option(32, help="Requests in flight."),
+    batch: int = typer.Option(0, help="Use the batch endpoint with this many messages a call (0: single)."),
+    url: str | None = typer.Option(None, help="Ingest base URL; default: start ingest in-process."),
+) -> None:
     """Measure ingest's accepted messages per second and accept latency (p50/p99)."""
     from switchboard.bench.ingest import main as bench_main
 
@@ -333,41 +363,51 @@ def bench_ingest(messages: int = typer.Option(5000, help="Messages to send in al
 
 @app.command()
 def bench(
-    users: Optional[int] = typer.Option(None, help="Simulated users (default 200)."),
-    http_users: Optional[int] = typer.Option(None, help="Users writing through ingest HTTP (default 16)."),
-    operators: Optional[int] = typer.Option(None, help="Simulated operators (default 40)."),
-    user_think_ms: Optional[float] = typer.Option(None, help="Pause between a user's messages (default 0)."),
-    operator_think_ms: Optional[float] = typer.Option(None, help="Pause before replying (default 20)."),
-    warmup_s: Optional[float] = typer.Option(None, help="Warm-up seconds (default 10)."),
-    duration_s: Optional[float] = typer.Option(None, help="Measured seconds at max load (default 60)."),
-    half_duration_s: Optional[float] = typer.Option(None, help="Measured seconds at half load (default 30)."),
-    direct_kafka: Optional[bool] = typer.Option(None, "--direct-kafka/--no-direct-kafka",
-                                                help="Most users produce straight to chat.inbound (default on)."),
-    reply_via: Optional[str] = typer.Option(None, help="Operators reply via 'ingest' or 'kafka'."),
-    pgbench: Optional[bool] = typer.Option(None, "--pgbench/--no-pgbench", help="Run pgbench side by side."),
-    scale_check: Optional[bool] = typer.Option(None, "--scale-check/--no-scale-check",
-                                               help="Pull latency with 1K/100K/1M waiting chats."),
-    scale_sizes: Optional[str] = typer.Option(None, help="Comma-separated queue sizes for the scale check."),
-    scale_operators: Optional[int] = typer.Option(None, help="Concurrent pullers in the scale check (default 200)."),
-    scale_duration_s: Optional[float] = typer.Option(None, help="Measured seconds per scale-check size (default 15)."),
-    scale_think_ms: Optional[float] = typer.Option(None, help="Scale check: pause between release and next pull (default 1000)."),
-    release_share: Optional[float] = typer.Option(None, help="Share of pulled chats released instead of answered (default 0.1)."),
-    messages_per_chat: Optional[int] = typer.Option(None, help="A user opens a new chat after this many messages (default 6)."),
-    backlog_cap: Optional[int] = typer.Option(None, help="Users wait while this many inbound events are unapplied (default 1500)."),
-    drain_timeout_s: Optional[float] = typer.Option(None, help="Bound on each drain (default 90)."),
-    pgbench_seconds: Optional[int] = typer.Option(None, help="pgbench duration (default 15)."),
-    pgbench_clients: Optional[int] = typer.Option(None, help="pgbench clients (default 8)."),
-    pgbench_threads: Optional[int] = typer.Option(None, help="pgbench threads (default 2)."),
-    database: Optional[str] = typer.Option(None, help="The bench's own database, recreated (default switchboard_bench)."),
-    partitions: Optional[int] = typer.Option(None, help="Partitions of the bench topics (default 6)."),
-    profile: Optional[bool] = typer.Option(None, "--profile/--no-profile", help="py-spy the services."),
-    output: Optional[str] = typer.Option(None, help="JSON report path."),
-    plot: Optional[str] = typer.Option(None, help="PNG plot path."),
-    ingest_url: Optional[str] = typer.Option(None, help="Use a running stack: ingest URL."),
-    assigner_url: Optional[str] = typer.Option(None, help="Use a running stack: assigner URL."),
-    stats_url: Optional[str] = typer.Option(None, help="Use a running stack: stats URL."),
-    keep: Optional[bool] = typer.Option(None, "--keep/--no-keep", help="Keep the bench database and topics."),
-    smoke: Optional[bool] = typer.Option(None, "--smoke/--no-smoke", help="A few seconds with tiny numbers."),
+    users: int | None = typer.Option(None, help="Simulated users (default 200)."),
+    http_users: int | None = typer.Option(None, help="Users writing through ingest HTTP (default 16)."),
+    operators: int | None = typer.Option(None, help="Simulated operators (default 40)."),
+    user_think_ms: float | None = typer.Option(None, help="Pause between a user's messages (default 0)."),
+    operator_think_ms: float | None = typer.Option(None, help="Pause before replying (default 20)."),
+    warmup_s: float | None = typer.Option(None, help="Warm-up seconds (default 10)."),
+    duration_s: float | None = typer.Option(None, help="Measured seconds at max load (default 60)."),
+    half_duration_s: float | None = typer.Option(None, help="Measured seconds at half load (default 30)."),
+    direct_kafka: bool | None = typer.Option(
+        None, "--direct-kafka/--no-direct-kafka", help="Most users produce straight to chat.inbound (default on)."
+    ),
+    reply_via: str | None = typer.Option(None, help="Operators reply via 'ingest' or 'kafka'."),
+    pgbench: bool | None = typer.Option(None, "--pgbench/--no-pgbench", help="Run pgbench side by side."),
+    scale_check: bool | None = typer.Option(
+        None, "--scale-check/--no-scale-check", help="Pull latency with 1K/100K/1M waiting chats."
+    ),
+    scale_sizes: str | None = typer.Option(None, help="Comma-separated queue sizes for the scale check."),
+    scale_operators: int | None = typer.Option(None, help="Concurrent pullers in the scale check (default 200)."),
+    scale_duration_s: float | None = typer.Option(None, help="Measured seconds per scale-check size (default 15)."),
+    scale_think_ms: float | None = typer.Option(
+        None, help="Scale check: pause between release and next pull (default 1000)."
+    ),
+    release_share: float | None = typer.Option(
+        None, help="Share of pulled chats released instead of answered (default 0.1)."
+    ),
+    messages_per_chat: int | None = typer.Option(
+        None, help="A user opens a new chat after this many messages (default 6)."
+    ),
+    backlog_cap: int | None = typer.Option(
+        None, help="Users wait while this many inbound events are unapplied (default 1500)."
+    ),
+    drain_timeout_s: float | None = typer.Option(None, help="Bound on each drain (default 90)."),
+    pgbench_seconds: int | None = typer.Option(None, help="pgbench duration (default 15)."),
+    pgbench_clients: int | None = typer.Option(None, help="pgbench clients (default 8)."),
+    pgbench_threads: int | None = typer.Option(None, help="pgbench threads (default 2)."),
+    database: str | None = typer.Option(None, help="The bench's own database, recreated (default switchboard_bench)."),
+    partitions: int | None = typer.Option(None, help="Partitions of the bench topics (default 6)."),
+    profile: bool | None = typer.Option(None, "--profile/--no-profile", help="py-spy the services."),
+    output: str | None = typer.Option(None, help="JSON report path."),
+    plot: str | None = typer.Option(None, help="PNG plot path."),
+    ingest_url: str | None = typer.Option(None, help="Use a running stack: ingest URL."),
+    assigner_url: str | None = typer.Option(None, help="Use a running stack: assigner URL."),
+    stats_url: str | None = typer.Option(None, help="Use a running stack: stats URL."),
+    keep: bool | None = typer.Option(None, "--keep/--no-keep", help="Keep the bench database and topics."),
+    smoke: bool | None = typer.Option(None, "--smoke/--no-smoke", help="A few seconds with tiny numbers."),
 ) -> None:
     """End-to-end benchmark: throughput, apply/pull latency, pgbench side by side, scale check (docs/performance.md)."""
     from switchboard.bench import main as bench_main

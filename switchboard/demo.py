@@ -18,18 +18,36 @@ from shared.settings import Settings
 
 log = logging.getLogger("switchboard.demo")
 
-OPENERS = ["hey", "hi, my order is late", "I can't log in", "is anyone there?", "refund please",
-           "the app crashes on start", "how do I change my address?"]
+OPENERS = [
+    "hey",
+    "hi, my order is late",
+    "I can't log in",
+    "is anyone there?",
+    "refund please",
+    "the app crashes on start",
+    "how do I change my address?",
+]
 FOLLOW_UPS = ["how are you?", "any news?", "thanks!", "one more thing…", "still broken", "ok great"]
-REPLIES = ["Hello! Let me check that for you.", "Sorry about that — looking into it now.",
-           "Could you share your order number?", "That should be fixed now.", "Happy to help!"]
+REPLIES = [
+    "Hello! Let me check that for you.",
+    "Sorry about that — looking into it now.",
+    "Could you share your order number?",
+    "That should be fixed now.",
+    "Happy to help!",
+]
 
 
 class Demo:
     """A small support floor: users open chats and sometimes follow up; operators work the queue."""
 
-    def __init__(self, settings: Settings, rate: float, operators: int,
-                 ingest_url: str | None = None, assigner_url: str | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        rate: float,
+        operators: int,
+        ingest_url: str | None = None,
+        assigner_url: str | None = None,
+    ):
         self.settings = settings
         self.rate = rate
         self.operators = operators
@@ -45,8 +63,11 @@ class Demo:
 
     async def say(self, client: httpx.AsyncClient, chat_id: str, text: str, operator_id: str | None = None) -> None:
         """Publish one message through ingest as the frontend would."""
-        body = {"message_id": f"demo-{uuid.uuid4().hex[:12]}", "text": text,
-                "sender": "operator" if operator_id else "user"}
+        body = {
+            "message_id": f"demo-{uuid.uuid4().hex[:12]}",
+            "text": text,
+            "sender": "operator" if operator_id else "user",
+        }
         if operator_id:
             body["operator_id"] = operator_id
         url = f"{self.ingest_url}/v1/chats/{chat_id}/messages"
@@ -117,8 +138,15 @@ class Demo:
                 await asyncio.sleep(1.0)
 
 
-def run_demo(settings: Settings, *, rate: float, operators: int, duration: float,
-             ingest_url: str | None = None, assigner_url: str | None = None) -> None:
+def run_demo(
+    settings: Settings,
+    *,
+    rate: float,
+    operators: int,
+    duration: float,
+    ingest_url: str | None = None,
+    assigner_url: str | None = None,
+) -> None:
     """Entry point of `switchboard demo`."""
     from shared import logs
 

@@ -48,14 +48,15 @@ class Report:
 
 
 async def _connect(settings: Settings, schema: str) -> asyncpg.Connection:
-    return await asyncpg.connect(settings.database_url, server_settings=dict(
-        db.SESSION_SETTINGS, application_name="switchboard-reconcile", search_path=schema))
+    return await asyncpg.connect(
+        settings.database_url,
+        server_settings=dict(db.SESSION_SETTINGS, application_name="switchboard-reconcile", search_path=schema),
+    )
 
 
 async def _partitions(admin: AIOKafkaAdminClient, topic: str) -> list[TopicPartition]:
     described = await admin.describe_topics([topic])
-    found = [p["partition"] for d in described if d["topic"] == topic and not d["error_code"]
-             for p in d["partitions"]]
+    found = [p["partition"] for d in described if d["topic"] == topic and not d["error_code"] for p in d["partitions"]]
     return [TopicPartition(topic, p) for p in sorted(found)]
 
 
@@ -72,8 +73,9 @@ async def lifecycle_partitions(settings: Settings) -> list[TopicPartition]:
 async def consumer_lag(settings: Settings, group: str = GROUP_ID) -> int:
     """Records of chat.lifecycle the (prefixed) group has not committed yet, over all partitions."""
     topic = settings.topic(TOPIC_LIFECYCLE)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await consumer.start()
     await admin.start()
@@ -140,8 +142,14 @@ def _compare_all(report: Report, expected: dict, actual: dict) -> None:
         report.differences.extend(domain.compare(table, names, expected[table], actual[table]))
 
 
-async def rebuild(settings: Settings, *, shadow: str = SHADOW_SCHEMA, keep: bool = False,
-                  timeout_s: float = 600.0, quiesce_timeout_s: float = 30.0) -> Report:
+async def rebuild(
+    settings: Settings,
+    *,
+    shadow: str = SHADOW_SCHEMA,
+    keep: bool = False,
+    timeout_s: float = 600.0,
+    quiesce_timeout_s: float = 30.0,
+) -> Report:
     """Replay chat.lifecycle from the earliest offset into `shadow`; compare with the live figures.
 
     `shadow` must be one of shared.tracking.SCHEMAS (its processed_events is claimed there).
@@ -172,15 +180,18 @@ async def rebuild(settings: Settings, *, shadow: str = SHADOW_SCHEMA, keep: bool
     return report
 
 
-async def _replay(settings: Settings, pool: asyncpg.Pool, tracker: EventIds, report: Report,
-                  timeout_s: float) -> None:
+async def _replay(settings: Settings, pool: asyncpg.Pool, tracker: EventIds, report: Report, timeout_s: float) -> None:
     apply = handlers.make_apply(observe=False)
     partitions = await lifecycle_partitions(settings)
     if not partitions:
         return
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_poll_records=settings.consumer_max_records)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.consumer_max_records,
+    )
     await consumer.start()
     try:
         consumer.assign(partitions)
@@ -207,8 +218,9 @@ async def _apply_records(pool, tracker: EventIds, apply, tp: TopicPartition, rec
     good = []
     for rec in records:
         try:
-            good.append(Incoming(decode_record(TOPIC_LIFECYCLE, rec.key, rec.value), TOPIC_LIFECYCLE,
-                                 tp.partition, rec.offset))
+            good.append(
+                Incoming(decode_record(TOPIC_LIFECYCLE, rec.key, rec.value), TOPIC_LIFECYCLE, tp.partition, rec.offset)
+            )
         except Poison:
             report.undecodable += 1  # the live consumer dead-lettered it too
     if not good:
@@ -243,8 +255,10 @@ def run_reconcile(settings: Settings) -> int:
 def run_rebuild(settings: Settings) -> int:
     """CLI entry: replay chat.lifecycle into a shadow schema, print each difference from live; 1 if any."""
     report = asyncio.run(rebuild(settings))
-    print(f"replayed {report.replayed} event(s) into {SHADOW_SCHEMA} "
-          f"({report.duplicates} duplicate(s) skipped, {report.undecodable} undecodable)")
+    print(
+        f"replayed {report.replayed} event(s) into {SHADOW_SCHEMA} "
+        f"({report.duplicates} duplicate(s) skipped, {report.undecodable} undecodable)"
+    )
     code = _print(report, "replay", "live")
     if code:
         print(f"kept schema {SHADOW_SCHEMA} for inspection")

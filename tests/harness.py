@@ -7,8 +7,9 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import asyncpg
@@ -114,11 +115,13 @@ class BoundedASGITransport(httpx.ASGITransport):
     async def handle_async_request(self, request):
         try:
             return await asyncio.wait_for(super().handle_async_request(request), REQUEST_BOUND_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for task in asyncio.all_tasks():
                 task.print_stack(limit=12)
-            raise AssertionError(f"{request.method} {request.url} got no response within {REQUEST_BOUND_S}s "
-                                 "(every task's stack is printed above)") from None
+            raise AssertionError(
+                f"{request.method} {request.url} got no response within {REQUEST_BOUND_S}s "
+                "(every task's stack is printed above)"
+            ) from None
 
 
 @contextlib.asynccontextmanager
@@ -137,8 +140,9 @@ class Producer:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
-                                          enable_idempotence=True)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
+        )
 
     async def __aenter__(self):
         await self._producer.start()
@@ -164,7 +168,10 @@ def user_message(chat_id: str, text: str = "hi", message_id: str | None = None, 
     from shared.events import UserMessage, UserMessagePayload
 
     return UserMessage(
-        event_id=new_event_id(), chat_id=chat_id, occurred_at=at or utcnow(), producer="test",
+        event_id=new_event_id(),
+        chat_id=chat_id,
+        occurred_at=at or utcnow(),
+        producer="test",
         payload=UserMessagePayload(message_id=message_id or f"m-{uuid.uuid4().hex[:10]}", text=text),
     )
 
@@ -174,9 +181,13 @@ def operator_message(chat_id: str, operator_id: str, text: str = "hello", messag
     from shared.events import OperatorMessage, OperatorMessagePayload
 
     return OperatorMessage(
-        event_id=new_event_id(), chat_id=chat_id, occurred_at=at or utcnow(), producer="test",
-        payload=OperatorMessagePayload(message_id=message_id or f"m-{uuid.uuid4().hex[:10]}",
-                                       operator_id=operator_id, text=text),
+        event_id=new_event_id(),
+        chat_id=chat_id,
+        occurred_at=at or utcnow(),
+        producer="test",
+        payload=OperatorMessagePayload(
+            message_id=message_id or f"m-{uuid.uuid4().hex[:10]}", operator_id=operator_id, text=text
+        ),
     )
 
 
@@ -194,8 +205,13 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0,
 
 async def read_topic(settings: Settings, topic: str, *, min_records: int = 1, timeout: float = 20.0) -> list:
     """Read a logical topic from the beginning until at least `min_records` arrived."""
-    consumer = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap_servers,
-                                auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        settings.topic(topic),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await consumer.start()
     records: list = []
     try:

@@ -23,35 +23,64 @@ from shared.events import (
 )
 
 
-def message_recorded(chat_id: str, sender: str, at: datetime, *, operator_id: str | None = None,
-                     assignment_id: uuid.UUID | None = None, first_response_ms: int | None = None,
-                     message_id: str | None = None, text: str = "hi") -> MessageRecorded:
+def message_recorded(
+    chat_id: str,
+    sender: str,
+    at: datetime,
+    *,
+    operator_id: str | None = None,
+    assignment_id: uuid.UUID | None = None,
+    first_response_ms: int | None = None,
+    message_id: str | None = None,
+    text: str = "hi",
+) -> MessageRecorded:
     """A `message_recorded` fact as the assigner writes it."""
     return MessageRecorded(
-        event_id=new_event_id(), chat_id=chat_id, occurred_at=at, producer="assigner",
+        event_id=new_event_id(),
+        chat_id=chat_id,
+        occurred_at=at,
+        producer="assigner",
         payload=MessageRecordedPayload(
-            message_id=message_id or f"m-{uuid.uuid4().hex[:12]}", sender=sender, operator_id=operator_id,
-            text=text, recorded_at=at, assignment_id=assignment_id, first_response_ms=first_response_ms,
+            message_id=message_id or f"m-{uuid.uuid4().hex[:12]}",
+            sender=sender,
+            operator_id=operator_id,
+            text=text,
+            recorded_at=at,
+            assignment_id=assignment_id,
+            first_response_ms=first_response_ms,
         ),
     )
 
 
-def chat_assigned(chat_id: str, operator_id: str, at: datetime, assignment_id: uuid.UUID,
-                  via: str = "pull") -> ChatAssigned:
+def chat_assigned(
+    chat_id: str, operator_id: str, at: datetime, assignment_id: uuid.UUID, via: str = "pull"
+) -> ChatAssigned:
     """A `chat_assigned` fact: an assignment started."""
     return ChatAssigned(
-        event_id=new_event_id(), chat_id=chat_id, occurred_at=at, producer="assigner",
+        event_id=new_event_id(),
+        chat_id=chat_id,
+        occurred_at=at,
+        producer="assigner",
         payload=ChatAssignedPayload(assignment_id=assignment_id, operator_id=operator_id, assigned_at=at, via=via),
     )
 
 
-def assignment_ended(chat_id: str, operator_id: str, assignment_id: uuid.UUID, outcome: str,
-                     started_at: datetime, ended_at: datetime) -> AssignmentEnded:
+def assignment_ended(
+    chat_id: str, operator_id: str, assignment_id: uuid.UUID, outcome: str, started_at: datetime, ended_at: datetime
+) -> AssignmentEnded:
     """An `assignment_ended` fact with its outcome."""
     return AssignmentEnded(
-        event_id=new_event_id(), chat_id=chat_id, occurred_at=ended_at, producer="assigner",
-        payload=AssignmentEndedPayload(assignment_id=assignment_id, operator_id=operator_id, outcome=outcome,
-                                       started_at=started_at, ended_at=ended_at),
+        event_id=new_event_id(),
+        chat_id=chat_id,
+        occurred_at=ended_at,
+        producer="assigner",
+        payload=AssignmentEndedPayload(
+            assignment_id=assignment_id,
+            operator_id=operator_id,
+            outcome=outcome,
+            started_at=started_at,
+            ended_at=ended_at,
+        ),
     )
 
 
@@ -103,10 +132,25 @@ class Ledger:
         if mine is not None and mine.first_response_at is None:
             mine.first_response_at = at
             first_ms = (at - mine.started_at) // timedelta(milliseconds=1)
-        fact = message_recorded(chat_id, "operator", at, operator_id=operator_id,
-                                assignment_id=mine.assignment_id if mine else None, first_response_ms=first_ms)
-        self.messages.append((chat_id, fact.payload.message_id, "operator", operator_id, at,
-                              mine.assignment_id if mine else None, fact.event_id))
+        fact = message_recorded(
+            chat_id,
+            "operator",
+            at,
+            operator_id=operator_id,
+            assignment_id=mine.assignment_id if mine else None,
+            first_response_ms=first_ms,
+        )
+        self.messages.append(
+            (
+                chat_id,
+                fact.payload.message_id,
+                "operator",
+                operator_id,
+                at,
+                mine.assignment_id if mine else None,
+                fact.event_id,
+            )
+        )
         self.facts.append(fact)
         if mine is not None:
             self.end(chat_id, "answered", at)
@@ -122,9 +166,16 @@ class Ledger:
         await conn.executemany(
             "INSERT INTO assigner.chats (chat_id, state, assigned_operator_id, assignment_id, created_at, updated_at)"
             " VALUES ($1, $2, $3, $4, $5, $5)",
-            [(chat, "assigned" if chat in self.active else "waiting_real_user_reply",
-              self.assignments[self.active[chat]].operator_id if chat in self.active else None,
-              self.active.get(chat), at) for chat, at in self.chats.items()],
+            [
+                (
+                    chat,
+                    "assigned" if chat in self.active else "waiting_real_user_reply",
+                    self.assignments[self.active[chat]].operator_id if chat in self.active else None,
+                    self.active.get(chat),
+                    at,
+                )
+                for chat, at in self.chats.items()
+            ],
         )
         await conn.executemany(
             "INSERT INTO assigner.messages (chat_id, message_id, seq, sender, operator_id, text, recorded_at,"
@@ -134,8 +185,19 @@ class Ledger:
         await conn.executemany(
             "INSERT INTO assigner.assignments (assignment_id, chat_id, operator_id, via, started_at,"
             " first_response_at, ended_at, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            [(a.assignment_id, a.chat_id, a.operator_id, a.via, a.started_at, a.first_response_at, a.ended_at,
-              a.outcome) for a in self.assignments.values()],
+            [
+                (
+                    a.assignment_id,
+                    a.chat_id,
+                    a.operator_id,
+                    a.via,
+                    a.started_at,
+                    a.first_response_at,
+                    a.ended_at,
+                    a.outcome,
+                )
+                for a in self.assignments.values()
+            ],
         )
 
 

@@ -73,8 +73,16 @@ def fetch_jars(lay: KafkaLayout, echo=print) -> None:
     tmp = lay.jars.with_name("kafka-jars.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run(
-        ["mvn", "-B", "-q", "-f", str(FILES / "pom.xml"), "dependency:copy-dependencies",
-         "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"],
+        [
+            "mvn",
+            "-B",
+            "-q",
+            "-f",
+            str(FILES / "pom.xml"),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={tmp}",
+        ],
         check=True,
     )
     shutil.rmtree(lay.jars, ignore_errors=True)
@@ -84,10 +92,17 @@ def fetch_jars(lay: KafkaLayout, echo=print) -> None:
 
 def _java(lay: KafkaLayout, main: str, *args: str, heap: str = "-Xmx512m") -> list[str]:
     return [
-        "java", "-Xms256m", heap, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        "java",
+        "-Xms256m",
+        heap,
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={FILES / 'log4j2.properties'}",
         f"-Dkafka.logs.dir={lay.home}",
-        "-cp", f"{lay.jars}/*", main, *args,
+        "-cp",
+        f"{lay.jars}/*",
+        main,
+        *args,
     ]
 
 
@@ -99,14 +114,32 @@ def configure(lay: KafkaLayout) -> None:
     )
     if (lay.data_dir / "meta.properties").exists():
         return
-    cluster_id = subprocess.run(
-        _java(lay, "kafka.tools.StorageTool", "random-uuid", heap="-Xmx256m"),
-        check=True, capture_output=True, text=True,
-    ).stdout.strip().splitlines()[-1]
+    cluster_id = (
+        subprocess.run(
+            _java(lay, "kafka.tools.StorageTool", "random-uuid", heap="-Xmx256m"),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     subprocess.run(
-        _java(lay, "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
-              "-c", str(lay.properties), "-g", heap="-Xmx256m"),
-        check=True, capture_output=True, text=True,
+        _java(
+            lay,
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "-t",
+            cluster_id,
+            "-c",
+            str(lay.properties),
+            "-g",
+            heap="-Xmx256m",
+        ),
+        check=True,
+        capture_output=True,
+        text=True,
     )
 
 

@@ -25,7 +25,7 @@ async def _probe(url: str) -> str:
         return "no_database"
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError):
         return "auth"
-    except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError):
+    except (TimeoutError, OSError, asyncpg.CannotConnectNowError):
         return "down"
     except asyncpg.PostgresError as exc:
         if "password" in str(exc) or "authentication" in str(exc):
@@ -52,8 +52,11 @@ def install(echo=print) -> None:
     """Install Debian's postgresql package (needs root)."""
     echo("installing PostgreSQL from Debian's packages ...")
     subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], check=True,
-                   env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "postgresql"],
+        check=True,
+        env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
 
 
 def _cluster() -> tuple[str, str, int, str]:

@@ -26,7 +26,9 @@ def _apt_install(package: str) -> subprocess.CompletedProcess:
     # No recommends: prometheus recommends node-exporter, which promtool does not need.
     return subprocess.run(
         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
-        env=APT_ENV, capture_output=True, text=True,
+        env=APT_ENV,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -72,8 +74,9 @@ def ensure_compose_check() -> str:
         env.setdefault("GOMODCACHE", str(cache_dir() / "go-mod"))
     env["GOFLAGS"] = "-mod=readonly -modcacherw"
     partial = binary.with_suffix(".partial")
-    result = subprocess.run([_go(), "build", "-o", str(partial), "."], cwd=COMPOSE_CHECK_SRC, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [_go(), "build", "-o", str(partial), "."], cwd=COMPOSE_CHECK_SRC, env=env, capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise RuntimeError(f"building deploy/compose-check failed:\n{result.stdout}{result.stderr}")
     partial.replace(binary)

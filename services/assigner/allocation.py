@@ -8,9 +8,9 @@ active assignments and the claimed waiting chats, and applies what these functio
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterable
 
 from services.assigner.domain import WAITING, Chat
 
@@ -42,8 +42,9 @@ def match_pullers(pullers: list[str], candidates: list[Chat], now: datetime, coo
     taken: set[str] = set()
     matched: list[Chat | None] = []
     for operator_id in pullers:
-        pick = next((c for c in candidates if c.chat_id not in taken and may_pull(c, operator_id, now, cooldown_s)),
-                    None)
+        pick = next(
+            (c for c in candidates if c.chat_id not in taken and may_pull(c, operator_id, now, cooldown_s)), None
+        )
         if pick is not None:
             taken.add(pick.chat_id)
         matched.append(pick)

@@ -20,8 +20,7 @@ from shared.auth import Principal, require
 from shared.errors import ApiError, field_errors, validation_error
 from shared.events import ID_PATTERN, OperatorId
 from shared.http import ERROR_SCHEMA
-from shared.pagination import (DEFAULT_LIMIT, CursorParam, LimitParam, decode_cursor, encode_cursor,
-                               invalid_cursor)
+from shared.pagination import DEFAULT_LIMIT, CursorParam, LimitParam, decode_cursor, encode_cursor, invalid_cursor
 
 router = APIRouter()
 STATIC = Path(__file__).parent / "static"
@@ -154,10 +153,18 @@ def _assignment_body(assigner: Assigner, pulled: Pulled, chat: dict) -> dict:
 NO_CONTENT = {204: {"description": "Nothing is waiting for this operator."}}
 
 
-@router.post("/v1/assignments/next", response_model=AssignmentOut, responses=NO_CONTENT, tags=["operator"],
-             summary="Pull the next chat (retry-safe: at capacity, returns the current assignment).")
-async def pull_next(assigner: Assigner = Depends(_assigner), batcher: OperatorBatcher = Depends(_batcher),
-                    me: Principal = Depends(require("operator"))):
+@router.post(
+    "/v1/assignments/next",
+    response_model=AssignmentOut,
+    responses=NO_CONTENT,
+    tags=["operator"],
+    summary="Pull the next chat (retry-safe: at capacity, returns the current assignment).",
+)
+async def pull_next(
+    assigner: Assigner = Depends(_assigner),
+    batcher: OperatorBatcher = Depends(_batcher),
+    me: Principal = Depends(require("operator")),
+):
     started = time.perf_counter()
     try:
         pulled, view = await batcher.pull(me.sub)
@@ -170,8 +177,13 @@ async def pull_next(assigner: Assigner = Depends(_assigner), batcher: OperatorBa
     return _json(AssignmentOut, _assignment_body(assigner, pulled, view))
 
 
-@router.get("/v1/assignments/current", response_model=AssignmentOut, responses=NO_CONTENT, tags=["operator"],
-            summary="The caller's current assignment.")
+@router.get(
+    "/v1/assignments/current",
+    response_model=AssignmentOut,
+    responses=NO_CONTENT,
+    tags=["operator"],
+    summary="The caller's current assignment.",
+)
 async def current(assigner: Assigner = Depends(_assigner), me: Principal = Depends(require("operator"))):
     pulled = await assigner.current(me.sub)
     if pulled.assignment_id is None:
@@ -179,10 +191,16 @@ async def current(assigner: Assigner = Depends(_assigner), me: Principal = Depen
     return _assignment_body(assigner, pulled, await assigner.chat_view(pulled.chat_id))
 
 
-@router.post("/v1/assignments/{assignment_id}/release", response_model=ReleasedOut, tags=["operator"],
-             summary="Hand the chat back to the queue (it keeps its place).", responses=errors(404, 409))
-async def release(assignment_id: uuid.UUID, batcher: OperatorBatcher = Depends(_batcher),
-                  me: Principal = Depends(require("operator"))):
+@router.post(
+    "/v1/assignments/{assignment_id}/release",
+    response_model=ReleasedOut,
+    tags=["operator"],
+    summary="Hand the chat back to the queue (it keeps its place).",
+    responses=errors(404, 409),
+)
+async def release(
+    assignment_id: uuid.UUID, batcher: OperatorBatcher = Depends(_batcher), me: Principal = Depends(require("operator"))
+):
     try:
         chat_id = await batcher.release(me.sub, assignment_id)
     except domain.DomainError as exc:
@@ -190,10 +208,16 @@ async def release(assignment_id: uuid.UUID, batcher: OperatorBatcher = Depends(_
     return _json(ReleasedOut, {"assignment_id": assignment_id, "chat_id": chat_id, "status": "released"})
 
 
-@router.post("/v1/assignments/{assignment_id}/complete", response_model=ReleasedOut, tags=["operator"],
-             summary="Complete the chat of the caller's active assignment.", responses=errors(404, 409))
-async def complete_assignment(assignment_id: uuid.UUID, batcher: OperatorBatcher = Depends(_batcher),
-                              me: Principal = Depends(require("operator"))):
+@router.post(
+    "/v1/assignments/{assignment_id}/complete",
+    response_model=ReleasedOut,
+    tags=["operator"],
+    summary="Complete the chat of the caller's active assignment.",
+    responses=errors(404, 409),
+)
+async def complete_assignment(
+    assignment_id: uuid.UUID, batcher: OperatorBatcher = Depends(_batcher), me: Principal = Depends(require("operator"))
+):
     try:
         chat_id = await batcher.complete(me.sub, assignment_id)
     except domain.DomainError as exc:
@@ -201,9 +225,16 @@ async def complete_assignment(assignment_id: uuid.UUID, batcher: OperatorBatcher
     return _json(ReleasedOut, {"assignment_id": assignment_id, "chat_id": chat_id, "status": "completed"})
 
 
-@router.get("/v1/chats/{chat_id}", response_model=ChatOut, tags=["operator"],
-            summary="A chat with its messages (its assigned operator, or an admin).", responses=errors(404))
-async def chat(chat_id: str, assigner: Assigner = Depends(_assigner), me: Principal = Depends(require("operator", "admin"))):
+@router.get(
+    "/v1/chats/{chat_id}",
+    response_model=ChatOut,
+    tags=["operator"],
+    summary="A chat with its messages (its assigned operator, or an admin).",
+    responses=errors(404),
+)
+async def chat(
+    chat_id: str, assigner: Assigner = Depends(_assigner), me: Principal = Depends(require("operator", "admin"))
+):
     view = await assigner.chat_view(chat_id)
     if view is None:
         raise ApiError(404, "chat_not_found", f"chat {chat_id} does not exist")
@@ -212,13 +243,19 @@ async def chat(chat_id: str, assigner: Assigner = Depends(_assigner), me: Princi
     return view
 
 
-@router.post("/v1/admin/chats/{chat_id}/reassign", response_model=AssignmentOut, tags=["admin"],
-             summary="Give a chat to an operator; a current assignment ends as reassigned.",
-             responses=errors(404, 409),
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": ReassignIn.model_json_schema()}}}})
-async def reassign(chat_id: str, request: Request, assigner: Assigner = Depends(_assigner),
-                   _: Principal = Depends(require("admin"))):
+@router.post(
+    "/v1/admin/chats/{chat_id}/reassign",
+    response_model=AssignmentOut,
+    tags=["admin"],
+    summary="Give a chat to an operator; a current assignment ends as reassigned.",
+    responses=errors(404, 409),
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ReassignIn.model_json_schema()}}}
+    },
+)
+async def reassign(
+    chat_id: str, request: Request, assigner: Assigner = Depends(_assigner), _: Principal = Depends(require("admin"))
+):
     # The body is read here, after the token was checked: docs/contract.md §4 wants 401 before any 422.
     body = await _body(request, ReassignIn)
     try:
@@ -228,26 +265,45 @@ async def reassign(chat_id: str, request: Request, assigner: Assigner = Depends(
     return _json(AssignmentOut, _assignment_body(assigner, assigned, view))
 
 
-@router.post("/v1/admin/chats/{chat_id}/complete", response_model=ChatOut, tags=["admin"],
-             summary="Complete a chat in any state.", responses=errors(404, 409))
-async def admin_complete(chat_id: str, assigner: Assigner = Depends(_assigner), me: Principal = Depends(require("admin"))):
+@router.post(
+    "/v1/admin/chats/{chat_id}/complete",
+    response_model=ChatOut,
+    tags=["admin"],
+    summary="Complete a chat in any state.",
+    responses=errors(404, 409),
+)
+async def admin_complete(
+    chat_id: str, assigner: Assigner = Depends(_assigner), me: Principal = Depends(require("admin"))
+):
     try:
         return _json(ChatOut, await assigner.admin_complete(me.sub, chat_id))
     except domain.DomainError as exc:
         raise domain_error(exc) from None
 
 
-@router.get("/v1/admin/queue", response_model=QueueOut, tags=["admin"],
-            summary="Chats per state, oldest waiting age, active assignments and who holds them.")
+@router.get(
+    "/v1/admin/queue",
+    response_model=QueueOut,
+    tags=["admin"],
+    summary="Chats per state, oldest waiting age, active assignments and who holds them.",
+)
 async def queue(assigner: Assigner = Depends(_assigner), _: Principal = Depends(require("admin"))):
     return await assigner.queue_summary()
 
 
-@router.get("/v1/admin/stuck-chats", response_model=StuckChatsPage, tags=["admin"],
-            summary="Chats waiting or assigned for longer than older_than_s seconds, oldest first, one page.")
-async def stuck(older_than_s: float = Query(300, ge=0, le=30 * 86400), limit: LimitParam = DEFAULT_LIMIT,
-                cursor: CursorParam = None, assigner: Assigner = Depends(_assigner),
-                _: Principal = Depends(require("admin"))):
+@router.get(
+    "/v1/admin/stuck-chats",
+    response_model=StuckChatsPage,
+    tags=["admin"],
+    summary="Chats waiting or assigned for longer than older_than_s seconds, oldest first, one page.",
+)
+async def stuck(
+    older_than_s: float = Query(300, ge=0, le=30 * 86400),
+    limit: LimitParam = DEFAULT_LIMIT,
+    cursor: CursorParam = None,
+    assigner: Assigner = Depends(_assigner),
+    _: Principal = Depends(require("admin")),
+):
     after = _stuck_key(decode_cursor(STUCK_CURSOR, cursor, 2))
     rows, resume = await assigner.stuck_chats(older_than_s, limit, after)
     next_cursor = encode_cursor(STUCK_CURSOR, [resume[0].isoformat(), resume[1]]) if resume else None
@@ -266,10 +322,16 @@ def _stuck_key(key: list[str] | None) -> tuple[datetime, str] | None:
     return since, key[1]
 
 
-@router.delete("/v1/admin/chats/{chat_id}/content", response_model=ContentErased, tags=["admin"],
-               summary="Erase a chat's message texts everywhere Switchboard stores them; counts stay exact.",
-               responses=errors(404))
-async def erase_content(chat_id: str, assigner: Assigner = Depends(_assigner), _: Principal = Depends(require("admin"))):
+@router.delete(
+    "/v1/admin/chats/{chat_id}/content",
+    response_model=ContentErased,
+    tags=["admin"],
+    summary="Erase a chat's message texts everywhere Switchboard stores them; counts stay exact.",
+    responses=errors(404),
+)
+async def erase_content(
+    chat_id: str, assigner: Assigner = Depends(_assigner), _: Principal = Depends(require("admin"))
+):
     if not re.match(ID_PATTERN, chat_id):  # no event can carry such an id: no such chat
         raise ApiError(404, "chat_not_found", f"chat {chat_id!r} does not exist")
     try:

@@ -31,7 +31,8 @@ class OperatorBatcher:
     def __init__(self, store: Assigner, *, workers: int = 2, max_batch: int = 128):
         self.store = store
         self._batcher: Batcher[OperatorCommand, object] = Batcher(
-            self._apply, max_batch=max_batch, workers=workers, stopping="the assigner")
+            self._apply, max_batch=max_batch, workers=workers, stopping="the assigner"
+        )
 
     @property
     def workers(self) -> int:
@@ -102,4 +103,3 @@ def _refusal(exc: Exception) -> ApiError:
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         return ApiError(409, "conflict", f"the command conflicts with the chat's current state; retry ({exc})")
     return ApiError(422, "invalid_command", f"the command's data was refused: {exc}")
-

@@ -12,19 +12,29 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Literal, Union
+from typing import Literal, TypeVar
 
 from shared.events import (
     AssignmentEndedPayload,
-    Envelope,
+    AssignmentIdle,
     ChatAnsweredPayload,
     ChatAssignedPayload,
     ChatCompletedPayload,
     ChatQueuedPayload,
     ChatReopenedPayload,
+    Envelope,
     MessageRecordedPayload,
+    OperatorMessage,
+    Outcome,
+    QueueReason,
+    Sender,
+    UserMessage,
     operator_id_problem,
 )
+
+T = TypeVar("T")
+# The outcomes that put an assignment's chat back in the queue; each is also the queue reason.
+RequeueReason = Literal["released", "timed_out"]
 
 WAITING = "waiting_assignment"
 ASSIGNED = "assigned"
@@ -151,10 +161,15 @@ class ReassignChat:
     at: datetime
 
 
-Command = Union[
-    ReceiveUserMessage, ReceiveOperatorMessage, TimeOutAssignment, AssignToPuller,
-    ReleaseAssignment, CompleteChat, ReassignChat,
-]
+Command = (
+    ReceiveUserMessage
+    | ReceiveOperatorMessage
+    | TimeOutAssignment
+    | AssignToPuller
+    | ReleaseAssignment
+    | CompleteChat
+    | ReassignChat
+)
 
 
 @dataclass(frozen=True)
@@ -170,42 +185,88 @@ def response_ms(started_at: datetime, at: datetime) -> int:
     return (at - started_at) // timedelta(milliseconds=1)
 
 
-def _message(cmd, sender: str, chat: Chat, operator_id: str | None, assignment_id, first_ms) -> Fact:
-    return Fact("message_recorded", MessageRecordedPayload(
-        message_id=cmd.message_id, sender=sender, operator_id=operator_id, text=cmd.text,
-        sent_at=cmd.sent_at, recorded_at=cmd.at, assignment_id=assignment_id, first_response_ms=first_ms,
-    ))
+def _present(value: T | None, what: str, chat: Chat) -> T:
+    """`value`, which the chat's state guarantees; a None is a broken invariant (a corrupt row or rule).
+
+    ValueError, as the payload's own validation raised before: callers already treat it as this
+    command's refusal rather than a failure of the whole batch.
+    """
+    if value is None:
+        raise ValueError(f"chat {chat.chat_id} in state {chat.state} has no {what}")
+    return value
 
 
-def _queued(reason: str, chat: Chat) -> Fact:
-    return Fact("chat_queued", ChatQueuedPayload(reason=reason, waiting_since=chat.waiting_since,
-                                                 queued_at=chat.queued_at))
+def _message(cmd, sender: Sender, chat: Chat, operator_id: str | None, assignment_id, first_ms) -> Fact:
+    return Fact(
+        "message_recorded",
+        MessageRecordedPayload(
+            message_id=cmd.message_id,
+            sender=sender,
+            operator_id=operator_id,
+            text=cmd.text,
+            sent_at=cmd.sent_at,
+            recorded_at=cmd.at,
+            assignment_id=assignment_id,
+            first_response_ms=first_ms,
+        ),
+    )
 
 
-def _ended(chat: Chat, outcome: str, at: datetime) -> Fact:
-    return Fact("assignment_ended", AssignmentEndedPayload(
-        assignment_id=chat.assignment_id, operator_id=chat.assigned_operator_id, outcome=outcome,
-        started_at=chat.assignment_started_at, ended_at=at,
-    ))
+def _queued(reason: QueueReason, chat: Chat) -> Fact:
+    return Fact(
+        "chat_queued",
+        ChatQueuedPayload(
+            reason=reason,
+            waiting_since=_present(chat.waiting_since, "waiting_since", chat),
+            queued_at=_present(chat.queued_at, "queued_at", chat),
+        ),
+    )
+
+
+def _ended(chat: Chat, outcome: Outcome, at: datetime) -> Fact:
+    return Fact(
+        "assignment_ended",
+        AssignmentEndedPayload(
+            assignment_id=_present(chat.assignment_id, "assignment_id", chat),
+            operator_id=_present(chat.assigned_operator_id, "assigned_operator_id", chat),
+            outcome=outcome,
+            started_at=_present(chat.assignment_started_at, "assignment_started_at", chat),
+            ended_at=at,
+        ),
+    )
 
 
 def _unassigned(chat: Chat, **changes) -> Chat:
-    return replace(chat, assigned_operator_id=None, assignment_id=None, assignment_started_at=None,
-                   assignment_responded=False, **changes)
+    return replace(
+        chat,
+        assigned_operator_id=None,
+        assignment_id=None,
+        assignment_started_at=None,
+        assignment_responded=False,
+        **changes,
+    )
 
 
-def _requeue(chat: Chat, at: datetime, reason: str, last_operator: str | None) -> Decision:
+def _requeue(chat: Chat, at: datetime, reason: RequeueReason, last_operator: str | None) -> Decision:
     """Back to the queue keeping its position (release, idle timeout)."""
-    new = _unassigned(chat, state=WAITING, queued_at=at, last_operator_id=last_operator,
-                      waiting_since=chat.waiting_since or at)
+    new = _unassigned(
+        chat, state=WAITING, queued_at=at, last_operator_id=last_operator, waiting_since=chat.waiting_since or at
+    )
     return Decision(new, [_ended(chat, reason, at), _queued(reason, new)])
 
 
 def on_user_message(chat: Chat | None, cmd: ReceiveUserMessage, chat_id: str) -> Decision:
     """A user wrote: queue a new or answered chat, reopen a completed one, keep an assigned one."""
     if chat is None:
-        new = Chat(chat_id=chat_id, state=WAITING, waiting_since=cmd.at, queued_at=cmd.at,
-                   last_user_message_at=cmd.at, message_count=1, created_at=cmd.at)
+        new = Chat(
+            chat_id=chat_id,
+            state=WAITING,
+            waiting_since=cmd.at,
+            queued_at=cmd.at,
+            last_user_message_at=cmd.at,
+            message_count=1,
+            created_at=cmd.at,
+        )
         return Decision(new, [_message(cmd, "user", new, None, None, None), _queued("new", new)])
     counted = replace(chat, message_count=chat.message_count + 1, last_user_message_at=cmd.at)
     if chat.state == WAITING:
@@ -228,15 +289,31 @@ def on_operator_message(chat: Chat | None, cmd: ReceiveOperatorMessage, chat_id:
     answered = Fact("chat_answered", ChatAnsweredPayload(operator_id=op, answered_at=cmd.at))
     if chat is None:
         # Outreach: an operator writes first; the chat waits for the user.
-        new = Chat(chat_id=chat_id, state=WAITING_USER, last_operator_id=op, operator_replied_at=cmd.at,
-                   message_count=1, created_at=cmd.at)
+        new = Chat(
+            chat_id=chat_id,
+            state=WAITING_USER,
+            last_operator_id=op,
+            operator_replied_at=cmd.at,
+            message_count=1,
+            created_at=cmd.at,
+        )
         return Decision(new, [_message(cmd, "operator", new, op, None, None), answered])
     counted = replace(chat, message_count=chat.message_count + 1)
     if chat.state == ASSIGNED and chat.assigned_operator_id == op:
-        first = None if chat.assignment_responded else response_ms(chat.assignment_started_at, cmd.at)
+        first = (
+            None
+            if chat.assignment_responded
+            else response_ms(_present(chat.assignment_started_at, "assignment_started_at", chat), cmd.at)
+        )
         new = _unassigned(counted, state=WAITING_USER, operator_replied_at=cmd.at, last_operator_id=op)
-        return Decision(new, [_message(cmd, "operator", chat, op, chat.assignment_id, first),
-                              _ended(chat, "answered", cmd.at), answered])
+        return Decision(
+            new,
+            [
+                _message(cmd, "operator", chat, op, chat.assignment_id, first),
+                _ended(chat, "answered", cmd.at),
+                answered,
+            ],
+        )
     if chat.state == ASSIGNED:
         return Decision(counted, [_message(cmd, "operator", chat, op, None, None)])
     if chat.state == WAITING:
@@ -259,13 +336,29 @@ def on_pull(chat: Chat, cmd: AssignToPuller) -> Decision:
     """The allocation picked this waiting chat for the puller: assign it."""
     if chat.state != WAITING:
         raise ChatNotWaiting(f"chat {chat.chat_id} is {chat.state}, not waiting")
-    new = replace(chat, state=ASSIGNED, assigned_operator_id=cmd.operator_id, assignment_id=cmd.assignment_id,
-                  assignment_started_at=cmd.at, assignment_responded=False)
-    return Decision(new, [Fact("chat_assigned", ChatAssignedPayload(
-        assignment_id=cmd.assignment_id, operator_id=cmd.operator_id, assigned_at=cmd.at, via="pull"))])
+    new = replace(
+        chat,
+        state=ASSIGNED,
+        assigned_operator_id=cmd.operator_id,
+        assignment_id=cmd.assignment_id,
+        assignment_started_at=cmd.at,
+        assignment_responded=False,
+    )
+    return Decision(
+        new,
+        [
+            Fact(
+                "chat_assigned",
+                ChatAssignedPayload(
+                    assignment_id=cmd.assignment_id, operator_id=cmd.operator_id, assigned_at=cmd.at, via="pull"
+                ),
+            )
+        ],
+    )
 
 
-def _check_own_active(chat: Chat, operator_id: str, assignment_id: uuid.UUID) -> None:
+def _check_own_active(chat: Chat, operator_id: str, assignment_id: uuid.UUID | None) -> None:
+    # assignment_id None (a CompleteChat without one) never matches an assigned chat's: not active.
     if chat.state != ASSIGNED or chat.assignment_id != assignment_id:
         raise AssignmentNotActive(f"assignment {assignment_id} is no longer active")
     if chat.assigned_operator_id != operator_id:
@@ -301,19 +394,34 @@ def on_reassign(chat: Chat, cmd: ReassignChat) -> Decision:
     facts = []
     if chat.state == ASSIGNED:
         facts.append(_ended(chat, "reassigned", cmd.at))
-    new = replace(chat, state=ASSIGNED, assigned_operator_id=cmd.operator_id, assignment_id=cmd.assignment_id,
-                  assignment_started_at=cmd.at, assignment_responded=False, last_operator_id=cmd.operator_id)
-    facts.append(Fact("chat_assigned", ChatAssignedPayload(
-        assignment_id=cmd.assignment_id, operator_id=cmd.operator_id, assigned_at=cmd.at, via="reassign")))
+    new = replace(
+        chat,
+        state=ASSIGNED,
+        assigned_operator_id=cmd.operator_id,
+        assignment_id=cmd.assignment_id,
+        assignment_started_at=cmd.at,
+        assignment_responded=False,
+        last_operator_id=cmd.operator_id,
+    )
+    facts.append(
+        Fact(
+            "chat_assigned",
+            ChatAssignedPayload(
+                assignment_id=cmd.assignment_id, operator_id=cmd.operator_id, assigned_at=cmd.at, via="reassign"
+            ),
+        )
+    )
     return Decision(new, facts)
 
 
 def decide(chat: Chat | None, cmd: Command, chat_id: str | None = None) -> Decision:
     """Apply one command or event to a chat (None for a chat never seen)."""
     chat_id = chat_id or (chat.chat_id if chat else None)
-    if isinstance(cmd, ReceiveUserMessage):
-        return on_user_message(chat, cmd, chat_id)
-    if isinstance(cmd, ReceiveOperatorMessage):
+    if isinstance(cmd, (ReceiveUserMessage, ReceiveOperatorMessage)):
+        if chat_id is None:  # a caller's bug: the new chat would have no id
+            raise TypeError("decide() needs the chat_id of a message to a chat never seen")
+        if isinstance(cmd, ReceiveUserMessage):
+            return on_user_message(chat, cmd, chat_id)
         return on_operator_message(chat, cmd, chat_id)
     if isinstance(cmd, TimeOutAssignment):
         return on_timeout(chat, cmd)
@@ -335,15 +443,18 @@ def decide(chat: Chat | None, cmd: Command, chat_id: str | None = None) -> Decis
 
 def command_of(event: Envelope, at: datetime) -> Command:
     """The command an inbound message or idle timeout (chat.inbound, chat.timeouts) applies at `at`."""
-    p = event.payload
-    if event.type == "user_message":
-        return ReceiveUserMessage(message_id=p.message_id, text=p.text, sent_at=p.sent_at, at=at)
-    if event.type == "operator_message":
-        return ReceiveOperatorMessage(message_id=p.message_id, operator_id=p.operator_id, text=p.text,
-                                      sent_at=p.sent_at, at=at)
-    if event.type == "assignment_idle":
-        return TimeOutAssignment(assignment_id=p.assignment_id, at=at)
-    raise TypeError(f"the assigner does not apply {event.type}")
+    if isinstance(event, UserMessage):
+        u = event.payload
+        return ReceiveUserMessage(message_id=u.message_id, text=u.text, sent_at=u.sent_at, at=at)
+    if isinstance(event, OperatorMessage):
+        o = event.payload
+        return ReceiveOperatorMessage(
+            message_id=o.message_id, operator_id=o.operator_id, text=o.text, sent_at=o.sent_at, at=at
+        )
+    if isinstance(event, AssignmentIdle):
+        return TimeOutAssignment(assignment_id=event.payload.assignment_id, at=at)
+    # Every concrete event has a `type`; the Envelope base does not declare one.
+    raise TypeError(f"the assigner does not apply {getattr(event, 'type', type(event).__name__)}")
 
 
 # ---- operators' and admins' commands: ownership and capacity ----------------------------
@@ -360,8 +471,13 @@ class AssignmentRecord:
     outcome: str | None = None
 
 
-def ending_command(kind: Literal["release", "complete"], operator_id: str, assignment_id: uuid.UUID,
-                   record: AssignmentRecord | None, at: datetime) -> ReleaseAssignment | CompleteChat:
+def ending_command(
+    kind: Literal["release", "complete"],
+    operator_id: str,
+    assignment_id: uuid.UUID,
+    record: AssignmentRecord | None,
+    at: datetime,
+) -> ReleaseAssignment | CompleteChat:
     """An operator's release or completion as a command, once the assignment exists, is theirs and is active."""
     if record is None:
         raise UnknownAssignment(f"assignment {assignment_id} does not exist")

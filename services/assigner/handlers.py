@@ -40,6 +40,6 @@ async def export_gauges(assigner: Assigner) -> None:
             metrics.OLDEST_WAITING.set(summary["oldest_waiting_age_s"])
             metrics.ASSIGNMENTS_ACTIVE.set(summary["active_assignments"])
             metrics.OUTBOX_BACKLOG.set(await assigner.outbox_backlog())
-        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
             log.warning("queue gauges not refreshed", extra={"error": repr(exc)})
         await asyncio.sleep(GAUGE_INTERVAL_S)

@@ -57,9 +57,14 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
         finally:
             await runtime.stop()
 
-    app = create_http_app("assigner", title="Switchboard assigner", lifespan=lifespan,
-                          readiness=runtime.readiness, auth_secret=settings.auth_secret,
-                          jwks=jwks_verifier(settings))
+    app = create_http_app(
+        "assigner",
+        title="Switchboard assigner",
+        lifespan=lifespan,
+        readiness=runtime.readiness,
+        auth_secret=settings.auth_secret,
+        jwks=jwks_verifier(settings),
+    )
     app.include_router(api.router)
     api.mount_console(app)
     return app
@@ -67,11 +72,18 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
 
 def _start_worker(settings: Settings, runtime: Runtime, store: Assigner) -> Pruner:
     """Register the worker's parts: the consumer, the outbox relay, the queue gauges, retention (its pruner)."""
-    runtime.add_consumer(BatchConsumer(
-        settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
-        topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS], tracker=EventIds(SCHEMA),
-        apply=handlers.make_apply(store), after_commit=handlers.after_commit,
-    ))
+    runtime.add_consumer(
+        BatchConsumer(
+            settings=settings,
+            pool=runtime.pool,
+            producer=runtime.producer,
+            group_id=GROUP_ID,
+            topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS],
+            tracker=EventIds(SCHEMA),
+            apply=handlers.make_apply(store),
+            after_commit=handlers.after_commit,
+        )
+    )
     relay = OutboxRelay(runtime.pool, runtime.producer, settings, QUERIES)
     runtime.add_loop("outbox-relay", relay.run)
     runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(store))

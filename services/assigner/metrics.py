@@ -10,12 +10,15 @@ ASSIGNMENTS_ACTIVE = Gauge("switchboard_assignments_active", "Active assignments
 ASSIGNMENTS_STARTED = Counter("switchboard_assignments_started_total", "Assignments started.", ["via"])
 ASSIGNMENTS_ENDED = Counter("switchboard_assignments_ended_total", "Assignments ended, by outcome.", ["outcome"])
 PULL_LATENCY = Histogram(
-    "switchboard_pull_latency_seconds", "Latency of POST /v1/assignments/next inside the service.", ["result"],
+    "switchboard_pull_latency_seconds",
+    "Latency of POST /v1/assignments/next inside the service.",
+    ["result"],
     buckets=LATENCY_BUCKETS,
 )
 OUTBOX_BACKLOG = Gauge("switchboard_outbox_backlog", "Lifecycle facts written but not yet published.")
 OUTBOX_PUBLISHED = Counter("switchboard_outbox_published_total", "Lifecycle facts published to chat.lifecycle.")
 OPERATOR_BATCH_COMMANDS = Histogram(
-    "switchboard_operator_batch_commands", "Operator pulls, releases and completions applied per transaction.",
+    "switchboard_operator_batch_commands",
+    "Operator pulls, releases and completions applied per transaction.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )

@@ -12,12 +12,12 @@ import asyncio
 import logging
 
 import asyncpg
-from shared.kafka import ResilientProducer
 
 from services.assigner import metrics
 from shared import faults
 from shared.db import Queries
 from shared.events import TOPIC_LIFECYCLE, TYPE_HEADER
+from shared.kafka import ResilientProducer
 from shared.retry import Backoff
 from shared.settings import Settings
 
@@ -43,8 +43,12 @@ class OutboxRelay:
             if not rows:
                 return 0
             futures = [
-                await self.producer.send(self.topic, value=r["envelope"].encode(), key=r["chat_id"].encode(),
-                                         headers=[(TYPE_HEADER, r["type"].encode())])
+                await self.producer.send(
+                    self.topic,
+                    value=r["envelope"].encode(),
+                    key=r["chat_id"].encode(),
+                    headers=[(TYPE_HEADER, r["type"].encode())],
+                )
                 for r in rows
             ]
             await asyncio.wait_for(asyncio.gather(*futures), self.settings.kafka_send_timeout_s * 2)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable
 
 import asyncpg
 
@@ -37,11 +37,17 @@ def chat_from_row(row) -> Chat:
     """A domain Chat from a chats row (optionally joined with its assignment)."""
     keys = row.keys()
     return Chat(
-        chat_id=row["chat_id"], state=row["state"], assigned_operator_id=row["assigned_operator_id"],
-        last_operator_id=row["last_operator_id"], assignment_id=row["assignment_id"],
-        waiting_since=row["waiting_since"], queued_at=row["queued_at"],
-        operator_replied_at=row["operator_replied_at"], last_user_message_at=row["last_user_message_at"],
-        message_count=row["message_count"], created_at=row["created_at"],
+        chat_id=row["chat_id"],
+        state=row["state"],
+        assigned_operator_id=row["assigned_operator_id"],
+        last_operator_id=row["last_operator_id"],
+        assignment_id=row["assignment_id"],
+        waiting_since=row["waiting_since"],
+        queued_at=row["queued_at"],
+        operator_replied_at=row["operator_replied_at"],
+        last_user_message_at=row["last_user_message_at"],
+        message_count=row["message_count"],
+        created_at=row["created_at"],
         assignment_started_at=row["assignment_started_at"] if "assignment_started_at" in keys else None,
         assignment_responded=bool(row["assignment_responded"]) if "assignment_responded" in keys else False,
     )
@@ -58,8 +64,9 @@ class Changes:
         self.handled_by: list[str | None] = []
         self.message_event_ids: list[uuid.UUID] = []
 
-    def add(self, chat_id: str, before: Chat | None, decision: Decision, at: datetime,
-            event_id: uuid.UUID | None = None) -> None:
+    def add(
+        self, chat_id: str, before: Chat | None, decision: Decision, at: datetime, event_id: uuid.UUID | None = None
+    ) -> None:
         """Record one decision's result."""
         if decision.chat is not None:
             self.chats[chat_id] = decision.chat
@@ -93,8 +100,9 @@ class Repository:
         rows = await conn.fetch(self.q.lock_chats, sorted(set(chat_ids)))
         return {r["chat_id"]: chat_from_row(r) for r in await self._fresh(conn, rows)}
 
-    async def lock_chats_with_known(self, conn: asyncpg.Connection, chat_ids: Iterable[str],
-                                    message_ids: Iterable[str]) -> tuple[dict[str, Chat], set[tuple[str, str]]]:
+    async def lock_chats_with_known(
+        self, conn: asyncpg.Connection, chat_ids: Iterable[str], message_ids: Iterable[str]
+    ) -> tuple[dict[str, Chat], set[tuple[str, str]]]:
         """Lock and load chats, with the (chat_id, message_id) pairs among `message_ids` they already store."""
         rows = await conn.fetch(self.q.lock_chats_with_known, sorted(set(chat_ids)), sorted(set(message_ids)))
         chats = {r["chat_id"]: chat_from_row(r) for r in await self._fresh(conn, rows)}
@@ -117,8 +125,9 @@ class Repository:
         """Lock the `limit` oldest waiting chats nobody else holds (SKIP LOCKED)."""
         return [chat_from_row(r) for r in await conn.fetch(self.q.claim_waiting_chats, limit)]
 
-    async def claim_next(self, conn: asyncpg.Connection, operator_id: str, cooled_before: datetime,
-                         given: list[str]) -> Chat | None:
+    async def claim_next(
+        self, conn: asyncpg.Connection, operator_id: str, cooled_before: datetime, given: list[str]
+    ) -> Chat | None:
         """Lock the oldest waiting chat `operator_id` may take (not theirs last unless queued by
         `cooled_before`), past the chats in `given` (SKIP LOCKED)."""
         row = await conn.fetchrow(self.q.claim_next_chat, operator_id, cooled_before, given)
@@ -126,11 +135,17 @@ class Repository:
 
     # ---- assignments and operators -------------------------------------------------------
 
-    async def assignments(self, conn: asyncpg.Connection, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, AssignmentRecord]:
+    async def assignments(
+        self, conn: asyncpg.Connection, ids: Iterable[uuid.UUID]
+    ) -> dict[uuid.UUID, AssignmentRecord]:
         """Assignment records by id (absent ids are absent)."""
         rows = await conn.fetch(self.q.assignments_by_ids, list(set(ids)))
-        return {r["assignment_id"]: AssignmentRecord(r["assignment_id"], r["chat_id"], r["operator_id"],
-                                                     r["ended_at"], r["outcome"]) for r in rows}
+        return {
+            r["assignment_id"]: AssignmentRecord(
+                r["assignment_id"], r["chat_id"], r["operator_id"], r["ended_at"], r["outcome"]
+            )
+            for r in rows
+        }
 
     async def lock_operator(self, conn: asyncpg.Connection, operator_id: str) -> None:
         """Serialise an operator's pulls and reassignments to it until commit."""
@@ -181,17 +196,33 @@ class Repository:
         envs = [_envelope(chat_id, fact, at) for chat_id, fact, at in changes.facts]
         await conn.execute(
             self.q.write_changes,
-            [c.chat_id for c in cs], [c.state for c in cs], [c.assigned_operator_id for c in cs],
-            [c.last_operator_id for c in cs], [c.assignment_id for c in cs], [c.waiting_since for c in cs],
-            [c.queued_at for c in cs], [c.operator_replied_at for c in cs],
-            [c.last_user_message_at for c in cs], [c.message_count for c in cs],
-            [c.created_at or now for c in cs], [now] * len(cs),
+            [c.chat_id for c in cs],
+            [c.state for c in cs],
+            [c.assigned_operator_id for c in cs],
+            [c.last_operator_id for c in cs],
+            [c.assignment_id for c in cs],
+            [c.waiting_since for c in cs],
+            [c.queued_at for c in cs],
+            [c.operator_replied_at for c in cs],
+            [c.last_user_message_at for c in cs],
+            [c.message_count for c in cs],
+            [c.created_at or now for c in cs],
+            [now] * len(cs),
             *(map(list, zip(*starts)) if starts else ([], [], [], [], [])),
-            [c for c, _ in msgs], [p.message_id for _, p in msgs], changes.message_seq,
-            [p.sender for _, p in msgs], [p.operator_id for _, p in msgs], [p.text for _, p in msgs],
-            [p.sent_at for _, p in msgs], [p.recorded_at for _, p in msgs],
-            [p.assignment_id for _, p in msgs], changes.handled_by, changes.message_event_ids,
-            [e.chat_id for e in envs], [e.event_id for e in envs], [e.type for e in envs],
+            [c for c, _ in msgs],
+            [p.message_id for _, p in msgs],
+            changes.message_seq,
+            [p.sender for _, p in msgs],
+            [p.operator_id for _, p in msgs],
+            [p.text for _, p in msgs],
+            [p.sent_at for _, p in msgs],
+            [p.recorded_at for _, p in msgs],
+            [p.assignment_id for _, p in msgs],
+            changes.handled_by,
+            changes.message_event_ids,
+            [e.chat_id for e in envs],
+            [e.event_id for e in envs],
+            [e.type for e in envs],
             [e.model_dump_json() for e in envs],
         )
 
@@ -214,11 +245,18 @@ class Repository:
         Times inside `messages` are ISO strings; the API's response model reads them as datetimes.
         """
         rows = await conn.fetch(self.q.chat_views, chat_ids, MESSAGES_SHOWN)
-        return {r["chat_id"]: {
-            "chat_id": r["chat_id"], "state": r["state"], "assigned_operator_id": r["assigned_operator_id"],
-            "last_operator_id": r["last_operator_id"], "waiting_since": r["waiting_since"],
-            "message_count": r["message_count"], "messages": json.loads(r["messages"]),
-        } for r in rows}
+        return {
+            r["chat_id"]: {
+                "chat_id": r["chat_id"],
+                "state": r["state"],
+                "assigned_operator_id": r["assigned_operator_id"],
+                "last_operator_id": r["last_operator_id"],
+                "waiting_since": r["waiting_since"],
+                "message_count": r["message_count"],
+                "messages": json.loads(r["messages"]),
+            }
+            for r in rows
+        }
 
     async def queue_counts(self, conn: asyncpg.Connection) -> tuple[dict[str, int], datetime | None, list]:
         """Chats per state, when the oldest waiting chat was queued, active assignments per operator."""
@@ -227,8 +265,9 @@ class Repository:
         holders = await conn.fetch(self.q.active_by_operator)
         return counts, oldest, [(r["operator_id"], r["n"]) for r in holders]
 
-    async def stuck_page(self, conn: asyncpg.Connection, cutoff: datetime, limit: int,
-                         after: tuple[datetime, str] | None) -> list[dict]:
+    async def stuck_page(
+        self, conn: asyncpg.Connection, cutoff: datetime, limit: int, after: tuple[datetime, str] | None
+    ) -> list[dict]:
         """Up to `limit` chats waiting or assigned since before `cutoff`, oldest first, after the keyset."""
         since, chat_id = after if after is not None else (None, None)
         return [dict(r) for r in await conn.fetch(self.q.stuck_chats_page, cutoff, limit, since, chat_id)]

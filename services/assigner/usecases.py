@@ -8,9 +8,10 @@ one they move instead of sleeping. Commands return what they did.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 import asyncpg
 
@@ -66,8 +67,9 @@ def count_outcomes(changes: Changes) -> None:
 class Assigner:
     """The assigner's use cases over a Postgres pool."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, clock: Clock = events.utcnow,
-                 repository: Repository | None = None):
+    def __init__(
+        self, pool: asyncpg.Pool, settings: Settings, clock: Clock = events.utcnow, repository: Repository | None = None
+    ):
         self.pool = pool
         self.settings = settings
         self.clock: Callable[[], datetime] = clock
@@ -129,8 +131,14 @@ class Assigner:
                     results[i] = (r, views.get(r.chat_id) if r.chat_id is not None else None)
         return results, changes
 
-    async def _endings(self, conn: asyncpg.Connection, commands: list[OperatorCommand], enders: list[int],
-                       results: list, changes: Changes) -> None:
+    async def _endings(
+        self,
+        conn: asyncpg.Connection,
+        commands: list[OperatorCommand],
+        enders: list[int],
+        results: list,
+        changes: Changes,
+    ) -> None:
         """Releases and completions of a batch, on the chats of their assignments (locked)."""
         records = await self.repo.assignments(conn, (commands[i].assignment_id for i in enders))
         chats = await self.repo.lock_chats(conn, {r.chat_id for r in records.values()})
@@ -153,8 +161,14 @@ class Assigner:
             changes.add(chat.chat_id, chat, decision, now)
             results[i] = chat.chat_id
 
-    async def _pulls(self, conn: asyncpg.Connection, commands: list[OperatorCommand], pullers: list[int],
-                     results: list, changes: Changes) -> None:
+    async def _pulls(
+        self,
+        conn: asyncpg.Connection,
+        commands: list[OperatorCommand],
+        pullers: list[int],
+        results: list,
+        changes: Changes,
+    ) -> None:
         """Pulls of a batch: room is counted under each puller's lock; the oldest chats go first."""
         for i in pullers:
             try:
@@ -167,11 +181,16 @@ class Assigner:
         operators = sorted({commands[i].operator_id for i in pullers})
         await self.repo.lock_operators(conn, operators)
         ended = changes.ended_assignments()
-        held = {op: [h for h in hs if h.assignment_id not in ended]
-                for op, hs in (await self.repo.held_by(conn, operators)).items()}
+        held = {
+            op: [h for h in hs if h.assignment_id not in ended]
+            for op, hs in (await self.repo.held_by(conn, operators)).items()
+        }
         cooldown_s = self.settings.repeat_cooldown_s
-        room = allocation.with_room([commands[i].operator_id for i in pullers],
-                                    {op: len(hs) for op, hs in held.items()}, self.settings.operator_capacity)
+        room = allocation.with_room(
+            [commands[i].operator_id for i in pullers],
+            {op: len(hs) for op, hs in held.items()},
+            self.settings.operator_capacity,
+        )
         wanting = [i for i, fits in zip(pullers, room) if fits]
         if wanting:
             limit = len(wanting) + CLAIM_SLACK
@@ -199,8 +218,11 @@ class Assigner:
         for i in pullers:
             if results[i] is None:  # at capacity: the current assignment (retry-safe pull)
                 current = allocation.current_of(held[commands[i].operator_id])
-                results[i] = Pulled(current.assignment_id, current.chat_id, current.started_at, new=False) \
-                    if current else NOTHING
+                results[i] = (
+                    Pulled(current.assignment_id, current.chat_id, current.started_at, new=False)
+                    if current
+                    else NOTHING
+                )
 
     @staticmethod
     def _assign(pick: Chat, operator_id: str, now: datetime, changes: Changes) -> Pulled | domain.DomainError:
@@ -217,8 +239,7 @@ class Assigner:
 
     # ---- admins: reassign, complete, erase ----------------------------------------------------
 
-    async def _command_on_chat(self, chat_id: str, command_at, operator_lock: str | None = None
-                               ) -> tuple[Chat, dict]:
+    async def _command_on_chat(self, chat_id: str, command_at, operator_lock: str | None = None) -> tuple[Chat, dict]:
         """Apply one admin command to a chat in its own transaction; the chat after it, and its view.
 
         Locks in the order every transaction takes them: the chat, then (for a reassign) the target
@@ -257,10 +278,13 @@ class Assigner:
         """
         assignment_id = uuid.uuid4()
         chat, view = await self._command_on_chat(
-            chat_id, lambda now: domain.ReassignChat(operator_id=operator_id, assignment_id=assignment_id, at=now),
-            operator_lock=operator_id)
-        return Pulled(chat.assignment_id, chat_id, chat.assignment_started_at,
-                      new=chat.assignment_id == assignment_id), view
+            chat_id,
+            lambda now: domain.ReassignChat(operator_id=operator_id, assignment_id=assignment_id, at=now),
+            operator_lock=operator_id,
+        )
+        return Pulled(
+            chat.assignment_id, chat_id, chat.assignment_started_at, new=chat.assignment_id == assignment_id
+        ), view
 
     async def erase_chat_content(self, chat_id: str) -> int:
         """Remove every stored text of a chat (messages, unpublished facts), keeping every row; returns texts removed.
@@ -297,8 +321,9 @@ class Assigner:
             "operators": [{"operator_id": op, "active_assignments": n} for op, n in holders],
         }
 
-    async def stuck_chats(self, older_than_s: float, limit: int,
-                          after: tuple[datetime, str] | None = None) -> tuple[list[dict], tuple[datetime, str] | None]:
+    async def stuck_chats(
+        self, older_than_s: float, limit: int, after: tuple[datetime, str] | None = None
+    ) -> tuple[list[dict], tuple[datetime, str] | None]:
         """One page of chats waiting or assigned for longer than `older_than_s`, oldest first.
 
         Returns the rows and the sort key to resume after (None on the last page).
@@ -322,6 +347,12 @@ class Assigner:
         s, q = self.settings, self.repo.q
         jobs = [EventIds("assigner").prune_job(timedelta(seconds=s.dedup_window_s))]
         if s.message_retention_days > 0:
-            jobs.append(PruneJob("assigner.messages.text", q.purge_completed_texts,
-                                 timedelta(days=s.message_retention_days), batch_divisor=TEXT_PURGE_DIVISOR))
+            jobs.append(
+                PruneJob(
+                    "assigner.messages.text",
+                    q.purge_completed_texts,
+                    timedelta(days=s.message_retention_days),
+                    batch_divisor=TEXT_PURGE_DIVISOR,
+                )
+            )
         return jobs

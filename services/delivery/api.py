@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import jwt
-from fastapi import APIRouter, Depends, FastAPI, Header, Path as PathParam, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
@@ -38,8 +39,11 @@ def _mint(request: Request, chat_id: str) -> ChatToken:
     return ChatToken(chat_id=chat_id, token=token, expires_in=ttl, expires_at=int(time.time()) + ttl)
 
 
-@router.post("/v1/chats/{chat_id}/token", response_model=ChatToken,
-             summary="Mint a chat token (role `chat`, sub = chat id) for the user's browser.")
+@router.post(
+    "/v1/chats/{chat_id}/token",
+    response_model=ChatToken,
+    summary="Mint a chat token (role `chat`, sub = chat id) for the user's browser.",
+)
 async def chat_token(request: Request, chat_id: ChatId, _: Principal = Depends(require("frontend"))) -> ChatToken:
     """A frontend's backend asks for it and hands it to the user's widget."""
     return _mint(request, chat_id)
@@ -53,10 +57,12 @@ class Reader:
     expires_at: float
 
 
-async def _stream_reader(request: Request,
-                         access_token: Annotated[str | None, Query(
-                             description="The bearer token, for EventSource (which cannot set headers).")] = None,
-                         ) -> Reader:
+async def _stream_reader(
+    request: Request,
+    access_token: Annotated[
+        str | None, Query(description="The bearer token, for EventSource (which cannot set headers).")
+    ] = None,
+) -> Reader:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip() if scheme.lower() == "bearer" and token.strip() else access_token
@@ -73,23 +79,34 @@ def _resume_point(header: str | None, query: str | None) -> int:
     if raw is None or raw == "":
         return 0
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # "²".isdigit() is True; int() refuses it
-        raise ApiError(422, "validation_error", f"Last-Event-ID: {raw[:40]!r} is not an event id of this stream",
-                       details=[{"field": "Last-Event-ID", "message": "expected a non-negative integer",
-                                 "type": "int"}])
+        raise ApiError(
+            422,
+            "validation_error",
+            f"Last-Event-ID: {raw[:40]!r} is not an event id of this stream",
+            details=[{"field": "Last-Event-ID", "message": "expected a non-negative integer", "type": "int"}],
+        )
     return int(raw)
 
 
-@router.get("/v1/chats/{chat_id}/stream", summary="The chat's events as Server-Sent Events.",
-            response_class=EventSourceResponse,
-            responses={200: {"content": {"text/event-stream": {}},
-                             "description": "`message`, `operator_joined` and `chat_completed` events; "
-                                            "each `id` is the chat's sequence number."}})
+@router.get(
+    "/v1/chats/{chat_id}/stream",
+    summary="The chat's events as Server-Sent Events.",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`message`, `operator_joined` and `chat_completed` events; "
+            "each `id` is the chat's sequence number.",
+        }
+    },
+)
 async def chat_stream(
     request: Request,
     chat_id: ChatId,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    last_event_id_query: Annotated[str | None, Query(alias="last_event_id",
-                                                     description="Resume point when no Last-Event-ID header is sent.")] = None,
+    last_event_id_query: Annotated[
+        str | None, Query(alias="last_event_id", description="Resume point when no Last-Event-ID header is sent.")
+    ] = None,
     reader: Reader = Depends(_stream_reader),
 ):
     """Replays the chat's events after Last-Event-ID (or from the start of the window), then streams new ones."""
@@ -102,24 +119,33 @@ async def chat_stream(
     return await _sse(request, domain.chat_stream(chat_id), _resume_point(last_event_id, last_event_id_query), reader)
 
 
-@router.get("/v1/operators/me/stream", summary="The calling operator's events as Server-Sent Events.",
-            response_class=EventSourceResponse,
-            responses={200: {"content": {"text/event-stream": {}},
-                             "description": "`message` (on a chat I hold), `assignment_started`, `assignment_ended` "
-                                            "(with its outcome); each `id` is the operator stream's sequence number."}})
+@router.get(
+    "/v1/operators/me/stream",
+    summary="The calling operator's events as Server-Sent Events.",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`message` (on a chat I hold), `assignment_started`, `assignment_ended` "
+            "(with its outcome); each `id` is the operator stream's sequence number.",
+        }
+    },
+)
 async def operator_stream(
     request: Request,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    last_event_id_query: Annotated[str | None, Query(alias="last_event_id",
-                                                     description="Resume point when no Last-Event-ID header is sent.")] = None,
+    last_event_id_query: Annotated[
+        str | None, Query(alias="last_event_id", description="Resume point when no Last-Event-ID header is sent.")
+    ] = None,
     reader: Reader = Depends(_stream_reader),
 ):
     """New messages on the chats I hold and my assignments starting and ending, resumable like the chat stream."""
     me = reader.principal
     if me.role != "operator":
         raise ApiError(403, "forbidden_role", f"role {me.role!r} may not call this; needs operator")
-    return await _sse(request, domain.operator_stream(me.sub), _resume_point(last_event_id, last_event_id_query),
-                      reader)
+    return await _sse(
+        request, domain.operator_stream(me.sub), _resume_point(last_event_id, last_event_id_query), reader
+    )
 
 
 async def _sse(request: Request, stream: str, after: int, reader: Reader) -> EventSourceResponse:
@@ -127,12 +153,18 @@ async def _sse(request: Request, stream: str, after: int, reader: Reader) -> Eve
     if after:
         last = await state.store.last_seq(stream)
         if after > last:
-            raise ApiError(422, "validation_error", f"Last-Event-ID {after} is ahead of this stream (last id {last})",
-                           details=[{"field": "Last-Event-ID", "message": f"at most {last}", "type": "range"}])
+            raise ApiError(
+                422,
+                "validation_error",
+                f"Last-Event-ID {after} is ahead of this stream (last id {last})",
+                details=[{"field": "Last-Event-ID", "message": f"at most {last}", "type": "range"}],
+            )
     events = streams.stream_events(state.hub, state.store, stream, after, until=reader.expires_at)
-    return EventSourceResponse(events,
-                               ping=state.settings.delivery_heartbeat_s,
-                               headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return EventSourceResponse(
+        events,
+        ping=state.settings.delivery_heartbeat_s,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 class WidgetTokenIn(BaseModel):
@@ -148,8 +180,12 @@ async def widget_config(request: Request):
     return {"ingest_url": settings.ingest_url, "dev_tokens": settings.dev_mode}
 
 
-@router.post("/widget/token", tags=["widget"], response_model=ChatToken,
-             summary="Development only: a chat token for the demo widget, without a frontend token.")
+@router.post(
+    "/widget/token",
+    tags=["widget"],
+    response_model=ChatToken,
+    summary="Development only: a chat token for the demo widget, without a frontend token.",
+)
 async def widget_token(request: Request, body: WidgetTokenIn) -> ChatToken:
     """Only with SWITCHBOARD_DEV_MODE=1; a real site mints chat tokens in its backend."""
     if not request.app.state.settings.dev_mode:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable
 
-from shared.events import AssignmentEnded, ChatAssigned, ChatCompleted, MessageRecorded
+from shared.events import AssignmentEnded, ChatAssigned, ChatCompleted, Envelope, MessageRecorded
+
 
 def chat_stream(chat_id: str) -> str:
     """The stream key of a chat's stream."""
@@ -61,18 +62,23 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
 
 
-def _event(stream: str, fact, kind: str, data: dict) -> StreamEvent:
-    body = {"type": kind, "chat_id": fact.chat_id, "event_id": str(fact.event_id),
-            "occurred_at": _iso(fact.occurred_at), **data}
+def _event(stream: str, fact: Envelope, kind: str, data: dict) -> StreamEvent:
+    body = {
+        "type": kind,
+        "chat_id": fact.chat_id,
+        "event_id": str(fact.event_id),
+        "occurred_at": _iso(fact.occurred_at),
+        **data,
+    }
     return StreamEvent(stream, fact.event_id, kind, fact.occurred_at, body)
 
 
-def chats_of(facts: Iterable) -> list[str]:
+def chats_of(facts: Iterable[Envelope]) -> list[str]:
     """The chats whose holder a batch needs to know, sorted."""
     return sorted({f.chat_id for f in facts if isinstance(f, (MessageRecorded, ChatAssigned, AssignmentEnded))})
 
 
-def recent(facts: Iterable, now: datetime, retention_s: float) -> list:
+def recent(facts: Iterable[Envelope], now: datetime, retention_s: float) -> list[Envelope]:
     """The facts inside the replay window.
 
     Older ones are not applied at all: their ids may already have been forgotten (pruned with the
@@ -82,39 +88,67 @@ def recent(facts: Iterable, now: datetime, retention_s: float) -> list:
     return [f for f in facts if f.occurred_at >= oldest]
 
 
-def plan(facts: Iterable, holders: dict[str, Holder]) -> Plan:
+def plan(facts: Iterable[Envelope], holders: dict[str, Holder]) -> Plan:
     """The stream events of a batch of facts (in partition order), given who held their chats before it."""
-    current = dict(holders)
+    current: dict[str, Holder | None] = dict(holders)  # None: the chat's holder ended in this batch
     out = Plan()
     for fact in facts:
         chat = fact.chat_id
         if isinstance(fact, MessageRecorded):
-            p = fact.payload
-            data = {"message_id": p.message_id, "sender": p.sender, "operator_id": p.operator_id,
-                    "display_name": display_name(p.operator_id), "text": p.text, "sent_at": _iso(p.sent_at),
-                    "recorded_at": _iso(p.recorded_at)}
+            m = fact.payload
+            data = {
+                "message_id": m.message_id,
+                "sender": m.sender,
+                "operator_id": m.operator_id,
+                "display_name": display_name(m.operator_id),
+                "text": m.text,
+                "sent_at": _iso(m.sent_at),
+                "recorded_at": _iso(m.recorded_at),
+            }
             out.events.append(_event(chat_stream(chat), fact, "message", data))
             holder = current.get(chat)
             if holder is not None:
                 out.events.append(_event(operator_stream(holder.operator_id), fact, "message", data))
         elif isinstance(fact, ChatAssigned):
             p = fact.payload
-            out.events.append(_event(chat_stream(chat), fact, "operator_joined", {
-                "operator_id": p.operator_id, "display_name": display_name(p.operator_id),
-                "assigned_at": _iso(p.assigned_at)}))
-            out.events.append(_event(operator_stream(p.operator_id), fact, "assignment_started", {
-                "assignment_id": str(p.assignment_id), "assigned_at": _iso(p.assigned_at), "via": p.via}))
+            out.events.append(
+                _event(
+                    chat_stream(chat),
+                    fact,
+                    "operator_joined",
+                    {
+                        "operator_id": p.operator_id,
+                        "display_name": display_name(p.operator_id),
+                        "assigned_at": _iso(p.assigned_at),
+                    },
+                )
+            )
+            out.events.append(
+                _event(
+                    operator_stream(p.operator_id),
+                    fact,
+                    "assignment_started",
+                    {"assignment_id": str(p.assignment_id), "assigned_at": _iso(p.assigned_at), "via": p.via},
+                )
+            )
             current[chat] = out.holders[chat] = Holder(p.operator_id, p.assignment_id)
         elif isinstance(fact, AssignmentEnded):
-            p = fact.payload
-            out.events.append(_event(operator_stream(p.operator_id), fact, "assignment_ended", {
-                "assignment_id": str(p.assignment_id), "outcome": p.outcome, "ended_at": _iso(p.ended_at)}))
+            e = fact.payload
+            out.events.append(
+                _event(
+                    operator_stream(e.operator_id),
+                    fact,
+                    "assignment_ended",
+                    {"assignment_id": str(e.assignment_id), "outcome": e.outcome, "ended_at": _iso(e.ended_at)},
+                )
+            )
             holder = current.get(chat)
-            if holder is not None and holder.assignment_id == p.assignment_id:
+            if holder is not None and holder.assignment_id == e.assignment_id:
                 current[chat] = out.holders[chat] = None
         elif isinstance(fact, ChatCompleted):
-            out.events.append(_event(chat_stream(chat), fact, "chat_completed",
-                                     {"completed_at": _iso(fact.payload.completed_at)}))
+            out.events.append(
+                _event(chat_stream(chat), fact, "chat_completed", {"completed_at": _iso(fact.payload.completed_at)})
+            )
     return out
 
 

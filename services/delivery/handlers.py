@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -25,4 +25,3 @@ def make_apply(settings: Settings) -> ApplyBatch:
         return len(await store.append(conn, planned.events))
 
     return on_lifecycle
-

@@ -8,8 +8,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.delivery import api, handlers, store, streams, webhooks, webhooks_api
-from shared.events import TOPIC_LIFECYCLE
 from shared.auth import jwks_verifier
+from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
 from shared.kafka import BatchConsumer
 from shared.runtime import Runtime
@@ -41,11 +41,17 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.store = st
         app.state.settings = settings
         app.state.hub = hub
-        runtime.add_consumer(BatchConsumer(
-            settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
-            topics=[TOPIC_LIFECYCLE], tracker=EventIds(SCHEMA),
-            apply=handlers.make_apply(settings),  # every type: webhooks may want any fact
-        ))
+        runtime.add_consumer(
+            BatchConsumer(
+                settings=settings,
+                pool=runtime.pool,
+                producer=runtime.producer,
+                group_id=GROUP_ID,
+                topics=[TOPIC_LIFECYCLE],
+                tracker=EventIds(SCHEMA),
+                apply=handlers.make_apply(settings),  # every type: webhooks may want any fact
+            )
+        )
         runtime.add_loop("delivery-listen", hub.listen)
         app.state.pruner = runtime.add_pruner(st.retention_jobs(settings))
         runtime.add_loop("delivery-webhooks", webhooks.Sender(settings, runtime.pool).run)
@@ -53,9 +59,14 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         await runtime.stop()
 
-    app = create_http_app("delivery", title="Switchboard delivery", lifespan=lifespan,
-                          readiness=readiness, auth_secret=settings.auth_secret,
-                          jwks=jwks_verifier(settings))
+    app = create_http_app(
+        "delivery",
+        title="Switchboard delivery",
+        lifespan=lifespan,
+        readiness=readiness,
+        auth_secret=settings.auth_secret,
+        jwks=jwks_verifier(settings),
+    )
     app.include_router(api.router)
     app.include_router(webhooks_api.router)
     api.mount_widget(app)

@@ -31,8 +31,12 @@ async def save_holders(conn: asyncpg.Connection, changed: dict[str, Holder | Non
     held = {chat: h for chat, h in sorted(changed.items()) if h is not None}
     freed = sorted(chat for chat, h in changed.items() if h is None)
     if held:
-        await conn.execute(QUERIES.hold_chats, list(held), [h.operator_id for h in held.values()],
-                           [h.assignment_id for h in held.values()])
+        await conn.execute(
+            QUERIES.hold_chats,
+            list(held),
+            [h.operator_id for h in held.values()],
+            [h.assignment_id for h in held.values()],
+        )
     if freed:
         await conn.execute(QUERIES.release_chats, freed)
 
@@ -46,8 +50,11 @@ async def append(conn: asyncpg.Connection, events: list[StreamEvent]) -> list[tu
     numbered = number(events, {r["stream"]: r["last_seq"] for r in rows})
     await conn.execute(
         QUERIES.insert_stream_events,
-        [e.stream for _, e in numbered], [seq for seq, _ in numbered], [e.event_id for _, e in numbered],
-        [e.type for _, e in numbered], [e.occurred_at for _, e in numbered],
+        [e.stream for _, e in numbered],
+        [seq for seq, _ in numbered],
+        [e.event_id for _, e in numbered],
+        [e.type for _, e in numbered],
+        [e.occurred_at for _, e in numbered],
         [json.dumps(e.data) for _, e in numbered],
     )
     await conn.fetchval(QUERIES.notify_streams, list(counts))
@@ -73,6 +80,8 @@ class Store:
     def retention_jobs(self, settings: Settings) -> list[PruneJob]:
         """What shared.retention prunes here: stream events, applied ids and delivered webhooks past the window."""
         keep = timedelta(seconds=settings.delivery_retention_s)
-        return [PruneJob("delivery.stream_events", QUERIES.prune_stream_events, keep),
-                EventIds("delivery").prune_job(keep),
-                PruneJob("delivery.webhook_deliveries", QUERIES.prune_webhook_deliveries, keep)]
+        return [
+            PruneJob("delivery.stream_events", QUERIES.prune_stream_events, keep),
+            EventIds("delivery").prune_job(keep),
+            PruneJob("delivery.webhook_deliveries", QUERIES.prune_webhook_deliveries, keep),
+        ]

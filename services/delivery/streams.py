@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
@@ -29,12 +29,14 @@ log = logging.getLogger("switchboard.delivery")
 CHANNEL = "delivery_stream"
 
 OPEN_STREAMS = Gauge("switchboard_delivery_open_streams", "SSE streams this instance holds open.", ["stream"])
-EVENTS_PUSHED = Counter("switchboard_delivery_events_pushed_total", "Events written to SSE streams.",
-                        ["stream", "type"])
+EVENTS_PUSHED = Counter(
+    "switchboard_delivery_events_pushed_total", "Events written to SSE streams.", ["stream", "type"]
+)
 PUSH_LATENCY = Histogram(
     "switchboard_delivery_push_latency_seconds",
     "From a fact's occurred_at to its event written to a live stream (replayed events not counted).",
-    ["stream"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    ["stream"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 LISTENER_UP = Gauge("switchboard_delivery_listener_up", "1 while the LISTEN connection is open.")
 
@@ -83,7 +85,7 @@ class Hub:
             try:
                 conn = await asyncpg.connect(self.database_url, server_settings={"application_name": "delivery-listen"})
                 closed = asyncio.Event()
-                conn.add_termination_listener(lambda _c: closed.set())
+                conn.add_termination_listener(lambda _c, closed=closed: closed.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self.connected.set()
                 LISTENER_UP.set(1)
@@ -92,7 +94,7 @@ class Hub:
                 while not closed.is_set():
                     try:  # a half-open TCP connection raises nothing on its own: probe it
                         await asyncio.wait_for(closed.wait(), 10)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         await conn.fetchval("SELECT 1", timeout=5)
             except asyncio.CancelledError:
                 raise
@@ -107,8 +109,9 @@ class Hub:
             delay = min(delay * 2, 5)
 
 
-async def stream_events(hub: Hub, store: Store, stream: str, after: int,
-                        until: float | None = None) -> AsyncIterator[ServerSentEvent]:
+async def stream_events(
+    hub: Hub, store: Store, stream: str, after: int, until: float | None = None
+) -> AsyncIterator[ServerSentEvent]:
     """A stream's events after sequence `after`: the stored ones, then each new one as it commits.
 
     The stream ends at `until` (Unix time: the token's expiry), so a reader must come back with a
@@ -125,8 +128,9 @@ async def stream_events(hub: Hub, store: Store, stream: str, after: int,
             rows = await store.events_after(stream, after)
             now = utcnow()
             if replaying and after > 0 and rows and rows[0]["seq"] > after + 1:
-                yield ServerSentEvent(data=json.dumps({"type": "gap", "after": after, "resumes_at": rows[0]["seq"]}),
-                                      event="gap")
+                yield ServerSentEvent(
+                    data=json.dumps({"type": "gap", "after": after, "resumes_at": rows[0]["seq"]}), event="gap"
+                )
             for row in rows:
                 after = row["seq"]
                 EVENTS_PUSHED.labels(kind, row["type"]).inc()
@@ -138,7 +142,7 @@ async def stream_events(hub: Hub, store: Store, stream: str, after: int,
             replaying = False
             try:
                 await asyncio.wait_for(wake.wait(), None if until is None else max(0.0, until - time.time()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
     finally:
         OPEN_STREAMS.labels(kind).dec()

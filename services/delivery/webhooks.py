@@ -17,7 +17,7 @@ import random
 import secrets
 import time
 import uuid
-from typing import Sequence
+from collections.abc import Sequence
 
 import asyncpg
 import httpx
@@ -31,16 +31,24 @@ from shared.settings import Settings
 
 log = logging.getLogger("switchboard.delivery.webhooks")
 
-WEBHOOK_DELIVERIES = Counter("switchboard_delivery_webhook_attempts_total",
-                             "Webhook requests sent, by outcome (delivered, rejected: non-2xx, error: no answer).",
-                             ["outcome"])
+WEBHOOK_DELIVERIES = Counter(
+    "switchboard_delivery_webhook_attempts_total",
+    "Webhook requests sent, by outcome (delivered, rejected: non-2xx, error: no answer).",
+    ["outcome"],
+)
 WEBHOOK_BACKLOG = Gauge("switchboard_delivery_webhook_backlog", "Webhook deliveries not yet delivered (all endpoints).")
-WEBHOOK_OLDEST = Gauge("switchboard_delivery_webhook_oldest_pending_seconds",
-                       "Age of the oldest webhook delivery not yet delivered.")
-WEBHOOK_DISABLED = Counter("switchboard_delivery_webhook_endpoints_disabled_total",
-                           "Endpoints disabled after failing for SWITCHBOARD_DELIVERY_WEBHOOK_DISABLE_AFTER_S.")
-WEBHOOK_LATENCY = Histogram("switchboard_delivery_webhook_request_seconds", "Duration of one webhook request.",
-                            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+WEBHOOK_OLDEST = Gauge(
+    "switchboard_delivery_webhook_oldest_pending_seconds", "Age of the oldest webhook delivery not yet delivered."
+)
+WEBHOOK_DISABLED = Counter(
+    "switchboard_delivery_webhook_endpoints_disabled_total",
+    "Endpoints disabled after failing for SWITCHBOARD_DELIVERY_WEBHOOK_DISABLE_AFTER_S.",
+)
+WEBHOOK_LATENCY = Histogram(
+    "switchboard_delivery_webhook_request_seconds",
+    "Duration of one webhook request.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 for _outcome in ("delivered", "rejected", "error"):
     WEBHOOK_DELIVERIES.labels(_outcome)
 
@@ -75,8 +83,13 @@ async def enqueue(conn: asyncpg.Connection, facts: Sequence) -> None:
     """Queue a batch's facts for every endpoint that wants them, in the consumer's transaction."""
     if not facts:
         return
-    await conn.execute(QUERIES.enqueue_webhook_deliveries, [f.chat_id for f in facts], [f.event_id for f in facts],
-                       [f.type for f in facts], [f.model_dump_json() for f in facts])
+    await conn.execute(
+        QUERIES.enqueue_webhook_deliveries,
+        [f.chat_id for f in facts],
+        [f.event_id for f in facts],
+        [f.type for f in facts],
+        [f.model_dump_json() for f in facts],
+    )
 
 
 class Sender:
@@ -105,8 +118,9 @@ class Sender:
     async def round(self, client: httpx.AsyncClient) -> int:
         """Claim what is due and send it, concurrently; returns how many were sent."""
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(QUERIES.claim_webhook_deliveries, self.settings.delivery_webhook_concurrency,
-                                    self.lease_s)
+            rows = await conn.fetch(
+                QUERIES.claim_webhook_deliveries, self.settings.delivery_webhook_concurrency, self.lease_s
+            )
         await asyncio.gather(*(self._send(client, row) for row in rows))
         return len(rows)
 
@@ -131,10 +145,12 @@ class Sender:
             if outcome == "delivered":
                 await conn.execute(QUERIES.mark_webhook_delivered, row["id"], status)
                 return
-            delay = domain.retry_delay(row["attempts"], s.delivery_webhook_backoff_base_s,
-                                       s.delivery_webhook_backoff_max_s, self._rng.random())
-            disabled = await conn.fetchval(QUERIES.mark_webhook_failed, row["id"], delay, status, error,
-                                           s.delivery_webhook_disable_after_s)
+            delay = domain.retry_delay(
+                row["attempts"], s.delivery_webhook_backoff_base_s, s.delivery_webhook_backoff_max_s, self._rng.random()
+            )
+            disabled = await conn.fetchval(
+                QUERIES.mark_webhook_failed, row["id"], delay, status, error, s.delivery_webhook_disable_after_s
+            )
         if disabled:
             WEBHOOK_DISABLED.inc()
             log.warning("webhook endpoint disabled", extra={"endpoint": str(row["endpoint_id"]), "error": error})

@@ -26,10 +26,14 @@ class WebhookIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     url: str = Field(max_length=MAX_URL, description="http(s) URL the facts are POSTed to; redirects are not followed.")
-    event_types: list[str] = Field(default_factory=list, max_length=len(LIFECYCLE_TYPES),
-                                   description="chat.lifecycle fact types to send; empty: all.")
-    secret: str | None = Field(None, max_length=200,
-                               description="Signing secret `whsec_<base64>` (16+ bytes); omitted: one is generated.")
+    event_types: list[str] = Field(
+        default_factory=list,
+        max_length=len(LIFECYCLE_TYPES),
+        description="chat.lifecycle fact types to send; empty: all.",
+    )
+    secret: str | None = Field(
+        None, max_length=200, description="Signing secret `whsec_<base64>` (16+ bytes); omitted: one is generated."
+    )
 
     @field_validator("url")
     @classmethod
@@ -104,8 +108,10 @@ async def _body(request: Request) -> WebhookIn:
     try:
         return WebhookIn.model_validate_json(raw or b"null")
     except ValidationError as exc:
-        details = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"], "type": e["type"]}
-                   for e in exc.errors()]
+        details = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
         first = details[0]
         raise ApiError(422, "validation_error", f"{first['field']}: {first['message']}", details=details) from None
 
@@ -114,15 +120,23 @@ def _pool(request: Request):
     return request.app.state.store.pool
 
 
-@router.post("/v1/admin/webhooks", status_code=201, response_model=WebhookOut, summary="Register a webhook endpoint.",
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": WebhookIn.model_json_schema()}}}})
+@router.post(
+    "/v1/admin/webhooks",
+    status_code=201,
+    response_model=WebhookOut,
+    summary="Register a webhook endpoint.",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": WebhookIn.model_json_schema()}}}
+    },
+)
 async def create_webhook(request: Request, _: Principal = Depends(require("admin"))):
     """Facts of the chosen types are POSTed to the URL, signed per Standard Webhooks, from now on."""
     body = await _body(request)
     secret = body.secret or webhooks.new_secret()
     async with _pool(request).acquire() as conn:
-        row = await conn.fetchrow(QUERIES.create_webhook, webhooks.new_endpoint_id(), body.url, body.event_types, secret)
+        row = await conn.fetchrow(
+            QUERIES.create_webhook, webhooks.new_endpoint_id(), body.url, body.event_types, secret
+        )
     return {**dict(row), "secret": secret}
 
 
@@ -151,13 +165,18 @@ async def enable_webhook(request: Request, webhook_id: uuid.UUID, _: Principal =
     return Response(status_code=204)
 
 
-@router.get("/v1/admin/webhooks/{webhook_id}/deliveries", response_model=DeliveriesOut,
-            summary="An endpoint's deliveries log, newest first.")
-async def list_deliveries(request: Request, webhook_id: uuid.UUID,
-                          before: Annotated[int | None, Query(ge=1, le=MAX_ID,
-                                                              description="Only deliveries with a smaller id.")] = None,
-                          limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                          _: Principal = Depends(require("admin"))):
+@router.get(
+    "/v1/admin/webhooks/{webhook_id}/deliveries",
+    response_model=DeliveriesOut,
+    summary="An endpoint's deliveries log, newest first.",
+)
+async def list_deliveries(
+    request: Request,
+    webhook_id: uuid.UUID,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Only deliveries with a smaller id.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    _: Principal = Depends(require("admin")),
+):
     """Each delivery's status, attempts, last HTTP status and error."""
     async with _pool(request).acquire() as conn:
         rows = await conn.fetch(QUERIES.webhook_deliveries, webhook_id, before or MAX_ID, limit)
@@ -165,10 +184,17 @@ async def list_deliveries(request: Request, webhook_id: uuid.UUID,
     return {"deliveries": deliveries, "next_before": deliveries[-1]["id"] if len(deliveries) == limit else None}
 
 
-@router.post("/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", status_code=202,
-             summary="Send a delivery again.")
-async def redeliver(request: Request, webhook_id: uuid.UUID, delivery_id: Annotated[int, Path(ge=1, le=MAX_ID)],
-                    _: Principal = Depends(require("admin"))):
+@router.post(
+    "/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    summary="Send a delivery again.",
+)
+async def redeliver(
+    request: Request,
+    webhook_id: uuid.UUID,
+    delivery_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    _: Principal = Depends(require("admin")),
+):
     """It goes out as soon as it is the oldest pending delivery of its chat for this endpoint."""
     async with _pool(request).acquire() as conn:
         if await conn.fetchval(QUERIES.redeliver_webhook, delivery_id, webhook_id) is None:

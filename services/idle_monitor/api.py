@@ -43,7 +43,5 @@ async def list_timers(
     store = request.app.state.store
     rows = await store.list_armed(limit)
     now = utcnow()
-    timers = [
-        ArmedTimer(**dict(r), overdue_s=max(0.0, (now - r["deadline"]).total_seconds())) for r in rows
-    ]
+    timers = [ArmedTimer(**dict(r), overdue_s=max(0.0, (now - r["deadline"]).total_seconds())) for r in rows]
     return ArmedTimers(armed=await store.count_armed(), timers=timers)

@@ -7,13 +7,11 @@ into the `assignment_idle` event it publishes.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterable
 
-from pydantic import BaseModel
-
-from shared.events import AssignmentEnded, AssignmentIdle, AssignmentIdlePayload, ChatAssigned
+from shared.events import AssignmentEnded, AssignmentIdle, AssignmentIdlePayload, ChatAssigned, Envelope
 
 PRODUCER = "idle_monitor"
 # Fixed namespace: the id of a fire depends only on the assignment, so every repeat of the
@@ -58,7 +56,7 @@ def deadline_for(assigned_at: datetime, idle_timeout_s: float) -> datetime:
     return assigned_at + timedelta(seconds=idle_timeout_s)
 
 
-def plan_timer_changes(facts: Iterable[BaseModel], idle_timeout_s: float) -> TimerChanges:
+def plan_timer_changes(facts: Iterable[Envelope], idle_timeout_s: float) -> TimerChanges:
     """Decide, in partition order, which deadlines a batch of lifecycle facts arms and disarms.
 
     An assignment that ends anywhere in the batch is never armed by it, whichever came
@@ -79,9 +77,9 @@ def plan_timer_changes(facts: Iterable[BaseModel], idle_timeout_s: float) -> Tim
                 deadline=deadline_for(p.assigned_at, idle_timeout_s),
             )
         elif isinstance(fact, AssignmentEnded):
-            p = fact.payload
-            arm.pop(p.assignment_id, None)
-            disarm.setdefault(p.assignment_id, Ended(p.assignment_id, p.ended_at))
+            e = fact.payload
+            arm.pop(e.assignment_id, None)
+            disarm.setdefault(e.assignment_id, Ended(e.assignment_id, e.ended_at))
     return TimerChanges(arm=tuple(arm.values()), disarm=tuple(disarm.values()))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -39,7 +39,9 @@ STALLED_AFTER_S = 30.0
 
 
 # Named apart from the counter `..._armed_total`: a gauge and a counter may not share a stem.
-TIMERS_PENDING = Gauge("switchboard_idle_timers_pending", "Idle deadlines armed now (the same figure on every instance).")
+TIMERS_PENDING = Gauge(
+    "switchboard_idle_timers_pending", "Idle deadlines armed now (the same figure on every instance)."
+)
 TIMERS_ARMED_TOTAL = Counter("switchboard_idle_timers_armed_total", "Idle deadlines armed.")
 TIMERS_DISARMED_TOTAL = Counter(
     "switchboard_idle_timers_disarmed_total", "Idle deadlines disarmed because their assignment ended."
@@ -48,7 +50,8 @@ TIMERS_FIRED_TOTAL = Counter(
     "switchboard_idle_timers_fired_total", "Idle deadlines fired (assignment_idle acknowledged by Kafka)."
 )
 FIRE_LATENESS = Histogram(
-    "switchboard_idle_fire_lateness_seconds", "How long after its deadline a timer fired.",
+    "switchboard_idle_fire_lateness_seconds",
+    "How long after its deadline a timer fired.",
     buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60, 300),
 )
 FIRE_FAILURES = Counter(
@@ -88,8 +91,15 @@ class FireFailed(RuntimeError):
 class Ticker:
     """Fires due deadlines every `idle_check_interval_s`; several instances may run side by side."""
 
-    def __init__(self, store: Store, producer: ResilientProducer, settings: Settings, *,
-                 batch_size: int = FIRE_BATCH_SIZE, clock: Callable = utcnow):
+    def __init__(
+        self,
+        store: Store,
+        producer: ResilientProducer,
+        settings: Settings,
+        *,
+        batch_size: int = FIRE_BATCH_SIZE,
+        clock: Callable = utcnow,
+    ):
         self.store = store
         self.producer = producer
         self.settings = settings
@@ -131,8 +141,10 @@ class Ticker:
             FIRE_LATENESS.observe(domain.lateness_s(d, fired_at))
         if len(acked) < len(due):
             errors = {repr(r) for r in results if isinstance(r, BaseException)}
-            raise FireFailed(f"{len(due) - len(acked)} of {len(due)} assignment_idle events not acknowledged: "
-                             + "; ".join(sorted(errors))[:500])
+            raise FireFailed(
+                f"{len(due) - len(acked)} of {len(due)} assignment_idle events not acknowledged: "
+                + "; ".join(sorted(errors))[:500]
+            )
         return len(acked)
 
     async def refresh_gauge(self) -> None:
@@ -155,8 +167,10 @@ class Ticker:
                 raise
             except Exception as exc:
                 FIRE_FAILURES.inc()
-                log.warning("idle ticker round failed, retrying", extra={"error": repr(exc)[:500],
-                                                                          "attempt": backoff.attempt + 1})
+                log.warning(
+                    "idle ticker round failed, retrying",
+                    extra={"error": repr(exc)[:500], "attempt": backoff.attempt + 1},
+                )
                 await backoff.wait()
                 continue
             backoff.reset()

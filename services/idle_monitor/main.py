@@ -47,12 +47,20 @@ def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
         await runtime.start()
         live = Store(runtime.pool)
         app.state.store = live
-        app.state.consumer = runtime.add_consumer(BatchConsumer(
-            settings=settings, pool=runtime.pool, producer=runtime.producer, group_id=GROUP_ID,
-            topics=[TOPIC_LIFECYCLE], tracker=EventIds(SCHEMA),
-            apply=handlers.make_apply(live, settings), after_commit=handlers.after_commit,
-            wanted_types=handlers.WANTED_TYPES, fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
-        ))
+        app.state.consumer = runtime.add_consumer(
+            BatchConsumer(
+                settings=settings,
+                pool=runtime.pool,
+                producer=runtime.producer,
+                group_id=GROUP_ID,
+                topics=[TOPIC_LIFECYCLE],
+                tracker=EventIds(SCHEMA),
+                apply=handlers.make_apply(live, settings),
+                after_commit=handlers.after_commit,
+                wanted_types=handlers.WANTED_TYPES,
+                fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
+            )
+        )
         ticker = handlers.Ticker(live, runtime.producer, settings)
         app.state.ticker = ticker
         tickers.append(ticker)
@@ -64,9 +72,14 @@ def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = create_http_app("idle_monitor", title="Switchboard idle monitor", lifespan=lifespan,
-                          readiness=readiness, auth_secret=settings.auth_secret,
-                          jwks=jwks_verifier(settings))
+    app = create_http_app(
+        "idle_monitor",
+        title="Switchboard idle monitor",
+        lifespan=lifespan,
+        readiness=readiness,
+        auth_secret=settings.auth_secret,
+        jwks=jwks_verifier(settings),
+    )
     app.include_router(api.router)
     return app
 

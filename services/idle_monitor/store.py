@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Sequence
 
 import asyncpg
 
@@ -88,5 +88,7 @@ class Store:
         Neither can stop anything any more: no record that old can still be redelivered.
         """
         keep = timedelta(seconds=settings.dedup_window_s)
-        return [PruneJob("idle_monitor.ended_assignments", self.q.prune_ended_assignments, keep),
-                EventIds("idle_monitor").prune_job(keep)]
+        return [
+            PruneJob("idle_monitor.ended_assignments", self.q.prune_ended_assignments, keep),
+            EventIds("idle_monitor").prune_job(keep),
+        ]

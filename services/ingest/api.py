@@ -109,7 +109,10 @@ COMMON_RESPONSES = {
 
 
 @router.post(
-    "/v1/chats/{chat_id}/messages", status_code=202, response_model=AcceptedOut, tags=["messages"],
+    "/v1/chats/{chat_id}/messages",
+    status_code=202,
+    response_model=AcceptedOut,
+    tags=["messages"],
     summary="Publish a user or operator message of a chat.",
     description=(
         "Answers 202 once Kafka acknowledged (acks=all) the `chat.inbound` event. Retry blindly with the "
@@ -121,8 +124,7 @@ COMMON_RESPONSES = {
 )
 async def post_message(
     request: Request,
-    chat_id: str = Path(description="The chat; also the Kafka key.",
-                        json_schema_extra={"pattern": ID_PATTERN}),
+    chat_id: str = Path(description="The chat; also the Kafka key.", json_schema_extra={"pattern": ID_PATTERN}),
     me: Principal = Depends(require("frontend", "operator", "chat")),
 ) -> AcceptedOut:
     """Validate one message, publish its event, answer with its event id."""
@@ -157,7 +159,9 @@ async def post_message(
 
 
 @router.post(
-    "/v1/messages:batch", response_model=BatchOut, tags=["messages"],
+    "/v1/messages:batch",
+    response_model=BatchOut,
+    tags=["messages"],
     summary=f"Publish up to {domain.MAX_BATCH} messages of any chats in one call.",
     description=(
         "Each item is a message body plus its `chat_id`. Items are validated one by one: an invalid item "
@@ -187,12 +191,15 @@ async def post_batch(request: Request, _: Principal = Depends(require("frontend"
             errors = domain.field_errors(exc)
             metrics.rejected(errors[0]["type"])
             ident = raw if isinstance(raw, dict) else {}
-            results.append(ItemResult(
-                index=index, chat_id=_str(ident.get("chat_id")), message_id=_str(ident.get("message_id")),
-                status=422, error=ItemError(code="validation_error",
-                                            message=describe(errors),
-                                            details=errors),
-            ))
+            results.append(
+                ItemResult(
+                    index=index,
+                    chat_id=_str(ident.get("chat_id")),
+                    message_id=_str(ident.get("message_id")),
+                    status=422,
+                    error=ItemError(code="validation_error", message=describe(errors), details=errors),
+                )
+            )
             continue
         results.append(None)
         positions.append(index)
@@ -203,12 +210,22 @@ async def post_batch(request: Request, _: Principal = Depends(require("frontend"
         raise _unavailable(request, "postgres") from None
     for index, d, answer in zip(positions, drafts, answers):
         if answer is None:
-            results[index] = ItemResult(index=index, chat_id=d.key.chat_id, message_id=d.key.message_id, status=503,
-                                        error=ItemError(code="kafka_unavailable",
-                                                        message="Kafka did not acknowledge the event in time"))
+            results[index] = ItemResult(
+                index=index,
+                chat_id=d.key.chat_id,
+                message_id=d.key.message_id,
+                status=503,
+                error=ItemError(code="kafka_unavailable", message="Kafka did not acknowledge the event in time"),
+            )
         else:
-            results[index] = ItemResult(index=index, chat_id=d.key.chat_id, message_id=d.key.message_id, status=202,
-                                        event_id=answer.event_id, duplicate=answer.duplicate)
+            results[index] = ItemResult(
+                index=index,
+                chat_id=d.key.chat_id,
+                message_id=d.key.message_id,
+                status=202,
+                event_id=answer.event_id,
+                duplicate=answer.duplicate,
+            )
     done = [r for r in results if r is not None]
     out = BatchOut(
         accepted=sum(1 for r in done if r.status == 202 and not r.duplicate),

@@ -72,8 +72,7 @@ def document(settings: Settings) -> dict:
                 "servers": [{"$ref": "#/servers/kafka"}],
                 "messages": channel_messages,
                 "bindings": {
-                    "kafka": {"topic": topic, "partitions": settings.topic_partitions,
-                              "bindingVersion": KAFKA_BINDING}
+                    "kafka": {"topic": topic, "partitions": settings.topic_partitions, "bindingVersion": KAFKA_BINDING}
                 },
             }
         },

@@ -39,15 +39,22 @@ class MessageIn(_Forbidding):
     message_id: str = Field(pattern=ID_PATTERN, description="Frontend-chosen id; retries reuse it.")
     sender: Literal["user", "operator"] = Field(description="Who wrote the message.")
     operator_id: OperatorId | None = Field(
-        None, validate_default=True,
+        None,
+        validate_default=True,
         description="Required when sender is `operator`, absent when it is `user`; printable text, 1 to 255 "
-                    "characters (a token's `sub`).",
+        "characters (a token's `sub`).",
     )
-    text: str = Field(min_length=1, max_length=4000, pattern=r"^[^\x00]*$",
-                      description="1 to 4,000 characters, no NUL (PostgreSQL cannot store it).")
+    text: str = Field(
+        min_length=1,
+        max_length=4000,
+        pattern=r"^[^\x00]*$",
+        description="1 to 4,000 characters, no NUL (PostgreSQL cannot store it).",
+    )
     sent_at: datetime | None = Field(
-        None, description="When the frontend saw it (ISO 8601 with a zone), from 2000-01-01T00:00:00Z to one hour "
-                          "after the current time.")
+        None,
+        description="When the frontend saw it (ISO 8601 with a zone), from 2000-01-01T00:00:00Z to one hour "
+        "after the current time.",
+    )
 
     @field_validator("operator_id", mode="after")
     @classmethod
@@ -122,16 +129,20 @@ class Accepted:
     duplicate: bool
 
 
-def to_event(chat_id: str, message: MessageIn, event_id: uuid.UUID, occurred_at: datetime):
+def to_event(
+    chat_id: str, message: MessageIn, event_id: uuid.UUID, occurred_at: datetime
+) -> OperatorMessage | UserMessage:
     """The `chat.inbound` envelope for a posted message."""
     if message.sender == "operator":
-        payload = OperatorMessagePayload(message_id=message.message_id, operator_id=message.operator_id,
-                                         text=message.text, sent_at=message.sent_at)
-        return OperatorMessage(event_id=event_id, chat_id=chat_id, occurred_at=occurred_at,
-                               producer=PRODUCER, payload=payload)
-    payload = UserMessagePayload(message_id=message.message_id, text=message.text, sent_at=message.sent_at)
-    return UserMessage(event_id=event_id, chat_id=chat_id, occurred_at=occurred_at, producer=PRODUCER,
-                       payload=payload)
+        assert message.operator_id is not None, "MessageIn's validator requires operator_id from an operator"
+        by_operator = OperatorMessagePayload(
+            message_id=message.message_id, operator_id=message.operator_id, text=message.text, sent_at=message.sent_at
+        )
+        return OperatorMessage(
+            event_id=event_id, chat_id=chat_id, occurred_at=occurred_at, producer=PRODUCER, payload=by_operator
+        )
+    by_user = UserMessagePayload(message_id=message.message_id, text=message.text, sent_at=message.sent_at)
+    return UserMessage(event_id=event_id, chat_id=chat_id, occurred_at=occurred_at, producer=PRODUCER, payload=by_user)
 
 
 def draft(chat_id: str, message: MessageIn, event_id: uuid.UUID, occurred_at: datetime) -> Draft:

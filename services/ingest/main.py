@@ -43,8 +43,9 @@ def bootstrap(settings: Settings, *, store: Store | None = None, publisher: Publ
             state.store = Store(runtime.pool)
             # Acknowledged keys past the dedup window go; a message id sent again after that is a new event
             # to ingest, and the assigner still stores the message once (it knows every message id it stored).
-            state.pruner = runtime.add_pruner([PruneJob("ingest.message_keys", QUERIES.prune_acked_keys,
-                                                        timedelta(seconds=settings.dedup_window_s))])
+            state.pruner = runtime.add_pruner(
+                [PruneJob("ingest.message_keys", QUERIES.prune_acked_keys, timedelta(seconds=settings.dedup_window_s))]
+            )
         else:
             state.store = store
         if owns_publisher:
@@ -63,10 +64,15 @@ def bootstrap(settings: Settings, *, store: Store | None = None, publisher: Publ
             await runtime.stop()
 
     # Per-route limits are enforced while reading the body; this is the largest (a full batch).
-    app = create_http_app("ingest", title="Switchboard ingest", lifespan=lifespan,
-                          readiness=runtime.readiness, auth_secret=settings.auth_secret,
-                          jwks=jwks_verifier(settings),
-                          max_body_bytes=MAX_BATCH_BYTES)
+    app = create_http_app(
+        "ingest",
+        title="Switchboard ingest",
+        lifespan=lifespan,
+        readiness=runtime.readiness,
+        auth_secret=settings.auth_secret,
+        jwks=jwks_verifier(settings),
+        max_body_bytes=MAX_BATCH_BYTES,
+    )
     app.state.settings = settings
     app.include_router(api.router)
     return app

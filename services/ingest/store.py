@@ -25,16 +25,17 @@ class Store:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 self.q.claim_keys,
-                [d.key.chat_id for d in ordered], [d.key.message_id for d in ordered],
-                [d.event_id for d in ordered], [d.envelope.decode() for d in ordered],
+                [d.key.chat_id for d in ordered],
+                [d.key.message_id for d in ordered],
+                [d.event_id for d in ordered],
+                [d.envelope.decode() for d in ordered],
             )
             inserted = {Key(r["chat_id"], r["message_id"]) for r in rows}
             claims = {d.key: Claim(d.key, d.event_id, d.envelope, acked=False) for d in ordered if d.key in inserted}
             known = [d.key for d in ordered if d.key not in inserted]
             if known:
                 # A new statement, so a snapshot that sees the rows whose insert we collided with.
-                for r in await conn.fetch(self.q.read_keys, [k.chat_id for k in known],
-                                          [k.message_id for k in known]):
+                for r in await conn.fetch(self.q.read_keys, [k.chat_id for k in known], [k.message_id for k in known]):
                     key = Key(r["chat_id"], r["message_id"])
                     envelope = r["envelope"].encode() if r["envelope"] is not None else None
                     claims[key] = Claim(key, r["event_id"], envelope, acked=r["acked"])

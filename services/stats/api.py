@@ -66,14 +66,21 @@ def parse_day(value: str | None) -> date | None:
             raise ValueError
         return date.fromisoformat(value)
     except ValueError:
-        raise ApiError(422, "validation_error", f"day: {value!r} is not a calendar day in YYYY-MM-DD form",
-                       details=[{"field": "day", "message": "expected YYYY-MM-DD", "type": "date"}]) from None
+        raise ApiError(
+            422,
+            "validation_error",
+            f"day: {value!r} is not a calendar day in YYYY-MM-DD form",
+            details=[{"field": "day", "message": "expected YYYY-MM-DD", "type": "date"}],
+        ) from None
 
 
 # `:path`: an operator id may hold `/` (sent as %2F, which the server decodes before routing), so the
 # id is everything between `/v1/operators/` and the final `/stats`.
-@router.get("/v1/operators/{operator_id:path}/stats", response_model=OperatorStats,
-            summary="One operator's figures, for a UTC day or all time (the id URL-encoded, `/` as %2F).")
+@router.get(
+    "/v1/operators/{operator_id:path}/stats",
+    response_model=OperatorStats,
+    summary="One operator's figures, for a UTC day or all time (the id URL-encoded, `/` as %2F).",
+)
 async def operator_stats(
     operator_id: Annotated[str, Path(description="The operator id (a token's `sub`), URL-encoded.")],
     day: DayParam = None,
@@ -83,15 +90,22 @@ async def operator_stats(
     """An operator's counters; an operator may only read its own, an admin anyone's."""
     problem = operator_id_problem(operator_id)
     if problem is not None:
-        raise ApiError(422, "validation_error", f"operator_id: operator id {problem}",
-                       details=[{"field": "operator_id", "message": problem, "type": "value_error"}])
+        raise ApiError(
+            422,
+            "validation_error",
+            f"operator_id: operator id {problem}",
+            details=[{"field": "operator_id", "message": problem, "type": "value_error"}],
+        )
     if principal.role == "operator" and principal.sub != operator_id:
         raise ApiError(403, "forbidden", "an operator may read only its own figures")
     return await store.operator(operator_id, parse_day(day))
 
 
-@router.get("/v1/stats/operators", response_model=OperatorStatsList,
-            summary="Every operator's figures, for a UTC day or all time (admin).")
+@router.get(
+    "/v1/stats/operators",
+    response_model=OperatorStatsList,
+    summary="Every operator's figures, for a UTC day or all time (admin).",
+)
 async def operators_stats(
     day: DayParam = None,
     limit: LimitParam = DEFAULT_LIMIT,

@@ -7,11 +7,11 @@ database to know which (operator, chat) pairs are new, so it is settled by `sett
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
-from typing import Iterable
+from datetime import UTC, date, datetime
 
-from shared.events import AssignmentEnded, ChatAssigned, MessageRecorded
+from shared.events import AssignmentEnded, ChatAssigned, Envelope, MessageRecorded
 
 OPERATOR_COUNTERS = (
     "assignments",
@@ -37,7 +37,7 @@ OUTCOME_COUNTERS = {
 
 def utc_day(at: datetime) -> date:
     """The UTC calendar day of an aware timestamp."""
-    return at.astimezone(timezone.utc).date()
+    return at.astimezone(UTC).date()
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Tally:
     messages: Counter = field(default_factory=Counter)
 
 
-def tally(events: Iterable) -> Tally:
+def tally(events: Iterable[Envelope]) -> Tally:
     """Count what a batch of lifecycle facts adds; facts that move no counter are ignored."""
     out = Tally()
     for event in events:
@@ -66,11 +66,11 @@ def tally(events: Iterable) -> Tally:
             out.chats[event.chat_id]["assignments"] += 1
             out.assignments_started += 1
         elif isinstance(event, AssignmentEnded):
-            p = event.payload
-            out.assignments_ended[p.outcome] += 1
-            counter = OUTCOME_COUNTERS.get(p.outcome)
+            e = event.payload
+            out.assignments_ended[e.outcome] += 1
+            counter = OUTCOME_COUNTERS.get(e.outcome)
             if counter:
-                out.operator_days[(p.operator_id, utc_day(p.ended_at))][counter] += 1
+                out.operator_days[(e.operator_id, utc_day(e.ended_at))][counter] += 1
     return out
 
 
@@ -146,11 +146,15 @@ class Difference:
     def describe(self, expected_name: str = "expected", actual_name: str = "actual") -> str:
         """A one-line human description of the difference."""
         where = " ".join(str(k) for k in self.key)
-        return (f"{self.table} {where} {self.figure}: {expected_name}={self.expected} "
-                f"{actual_name}={self.actual} (diff {self.actual - self.expected:+d})")
+        return (
+            f"{self.table} {where} {self.figure}: {expected_name}={self.expected} "
+            f"{actual_name}={self.actual} (diff {self.actual - self.expected:+d})"
+        )
 
 
-def compare(table: str, names: tuple[str, ...], expected: dict[tuple, dict], actual: dict[tuple, dict]) -> list[Difference]:
+def compare(
+    table: str, names: tuple[str, ...], expected: dict[tuple, dict], actual: dict[tuple, dict]
+) -> list[Difference]:
     """Every figure that differs between two keyed row sets; a missing row counts as all zeros."""
     diffs = []
     for key in sorted(set(expected) | set(actual), key=lambda k: tuple(str(p) for p in k)):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.stats import api, handlers, store as stats_store
+from services.stats import api, handlers
+from services.stats import store as stats_store
 from shared.auth import jwks_verifier
 from shared.events import TOPIC_LIFECYCLE
 from shared.http import create_app as create_http_app
@@ -39,11 +40,18 @@ def bootstrap(settings: Settings, *, store: stats_store.Store | None = None) -> 
         # Sessions of this pool resolve the unqualified stats queries in the live schema.
         pool = await stats_store.create_pool(settings, SCHEMA)
         app.state.store = stats_store.Store(pool)
-        runtime.add_consumer(BatchConsumer(
-            settings=settings, pool=pool, producer=runtime.producer, group_id=GROUP_ID,
-            topics=[TOPIC_LIFECYCLE], tracker=EventIds(SCHEMA),
-            apply=handlers.make_apply(), fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
-        ))
+        runtime.add_consumer(
+            BatchConsumer(
+                settings=settings,
+                pool=pool,
+                producer=runtime.producer,
+                group_id=GROUP_ID,
+                topics=[TOPIC_LIFECYCLE],
+                tracker=EventIds(SCHEMA),
+                apply=handlers.make_apply(),
+                fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
+            )
+        )
         app.state.pruner = runtime.add_pruner(stats_store.retention_jobs(settings), pool)
         await runtime.start_consumers()
         try:
@@ -52,9 +60,14 @@ def bootstrap(settings: Settings, *, store: stats_store.Store | None = None) -> 
             await runtime.stop()
             await pool.close()
 
-    app = create_http_app("stats", title="Switchboard stats", lifespan=lifespan,
-                          readiness=runtime.readiness, auth_secret=settings.auth_secret,
-                          jwks=jwks_verifier(settings))
+    app = create_http_app(
+        "stats",
+        title="Switchboard stats",
+        lifespan=lifespan,
+        readiness=runtime.readiness,
+        auth_secret=settings.auth_secret,
+        jwks=jwks_verifier(settings),
+    )
     app.include_router(api.router)
     return app
 

@@ -16,10 +16,17 @@ from shared.tracking import EventIds
 QUERIES = db.Queries(Path(__file__).parent / "sql" / "queries.sql")
 
 
-async def create_pool(settings: Settings, schema: str, *, app: str = "stats", max_size: int | None = None) -> asyncpg.Pool:
+async def create_pool(
+    settings: Settings, schema: str, *, app: str = "stats", max_size: int | None = None
+) -> asyncpg.Pool:
     """A pool whose sessions resolve the stats tables in `schema` (live `stats` or a rebuild shadow)."""
-    return await db.create_pool(settings.database_url, min_size=1, max_size=max_size or settings.db_pool_max,
-                                app=app, server_settings={"search_path": schema})
+    return await db.create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=max_size or settings.db_pool_max,
+        app=app,
+        server_settings={"search_path": schema},
+    )
 
 
 async def apply_tally(conn: asyncpg.Connection, t: Tally) -> Settled:
@@ -28,8 +35,9 @@ async def apply_tally(conn: asyncpg.Connection, t: Tally) -> Settled:
     new_pairs: dict[str, int] = {}
     if t.touched:
         touched = sorted(t.touched)
-        rows = await conn.fetch(QUERIES.record_chats_handled, [r[0] for r in touched], [r[1] for r in touched],
-                                [r[2] for r in touched])
+        rows = await conn.fetch(
+            QUERIES.record_chats_handled, [r[0] for r in touched], [r[1] for r in touched], [r[2] for r in touched]
+        )
         for row in rows:
             if row["day"] is None:
                 new_pairs[row["operator_id"]] = row["n"]
@@ -39,12 +47,17 @@ async def apply_tally(conn: asyncpg.Connection, t: Tally) -> Settled:
     if settled.operator_days:
         keys = list(settled.operator_days)
         await conn.execute(
-            QUERIES.add_operator_days, [k[0] for k in keys], [k[1] for k in keys],
+            QUERIES.add_operator_days,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
             *_columns(settled.operator_days, OPERATOR_COUNTERS),
         )
     if settled.operator_totals:
-        await conn.execute(QUERIES.add_operator_totals, list(settled.operator_totals),
-                           *_columns(settled.operator_totals, OPERATOR_COUNTERS))
+        await conn.execute(
+            QUERIES.add_operator_totals,
+            list(settled.operator_totals),
+            *_columns(settled.operator_totals, OPERATOR_COUNTERS),
+        )
     if settled.chats:
         await conn.execute(QUERIES.add_chats, list(settled.chats), *_columns(settled.chats, CHAT_COUNTERS))
     return settled

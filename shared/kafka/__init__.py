@@ -14,6 +14,17 @@ from shared.kafka.decoding import Incoming, Poison, decode_record
 from shared.kafka.producer import CachingPartitioner, ResilientProducer, make_producer
 
 __all__ = [
-    "LIFECYCLE_FETCH_MIN_BYTES", "ApplyBatch", "BatchConsumer", "CachingPartitioner", "DeadLetters", "Incoming",
-    "Poison", "Poisoned", "ResilientProducer", "decode_record", "ensure_topics", "kafka_ready", "make_producer",
+    "LIFECYCLE_FETCH_MIN_BYTES",
+    "ApplyBatch",
+    "BatchConsumer",
+    "CachingPartitioner",
+    "DeadLetters",
+    "Incoming",
+    "Poison",
+    "Poisoned",
+    "ResilientProducer",
+    "decode_record",
+    "ensure_topics",
+    "kafka_ready",
+    "make_producer",
 ]

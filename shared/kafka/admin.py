@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Sequence
+from collections.abc import Sequence
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -23,8 +23,14 @@ async def ensure_topics(settings: Settings, names: Sequence[str] = ALL_TOPICS) -
         if missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=settings.topic_replication_factor)
-                     for t in missing]
+                    [
+                        NewTopic(
+                            t,
+                            num_partitions=settings.topic_partitions,
+                            replication_factor=settings.topic_replication_factor,
+                        )
+                        for t in missing
+                    ]
                 )
             except TopicAlreadyExistsError:
                 pass

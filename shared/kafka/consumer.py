@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from shared import faults
-from shared import metrics
+from shared import faults, metrics
 from shared.events import TOPIC_DLQ, utcnow
 from shared.kafka.deadletter import DeadLetters, Poisoned
 from shared.kafka.decoding import Incoming, Poison, decode_record, skippable
@@ -40,12 +40,20 @@ MAX_BACKOFF_S = 5.0
 LIFECYCLE_FETCH_MIN_BYTES = 64 * 1024
 
 
-ApplyBatch = Callable[[asyncpg.Connection, list[Incoming]], Awaitable[None]]
+# What a group's applier returns for one transaction; BatchConsumer hands it to `after_commit`.
+R = TypeVar("R")
+ApplyBatch = Callable[[asyncpg.Connection, list[Incoming]], Awaitable[R]]
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, lock: asyncio.Lock, group: str, logical: dict[str, str],
-                 flush: Callable[[], Awaitable[None]], forget: Callable[[set], None]):
+    def __init__(
+        self,
+        lock: asyncio.Lock,
+        group: str,
+        logical: dict[str, str],
+        flush: Callable[[], Awaitable[None]],
+        forget: Callable[[set], None],
+    ):
         self._lock = lock
         self._group = group
         self._logical = logical
@@ -68,7 +76,7 @@ class _Rebalance(ConsumerRebalanceListener):
         log.info("partitions assigned", extra={"group": self._group, "partitions": str(sorted(assigned))})
 
 
-class BatchConsumer:
+class BatchConsumer(Generic[R]):
     """Consumes topics as one group; applies each partition batch once, exactly once in effect."""
 
     def __init__(
@@ -76,12 +84,12 @@ class BatchConsumer:
         *,
         settings: Settings,
         pool: asyncpg.Pool,
-        producer: "AIOKafkaProducer | ResilientProducer",
+        producer: AIOKafkaProducer | ResilientProducer,
         group_id: str,
         topics: Sequence[str],
         tracker: EventIds,
-        apply: ApplyBatch,
-        after_commit: Callable[[object], None] | None = None,
+        apply: ApplyBatch[R],
+        after_commit: Callable[[R], None] | None = None,
         max_records: int | None = None,
         wanted_types: frozenset[str] | None = None,
         fetch_min_bytes: int = 1,
@@ -128,8 +136,10 @@ class BatchConsumer:
             heartbeat_interval_ms=3_000,
             client_id=f"switchboard-{self.group_id}",
         )
-        self._consumer.subscribe(list(self.logical), listener=_Rebalance(self._lock, self.group_id, self.logical,
-                                                                         self._flush_commit, self._forget))
+        self._consumer.subscribe(
+            list(self.logical),
+            listener=_Rebalance(self._lock, self.group_id, self.logical, self._flush_commit, self._forget),
+        )
         await self._consumer.start()
         for logical in self.logical.values():  # a first dead letter must show as an increase from 0
             metrics.DLQ_RECORDS.labels(self.group_id, logical)
@@ -146,7 +156,7 @@ class BatchConsumer:
                 self._task.cancel()
         try:
             await asyncio.wait_for(self._flush_commit(), 15)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("last offset commit did not finish", extra={"group": self.group_id})
         if self._consumer:
             try:  # bounded: leaving the group must not hang shutdown while Kafka is down
@@ -233,9 +243,13 @@ class BatchConsumer:
                         metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
                         log.warning(
                             "batch failed, will retry",
-                            extra={"group": self.group_id, "error": repr(exc),
-                                   "partitions": ",".join(f"{tp.topic}/{tp.partition}@{r[0].offset}"
-                                                          for tp, r in live.items())},
+                            extra={
+                                "group": self.group_id,
+                                "error": repr(exc),
+                                "partitions": ",".join(
+                                    f"{tp.topic}/{tp.partition}@{r[0].offset}" for tp, r in live.items()
+                                ),
+                            },
                         )
                         for tp, records in live.items():
                             consumer.seek(tp, records[0].offset)
@@ -286,7 +300,8 @@ class BatchConsumer:
         # flight at a time (they carry increasing offsets); rebalance and stop wait for it.
         await self._flush_commit()
         self._commit_task = asyncio.create_task(
-            self._commit(consumer, {tp: records[-1].offset + 1 for tp, records in live.items()}))
+            self._commit(consumer, {tp: records[-1].offset + 1 for tp, records in live.items()})
+        )
         now = utcnow()
         metrics.CONSUMER_BATCH_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
         counts: dict[tuple[str, str], int] = {}
@@ -324,7 +339,6 @@ class BatchConsumer:
 
         Poison records are dead-lettered in that transaction, unless their marker was claimed before.
         """
-        result = None
         if not good and not poisoned:
             return []
         async with self.pool.acquire() as conn:
@@ -333,11 +347,11 @@ class BatchConsumer:
                 for p in poisoned:
                     if p.marker in markers:
                         await self.dead_letters.send(p)
-                if applied:
-                    result = await self.apply(conn, applied)
+                # A 1-tuple, not the bare result: None is a result too (some appliers return nothing).
+                result = (await self.apply(conn, applied),) if applied else None
         faults.reached("consumer_after_apply")  # crash tests: committed in Postgres, offsets not yet in Kafka
-        if applied and self.after_commit is not None:
-            self.after_commit(result)
+        if result is not None and self.after_commit is not None:
+            self.after_commit(result[0])
         return applied
 
     async def _export_lag(self, consumer: AIOKafkaConsumer) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiokafka import TopicPartition
 
@@ -27,12 +28,25 @@ log = logging.getLogger("switchboard.kafka")
 MARKER_NAMESPACE = uuid.UUID("5f0b7f4e-9a3c-4d61-8f0e-2c6d1e7a9b35")
 
 
+class ConsumedRecord(Protocol):
+    """What a dead letter needs of a consumed record (aiokafka's ConsumerRecord has these)."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass(frozen=True)
 class Poisoned:
     """A record that can never be applied, where it came from, and why."""
 
     tp: TopicPartition
-    record: object
+    record: ConsumedRecord
     reason: str
 
     @property
@@ -69,8 +83,12 @@ class DeadLetters:
         metrics.DLQ_RECORDS.labels(self.group_id, self.logical[tp.topic]).inc()
         log.warning(
             "record sent to dead-letter topic",
-            extra={"group": self.group_id, "partition": f"{tp.topic}/{tp.partition}", "offset": rec.offset,
-                   "reason": poisoned.reason[:300]},
+            extra={
+                "group": self.group_id,
+                "partition": f"{tp.topic}/{tp.partition}",
+                "offset": rec.offset,
+                "reason": poisoned.reason[:300],
+            },
         )
 
     def committed(self, offsets: dict[TopicPartition, int]) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
-from pydantic import BaseModel, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from shared.events import ADAPTERS, TYPE_HEADER, decode_json
+from shared.events import ADAPTERS, TYPE_HEADER, Envelope, decode_json
 from shared.events import LIFECYCLE_TYPES as KNOWN_TYPES
 
 
@@ -14,7 +15,7 @@ from shared.events import LIFECYCLE_TYPES as KNOWN_TYPES
 class Incoming:
     """A decoded event with where it came from."""
 
-    event: BaseModel
+    event: Envelope
     topic: str
     partition: int
     offset: int
@@ -24,11 +25,12 @@ class Poison(Exception):
     """A record that can never be applied; it goes to the dead-letter topic."""
 
 
-def decode_record(logical_topic: str, key: bytes | None, value: bytes | None) -> BaseModel:
+def decode_record(logical_topic: str, key: bytes | None, value: bytes | None) -> Envelope:
     """Decode and validate one record of a topic, or raise Poison with the reason."""
     adapter = ADAPTERS.get(logical_topic)
     if adapter is None:
         raise Poison(f"no schema for topic {logical_topic}")
+    event: Envelope | None
     try:
         event = adapter.validate_json(value) if value is not None else None
     except ValidationError:
@@ -41,7 +43,7 @@ def decode_record(logical_topic: str, key: bytes | None, value: bytes | None) ->
     return event
 
 
-def _explain(adapter, value: bytes | None) -> None:
+def _explain(adapter: TypeAdapter, value: bytes | None) -> NoReturn:
     try:
         data = decode_json(value)
     except ValueError as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -73,8 +73,13 @@ class ResilientProducer:
     caller that judges a whole round itself (acks awaited with a deadline) reports it with `note`.
     """
 
-    def __init__(self, settings: Settings, factory: Callable[[Settings], AIOKafkaProducer] = make_producer,
-                 *, close_timeout_s: float = CLOSE_TIMEOUT_S):
+    def __init__(
+        self,
+        settings: Settings,
+        factory: Callable[[Settings], AIOKafkaProducer] = make_producer,
+        *,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
+    ):
         self.settings = settings
         self.replace_after_s = REPLACE_AFTER_TIMEOUTS * settings.kafka_send_timeout_s
         self.close_timeout_s = close_timeout_s

@@ -48,7 +48,9 @@ def main(settings: Settings, **options) -> int:
         from switchboard.bench.run import main as run_main
     except ModuleNotFoundError as exc:
         if exc.name == "psutil":  # matplotlib, the extra's other package, is optional (plot.py)
-            raise SystemExit(f"switchboard bench needs {exc.name}: install the bench extra "
-                             "(pip install -e '.[bench]', or run `make bench`)") from None
+            raise SystemExit(
+                f"switchboard bench needs {exc.name}: install the bench extra "
+                "(pip install -e '.[bench]', or run `make bench`)"
+            ) from None
         raise
     return run_main(settings, **options)

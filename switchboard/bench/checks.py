@@ -37,8 +37,12 @@ async def wait_drained(pool: asyncpg.Pool, rec: Recorder, run_id: str, timeout_s
         if stored >= expected:
             break
         await asyncio.sleep(0.5)
-    return {"expected": expected, "stored": stored, "seconds": round(time.monotonic() - started, 1),
-            "complete": stored >= expected}
+    return {
+        "expected": expected,
+        "stored": stored,
+        "seconds": round(time.monotonic() - started, 1),
+        "complete": stored >= expected,
+    }
 
 
 async def load_messages(pool: asyncpg.Pool, run_id: str) -> tuple[dict[str, float], set[str], dict]:
@@ -47,8 +51,11 @@ async def load_messages(pool: asyncpg.Pool, run_id: str) -> tuple[dict[str, floa
         rows = await conn.fetch(QUERIES.run_messages, run_pattern(run_id))
         answered = await conn.fetch(QUERIES.answered_per_second)
     users, ops = {}, set()
-    per_s: dict[str, dict[int, int]] = {"user": defaultdict(int), "operator": defaultdict(int),
-                                        "answered": defaultdict(int)}
+    per_s: dict[str, dict[int, int]] = {
+        "user": defaultdict(int),
+        "operator": defaultdict(int),
+        "answered": defaultdict(int),
+    }
     for r in rows:
         if r["sender"] == "user":
             users[r["message_id"]] = r["t"]
@@ -71,13 +78,18 @@ async def integrity(pool: asyncpg.Pool, rec: Recorder, users: dict[str, float], 
         mismatched = await conn.fetchval(QUERIES.chats_with_message_count_mismatch)
         two_active = await conn.fetchval(QUERIES.chats_with_two_active_assignments)
     return {
-        "user_messages_acked": len(rec.user_acked), "user_messages_stored": len(stored_users),
-        "user_messages_lost": len(lost_users), "user_messages_unexpected": len(unexpected_users),
+        "user_messages_acked": len(rec.user_acked),
+        "user_messages_stored": len(stored_users),
+        "user_messages_lost": len(lost_users),
+        "user_messages_unexpected": len(unexpected_users),
         "user_messages_unconfirmed": len(rec.user_unconfirmed),
-        "operator_messages_acked": len(rec.op_acked), "operator_messages_stored": len(ops),
-        "operator_messages_lost": len(lost_ops), "operator_messages_unexpected": len(unexpected_ops),
+        "operator_messages_acked": len(rec.op_acked),
+        "operator_messages_stored": len(ops),
+        "operator_messages_lost": len(lost_ops),
+        "operator_messages_unexpected": len(unexpected_ops),
         "operator_messages_unconfirmed": len(rec.op_unconfirmed),
-        "chats_with_message_count_mismatch": mismatched, "chats_with_two_active_assignments": two_active,
+        "chats_with_message_count_mismatch": mismatched,
+        "chats_with_two_active_assignments": two_active,
         "lost_examples": sorted(lost_users)[:5] + sorted(lost_ops)[:5],
     }
 
@@ -87,13 +99,17 @@ async def run_reconcile(settings: Settings, timeout_s: float = 60) -> dict:
     from switchboard.reconcile import reconcile
 
     report = await reconcile(settings, quiesce_timeout_s=timeout_s)
-    return {"differences": len(report.differences), "compared": report.compared,
-            "not_quiescent": report.not_quiescent,
-            "examples": [d.describe("assigner", "stats") for d in report.differences[:5]]}
+    return {
+        "differences": len(report.differences),
+        "compared": report.compared,
+        "not_quiescent": report.not_quiescent,
+        "examples": [d.describe("assigner", "stats") for d in report.differences[:5]],
+    }
 
 
-async def stats_lag(settings: Settings, pool: asyncpg.Pool, windows: dict[str, tuple[float, float]],
-                    cap: int = 300_000) -> dict[str, dict]:
+async def stats_lag(
+    settings: Settings, pool: asyncpg.Pool, windows: dict[str, tuple[float, float]], cap: int = 300_000
+) -> dict[str, dict]:
     """Per window: lifecycle fact occurred_at -> stats.processed_events.applied_at (records read by time)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -104,8 +120,12 @@ async def stats_lag(settings: Settings, pool: asyncpg.Pool, windows: dict[str, t
     start = min(w[0] for w in windows.values())
     end = max(w[1] for w in windows.values())
     parts = await lifecycle_partitions(settings)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, max_poll_records=5000)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        max_poll_records=5000,
+    )
     occurred: dict[uuid.UUID, float] = {}
     await consumer.start()
     try:
@@ -146,7 +166,7 @@ async def stats_lag(settings: Settings, pool: asyncpg.Pool, windows: dict[str, t
     missing = 0
     async with pool.acquire() as conn:
         for i in range(0, len(ids), 50_000):
-            chunk = ids[i:i + 50_000]
+            chunk = ids[i : i + 50_000]
             rows = await conn.fetch(QUERIES.stats_applied_at, chunk)
             found = {r["event_id"]: r["t"] for r in rows}
             missing += len(chunk) - len(found)

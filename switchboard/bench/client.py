@@ -33,8 +33,9 @@ class Conn:
                 pass
         self.reader = self.writer = None
 
-    async def request(self, method: str, path: str, token: str | None = None, body: bytes | None = None,
-                      timeout: float = 30.0) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, token: str | None = None, body: bytes | None = None, timeout: float = 30.0
+    ) -> tuple[int, bytes]:
         """(status, body); reconnects once when a kept-alive connection was closed by the server."""
         for attempt in (1, 2):
             fresh = self.writer is None
@@ -46,7 +47,7 @@ class Conn:
                 await self.close()
                 if fresh or attempt == 2:
                     raise HttpError(repr(exc)) from None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self.close()
                 raise HttpError(f"timeout after {timeout}s") from None
         raise HttpError("unreachable")

@@ -100,10 +100,15 @@ class OwnIngest:
         base = self.settings.database_url
         await recreate_database(base, self.db_name)
         port = free_port()
-        env = dict(os.environ, SWITCHBOARD_DATABASE_URL=with_db(base, self.db_name),
-                   SWITCHBOARD_TOPIC_PREFIX=self.prefix, SWITCHBOARD_AUTH_SECRET=self.settings.auth_secret,
-                   SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS=self.settings.kafka_bootstrap_servers,
-                   SWITCHBOARD_HTTP_HOST="127.0.0.1", SWITCHBOARD_LOG_LEVEL="WARNING")
+        env = dict(
+            os.environ,
+            SWITCHBOARD_DATABASE_URL=with_db(base, self.db_name),
+            SWITCHBOARD_TOPIC_PREFIX=self.prefix,
+            SWITCHBOARD_AUTH_SECRET=self.settings.auth_secret,
+            SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS=self.settings.kafka_bootstrap_servers,
+            SWITCHBOARD_HTTP_HOST="127.0.0.1",
+            SWITCHBOARD_LOG_LEVEL="WARNING",
+        )
         if self.settings.dev_mode:
             env["SWITCHBOARD_DEV_MODE"] = "1"
         pid = self.processes.start("ingest", service_argv("ingest", port), env)
@@ -113,8 +118,11 @@ class OwnIngest:
         except RuntimeError as exc:
             await self.__aexit__()
             raise SystemExit(str(exc)) from None
-        print(f"ingest started (pid {pid}) on {base_url}, topics {self.prefix}*, database {self.db_name}, "
-              f"log {self.processes.log_file('ingest')}", file=sys.stderr)
+        print(
+            f"ingest started (pid {pid}) on {base_url}, topics {self.prefix}*, database {self.db_name}, "
+            f"log {self.processes.log_file('ingest')}",
+            file=sys.stderr,
+        )
         return base_url
 
     async def __aexit__(self, *exc) -> None:
@@ -133,8 +141,10 @@ async def _load(base: str, secret: str, messages: int, concurrency: int, batch: 
     counter = iter(range(calls))
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=30) as client:
         for i in range(min(WARMUP, calls)):  # connections and caches warm, not measured
-            await client.post(f"/v1/chats/bench-{run}-warm/messages",
-                              json={"message_id": f"w{i}", "sender": "user", "text": "warm-up"})
+            await client.post(
+                f"/v1/chats/bench-{run}-warm/messages",
+                json={"message_id": f"w{i}", "sender": "user", "text": "warm-up"},
+            )
         deadline = time.monotonic() + MAX_SECONDS
 
         async def worker() -> None:
@@ -148,9 +158,17 @@ async def _load(base: str, secret: str, messages: int, concurrency: int, batch: 
                     body = {"message_id": f"m{n}", "sender": "user", "text": f"benchmark message {n}"}
                 else:
                     path = "/v1/messages:batch"
-                    body = {"messages": [
-                        {"chat_id": f"bench-{run}-c{i % CHATS}", "message_id": f"m{i}", "sender": "user",
-                         "text": f"benchmark message {i}"} for i in range(first, first + count)]}
+                    body = {
+                        "messages": [
+                            {
+                                "chat_id": f"bench-{run}-c{i % CHATS}",
+                                "message_id": f"m{i}",
+                                "sender": "user",
+                                "text": f"benchmark message {i}",
+                            }
+                            for i in range(first, first + count)
+                        ]
+                    }
                 started = time.perf_counter()
                 r = await client.post(path, json=body)
                 result.latencies.append(time.perf_counter() - started)

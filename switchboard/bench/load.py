@@ -9,20 +9,25 @@ import random
 import time
 import uuid
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from rich.progress import Progress
 
 from shared.auth import issue_token
-from shared.events import TOPIC_INBOUND, OperatorMessage, OperatorMessagePayload, UserMessage, UserMessagePayload, \
-    encode
+from shared.events import (
+    TOPIC_INBOUND,
+    OperatorMessage,
+    OperatorMessagePayload,
+    UserMessage,
+    UserMessagePayload,
+    encode,
+)
 from switchboard.bench.client import Conn, HttpError, http_get
 from switchboard.bench.metrics import metric_sum, parse_metrics
 from switchboard.bench.options import Options
 from switchboard.bench.quantiles import pct
 from switchboard.bench.stack import Stack
-
 
 APPLIED = "switchboard_consumer_events_total"  # by group, topic and result: what the monitor reads
 
@@ -31,17 +36,17 @@ class Recorder:
     """Everything the load generator observed, per wall-clock second and per message."""
 
     def __init__(self):
-        self.sent_at: dict[str, float] = {}          # user message_id -> frontend hand-over time
-        self.path_of: dict[str, str] = {}            # user message_id -> "http" | "kafka"
+        self.sent_at: dict[str, float] = {}  # user message_id -> frontend hand-over time
+        self.path_of: dict[str, str] = {}  # user message_id -> "http" | "kafka"
         self.user_acked: set[str] = set()
         self.user_unconfirmed: set[str] = set()
         self.op_acked: set[str] = set()
         self.op_unconfirmed: set[str] = set()
         self.user_acks_by_s: dict[int, int] = defaultdict(int)
         self.replies_by_s: dict[int, int] = defaultdict(int)
-        self.pulls: list[tuple[float, float, str]] = []     # (wall time, seconds, result)
+        self.pulls: list[tuple[float, float, str]] = []  # (wall time, seconds, result)
         self.releases: list[tuple[float, float]] = []
-        self.replies: list[tuple[float, float]] = []        # operator reply accept latency
+        self.replies: list[tuple[float, float]] = []  # operator reply accept latency
         self.accepts: dict[str, list[tuple[float, float]]] = {"http": [], "kafka": []}
         self.errors: dict[str, int] = defaultdict(int)
         self.inbound_acked = 0
@@ -128,9 +133,14 @@ class Load:
             body = json.dumps({"message_id": message_id, "sender": "user", "text": "hello, I need help"}).encode()
             ok = await self._post_ingest(conn, chat_id, body)
         else:
-            occurred = datetime.fromtimestamp(started, timezone.utc)
-            event = UserMessage(event_id=uuid.uuid4(), chat_id=chat_id, occurred_at=occurred, producer="bench",
-                                payload=UserMessagePayload(message_id=message_id, text="hello, I need help"))
+            occurred = datetime.fromtimestamp(started, UTC)
+            event = UserMessage(
+                event_id=uuid.uuid4(),
+                chat_id=chat_id,
+                occurred_at=occurred,
+                producer="bench",
+                payload=UserMessagePayload(message_id=message_id, text="hello, I need help"),
+            )
             ok = await self._produce(chat_id, encode(event))
         done = time.time()
         if ok:
@@ -144,8 +154,9 @@ class Load:
     async def _post_ingest(self, conn: Conn, chat_id: str, body: bytes) -> bool:
         for attempt in range(4):
             try:
-                status, data = await conn.request("POST", f"/v1/chats/{quote(chat_id)}/messages", self.frontend_token,
-                                                  body)
+                status, data = await conn.request(
+                    "POST", f"/v1/chats/{quote(chat_id)}/messages", self.frontend_token, body
+                )
             except HttpError:
                 self.rec.errors["ingest_connection"] += 1
                 await asyncio.sleep(0.1 * (attempt + 1))
@@ -233,14 +244,25 @@ class Load:
         message_id = f"b{self.run_id}-{me}-r{uuid.uuid4().hex[:10]}"
         t1 = time.time()
         if ingest is not None:
-            body = json.dumps({"message_id": message_id, "sender": "operator", "operator_id": me,
-                               "text": "Thanks, let me look into that."}).encode()
+            body = json.dumps(
+                {
+                    "message_id": message_id,
+                    "sender": "operator",
+                    "operator_id": me,
+                    "text": "Thanks, let me look into that.",
+                }
+            ).encode()
             ok = await self._post_ingest(ingest, chat_id, body)
         else:
-            event = OperatorMessage(event_id=uuid.uuid4(), chat_id=chat_id,
-                                    occurred_at=datetime.fromtimestamp(t1, timezone.utc), producer="bench",
-                                    payload=OperatorMessagePayload(message_id=message_id, operator_id=me,
-                                                                   text="Thanks, let me look into that."))
+            event = OperatorMessage(
+                event_id=uuid.uuid4(),
+                chat_id=chat_id,
+                occurred_at=datetime.fromtimestamp(t1, UTC),
+                producer="bench",
+                payload=OperatorMessagePayload(
+                    message_id=message_id, operator_id=me, text="Thanks, let me look into that."
+                ),
+            )
             ok = await self._produce(chat_id, encode(event))
         done = time.time()
         if ok:
@@ -273,8 +295,9 @@ class Load:
         while True:
             samples = await self.scrape(names=(APPLIED,))
             if samples is not None:
-                self.applied_inbound = metric_sum(samples, APPLIED, group=self.group,
-                                                  topic=TOPIC_INBOUND, result="applied")
+                self.applied_inbound = metric_sum(
+                    samples, APPLIED, group=self.group, topic=TOPIC_INBOUND, result="applied"
+                )
                 self.backlog = max(0, int(self.rec.inbound_acked - self.applied_inbound))
                 if self.backlog > self.opts.backlog_cap:
                     self.gate.clear()
@@ -289,13 +312,14 @@ class Load:
         turns = sum(self.rec.replies_by_s.get(int(now) - k, 0) for k in range(1, 4)) / 3
         recent = [p[1] for p in self.rec.pulls[-400:] if p[0] > now - 3]
         p99 = pct(recent, 0.99)
-        return (f"user msgs/s {acks:,.0f} │ turns/s {turns:,.0f} │ pull p99 "
-                f"{'-' if p99 is None else f'{p99 * 1000:.0f} ms'} │ backlog {self.backlog:,}")
+        return (
+            f"user msgs/s {acks:,.0f} │ turns/s {turns:,.0f} │ pull p99 "
+            f"{'-' if p99 is None else f'{p99 * 1000:.0f} ms'} │ backlog {self.backlog:,}"
+        )
 
     # -- phases ---------------------------------------------------------------------------------
 
-    async def run_phase(self, label: str, seconds: float, rate: float | None, task_id=None,
-                        on_tick=None) -> None:
+    async def run_phase(self, label: str, seconds: float, rate: float | None, task_id=None, on_tick=None) -> None:
         """Run users and operators for `seconds`; the caller owns the progress task."""
         self.rate = rate
         self._next_slot = time.monotonic()
@@ -308,8 +332,9 @@ class Load:
         try:
             while (elapsed := time.monotonic() - started) < seconds:
                 if self.progress is not None and task_id is not None:
-                    self.progress.update(task_id, completed=min(elapsed, seconds),
-                                         description=f"{label:<10} {self.live_line()}")
+                    self.progress.update(
+                        task_id, completed=min(elapsed, seconds), description=f"{label:<10} {self.live_line()}"
+                    )
                 if on_tick:
                     on_tick(elapsed)
                 await asyncio.sleep(0.25)

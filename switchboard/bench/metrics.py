@@ -54,8 +54,9 @@ def histogram_quantile(q: float, after: dict[float, float], before: dict[float, 
     return prev_le
 
 
-def quantiles_ms(after: dict[float, float], before: dict[float, float] | None, digits: int,
-                 prefix: str = "") -> dict[str, float | None]:
+def quantiles_ms(
+    after: dict[float, float], before: dict[float, float] | None, digits: int, prefix: str = ""
+) -> dict[str, float | None]:
     """p50 and p99 of a histogram's growth between two snapshots, in milliseconds."""
     out = {}
     for name, q in (("p50", 0.5), ("p99", 0.99)):

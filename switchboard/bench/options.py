@@ -10,46 +10,61 @@ from typing import Any
 class Options:
     """Every knob of the benchmark (each is a keyword of `main`)."""
 
-    users: int = 200                 # simulated users (each writes into its own chats)
-    http_users: int = 16             # of them, how many write through ingest HTTP when direct_kafka is on
-    operators: int = 40              # simulated operators in the load phases
-    user_think_ms: float = 0.0       # pause between two messages of one user (0: as fast as acknowledged)
+    users: int = 200  # simulated users (each writes into its own chats)
+    http_users: int = 16  # of them, how many write through ingest HTTP when direct_kafka is on
+    operators: int = 40  # simulated operators in the load phases
+    user_think_ms: float = 0.0  # pause between two messages of one user (0: as fast as acknowledged)
     operator_think_ms: float = 20.0  # pause between a pull and the reply/release (uniform 0.5x..1.5x)
-    release_share: float = 0.1       # share of pulled chats released instead of answered
-    messages_per_chat: int = 6       # a user opens a new chat after this many messages
-    direct_kafka: bool = True        # users (all but http_users) produce straight to chat.inbound
-    reply_via: str = "ingest"        # operators reply through "ingest" (HTTP) or "kafka"
-    backlog_cap: int = 1500          # users wait while acked-but-not-applied inbound events exceed this
-    warmup_s: float = 10.0           # load before the measured window of the max phase
-    duration_s: float = 60.0         # measured window of the max phase
-    half_duration_s: float = 30.0    # measured window at half the max throughput (0 skips the phase)
-    drain_timeout_s: float = 90.0    # bound on waiting for the assigner to catch up after a phase
-    pgbench: bool = True             # run pgbench -N on a scratch database of the same server
+    release_share: float = 0.1  # share of pulled chats released instead of answered
+    messages_per_chat: int = 6  # a user opens a new chat after this many messages
+    direct_kafka: bool = True  # users (all but http_users) produce straight to chat.inbound
+    reply_via: str = "ingest"  # operators reply through "ingest" (HTTP) or "kafka"
+    backlog_cap: int = 1500  # users wait while acked-but-not-applied inbound events exceed this
+    warmup_s: float = 10.0  # load before the measured window of the max phase
+    duration_s: float = 60.0  # measured window of the max phase
+    half_duration_s: float = 30.0  # measured window at half the max throughput (0 skips the phase)
+    drain_timeout_s: float = 90.0  # bound on waiting for the assigner to catch up after a phase
+    pgbench: bool = True  # run pgbench -N on a scratch database of the same server
     pgbench_seconds: int = 15
     pgbench_clients: int = 8
     pgbench_threads: int = 2
     scale_check: bool | None = None  # default: on when the bench starts its own stack
     scale_sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000)
     scale_operators: int = 200
-    scale_duration_s: float = 15.0   # measured pulls per size (after 2 s of warm-up)
-    scale_think_ms: float = 1000.0   # pause between an operator's release and its next pull
-    profile: bool = False            # py-spy record the services during the max phase
+    scale_duration_s: float = 15.0  # measured pulls per size (after 2 s of warm-up)
+    scale_think_ms: float = 1000.0  # pause between an operator's release and its next pull
+    profile: bool = False  # py-spy record the services during the max phase
     database: str = "switchboard_bench"
     partitions: int = 6
     output: str = "artifacts/bench/bench.json"
     plot: str = "artifacts/bench/bench.png"
-    ingest_url: str | None = None    # use a running stack instead of starting one
+    ingest_url: str | None = None  # use a running stack instead of starting one
     assigner_url: str | None = None
     stats_url: str | None = None
-    keep: bool = False               # keep the bench database and topics afterwards
-    smoke: bool = False              # tiny numbers, a few seconds (CI)
+    keep: bool = False  # keep the bench database and topics afterwards
+    smoke: bool = False  # tiny numbers, a few seconds (CI)
     seed: int = 20250601
 
 
-SMOKE = dict(users=6, http_users=2, operators=3, user_think_ms=20.0, operator_think_ms=5.0, warmup_s=1.0,
-             duration_s=3.0, half_duration_s=2.0, drain_timeout_s=60.0, pgbench_seconds=2, pgbench_clients=2,
-             pgbench_threads=1, scale_sizes=(100, 1_000), scale_operators=10, scale_duration_s=2.0,
-             scale_think_ms=50.0, backlog_cap=500)
+SMOKE = dict(
+    users=6,
+    http_users=2,
+    operators=3,
+    user_think_ms=20.0,
+    operator_think_ms=5.0,
+    warmup_s=1.0,
+    duration_s=3.0,
+    half_duration_s=2.0,
+    drain_timeout_s=60.0,
+    pgbench_seconds=2,
+    pgbench_clients=2,
+    pgbench_threads=1,
+    scale_sizes=(100, 1_000),
+    scale_operators=10,
+    scale_duration_s=2.0,
+    scale_think_ms=50.0,
+    backlog_cap=500,
+)
 
 
 def make_options(**options) -> Options:

@@ -67,22 +67,49 @@ async def run_pgbench(base_url: str, name: str, opts: Options) -> dict:
     await recreate_database(base_url, name)
     args, env = _pg_args(base_url)
     try:
-        init = await asyncio.to_thread(subprocess.run, [binary, "-i", "-q", "-s", "1", *args, name],
-                                       capture_output=True, text=True, env=env, timeout=300)
+        init = await asyncio.to_thread(
+            subprocess.run,
+            [binary, "-i", "-q", "-s", "1", *args, name],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         if init.returncode != 0:
             raise RuntimeError(f"pgbench -i failed: {init.stderr[-1000:]}")
-        cmd = [binary, "-N", "-n", "-c", str(opts.pgbench_clients), "-j", str(opts.pgbench_threads),
-               "-T", str(opts.pgbench_seconds), *args, name]
-        done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, env=env,
-                                       timeout=opts.pgbench_seconds + 120)
+        cmd = [
+            binary,
+            "-N",
+            "-n",
+            "-c",
+            str(opts.pgbench_clients),
+            "-j",
+            str(opts.pgbench_threads),
+            "-T",
+            str(opts.pgbench_seconds),
+            *args,
+            name,
+        ]
+        done = await asyncio.to_thread(
+            subprocess.run, cmd, capture_output=True, text=True, env=env, timeout=opts.pgbench_seconds + 120
+        )
         if done.returncode != 0:
             raise RuntimeError(f"pgbench failed: {done.stderr[-1000:]}")
-        m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", done.stdout) or \
-            re.search(r"tps = ([0-9.]+)", done.stdout)
+        m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", done.stdout) or re.search(
+            r"tps = ([0-9.]+)", done.stdout
+        )
         lat = re.search(r"latency average = ([0-9.]+) ms", done.stdout)
-        return {"tps": float(m.group(1)) if m else None, "latency_avg_ms": float(lat.group(1)) if lat else None,
-                "script": "simple-update (-N)", "clients": opts.pgbench_clients, "threads": opts.pgbench_threads,
-                "seconds": opts.pgbench_seconds, "scale": 1, "database": name,
-                "command": " ".join(cmd[:8] + ["..."] + [name]), "binary": binary}
+        return {
+            "tps": float(m.group(1)) if m else None,
+            "latency_avg_ms": float(lat.group(1)) if lat else None,
+            "script": "simple-update (-N)",
+            "clients": opts.pgbench_clients,
+            "threads": opts.pgbench_threads,
+            "seconds": opts.pgbench_seconds,
+            "scale": 1,
+            "database": name,
+            "command": " ".join(cmd[:8] + ["..."] + [name]),
+            "binary": binary,
+        }
     finally:
         await drop_database(base_url, name)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NO_MATPLOTLIB = ("matplotlib is not installed: no plot written (install the bench extra: "
-                 "pip install -e '.[bench]', or run `make bench`)")
+NO_MATPLOTLIB = (
+    "matplotlib is not installed: no plot written (install the bench extra: "
+    "pip install -e '.[bench]', or run `make bench`)"
+)
 
 
 def write_plot(report: dict, path: Path) -> str | None:
@@ -39,8 +41,12 @@ def write_plot(report: dict, path: Path) -> str | None:
     ax.set_ylabel("events / s")
     ax.set_title("Switchboard bench: throughput")
     ax2 = axes[1]
-    for key, label in (("apply_p50_ms", "apply p50"), ("apply_p99_ms", "apply p99"),
-                       ("pull_p50_ms", "pull p50"), ("pull_p99_ms", "pull p99")):
+    for key, label in (
+        ("apply_p50_ms", "apply p50"),
+        ("apply_p99_ms", "apply p99"),
+        ("pull_p50_ms", "pull p50"),
+        ("pull_p99_ms", "pull p99"),
+    ):
         xs = [p["t"] for p in tl if p[key] is not None]
         ys = [max(p[key], 0.01) for p in tl if p[key] is not None]
         ax2.plot(xs, ys, label=label + " (ms)", lw=1.2, ls="-" if "apply" in key else ":")

@@ -62,8 +62,9 @@ class ServiceProcesses:
 
     async def stop_all(self, timeout_s: float = 30) -> None:
         """SIGTERM every process started here, SIGKILL those still running after `timeout_s`."""
-        await asyncio.gather(*(asyncio.to_thread(process.stop, pid_file, timeout_s=timeout_s)
-                               for pid_file in self.pid_files.values()))
+        await asyncio.gather(
+            *(asyncio.to_thread(process.stop, pid_file, timeout_s=timeout_s) for pid_file in self.pid_files.values())
+        )
 
 
 async def wait_ready(urls: dict[str, str], timeout_s: float, processes: ServiceProcesses | None = None) -> None:

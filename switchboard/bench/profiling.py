@@ -15,9 +15,13 @@ from rich.console import Console
 console = Console(stderr=True)
 
 
-def start_profiles(pids: dict[str, int], seconds: float, out_dir: Path,
-                   names=("assigner", "assigner_worker", "ingest", "stats"),
-                   suffix: str = "") -> list[tuple[str, subprocess.Popen, Path]]:
+def start_profiles(
+    pids: dict[str, int],
+    seconds: float,
+    out_dir: Path,
+    names=("assigner", "assigner_worker", "ingest", "stats"),
+    suffix: str = "",
+) -> list[tuple[str, subprocess.Popen, Path]]:
     """Start py-spy on each named process for `seconds`; (name, py-spy process, output file) of each."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
@@ -30,8 +34,21 @@ def start_profiles(pids: dict[str, int], seconds: float, out_dir: Path,
         if not pid:
             continue
         raw = out_dir / f"{name}{suffix}.collapsed.txt"
-        argv = [spy, "record", "--nonblocking", "-r", "50", "-d", str(int(seconds)), "-p", str(pid),
-                "--format", "raw", "-o", str(raw)]
+        argv = [
+            spy,
+            "record",
+            "--nonblocking",
+            "-r",
+            "50",
+            "-d",
+            str(int(seconds)),
+            "-p",
+            str(pid),
+            "--format",
+            "raw",
+            "-o",
+            str(raw),
+        ]
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         running.append((name, proc, raw))
     return running
@@ -47,17 +64,32 @@ async def collect_profiles(spies: list[tuple[str, subprocess.Popen, Path]]) -> d
     return {name: summarize_profile(raw) for name, _, raw in spies}
 
 
-LIBRARIES = (("asyncpg", "asyncpg"), ("aiokafka", "aiokafka"), ("kafka", "aiokafka"), ("pydantic", "pydantic"),
-             ("fastapi", "fastapi/starlette"), ("starlette", "fastapi/starlette"), ("anyio", "fastapi/starlette"),
-             ("uvicorn", "uvicorn/h11"), ("h11", "uvicorn/h11"), ("httptools", "uvicorn/h11"), ("jwt", "pyjwt"),
-             ("prometheus_client", "prometheus_client"), ("json", "json"), ("ssl", "ssl"), ("asyncio", "asyncio"),
-             ("selectors", "asyncio"), ("threading", "threads (thread pool)"), ("services/", "project"),
-             ("shared/", "project"))
+LIBRARIES = (
+    ("asyncpg", "asyncpg"),
+    ("aiokafka", "aiokafka"),
+    ("kafka", "aiokafka"),
+    ("pydantic", "pydantic"),
+    ("fastapi", "fastapi/starlette"),
+    ("starlette", "fastapi/starlette"),
+    ("anyio", "fastapi/starlette"),
+    ("uvicorn", "uvicorn/h11"),
+    ("h11", "uvicorn/h11"),
+    ("httptools", "uvicorn/h11"),
+    ("jwt", "pyjwt"),
+    ("prometheus_client", "prometheus_client"),
+    ("json", "json"),
+    ("ssl", "ssl"),
+    ("asyncio", "asyncio"),
+    ("selectors", "asyncio"),
+    ("threading", "threads (thread pool)"),
+    ("services/", "project"),
+    ("shared/", "project"),
+)
 
 
 def _library(frame: str) -> str:
     """The library a frame belongs to, from its file."""
-    where = frame[frame.rfind("(") + 1:]
+    where = frame[frame.rfind("(") + 1 :]
     for needle, name in LIBRARIES:
         if where.startswith(needle) or f"/{needle}" in where:
             return name
@@ -92,6 +124,10 @@ def summarize_profile(raw: Path, top: int = 12) -> dict:
     def fmt(d):
         return [{"frame": k, "share": round(v / total, 3)} for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
 
-    return {"samples": total, "self": fmt(own), "project_inclusive": fmt(incl),
-            "self_by_library": {k: round(v / total, 3) for k, v in sorted(libs.items(), key=lambda kv: -kv[1])},
-            "file": str(raw)}
+    return {
+        "samples": total,
+        "self": fmt(own),
+        "project_inclusive": fmt(incl),
+        "self_by_library": {k: round(v / total, 3) for k, v in sorted(libs.items(), key=lambda kv: -kv[1])},
+        "file": str(raw),
+    }

@@ -24,8 +24,16 @@ def cpu_delta(before: dict, after: dict, seconds: float) -> dict[str, float]:
     return {k: round((after[k] - before[k]) / seconds, 3) for k in after if k in before and seconds > 0}
 
 
-def phase_report(window: tuple[float, float], rec: Recorder, users: dict[str, float],
-                 per_s: dict, cpu0: dict, cpu1: dict, hist: dict, extra: dict) -> dict:
+def phase_report(
+    window: tuple[float, float],
+    rec: Recorder,
+    users: dict[str, float],
+    per_s: dict,
+    cpu0: dict,
+    cpu1: dict,
+    hist: dict,
+    extra: dict,
+) -> dict:
     """One phase's figures over its measured window: rates, latencies, CPU."""
     a, b = window
     secs = list(range(math.ceil(a), math.floor(b)))
@@ -53,20 +61,29 @@ def phase_report(window: tuple[float, float], rec: Recorder, users: dict[str, fl
         "turns_per_s": round(turns, 1),
         "apply_latency_ms": {**summary_ms(lat), "by_path": {k: summary_ms(v) for k, v in by_path.items() if v}},
         "assigner_histogram_apply_ms": hist,
-        "pull_latency_ms": {**summary_ms([p[1] for p in pulls]),
-                            "by_result": {k: summary_ms(v) for k, v in sorted(by_result.items())}},
+        "pull_latency_ms": {
+            **summary_ms([p[1] for p in pulls]),
+            "by_result": {k: summary_ms(v) for k, v in sorted(by_result.items())},
+        },
         "pulls_per_s": round(len(pulls) / max(0.001, b - a), 1),
         "release_latency_ms": summary_ms([r[1] for r in rec.releases if a <= r[0] < b]),
         "reply_accept_latency_ms": summary_ms([r[1] for r in rec.replies if a <= r[0] < b]),
-        "user_accept_latency_ms": {k: summary_ms([x[1] for x in v if a <= x[0] < b]) for k, v in rec.accepts.items()
-                                   if v},
+        "user_accept_latency_ms": {
+            k: summary_ms([x[1] for x in v if a <= x[0] < b]) for k, v in rec.accepts.items() if v
+        },
         "cpu_cores": cpu_delta(cpu0, cpu1, b - a),
         **extra,
     }
 
 
-def timeline(rec: Recorder, users: dict[str, float], per_s: dict, t_start: float, t_end: float,
-             phases: list[tuple[str, float, float]]) -> list[dict]:
+def timeline(
+    rec: Recorder,
+    users: dict[str, float],
+    per_s: dict,
+    t_start: float,
+    t_end: float,
+    phases: list[tuple[str, float, float]],
+) -> list[dict]:
     """Per wall-clock second from the load's start: acknowledged and applied rates, latency quantiles."""
     apply_by_s: dict[int, list[float]] = defaultdict(list)
     for mid, t_sent in rec.sent_at.items():
@@ -79,13 +96,20 @@ def timeline(rec: Recorder, users: dict[str, float], per_s: dict, t_start: float
     for s in range(int(t_start), int(t_end) + 1):
         phase = next((n for n, a, b in phases if a <= s + 0.5 < b), "")
         ap, pl = apply_by_s.get(s, []), pulls_by_s.get(s, [])
-        out.append({
-            "t": round(s - t_start, 1), "epoch": s, "phase": phase,
-            "user_acked": rec.user_acks_by_s.get(s, 0), "user_applied": per_s["user"].get(s, 0),
-            "turns": per_s["answered"].get(s, 0),
-            "apply_p50_ms": pct_ms(ap, 0.5), "apply_p99_ms": pct_ms(ap, 0.99),
-            "pull_p50_ms": pct_ms(pl, 0.5), "pull_p99_ms": pct_ms(pl, 0.99),
-        })
+        out.append(
+            {
+                "t": round(s - t_start, 1),
+                "epoch": s,
+                "phase": phase,
+                "user_acked": rec.user_acks_by_s.get(s, 0),
+                "user_applied": per_s["user"].get(s, 0),
+                "turns": per_s["answered"].get(s, 0),
+                "apply_p50_ms": pct_ms(ap, 0.5),
+                "apply_p99_ms": pct_ms(ap, 0.99),
+                "pull_p50_ms": pct_ms(pl, 0.5),
+                "pull_p99_ms": pct_ms(pl, 0.99),
+            }
+        )
     return out
 
 
@@ -119,24 +143,31 @@ def resources(report: dict, watched: Watched) -> dict:
     rss = watched.peak_rss_mb()
     max_cores = report["phases"]["max"]["cpu_cores"]
     return {
-        "processes": {name: {"cpu_cores_max": max_cores.get(name),
-                             "cpu_cores_half": (report["phases"].get("half") or {}).get("cpu_cores", {}).get(name),
-                             "cpu_seconds_total": rnd(cpu_total.get(name), 1),
-                             "peak_rss_mb": rss.get(name)}
-                      for name in list(watched.pids) + ["postgres (all sessions)"]},
+        "processes": {
+            name: {
+                "cpu_cores_max": max_cores.get(name),
+                "cpu_cores_half": (report["phases"].get("half") or {}).get("cpu_cores", {}).get(name),
+                "cpu_seconds_total": rnd(cpu_total.get(name), 1),
+                "peak_rss_mb": rss.get(name),
+            }
+            for name in list(watched.pids) + ["postgres (all sessions)"]
+        },
         "machine_busy_cores_max": max_cores.get("machine (all processes)"),
         "note": "cpu_cores = average cores used in the phase window; peak RSS = VmHWM; postgres and the "
-                "Kafka broker are shared with anything else running on this machine",
+        "Kafka broker are shared with anything else running on this machine",
     }
 
 
 def integrity_ok(integ: dict) -> bool:
     """Nothing lost, no inconsistent chat, and reconcile found no difference (after the load and at the end)."""
-    return (integ["user_messages_lost"] == 0 and integ["operator_messages_lost"] == 0
-            and integ["chats_with_message_count_mismatch"] == 0
-            and integ["chats_with_two_active_assignments"] == 0
-            and integ["reconcile"]["differences"] == 0
-            and integ["reconcile_final"]["differences"] == 0)
+    return (
+        integ["user_messages_lost"] == 0
+        and integ["operator_messages_lost"] == 0
+        and integ["chats_with_message_count_mismatch"] == 0
+        and integ["chats_with_two_active_assignments"] == 0
+        and integ["reconcile"]["differences"] == 0
+        and integ["reconcile_final"]["differences"] == 0
+    )
 
 
 def targets(report: dict) -> list[dict]:
@@ -148,11 +179,21 @@ def targets(report: dict) -> list[dict]:
         out.append({"name": name, "value": value, "target": target, "met": met, "unit": unit})
 
     ratio = h.get("events_per_pgbench_tps")
-    add("user-message events/s >= pgbench TPS (aim 2x)", ratio, ">= 1.0 (2.0)",
-        None if ratio is None else ratio >= 1.0, "x")
+    add(
+        "user-message events/s >= pgbench TPS (aim 2x)",
+        ratio,
+        ">= 1.0 (2.0)",
+        None if ratio is None else ratio >= 1.0,
+        "x",
+    )
     p99 = h.get("pull_p99_ms_200_operators")
-    add(f"pull p99 with {report['options']['scale_operators']} operators", p99, "<= 10 ms",
-        None if p99 is None else p99 <= 10, "ms")
+    add(
+        f"pull p99 with {report['options']['scale_operators']} operators",
+        p99,
+        "<= 10 ms",
+        None if p99 is None else p99 <= 10,
+        "ms",
+    )
     r = (report.get("scale_check") or {}).get("p99_ratio_largest_to_smallest")
     add("pull p99 at largest / smallest queue", r, "<= 1.5", None if r is None else r <= 1.5, "x")
     a = h.get("apply_p99_ms_half")
@@ -185,20 +226,27 @@ def print_report(report: dict) -> None:
     t.add_row("stats lag p99 (half load)", v(h["stats_lag_p99_ms"], " ms"))
     for s in (report.get("scale_check") or {}).get("sizes", []):
         lat = s["pull_latency_ms"]
-        t.add_row(f"scale: pull p50 / p99 with {s['waiting_chats']:,} waiting",
-                  f"{v(lat['p50'], ' ms')} / {v(lat['p99'], ' ms')}  ({s['pulls_per_s']:,.0f} pulls/s)")
+        t.add_row(
+            f"scale: pull p50 / p99 with {s['waiting_chats']:,} waiting",
+            f"{v(lat['p50'], ' ms')} / {v(lat['p99'], ' ms')}  ({s['pulls_per_s']:,.0f} pulls/s)",
+        )
     sc = report.get("scale_check") or {}
     if sc:
         t.add_row("scale: p99 ratio largest/smallest", v(sc.get("p99_ratio_largest_to_smallest"), "x", 2))
     for name, r in report["resources"]["processes"].items():
-        t.add_row(f"cpu cores (max phase) / peak RSS: {name}",
-                  f"{v(r.get('cpu_cores_max'), '', 2)} / {v(r.get('peak_rss_mb'), ' MB')}")
+        t.add_row(
+            f"cpu cores (max phase) / peak RSS: {name}",
+            f"{v(r.get('cpu_cores_max'), '', 2)} / {v(r.get('peak_rss_mb'), ' MB')}",
+        )
     integ = report["integrity"]
-    t.add_row("lost / unexpected user messages",
-              f"{integ.get('user_messages_lost')} / {integ.get('user_messages_unexpected')}")
+    t.add_row(
+        "lost / unexpected user messages",
+        f"{integ.get('user_messages_lost')} / {integ.get('user_messages_unexpected')}",
+    )
     after_load, at_end = integ.get("reconcile") or {}, integ.get("reconcile_final") or {}
-    t.add_row("reconcile differences (after load / at end)",
-              f"{after_load.get('differences')} / {at_end.get('differences')}")
+    t.add_row(
+        "reconcile differences (after load / at end)", f"{after_load.get('differences')} / {at_end.get('differences')}"
+    )
     console.print(t)
     tt = Table(title="Targets (figures, not assertions)")
     for col in ("target", "value", "wanted", "met"):

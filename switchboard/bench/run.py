@@ -11,7 +11,7 @@ import secrets
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,8 +28,16 @@ from switchboard.bench.options import Options, make_options
 from switchboard.bench.pgbench import run_pgbench
 from switchboard.bench.plot import write_plot
 from switchboard.bench.profiling import collect_profiles, start_profiles
-from switchboard.bench.report import REPORT_VERSION, headline, integrity_ok, phase_report, print_report, resources, \
-    targets, timeline
+from switchboard.bench.report import (
+    REPORT_VERSION,
+    headline,
+    integrity_ok,
+    phase_report,
+    print_report,
+    resources,
+    targets,
+    timeline,
+)
 from switchboard.bench.scale import scale_check
 from switchboard.bench.stack import Stack
 
@@ -41,7 +49,7 @@ class Measured:
     """What the load phases leave for the report: spans, measured windows, CPU and histogram snapshots."""
 
     t_load: float
-    spans: list[tuple[str, float, float]] = field(default_factory=list)   # (name, start, end), drains too
+    spans: list[tuple[str, float, float]] = field(default_factory=list)  # (name, start, end), drains too
     windows: dict[str, tuple[float, float]] = field(default_factory=dict)  # measured window of each phase
     cpu: dict[str, tuple[dict, dict]] = field(default_factory=dict)
     hists: dict[str, dict] = field(default_factory=dict)
@@ -53,26 +61,38 @@ async def run(settings: Settings, opts: Options) -> dict:
     run_id = f"{time.strftime('%H%M%S')}{secrets.token_hex(2)}"
     stack = Stack(settings, opts, run_id)
     report = _report_head(run_id, opts, stack)
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=24),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
     pool = None
     try:
         with progress:
-            t = progress.add_task("starting   the four services" if not stack.external else "checking   the stack",
-                                  total=None)
+            t = progress.add_task(
+                "starting   the four services" if not stack.external else "checking   the stack", total=None
+            )
             await stack.start()
             progress.update(t, total=1, completed=1, description="ready      services up")
             loopback = urlparse(stack.database_url).hostname in ("127.0.0.1", "localhost", "::1")
             pool = await asyncpg.create_pool(
-                stack.database_url, min_size=1, max_size=4, ssl=False if loopback else None,
-                server_settings={"application_name": "switchboard-bench", "statement_timeout": "0"})
+                stack.database_url,
+                min_size=1,
+                max_size=4,
+                ssl=False if loopback else None,
+                server_settings={"application_name": "switchboard-bench", "statement_timeout": "0"},
+            )
             report["pgbench"] = await _pgbench(stack, opts, progress) if opts.pgbench else None
             load_pulls = await _load_and_check(stack, pool, opts, run_id, report, progress)
             report["resources"] = resources(report, stack.watched)
             headline(report, load_pulls)
             report["integrity"]["ok"] = integrity_ok(report["integrity"])
             report["targets"] = targets(report)
-            report["finished_at"] = datetime.now(timezone.utc).isoformat()
+            report["finished_at"] = datetime.now(UTC).isoformat()
     finally:
         if pool is not None:
             await pool.close()
@@ -84,32 +104,43 @@ def _report_head(run_id: str, opts: Options, stack: Stack) -> dict[str, Any]:
     """What the report says before anything ran: the run, the machine, the options, the stack."""
     load_avg = os.getloadavg()
     report: dict[str, Any] = {
-        "version": REPORT_VERSION, "run_id": run_id,
-        "started_at": datetime.now(timezone.utc).isoformat(),
-        "machine": {"cpus": os.cpu_count(), "load_avg_at_start": [round(x, 2) for x in load_avg],
-                    "python": sys.version.split()[0]},
+        "version": REPORT_VERSION,
+        "run_id": run_id,
+        "started_at": datetime.now(UTC).isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_at_start": [round(x, 2) for x in load_avg],
+            "python": sys.version.split()[0],
+        },
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
-        "stack": {"mode": "external" if stack.external else "spawned", "urls": stack.urls,
-                  "topic_prefix": stack.settings.topic_prefix,
-                  "database": urlparse(stack.database_url).path.lstrip("/")},
+        "stack": {
+            "mode": "external" if stack.external else "spawned",
+            "urls": stack.urls,
+            "topic_prefix": stack.settings.topic_prefix,
+            "database": urlparse(stack.database_url).path.lstrip("/"),
+        },
         "notes": [],
     }
     if load_avg[0] > (os.cpu_count() or 1) * 0.5:
-        report["notes"].append(f"the machine was busy before the run (load average {load_avg[0]:.1f} on "
-                               f"{os.cpu_count()} cores): figures are pessimistic")
+        report["notes"].append(
+            f"the machine was busy before the run (load average {load_avg[0]:.1f} on "
+            f"{os.cpu_count()} cores): figures are pessimistic"
+        )
     return report
 
 
 async def _pgbench(stack: Stack, opts: Options, progress: Progress) -> dict:
-    t = progress.add_task(f"pgbench    -N -c {opts.pgbench_clients} -j {opts.pgbench_threads} "
-                          f"-T {opts.pgbench_seconds}", total=None)
+    t = progress.add_task(
+        f"pgbench    -N -c {opts.pgbench_clients} -j {opts.pgbench_threads} -T {opts.pgbench_seconds}", total=None
+    )
     result = await run_pgbench(stack.database_url, f"{opts.database}_pgbench", opts)
     progress.update(t, total=1, completed=1, description=f"pgbench    {result['tps']:,.0f} TPS (simple-update)")
     return result
 
 
-async def _load_and_check(stack: Stack, pool: asyncpg.Pool, opts: Options, run_id: str, report: dict,
-                          progress: Progress) -> list:
+async def _load_and_check(
+    stack: Stack, pool: asyncpg.Pool, opts: Options, run_id: str, report: dict, progress: Progress
+) -> list:
     """Both load phases, the checks, the scale check; fills the report; returns the load phases' pulls."""
     rec = Recorder()
     scale_on = opts.scale_check if opts.scale_check is not None else not stack.external
@@ -128,13 +159,22 @@ async def _load_and_check(stack: Stack, pool: asyncpg.Pool, opts: Options, run_i
             lag = await stats_lag(stack.settings, pool, m.windows)
             lost = integ["user_messages_lost"] + integ["operator_messages_lost"]
             differences = integ["reconcile"]["differences"]
-            progress.update(task, total=1, completed=1,
-                            description=f"check      lost {lost}, reconcile differences {differences}")
+            progress.update(
+                task, total=1, completed=1, description=f"check      lost {lost}, reconcile differences {differences}"
+            )
             report["phases"] = {}
             for name, window in m.windows.items():
                 c0, c1 = m.cpu[name]
-                report["phases"][name] = phase_report(window, rec, users, per_s, c0, c1, m.hists[name],
-                                                      {**m.extras.get(name, {}), "stats_lag_ms": lag.get(name)})
+                report["phases"][name] = phase_report(
+                    window,
+                    rec,
+                    users,
+                    per_s,
+                    c0,
+                    c1,
+                    m.hists[name],
+                    {**m.extras.get(name, {}), "stats_lag_ms": lag.get(name)},
+                )
             report["timeline"] = timeline(rec, users, per_s, m.t_load, t_end, m.spans)
             report["phase_spans"] = [(n, round(a - m.t_load, 2), round(b - m.t_load, 2)) for n, a, b in m.spans]
             load_pulls = list(rec.pulls)
@@ -142,9 +182,12 @@ async def _load_and_check(stack: Stack, pool: asyncpg.Pool, opts: Options, run_i
                 report["scale_check"] = await scale_check(load, pool, opts, progress)
                 task = progress.add_task("check      final reconcile", total=None)
                 integ["reconcile_final"] = await run_reconcile(stack.settings)
-                progress.update(task, total=1, completed=1,
-                                description=f"check      final reconcile differences "
-                                            f"{integ['reconcile_final']['differences']}")
+                progress.update(
+                    task,
+                    total=1,
+                    completed=1,
+                    description=f"check      final reconcile differences {integ['reconcile_final']['differences']}",
+                )
             else:
                 report["scale_check"] = None
                 integ["reconcile_final"] = integ["reconcile"]
@@ -158,24 +201,36 @@ async def _load_and_check(stack: Stack, pool: asyncpg.Pool, opts: Options, run_i
     return load_pulls
 
 
-async def _phase_max(load: Load, pool: asyncpg.Pool, opts: Options, report: dict, m: Measured,
-                     progress: Progress) -> None:
+async def _phase_max(
+    load: Load, pool: asyncpg.Pool, opts: Options, report: dict, m: Measured, progress: Progress
+) -> None:
     """Warm-up then the measured window, in one continuous run, as fast as the system takes it; then drain."""
     task = progress.add_task("max", total=opts.warmup_s + opts.duration_s)
     spies: list = []
 
     def profile_measured_window() -> None:
         # py-spy samples the measured window only (it starts when the warm-up ends)
-        spies.extend(start_profiles(load.stack.watched.pids, max(1, opts.duration_s - 1),
-                                    Path(opts.output).parent / "profiles"))
+        spies.extend(
+            start_profiles(load.stack.watched.pids, max(1, opts.duration_s - 1), Path(opts.output).parent / "profiles")
+        )
 
     profiling = opts.profile and not load.stack.external
-    await _measure(load, m, "max", "max", opts.warmup_s, opts.duration_s, None, task,
-                   profile_measured_window if profiling else None)
+    await _measure(
+        load,
+        m,
+        "max",
+        "max",
+        opts.warmup_s,
+        opts.duration_s,
+        None,
+        task,
+        profile_measured_window if profiling else None,
+    )
     if spies:
         report["profiles"] = await collect_profiles(spies)
-    m.extras["max"]["drain"] = await _drain(load, pool, opts, m, "drain      waiting for the assigner to catch up",
-                                            progress)
+    m.extras["max"]["drain"] = await _drain(
+        load, pool, opts, m, "drain      waiting for the assigner to catch up", progress
+    )
 
 
 async def _phase_half(load: Load, pool: asyncpg.Pool, opts: Options, m: Measured, progress: Progress) -> None:
@@ -191,8 +246,17 @@ async def _phase_half(load: Load, pool: asyncpg.Pool, opts: Options, m: Measured
     m.extras["half"]["drain"] = await _drain(load, pool, opts, m, "drain", progress)
 
 
-async def _measure(load: Load, m: Measured, name: str, label: str, warmup_s: float, seconds: float,
-                   rate: float | None, task, on_warm=None) -> None:
+async def _measure(
+    load: Load,
+    m: Measured,
+    name: str,
+    label: str,
+    warmup_s: float,
+    seconds: float,
+    rate: float | None,
+    task,
+    on_warm=None,
+) -> None:
     """Load for warm-up + measured seconds; snapshot CPU and the assigner's histograms at both ends."""
     watched = load.stack.watched
     marks: dict[str, Any] = {}
@@ -220,14 +284,17 @@ async def _mark_after(delay: float, load: Load, marks: dict) -> None:
     marks["samples"] = await load.scrape()
 
 
-async def _drain(load: Load, pool: asyncpg.Pool, opts: Options, m: Measured, label: str,
-                 progress: Progress) -> dict:
+async def _drain(load: Load, pool: asyncpg.Pool, opts: Options, m: Measured, label: str, progress: Progress) -> dict:
     """Wait (bounded) until the assigner stored every acknowledged message of the run."""
     d0 = time.time()
     task = progress.add_task(label, total=None)
     drained = await wait_drained(pool, load.rec, load.run_id, opts.drain_timeout_s)
-    progress.update(task, total=1, completed=1, description=f"drain      {drained['stored']:,}/{drained['expected']:,} "
-                                                            f"stored in {drained['seconds']} s")
+    progress.update(
+        task,
+        total=1,
+        completed=1,
+        description=f"drain      {drained['stored']:,}/{drained['expected']:,} stored in {drained['seconds']} s",
+    )
     m.spans.append(("drain", d0, time.time()))
     return drained
 

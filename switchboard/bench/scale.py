@@ -50,8 +50,11 @@ async def claim_plan(pool: asyncpg.Pool) -> dict:
         node = stack.pop()
         nodes.append(f"{node['Node Type']}{' using ' + node['Index Name'] if 'Index Name' in node else ''}")
         stack.extend(node.get("Plans", []))
-    return {"nodes": nodes, "execution_ms": round(plan.get("Execution Time", 0.0), 3),
-            "uses_queue_index": any("chats_queue_idx" in n for n in nodes)}
+    return {
+        "nodes": nodes,
+        "execution_ms": round(plan.get("Execution Time", 0.0), 3),
+        "uses_queue_index": any("chats_queue_idx" in n for n in nodes),
+    }
 
 
 async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: Progress | None) -> dict:
@@ -60,19 +63,27 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
     results = []
     loaded = 0
     for size in sizes:
-        task = progress.add_task(f"scale      loading {size:,} waiting chats", total=max(1, size - loaded)) \
-            if progress else None
+        task = (
+            progress.add_task(f"scale      loading {size:,} waiting chats", total=max(1, size - loaded))
+            if progress
+            else None
+        )
         load_started = time.monotonic()
         if size > loaded:
-            await load_waiting_chats(pool, loaded + 1, size,
-                                     (lambda n, t=task: progress.update(t, completed=n)) if progress else None)
+            await load_waiting_chats(
+                pool, loaded + 1, size, (lambda n, t=task: progress.update(t, completed=n)) if progress else None
+            )
         async with pool.acquire() as conn:
             await conn.execute(QUERIES.vacuum_chats, timeout=600)
             waiting = await conn.fetchval(QUERIES.count_waiting_chats)
         load_s = time.monotonic() - load_started
         loaded = size
-        result = {"waiting_chats": size, "waiting_chats_counted": waiting, "load_seconds": round(load_s, 1),
-                  "operators": opts.scale_operators}
+        result = {
+            "waiting_chats": size,
+            "waiting_chats_counted": waiting,
+            "load_seconds": round(load_s, 1),
+            "operators": opts.scale_operators,
+        }
         profile_this = opts.profile and size == sizes[-1] and not load.stack.external
         results.append({**result, **await _pull_at(load, pool, opts, progress, task, size, profile_this)})
         if progress:
@@ -84,20 +95,25 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
     ratio50 = None
     if small["pull_latency_ms"]["p50"] and large["pull_latency_ms"]["p50"]:
         ratio50 = round(large["pull_latency_ms"]["p50"] / small["pull_latency_ms"]["p50"], 2)
-    return {"operators": opts.scale_operators, "think_ms": opts.scale_think_ms, "sizes": results,
-            "p99_ratio_largest_to_smallest": ratio, "p50_ratio_largest_to_smallest": ratio50}
+    return {
+        "operators": opts.scale_operators,
+        "think_ms": opts.scale_think_ms,
+        "sizes": results,
+        "p99_ratio_largest_to_smallest": ratio,
+        "p50_ratio_largest_to_smallest": ratio50,
+    }
 
 
-async def _pull_at(load: Load, pool: asyncpg.Pool, opts: Options, progress: Progress | None, task, size: int,
-                   profile_this: bool) -> dict:
+async def _pull_at(
+    load: Load, pool: asyncpg.Pool, opts: Options, progress: Progress | None, task, size: int, profile_this: bool
+) -> dict:
     """The scale operators pulling and releasing for WARMUP_S + scale_duration_s; what they measured."""
     plan = await claim_plan(pool)
     before = await load.scrape()
     load.rec.pulls.clear()
     load.rec.releases.clear()
     load.running = True
-    actors = [asyncio.create_task(load.operator(j, prefix="scale-op", scale=True))
-              for j in range(opts.scale_operators)]
+    actors = [asyncio.create_task(load.operator(j, prefix="scale-op", scale=True)) for j in range(opts.scale_operators)]
     total = opts.scale_duration_s + WARMUP_S
     if progress:
         progress.update(task, total=total, completed=0, description=f"scale      {size:,} waiting: pulling")
@@ -105,16 +121,26 @@ async def _pull_at(load: Load, pool: asyncpg.Pool, opts: Options, progress: Prog
     cpu0 = load.stack.watched.cpu()
     spies = []
     if profile_this:
-        spies = start_profiles(load.stack.watched.pids, opts.scale_duration_s, Path(opts.output).parent / "profiles",
-                               names=("assigner",), suffix=f"-scale-{size}")
+        spies = start_profiles(
+            load.stack.watched.pids,
+            opts.scale_duration_s,
+            Path(opts.output).parent / "profiles",
+            names=("assigner",),
+            suffix=f"-scale-{size}",
+        )
     try:
         while (el := time.time() - t0) < total:
             if progress:
                 recent = [p[1] for p in load.rec.pulls[-400:] if p[0] > time.time() - 3 and p[2] == "assigned"]
                 p99 = pct(recent, 0.99)
-                progress.update(task, completed=el, description=(
-                    f"scale      {size:,} waiting │ pulls {len(load.rec.pulls):,} │ pull p99 "
-                    f"{'-' if p99 is None else f'{p99 * 1000:.0f} ms'}"))
+                progress.update(
+                    task,
+                    completed=el,
+                    description=(
+                        f"scale      {size:,} waiting │ pulls {len(load.rec.pulls):,} │ pull p99 "
+                        f"{'-' if p99 is None else f'{p99 * 1000:.0f} ms'}"
+                    ),
+                )
             await asyncio.sleep(0.25)
     finally:
         load.running = False
@@ -127,17 +153,22 @@ async def _pull_at(load: Load, pool: asyncpg.Pool, opts: Options, progress: Prog
     assigned = [p[1] for p in measured if p[2] == "assigned"]
     server = {}
     if before is not None and after is not None:
-        server = quantiles_ms(histogram(after, "switchboard_pull_latency_seconds", result="assigned"),
-                              histogram(before, "switchboard_pull_latency_seconds", result="assigned"), 2)
+        server = quantiles_ms(
+            histogram(after, "switchboard_pull_latency_seconds", result="assigned"),
+            histogram(before, "switchboard_pull_latency_seconds", result="assigned"),
+            2,
+        )
     window = max(0.001, time.time() - (t0 + WARMUP_S))
     if progress:
         progress.update(task, completed=total)
     return {
-        "pulls": len(measured), "pulls_per_s": round(len(measured) / window, 1),
+        "pulls": len(measured),
+        "pulls_per_s": round(len(measured) / window, 1),
         "pull_latency_ms": summary_ms(assigned),
         "empty_pulls": sum(1 for p in measured if p[2] == "empty"),
         "release_latency_ms": summary_ms([r[1] for r in load.rec.releases if r[0] >= t0 + WARMUP_S]),
-        "server_pull_latency_ms": server, "claim_plan": plan,
+        "server_pull_latency_ms": server,
+        "claim_plan": plan,
         "cpu_cores": cpu_delta(cpu0, cpu1, elapsed),
         **({"profile": profile} if profile else {}),
     }

@@ -36,16 +36,25 @@ class Stack:
             if not (opts.assigner_url and opts.ingest_url and opts.stats_url):
                 raise ValueError("a running stack needs --ingest-url, --assigner-url and --stats-url")
             self.settings = settings
-            self.urls = {"ingest": opts.ingest_url.rstrip("/"), "assigner": opts.assigner_url.rstrip("/"),
-                         "stats": opts.stats_url.rstrip("/")}
+            self.urls = {
+                "ingest": opts.ingest_url.rstrip("/"),
+                "assigner": opts.assigner_url.rstrip("/"),
+                "stats": opts.stats_url.rstrip("/"),
+            }
             self.database_url = settings.database_url
         else:
             self.database_url = with_db(settings.database_url, opts.database)
             self.ports = {name: free_port() for name in PROCESSES}
-            self.settings = settings.model_copy(update=dict(
-                database_url=self.database_url, topic_prefix=f"bench{run_id}.",
-                auth_secret=secrets.token_urlsafe(36), dev_mode=False, topic_partitions=opts.partitions,
-                **{f"{n}_port": p for n, p in self.ports.items()}))
+            self.settings = settings.model_copy(
+                update=dict(
+                    database_url=self.database_url,
+                    topic_prefix=f"bench{run_id}.",
+                    auth_secret=secrets.token_urlsafe(36),
+                    dev_mode=False,
+                    topic_partitions=opts.partitions,
+                    **{f"{n}_port": p for n, p in self.ports.items()},
+                )
+            )
             self.urls = {n: f"http://127.0.0.1:{p}" for n, p in self.ports.items()}
 
     def env(self) -> dict:
@@ -55,13 +64,19 @@ class Stack:
         for key in ("SWITCHBOARD_LOCAL_DIR", "SWITCHBOARD_CACHE_DIR"):
             if key in os.environ:
                 env[key] = os.environ[key]
-        env.update({
-            "SWITCHBOARD_DATABASE_URL": s.database_url, "SWITCHBOARD_TOPIC_PREFIX": s.topic_prefix,
-            "SWITCHBOARD_AUTH_SECRET": s.auth_secret, "SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-            "SWITCHBOARD_TOPIC_PARTITIONS": str(s.topic_partitions), "SWITCHBOARD_LOG_LEVEL": "WARNING",
-            "SWITCHBOARD_INGEST_URL": self.urls["ingest"], "SWITCHBOARD_STATS_URL": self.urls["stats"],
-            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
-        })
+        env.update(
+            {
+                "SWITCHBOARD_DATABASE_URL": s.database_url,
+                "SWITCHBOARD_TOPIC_PREFIX": s.topic_prefix,
+                "SWITCHBOARD_AUTH_SECRET": s.auth_secret,
+                "SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+                "SWITCHBOARD_TOPIC_PARTITIONS": str(s.topic_partitions),
+                "SWITCHBOARD_LOG_LEVEL": "WARNING",
+                "SWITCHBOARD_INGEST_URL": self.urls["ingest"],
+                "SWITCHBOARD_STATS_URL": self.urls["stats"],
+                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+            }
+        )
         for name, port in self.ports.items():
             env[f"SWITCHBOARD_{name.upper()}_PORT"] = str(port)
         return env
@@ -72,8 +87,9 @@ class Stack:
             await recreate_database(self.settings.database_url, self.opts.database)
             env = self.env()
             for name, (_, overrides) in PROCESSES.items():
-                self.watched.pids[name] = self.processes.start(name, service_argv(name, self.ports[name]),
-                                                               {**env, **overrides})
+                self.watched.pids[name] = self.processes.start(
+                    name, service_argv(name, self.ports[name]), {**env, **overrides}
+                )
         await wait_ready(self.urls, 120, None if self.external else self.processes)
         if self.external:
             for name in SERVICES:

@@ -81,8 +81,16 @@ class ServiceProcess:
     point (shared/faults.py) for the next run only.
     """
 
-    def __init__(self, name: str, settings: Settings, log_dir: Path, *, port: int | None = None,
-                 env: dict[str, str] | None = None, command: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        log_dir: Path,
+        *,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        command: str | None = None,
+    ):
         self.name = name
         self.command = command or name
         self.settings = settings
@@ -114,7 +122,10 @@ class ServiceProcess:
         with open(self.log_file, "ab") as out:
             self.proc = subprocess.Popen(
                 [PYTHON, "-m", "switchboard", "run", self.command, "--port", str(self.port)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**self.env, **self.overlay},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**self.env, **self.overlay},
                 cwd=REPO,
                 start_new_session=True,
             )
@@ -182,17 +193,24 @@ class Fleet:
     command, extra environment), e.g. {"assigner-api-1": ("assigner", {"SWITCHBOARD_ASSIGNER_MODE": "api"})}.
     """
 
-    def __init__(self, settings: Settings, log_dir: Path, names: tuple[str, ...] | dict[str, tuple[str, dict]],
-                 env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        log_dir: Path,
+        names: tuple[str, ...] | dict[str, tuple[str, dict]],
+        env: dict[str, str] | None = None,
+    ):
         topology = names if isinstance(names, dict) else {n: (n, {}) for n in names}
         base = env if env is not None else service_env(settings)
-        self.services = {n: ServiceProcess(n, settings, log_dir, command=command, env={**base, **extra})
-                         for n, (command, extra) in topology.items()}
+        self.services = {
+            n: ServiceProcess(n, settings, log_dir, command=command, env={**base, **extra})
+            for n, (command, extra) in topology.items()
+        }
 
     def __getitem__(self, name: str) -> ServiceProcess:
         return self.services[name]
 
-    async def __aenter__(self) -> "Fleet":
+    async def __aenter__(self) -> Fleet:
         try:
             for svc in self.services.values():
                 svc.start()
@@ -308,8 +326,9 @@ class OwnPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *argv: str, timeout: float = 120) -> None:
-        result = subprocess.run([*self._as_postgres, *argv], capture_output=True, text=True, timeout=timeout,
-                                cwd=self.root)
+        result = subprocess.run(
+            [*self._as_postgres, *argv], capture_output=True, text=True, timeout=timeout, cwd=self.root
+        )
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed: {result.stdout}\n{result.stderr}\n{self.log_tail()}")
 
@@ -317,16 +336,18 @@ class OwnPostgres:
         """initdb with trust auth for the local superuser."""
         if self._as_postgres:
             shutil.chown(self.root, "postgres", "postgres")
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                  "--no-sync", "-E", "UTF8")
+        self._run(
+            str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"
+        )
 
     def start(self) -> None:
         """Start on loopback and wait until it accepts connections."""
         # fsync=off survives an immediate stop (the OS keeps its page cache); synchronous_commit
         # stays on, since an immediate stop loses WAL still in shared memory.
         opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w",
-                  "-t", "60", "start")
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "-t", "60", "start"
+        )
 
     def stop(self, mode: str = "immediate") -> None:
         """Stop it (`immediate` is a crash as far as the clients can tell)."""
@@ -355,7 +376,9 @@ async def terminate_backends(admin_url: str, database: str) -> int:
     try:
         return await conn.fetchval(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = $1 AND pid <> pg_backend_pid()", database)
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
     finally:
         await conn.close()
 

@@ -15,8 +15,13 @@ from shared.events import LIFECYCLE, TOPIC_LIFECYCLE
 
 async def topic_records(settings, topic: str, timeout: float = 90) -> list:
     """Every record of a topic, read up to the end offsets as of now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=5000)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=5000,
+    )
     await consumer.start()
     try:
         parts = [TopicPartition(settings.topic(topic), p) for p in await _partitions(consumer, settings.topic(topic))]
@@ -52,12 +57,15 @@ async def end_offsets_total(settings, topic: str) -> int:
 async def check_invariants(conn: asyncpg.Connection, capacity: int) -> None:
     """docs/contract.md §3 invariants, over the whole history the database kept."""
     # 1: assigned <=> operator set <=> exactly one active assignment, and it is the chat's current one.
-    assert await conn.fetchval("""
+    assert (
+        await conn.fetchval("""
         SELECT count(*) FROM assigner.chats c
         LEFT JOIN assigner.assignments a ON a.chat_id = c.chat_id AND a.ended_at IS NULL
         WHERE (c.state = 'assigned') <> (a.assignment_id IS NOT NULL)
            OR (c.state = 'assigned' AND (a.assignment_id <> c.assignment_id
-                                         OR a.operator_id <> c.assigned_operator_id))""") == 0
+                                         OR a.operator_id <> c.assigned_operator_id))""")
+        == 0
+    )
     # 1 and 4 over time: one chat's assignments never overlap (nobody shared a chat).
     overlaps = await conn.fetch("""
         SELECT a.chat_id, a.operator_id AS a_op, a.started_at AS a_start, a.ended_at AS a_end, a.outcome AS a_out,
@@ -76,15 +84,21 @@ async def check_invariants(conn: asyncpg.Connection, capacity: int) -> None:
           GROUP BY a.assignment_id) x""")
     assert over <= capacity
     # 5: each chat's messages are numbered 1..n in apply order and counted once.
-    assert await conn.fetchval("""
+    assert (
+        await conn.fetchval("""
         SELECT count(*) FROM assigner.chats c
         LEFT JOIN (SELECT chat_id, count(*) AS n, max(seq) AS top, min(seq) AS low
                    FROM assigner.messages GROUP BY chat_id) m USING (chat_id)
         WHERE c.message_count <> coalesce(m.n, 0) OR coalesce(m.top, 0) <> coalesce(m.n, 0)
-           OR coalesce(m.low, 1) <> 1""") == 0
+           OR coalesce(m.low, 1) <> 1""")
+        == 0
+    )
     # Every ended assignment has its outcome; a waiting chat has its queue position.
-    assert await conn.fetchval("""SELECT count(*) FROM assigner.chats WHERE state = 'waiting_assignment'
-                                  AND (waiting_since IS NULL OR queued_at IS NULL)""") == 0
+    assert (
+        await conn.fetchval("""SELECT count(*) FROM assigner.chats WHERE state = 'waiting_assignment'
+                                  AND (waiting_since IS NULL OR queued_at IS NULL)""")
+        == 0
+    )
 
 
 def anti_repeat_violations(facts: list, cooldown_s: float) -> tuple[list[str], collections.Counter]:
@@ -106,8 +120,10 @@ def anti_repeat_violations(facts: list, cooldown_s: float) -> tuple[list[str], c
                 bad.append(f"{f.chat_id}: pulled by {p.operator_id} while {c['state']}")
             elif p.operator_id == c["last"]:
                 if p.assigned_at - c["queued_at"] < cooldown:
-                    bad.append(f"{f.chat_id}: back to its last operator {p.operator_id} "
-                               f"{(p.assigned_at - c['queued_at']).total_seconds():.3f}s after it was queued")
+                    bad.append(
+                        f"{f.chat_id}: back to its last operator {p.operator_id} "
+                        f"{(p.assigned_at - c['queued_at']).total_seconds():.3f}s after it was queued"
+                    )
                 else:
                     checked["pulled back by the last operator after the cooldown"] += 1
             c["state"] = "assigned"
@@ -154,5 +170,10 @@ async def check_lifecycle(settings, conn: asyncpg.Connection) -> dict:
     assert ended == {r["assignment_id"]: r["outcome"] for r in rows if r["outcome"] is not None}
     violations, checked = anti_repeat_violations(distinct, settings.repeat_cooldown_s)
     assert not violations, violations[:20]
-    return {"facts": len(facts), "distinct": len(seen), "assignments": len(rows),
-            "outcomes": collections.Counter(ended.values()), "anti-repeat": dict(checked)}
+    return {
+        "facts": len(facts),
+        "distinct": len(seen),
+        "assignments": len(rows),
+        "outcomes": collections.Counter(ended.values()),
+        "anti-repeat": dict(checked),
+    }

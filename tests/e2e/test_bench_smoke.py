@@ -65,9 +65,18 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
         assert integrity[key]["compared"]["chat"] > 0
 
     headline = report["headline"]
-    assert set(headline) >= {"user_events_per_s", "turns_per_s", "pgbench_tps", "events_per_pgbench_tps",
-                             "apply_p50_ms_half", "apply_p99_ms_half", "pull_p50_ms", "pull_p99_ms",
-                             "stats_lag_p99_ms", "pull_p99_ms_200_operators"}
+    assert set(headline) >= {
+        "user_events_per_s",
+        "turns_per_s",
+        "pgbench_tps",
+        "events_per_pgbench_tps",
+        "apply_p50_ms_half",
+        "apply_p99_ms_half",
+        "pull_p50_ms",
+        "pull_p99_ms",
+        "stats_lag_p99_ms",
+        "pull_p99_ms_200_operators",
+    }
     assert headline["user_events_per_s"] > 0 and headline["pgbench_tps"] > 0
     assert report["pgbench"]["script"] == "simple-update (-N)"
 
@@ -104,7 +113,8 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
     assert len(report["targets"]) == 5
     assert all(set(t) == {"name", "value", "target", "met", "unit"} for t in report["targets"])
     assert report["timeline"] and {"t", "phase", "user_acked", "user_applied", "apply_p99_ms", "pull_p99_ms"} <= set(
-        report["timeline"][0])
+        report["timeline"][0]
+    )
     if _has_matplotlib():
         assert report["plot"] == str(plot) and plot.stat().st_size > 0
     else:
@@ -117,8 +127,12 @@ def _bench_command():
 
 def test_every_documented_bench_option_is_an_option_of_the_command():
     table = (REPO / "docs" / "performance.md").read_text().split("## Options", 1)[1].split("\n## ", 1)[0]
-    documented = {flag for line in table.splitlines() if line.startswith("| `--")
-                  for flag in re.findall(r"--[a-z][a-z-]*", line.split("|")[1])}
+    documented = {
+        flag
+        for line in table.splitlines()
+        if line.startswith("| `--")
+        for flag in re.findall(r"--[a-z][a-z-]*", line.split("|")[1])
+    }
     offered = {flag for param in _bench_command().params for flag in (*param.opts, *param.secondary_opts)}
 
     assert len(documented) >= 30
@@ -132,8 +146,13 @@ def test_every_option_of_the_command_is_a_bench_option():
 
 
 def test_python_dash_m_switchboard_bench_is_the_same_command():
-    done = subprocess.run([sys.executable, "-m", "switchboard.bench", "--no-such-option"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "switchboard.bench", "--no-such-option"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
     assert done.returncode == 2, done.stderr
     assert "No such option: --no-such-option" in done.stderr

@@ -31,8 +31,9 @@ class _RawUtf8(json.JSONEncoder):
 def utf8_token(sub: str, role: str) -> str:
     """A valid HS256 token whose payload carries `sub` as raw UTF-8."""
     now = int(time.time())
-    return jwt.encode({"sub": sub, "role": role, "iat": now, "exp": now + 3600}, TEST_SECRET, algorithm="HS256",
-                      json_encoder=_RawUtf8)
+    return jwt.encode(
+        {"sub": sub, "role": role, "iat": now, "exp": now + 3600}, TEST_SECRET, algorithm="HS256", json_encoder=_RawUtf8
+    )
 
 
 def bearer(sub, role):
@@ -46,16 +47,20 @@ async def test_an_operator_takes_a_chat_sees_new_messages_and_replies_in_the_bro
     shot = "" if sub == "op-web" else "-unicode"
     SHOTS.mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in ("ingest", "assigner", "stats")}
-    settings = env.with_settings(ingest_url=f"http://127.0.0.1:{ports['ingest']}",
-                                 stats_url=f"http://127.0.0.1:{ports['stats']}")
+    settings = env.with_settings(
+        ingest_url=f"http://127.0.0.1:{ports['ingest']}", stats_url=f"http://127.0.0.1:{ports['stats']}"
+    )
     chat = f"web-{uuid.uuid4().hex[:6]}"
     async with contextlib.AsyncExitStack() as stack:
         urls = {n: await stack.enter_async_context(serving(n, settings, p)) for n, p in ports.items()}
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
 
         async def user_says(text):
-            r = await http.post(f"{urls['ingest']}/v1/chats/{chat}/messages", headers=bearer("web", "frontend"),
-                                json={"message_id": uuid.uuid4().hex, "sender": "user", "text": text})
+            r = await http.post(
+                f"{urls['ingest']}/v1/chats/{chat}/messages",
+                headers=bearer("web", "frontend"),
+                json={"message_id": uuid.uuid4().hex, "sender": "user", "text": text},
+            )
             assert r.status_code == 202, r.text
 
         await user_says("hey")
@@ -99,8 +104,10 @@ async def test_an_operator_takes_a_chat_sees_new_messages_and_replies_in_the_bro
         assert body["messages"][-1]["operator_id"] == sub
 
         async def counted():  # through a real server: `/` in the id travels as %2F
-            r = await http.get(f"{urls['stats']}/v1/operators/{quote(sub, safe='')}/stats",
-                               headers={"Authorization": f"Bearer {utf8_token(sub, 'operator')}"})
+            r = await http.get(
+                f"{urls['stats']}/v1/operators/{quote(sub, safe='')}/stats",
+                headers={"Authorization": f"Bearer {utf8_token(sub, 'operator')}"},
+            )
             assert r.status_code == 200, r.text
             return r.json() if r.json()["messages_sent"] == 1 else None
 
@@ -122,7 +129,9 @@ async def test_an_operator_takes_a_chat_sees_new_messages_and_replies_in_the_bro
             await conn.executemany(
                 "INSERT INTO assigner.chats (chat_id, state, waiting_since, queued_at, message_count, created_at,"
                 " updated_at) VALUES ($1, 'waiting_assignment', now() - interval '1 hour', now() - interval '1 hour',"
-                " 1, now(), now())", [(f"stuck-{i:03d}",) for i in range(130)])
+                " 1, now(), now())",
+                [(f"stuck-{i:03d}",) for i in range(130)],
+            )
         finally:
             await conn.close()
         await admin.click("#load-stuck")

@@ -19,16 +19,20 @@ def bearer(sub, role):
 
 async def test_the_console_follows_its_chat_through_the_operator_stream_instead_of_polling(env):
     ports = {name: free_port() for name in ("ingest", "assigner", "delivery")}
-    settings = env.with_settings(ingest_url=f"http://127.0.0.1:{ports['ingest']}",
-                                 delivery_url=f"http://127.0.0.1:{ports['delivery']}")
+    settings = env.with_settings(
+        ingest_url=f"http://127.0.0.1:{ports['ingest']}", delivery_url=f"http://127.0.0.1:{ports['delivery']}"
+    )
     chat = f"web-{uuid.uuid4().hex[:6]}"
     async with contextlib.AsyncExitStack() as stack:
         urls = {n: await stack.enter_async_context(serving(n, settings, p)) for n, p in ports.items()}
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
 
         async def user_says(text):
-            r = await http.post(f"{urls['ingest']}/v1/chats/{chat}/messages", headers=bearer("web", "frontend"),
-                                json={"message_id": uuid.uuid4().hex, "sender": "user", "text": text})
+            r = await http.post(
+                f"{urls['ingest']}/v1/chats/{chat}/messages",
+                headers=bearer("web", "frontend"),
+                json={"message_id": uuid.uuid4().hex, "sender": "user", "text": text},
+            )
             assert r.status_code == 202, r.text
 
         await user_says("hey")

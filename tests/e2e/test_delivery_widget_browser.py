@@ -23,8 +23,9 @@ def bearer(sub, role):
 async def test_the_widget_shows_the_operators_replies_live_and_misses_nothing_across_a_delivery_restart(env, tmp_path):
     SHOTS.mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in ("ingest", "assigner", "delivery")}
-    settings = env.with_settings(ingest_url=f"http://127.0.0.1:{ports['ingest']}", dev_mode=True,
-                                 delivery_heartbeat_s=2)
+    settings = env.with_settings(
+        ingest_url=f"http://127.0.0.1:{ports['ingest']}", dev_mode=True, delivery_heartbeat_s=2
+    )
     chat = f"web-{uuid.uuid4().hex[:6]}"
     delivery = ServiceProcess("delivery", settings, tmp_path, port=ports["delivery"])
     async with contextlib.AsyncExitStack() as stack:
@@ -40,9 +41,11 @@ async def test_the_widget_shows_the_operators_replies_live_and_misses_nothing_ac
                 return r.status_code == 200 and r.json()["chat"]["chat_id"] == chat
 
             await eventually(pulled)
-            r = await http.post(f"{urls['ingest']}/v1/chats/{chat}/messages", headers=bearer(operator, "operator"),
-                                json={"message_id": uuid.uuid4().hex, "sender": "operator", "operator_id": operator,
-                                      "text": text})
+            r = await http.post(
+                f"{urls['ingest']}/v1/chats/{chat}/messages",
+                headers=bearer(operator, "operator"),
+                json={"message_id": uuid.uuid4().hex, "sender": "operator", "operator_id": operator, "text": text},
+            )
             assert r.status_code == 202, r.text
 
         pw = await stack.enter_async_context(async_playwright())
@@ -76,6 +79,10 @@ async def test_the_widget_shows_the_operators_replies_live_and_misses_nothing_ac
         await page.wait_for_selector('#status[data-state="live"]')
         texts = await page.locator(".msg").all_inner_texts()
         assert [t.replace("\n", " ").strip() for t in texts] == [
-            "hello, anyone there?", "op-w Hi! How can I help?", "my order is late", "op-x Sorry! It ships today."]
+            "hello, anyone there?",
+            "op-w Hi! How can I help?",
+            "my order is late",
+            "op-x Sorry! It ships today.",
+        ]
         assert await page.locator(".note.operator_joined").count() == 2
         await page.screenshot(path=str(SHOTS / "widget-after-restart.png"))

@@ -17,6 +17,7 @@ async def test_the_demo_opens_chats_and_its_operators_answer_them(env):
         demo = Demo(settings, rate=5, operators=2, ingest_url=urls["ingest"], assigner_url=urls["assigner"])
         await demo.run(duration=8)
         async with httpx.AsyncClient() as http:
+
             async def answered():
                 r = await http.get(f"{urls['assigner']}/v1/admin/queue", headers=token("boss", "admin"))
                 by_state = r.json()["chats_by_state"]

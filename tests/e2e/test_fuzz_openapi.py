@@ -11,11 +11,14 @@ from urllib.parse import urlparse
 
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
 from schemathesis.checks import (
-    content_type_conformance, not_a_server_error, response_headers_conformance, response_schema_conformance,
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
     status_code_conformance,
 )
 
@@ -27,8 +30,12 @@ pytestmark = pytest.mark.timeout(300)
 
 SERVICES = ("ingest", "assigner", "idle_monitor", "stats")
 MAX_EXAMPLES = 40
-CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance,
-               response_headers_conformance]
+CONFORMANCE = [
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 SKIPPED_PATHS = ("/metrics", "/docs", "/redoc", "/console")
 
 
@@ -46,8 +53,12 @@ async def fleet(infra, template_db, tmp_path_factory):
     """The four services as processes on a fresh database and topics."""
     env = await harness.make_env(BASE_URL, template_db, BOOTSTRAP)
     try:
-        async with Fleet(env.settings, tmp_path_factory.mktemp("fuzz-logs"), SERVICES,
-                         env=service_env(env.settings, SWITCHBOARD_KAFKA_SEND_TIMEOUT_S="3")) as running:
+        async with Fleet(
+            env.settings,
+            tmp_path_factory.mktemp("fuzz-logs"),
+            SERVICES,
+            env=service_env(env.settings, SWITCHBOARD_KAFKA_SEND_TIMEOUT_S="3"),
+        ) as running:
             yield running
     finally:
         await harness.drop_database(BASE_URL, urlparse(env.database_url).path.lstrip("/"))
@@ -76,14 +87,22 @@ def fuzz(base: str, service: str, checks: list, modes=(GenerationMode.POSITIVE, 
         for mode in modes:
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=MAX_EXAMPLES,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
             def exercise(case):
                 try:
                     case.call_and_validate(base_url=base, headers=headers, checks=checks, timeout=20)
                 except BaseException as exc:
-                    exc.add_note("reproduce: " + case.as_curl_command(
-                        headers={"Authorization": f"Bearer <{role} token>"}, base_url=base))
+                    exc.add_note(
+                        "reproduce: "
+                        + case.as_curl_command(headers={"Authorization": f"Bearer <{role} token>"}, base_url=base)
+                    )
                     raise
 
             try:

@@ -86,7 +86,8 @@ async def test_a_silent_operator_loses_the_chat_and_is_passed_over_for_it(env):
     assert retaken["assignment_id"] != taken["assignment_id"]
     assert [m["text"] for m in retaken["chat"]["messages"]] == ["hey"]
     assert [(e["chat_id"], e["payload"]["assignment_id"], e["payload"]["operator_id"]) for e in fired] == [
-        (chat, taken["assignment_id"], "op-silent")]
+        (chat, taken["assignment_id"], "op-silent")
+    ]
 
 
 async def test_an_operator_who_replies_in_time_is_untouched(env):
@@ -153,7 +154,8 @@ async def test_a_chat_handed_back_and_taken_again_is_timed_and_handed_back_again
             assert (await assigner.post("/v1/assignments/next", headers=token(operator))).status_code == 204
         fired = await idle_fired(settings, at_least=3, timeout=10)
     assert [(e["payload"]["assignment_id"], e["payload"]["operator_id"]) for e in fired] == list(
-        zip(rounds, ("op-1", "op-2", "op-3")))
+        zip(rounds, ("op-1", "op-2", "op-3"))
+    )
     assert len(set(rounds)) == 3
 
 

@@ -36,8 +36,10 @@ async def test_metrics_endpoint_passes_promtool_and_declares_its_documented_metr
     expected = {m.name for m in documented_metrics().values() if name in m.exposed_by}
     assert expected - declared == set(), f"{name} /metrics lacks metrics docs/metrics.md lists for it"
     own_requests = [
-        line for line in text.splitlines()
+        line
+        for line in text.splitlines()
         if line.startswith("switchboard_http_requests_total{")
-        and f'service="{name}"' in line and 'route="/healthz"' in line
+        and f'service="{name}"' in line
+        and 'route="/healthz"' in line
     ]
     assert own_requests, f"{name} did not count its own /healthz request"

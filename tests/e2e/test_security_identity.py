@@ -55,14 +55,14 @@ async def routes(client: httpx.AsyncClient, fleet: Fleet) -> list[tuple[str, str
     return found
 
 
-async def call(client: httpx.AsyncClient, fleet: Fleet, route: tuple[str, str, str], headers: dict,
-               content: bytes | None = None) -> httpx.Response:
+async def call(
+    client: httpx.AsyncClient, fleet: Fleet, route: tuple[str, str, str], headers: dict, content: bytes | None = None
+) -> httpx.Response:
     name, method, path = route
     url = fleet[name].url + path_of(path)
     if content is None and path in BODIES:
         return await client.request(method, url, headers=headers, json=BODIES[path])
-    return await client.request(method, url, headers={**headers, "Content-Type": "application/json"},
-                                content=content)
+    return await client.request(method, url, headers={**headers, "Content-Type": "application/json"}, content=content)
 
 
 async def test_an_operator_cannot_read_release_or_complete_another_operators_chat_nor_read_their_figures(fleet):
@@ -71,8 +71,11 @@ async def test_an_operator_cannot_read_release_or_complete_another_operators_cha
     chat = f"c-{uuid.uuid4().hex[:8]}"
     ingest, assigner, stats = fleet["ingest"].url, fleet["assigner"].url, fleet["stats"].url
     async with httpx.AsyncClient(timeout=10) as client:
-        r = await client.post(f"{ingest}/v1/chats/{chat}/messages", headers=frontend,
-                              json={"message_id": "m-1", "sender": "user", "text": "help"})
+        r = await client.post(
+            f"{ingest}/v1/chats/{chat}/messages",
+            headers=frontend,
+            json={"message_id": "m-1", "sender": "user", "text": "help"},
+        )
         assert r.status_code == 202, r.text
 
         async def pulled():
@@ -88,12 +91,17 @@ async def test_an_operator_cannot_read_release_or_complete_another_operators_cha
         assert (await client.post(f"{assigner}/v1/assignments/{assignment}/complete", headers=bob)).status_code == 403
         assert (await client.get(f"{assigner}/v1/assignments/current", headers=bob)).status_code == 204
         # Bob may not speak as Alice through ingest with his own operator token.
-        r = await client.post(f"{ingest}/v1/chats/{chat}/messages", headers=bob,
-                              json={"message_id": "m-2", "sender": "operator", "operator_id": "op-alice",
-                                    "text": "it is me, alice"})
+        r = await client.post(
+            f"{ingest}/v1/chats/{chat}/messages",
+            headers=bob,
+            json={"message_id": "m-2", "sender": "operator", "operator_id": "op-alice", "text": "it is me, alice"},
+        )
         assert r.status_code == 403, r.text
-        r = await client.post(f"{ingest}/v1/chats/{chat}/messages", headers=bob,
-                              json={"message_id": "m-3", "sender": "user", "text": "i am the user"})
+        r = await client.post(
+            f"{ingest}/v1/chats/{chat}/messages",
+            headers=bob,
+            json={"message_id": "m-3", "sender": "user", "text": "i am the user"},
+        )
         assert r.status_code == 403, r.text
         assert (await client.get(f"{stats}/v1/operators/op-alice/stats", headers=bob)).status_code == 403
         assert (await client.get(f"{stats}/v1/operators/op-bob/stats", headers=bob)).status_code == 200
@@ -107,8 +115,7 @@ async def test_an_operator_cannot_read_release_or_complete_another_operators_cha
         assert (await client.get(f"{assigner}/v1/chats/{chat}", headers=alice)).status_code == 200
 
 
-async def test_no_service_starts_with_the_development_secret_or_a_short_one_unless_in_development_mode(
-        fleet, tmp_path):
+async def test_no_service_starts_with_the_development_secret_or_a_short_one_unless_in_development_mode(fleet, tmp_path):
     settings = fleet.env.settings
 
     def spawn(name: str, **env: str) -> ServiceProcess:
@@ -137,17 +144,22 @@ async def test_no_service_starts_with_the_development_secret_or_a_short_one_unle
 
 async def test_tokens_and_the_secret_never_appear_in_any_log(fleet):
     tokens = [issue_token(harness.TEST_SECRET, f"{role}-log", role) for role in ROLES]
-    forged = [h["Authorization"].split(" ", 1)[1] for h in bad_credentials().values()
-              if h.get("Authorization", "").startswith("Bearer ") and len(h["Authorization"]) > 20]
+    forged = [
+        h["Authorization"].split(" ", 1)[1]
+        for h in bad_credentials().values()
+        if h.get("Authorization", "").startswith("Bearer ") and len(h["Authorization"]) > 20
+    ]
     async with httpx.AsyncClient(timeout=10) as client:
         for route in await routes(client, fleet):
             for tok in tokens + forged:
                 await call(client, fleet, route, {"Authorization": f"Bearer {tok}"})
                 await call(client, fleet, route, {"Authorization": f"Bearer {tok}"}, content=b"{broken")
         # Make the services talk: a message flows through ingest, the assigner and stats.
-        r = await client.post(f"{fleet['ingest'].url}/v1/chats/c-log/messages",
-                              headers={"Authorization": f"Bearer {tokens[0]}"},
-                              json={"message_id": "m-log", "sender": "user", "text": "log me"})
+        r = await client.post(
+            f"{fleet['ingest'].url}/v1/chats/c-log/messages",
+            headers={"Authorization": f"Bearer {tokens[0]}"},
+            json={"message_id": "m-log", "sender": "user", "text": "log me"},
+        )
         assert r.status_code == 202, r.text
     await asyncio.sleep(1.0)
     for name in SERVICES:

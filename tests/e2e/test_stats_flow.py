@@ -9,7 +9,6 @@ import uuid
 
 from shared.events import TOPIC_INBOUND
 from switchboard.reconcile import rebuild, reconcile
-from tests import harness
 from tests.harness import Producer, eventually, operator_message, running, token, user_message
 
 ADMIN = token("boss", "admin")
@@ -25,8 +24,11 @@ async def _state(env, chat_id):
 
 async def test_the_seed_example_through_the_assigner_gives_exactly_the_spec_figures(env):
     chat = f"chat-{uuid.uuid4().hex[:8]}"
-    async with running("assigner", env.settings) as assigner, running("stats", env.settings) as stats, \
-            Producer(env.settings) as frontend:
+    async with (
+        running("assigner", env.settings) as assigner,
+        running("stats", env.settings) as stats,
+        Producer(env.settings) as frontend,
+    ):
         await frontend.send(TOPIC_INBOUND, user_message(chat, "hey"))
         await eventually(lambda: _is(env, chat, "waiting_assignment"))
         pulled = await assigner.post("/v1/assignments/next", headers=token("op-seed"))
@@ -46,17 +48,21 @@ async def test_the_seed_example_through_the_assigner_gives_exactly_the_spec_figu
             r = await stats.get(f"/v1/chats/{chat}/stats", headers=ADMIN)
             return r.json() if r.json()["operator_messages"] == 1 else None
 
-        assert await eventually(chat_counted) == {"chat_id": chat, "user_messages": 2, "operator_messages": 1,
-                                                  "assignments": 1}
+        assert await eventually(chat_counted) == {
+            "chat_id": chat,
+            "user_messages": 2,
+            "operator_messages": 1,
+            "assignments": 1,
+        }
 
         async def operator_counted():
             r = await stats.get("/v1/operators/op-seed/stats", headers=token("op-seed"))
             return r.json() if r.json()["answered"] == 1 else None
 
         mine = await eventually(operator_counted)
-        assert {k: mine[k] for k in ("assignments", "messages_sent", "chats_handled", "answered",
-                                     "first_response_count")} == {
-            "assignments": 1, "messages_sent": 1, "chats_handled": 1, "answered": 1, "first_response_count": 1}
+        assert {
+            k: mine[k] for k in ("assignments", "messages_sent", "chats_handled", "answered", "first_response_count")
+        } == {"assignments": 1, "messages_sent": 1, "chats_handled": 1, "answered": 1, "first_response_count": 1}
         assert mine["released"] == mine["timed_out"] == mine["reassigned_away"] == 0
         report = await reconcile(env.settings)
         assert report.differences == [] and report.not_quiescent is None
@@ -74,8 +80,12 @@ async def test_a_random_run_of_over_2000_events_reconciles_exactly_and_rebuild_e
     deadline = time.monotonic() + 90
     produced = {"inbound": 0, "actions": 0}
 
-    async with running("assigner", settings) as assigner, running("idle_monitor", settings), \
-            running("stats", settings) as stats, Producer(settings) as frontend:
+    async with (
+        running("assigner", settings) as assigner,
+        running("idle_monitor", settings),
+        running("stats", settings) as stats,
+        Producer(settings) as frontend,
+    ):
 
         async def users():
             for _ in range(900):
@@ -107,8 +117,9 @@ async def test_a_random_run_of_over_2000_events_reconciles_exactly_and_rebuild_e
                     await assigner.post(f"/v1/assignments/{got['assignment_id']}/complete", headers=headers)
                 elif roll < 0.85:
                     other = rng.choice([o for o in operators if o != me])
-                    await assigner.post(f"/v1/admin/chats/{got['chat']['chat_id']}/reassign", headers=ADMIN,
-                                        json={"operator_id": other})
+                    await assigner.post(
+                        f"/v1/admin/chats/{got['chat']['chat_id']}/reassign", headers=ADMIN, json={"operator_id": other}
+                    )
                 elif roll < 0.92:
                     # A colleague writes into a chat it does not hold.
                     await frontend.send(TOPIC_INBOUND, operator_message(rng.choice(chats), me, "fyi"))

@@ -58,10 +58,16 @@ def up_env(local: Path, database_url: str, prefix: str, bootstrap: str) -> dict[
         ports.add(free_port())
     for name, port in zip(registry.PROCESSES, sorted(ports)):
         env[f"SWITCHBOARD_{name.upper()}_PORT"] = str(port)
-    env.update(SWITCHBOARD_LOCAL_DIR=str(local), SWITCHBOARD_DATABASE_URL=database_url,
-               SWITCHBOARD_TOPIC_PREFIX=prefix, SWITCHBOARD_TOPIC_PARTITIONS="1",
-               SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS=bootstrap, SWITCHBOARD_DB_POOL_MIN="1",
-               SWITCHBOARD_DB_POOL_MAX="4", SWITCHBOARD_LOG_LEVEL="WARNING")
+    env.update(
+        SWITCHBOARD_LOCAL_DIR=str(local),
+        SWITCHBOARD_DATABASE_URL=database_url,
+        SWITCHBOARD_TOPIC_PREFIX=prefix,
+        SWITCHBOARD_TOPIC_PARTITIONS="1",
+        SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        SWITCHBOARD_DB_POOL_MIN="1",
+        SWITCHBOARD_DB_POOL_MAX="4",
+        SWITCHBOARD_LOG_LEVEL="WARNING",
+    )
     return env
 
 
@@ -76,34 +82,46 @@ def service_pids(local: Path, names) -> dict[str, int]:
     return pids
 
 
-@pytest.mark.parametrize("launcher,sig,to_group", [
-    pytest.param("up", signal.SIGINT, False, id="up-sigint-as-ctrl-c"),
-    pytest.param("up", signal.SIGTERM, False, id="up-sigterm"),
-    pytest.param("up", signal.SIGHUP, False, id="up-sighup"),
-    pytest.param("make", signal.SIGTERM, False, id="make-run-sigterm"),
-    # A hangup reaches the terminal's whole foreground group (make and `up`): GNU make itself does not
-    # pass SIGHUP on to its child, it waits for it.
-    pytest.param("make", signal.SIGHUP, True, id="make-run-sighup-to-its-group"),
-    # make killed outright: `up` learns it from the kernel (parent-death signal) and stops everything.
-    pytest.param("make", signal.SIGKILL, False, id="make-run-sigkill"),
-])
-async def test_a_stop_signal_to_the_launcher_stops_every_process_it_started(infra, tmp_path, launcher, sig,
-                                                                              to_group):
+@pytest.mark.parametrize(
+    "launcher,sig,to_group",
+    [
+        pytest.param("up", signal.SIGINT, False, id="up-sigint-as-ctrl-c"),
+        pytest.param("up", signal.SIGTERM, False, id="up-sigterm"),
+        pytest.param("up", signal.SIGHUP, False, id="up-sighup"),
+        pytest.param("make", signal.SIGTERM, False, id="make-run-sigterm"),
+        # A hangup reaches the terminal's whole foreground group (make and `up`): GNU make itself does not
+        # pass SIGHUP on to its child, it waits for it.
+        pytest.param("make", signal.SIGHUP, True, id="make-run-sighup-to-its-group"),
+        # make killed outright: `up` learns it from the kernel (parent-death signal) and stops everything.
+        pytest.param("make", signal.SIGKILL, False, id="make-run-sigkill"),
+    ],
+)
+async def test_a_stop_signal_to_the_launcher_stops_every_process_it_started(infra, tmp_path, launcher, sig, to_group):
     local = tmp_path / "local"
     name = f"sb_up_{uuid.uuid4().hex[:10]}"
     database_url = harness.with_db(infra["database_url"], name)
     prefix = f"u{uuid.uuid4().hex[:8]}."
     env = up_env(local, database_url, prefix, infra["bootstrap"])
     # make run starts the demo too; `-o` keeps make from reinstalling the venv in the middle of a test.
-    argv = ([PYTHON, "-m", "switchboard", "up", "--no-demo"] if launcher == "up"
-            else ["make", "--no-print-directory", "-o", ".venv/.installed", "run"])
+    argv = (
+        [PYTHON, "-m", "switchboard", "up", "--no-demo"]
+        if launcher == "up"
+        else ["make", "--no-print-directory", "-o", ".venv/.installed", "run"]
+    )
     names = (*registry.PROCESSES, "demo") if launcher == "make" else tuple(registry.PROCESSES)
     log = tmp_path / "launcher.log"
     started: dict[str, int] = {}
     up_pids: list[int] = []
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=REPO, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + START_BOUND_S
         while time.monotonic() < deadline:

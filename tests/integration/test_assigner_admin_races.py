@@ -34,8 +34,10 @@ async def chat_row(env, chat_id):
 async def waiting(env, *chat_ids):
     conn = await env.connect()
     try:
-        n = await conn.fetchval("SELECT count(*) FROM assigner.chats WHERE chat_id = ANY($1::text[]) "
-                                "AND state = 'waiting_assignment'", list(chat_ids))
+        n = await conn.fetchval(
+            "SELECT count(*) FROM assigner.chats WHERE chat_id = ANY($1::text[]) AND state = 'waiting_assignment'",
+            list(chat_ids),
+        )
         return n == len(chat_ids)
     finally:
         await conn.close()
@@ -49,8 +51,10 @@ async def in_state(env, chat_id, state):
 async def someone_waits_for_a_lock(env):
     conn = await env.connect()
     try:
-        return await conn.fetchval("SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                                   "WHERE NOT l.granted AND a.datname = current_database()")
+        return await conn.fetchval(
+            "SELECT count(*) > 0 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE NOT l.granted AND a.datname = current_database()"
+        )
     finally:
         await conn.close()
 
@@ -60,10 +64,20 @@ async def assign_in_open_transaction(conn, chat_id: str, operator_id: str) -> uu
     assignment_id = uuid.uuid4()
     await conn.execute("BEGIN")
     await conn.execute("SELECT 1 FROM assigner.chats WHERE chat_id = $1 FOR UPDATE", chat_id)
-    await conn.execute("INSERT INTO assigner.assignments (assignment_id, chat_id, operator_id, via, started_at) "
-                       "VALUES ($1, $2, $3, 'pull', now())", assignment_id, chat_id, operator_id)
-    await conn.execute("UPDATE assigner.chats SET state = 'assigned', assigned_operator_id = $2, assignment_id = $3, "
-                       "updated_at = now() WHERE chat_id = $1", chat_id, operator_id, assignment_id)
+    await conn.execute(
+        "INSERT INTO assigner.assignments (assignment_id, chat_id, operator_id, via, started_at) "
+        "VALUES ($1, $2, $3, 'pull', now())",
+        assignment_id,
+        chat_id,
+        operator_id,
+    )
+    await conn.execute(
+        "UPDATE assigner.chats SET state = 'assigned', assigned_operator_id = $2, assignment_id = $3, "
+        "updated_at = now() WHERE chat_id = $1",
+        chat_id,
+        operator_id,
+        assignment_id,
+    )
     return assignment_id
 
 
@@ -78,8 +92,7 @@ async def test_an_admin_action_that_waited_for_a_pull_sees_the_pulls_assignment(
             try:
                 pulled = await assign_in_open_transaction(puller, chat, "op-puller")
                 body = {"json": {"operator_id": "op-admin-pick"}} if admin_action == "reassign" else {}
-                action = asyncio.create_task(api.post(f"/v1/admin/chats/{chat}/{admin_action}", headers=ADMIN,
-                                                      **body))
+                action = asyncio.create_task(api.post(f"/v1/admin/chats/{chat}/{admin_action}", headers=ADMIN, **body))
                 await eventually(lambda: someone_waits_for_a_lock(env))  # the admin waits for the pull's lock
                 await puller.execute("COMMIT")
             finally:
@@ -88,8 +101,9 @@ async def test_an_admin_action_that_waited_for_a_pull_sees_the_pulls_assignment(
             assert r.status_code == 200, r.text
             conn = await env.connect()
             try:
-                ended = await conn.fetchrow("SELECT outcome, ended_at FROM assigner.assignments "
-                                            "WHERE assignment_id = $1", pulled)
+                ended = await conn.fetchrow(
+                    "SELECT outcome, ended_at FROM assigner.assignments WHERE assignment_id = $1", pulled
+                )
             finally:
                 await conn.close()
             assert ended["outcome"] == ("completed" if admin_action == "complete" else "reassigned")
@@ -118,8 +132,9 @@ async def test_an_operator_reply_the_consumer_applies_after_waiting_for_a_pull_c
         assert answered["last_operator_id"] == "op-a"
         conn = await env.connect()
         try:
-            ended = await conn.fetchrow("SELECT outcome, first_response_at FROM assigner.assignments "
-                                        "WHERE assignment_id = $1", pulled)
+            ended = await conn.fetchrow(
+                "SELECT outcome, first_response_at FROM assigner.assignments WHERE assignment_id = $1", pulled
+            )
         finally:
             await conn.close()
         assert ended["outcome"] == "answered" and ended["first_response_at"] is not None
@@ -139,8 +154,9 @@ async def test_a_reassign_takes_the_chat_lock_before_the_operators_as_a_batch_do
             await batch.execute("BEGIN")
             await batch.execute("SET LOCAL lock_timeout = '10s'")
             await batch.execute("SELECT 1 FROM assigner.chats WHERE chat_id = $1 FOR UPDATE", chat)
-            reassign = asyncio.create_task(api.post(f"/v1/admin/chats/{chat}/reassign", headers=ADMIN,
-                                                    json={"operator_id": "op-b"}))
+            reassign = asyncio.create_task(
+                api.post(f"/v1/admin/chats/{chat}/reassign", headers=ADMIN, json={"operator_id": "op-b"})
+            )
             await eventually(lambda: someone_waits_for_a_lock(env))
             # The old order (operator, then chat) deadlocks here; Postgres then aborts one side.
             await batch.execute("SELECT pg_advisory_xact_lock(hashtext('assigner.operator:' || $1::text))", "op-b")
@@ -213,8 +229,12 @@ async def test_admin_reassigns_and_completes_racing_pulls_releases_and_user_mess
         async def admin(chat):
             await asyncio.sleep(rng.random() * 0.01)
             if rng.random() < 0.5:
-                await call("POST", f"/v1/admin/chats/{chat}/reassign", headers=ADMIN,
-                           json={"operator_id": rng.choice(operators)})
+                await call(
+                    "POST",
+                    f"/v1/admin/chats/{chat}/reassign",
+                    headers=ADMIN,
+                    json={"operator_id": rng.choice(operators)},
+                )
             else:
                 await call("POST", f"/v1/admin/chats/{chat}/complete", headers=ADMIN)
 
@@ -226,8 +246,12 @@ async def test_admin_reassigns_and_completes_racing_pulls_releases_and_user_mess
             chats = [cid() for _ in range(4)]
             await asyncio.gather(*(kafka.send(TOPIC_INBOUND, user_message(c)) for c in chats))
             await eventually(lambda: waiting(env, *chats))
-            await asyncio.gather(*(operator(op) for op in operators), *(admin(c) for c in chats),
-                                 *(admin(c) for c in rng.sample(chats, 2)), *(user(c) for c in rng.sample(chats, 2)))
+            await asyncio.gather(
+                *(operator(op) for op in operators),
+                *(admin(c) for c in chats),
+                *(admin(c) for c in rng.sample(chats, 2)),
+                *(user(c) for c in rng.sample(chats, 2)),
+            )
             await assert_invariants(env, capacity)
             # Clear the floor for the next round: every chat of this round completed.
             for chat in chats:

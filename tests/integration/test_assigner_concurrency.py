@@ -1,7 +1,6 @@
 """Invariants under concurrency and redelivery (docs/contract.md §3), against real Kafka and Postgres."""
 
 import asyncio
-import uuid
 
 from aiokafka import AIOKafkaConsumer
 
@@ -89,9 +88,12 @@ async def test_concurrent_pulls_by_one_operator_stay_within_capacity(env):
 
 
 async def reset_group_to_start(settings, group):
-    consumer = AIOKafkaConsumer(*(settings.topic(t) for t in (TOPIC_INBOUND,)),
-                                bootstrap_servers=settings.kafka_bootstrap_servers,
-                                group_id=settings.group(group), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        *(settings.topic(t) for t in (TOPIC_INBOUND,)),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.group(group),
+        enable_auto_commit=False,
+    )
     await consumer.start()
     try:
         await eventually(lambda: asyncio.sleep(0, result=bool(consumer.assignment())), timeout=20)
@@ -137,8 +139,10 @@ async def test_a_pull_is_an_index_probe_however_long_the_history(env):
         # The batch claim (every pull) and the per-operator fallback (a puller who may not take the oldest).
         plans = [
             "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + QUERIES.claim_waiting_chats, 20)),
-            "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + QUERIES.claim_next_chat, "op-a", harness.utcnow(),
-                                                      ["wait-1"])),
+            "\n".join(
+                r[0]
+                for r in await conn.fetch("EXPLAIN " + QUERIES.claim_next_chat, "op-a", harness.utcnow(), ["wait-1"])
+            ),
         ]
     finally:
         await conn.close()

@@ -2,10 +2,9 @@
 
 import uuid
 
+from shared.events import TOPIC_INBOUND, TOPIC_LIFECYCLE, TOPIC_TIMEOUTS, AssignmentIdle, AssignmentIdlePayload, utcnow
 from tests import harness
 from tests.harness import Producer, eventually, operator_message, running, token, user_message
-
-from shared.events import AssignmentIdle, AssignmentIdlePayload, TOPIC_INBOUND, TOPIC_LIFECYCLE, TOPIC_TIMEOUTS, utcnow
 
 
 def cid() -> str:
@@ -96,13 +95,23 @@ async def test_an_idle_timeout_requeues_and_a_stale_one_changes_nothing(env):
     async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
         await open_chat(env, kafka, chat, "hey")
         got = await pull(api, "op-a")
-        stale = AssignmentIdle(event_id=uuid.uuid4(), chat_id=chat, occurred_at=utcnow(), producer="test",
-                               payload=AssignmentIdlePayload(assignment_id=uuid.uuid4(), operator_id="op-a",
-                                                             deadline=utcnow()))
+        stale = AssignmentIdle(
+            event_id=uuid.uuid4(),
+            chat_id=chat,
+            occurred_at=utcnow(),
+            producer="test",
+            payload=AssignmentIdlePayload(assignment_id=uuid.uuid4(), operator_id="op-a", deadline=utcnow()),
+        )
         await kafka.send(TOPIC_TIMEOUTS, stale)
-        current = AssignmentIdle(event_id=uuid.uuid4(), chat_id=chat, occurred_at=utcnow(), producer="test",
-                                 payload=AssignmentIdlePayload(assignment_id=uuid.UUID(got["assignment_id"]),
-                                                               operator_id="op-a", deadline=utcnow()))
+        current = AssignmentIdle(
+            event_id=uuid.uuid4(),
+            chat_id=chat,
+            occurred_at=utcnow(),
+            producer="test",
+            payload=AssignmentIdlePayload(
+                assignment_id=uuid.UUID(got["assignment_id"]), operator_id="op-a", deadline=utcnow()
+            ),
+        )
         await kafka.send(TOPIC_TIMEOUTS, current)
         row = await wait_state(env, chat, "waiting_assignment")
         assert row["last_operator_id"] == "op-a"
@@ -120,8 +129,9 @@ async def test_admin_reassignment_moves_the_chat_and_ends_the_old_assignment(env
     async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
         await open_chat(env, kafka, chat, "hey")
         old = await pull(api, "op-a")
-        r = await api.post(f"/v1/admin/chats/{chat}/reassign", json={"operator_id": "op-x"},
-                           headers=token("boss", "admin"))
+        r = await api.post(
+            f"/v1/admin/chats/{chat}/reassign", json={"operator_id": "op-x"}, headers=token("boss", "admin")
+        )
         assert r.status_code == 200, r.text
         assert r.json()["chat"]["assigned_operator_id"] == "op-x"
         seen = await api.get("/v1/assignments/current", headers=token("op-x"))
@@ -130,8 +140,9 @@ async def test_admin_reassignment_moves_the_chat_and_ends_the_old_assignment(env
         assignment = await api.post(f"/v1/assignments/{old['assignment_id']}/release", headers=token("op-a"))
         assert assignment.status_code == 409
         conn = await env.connect()
-        row = await conn.fetchrow("SELECT outcome FROM assigner.assignments WHERE assignment_id = $1",
-                                  uuid.UUID(old["assignment_id"]))
+        row = await conn.fetchrow(
+            "SELECT outcome FROM assigner.assignments WHERE assignment_id = $1", uuid.UUID(old["assignment_id"])
+        )
         await conn.close()
         assert row["outcome"] == "reassigned"
 
@@ -147,7 +158,8 @@ async def test_another_operators_message_is_stored_for_its_author_and_changes_no
             conn = await env.connect()
             try:
                 return await conn.fetchrow(
-                    "SELECT operator_id FROM assigner.messages WHERE chat_id = $1 AND sender = 'operator'", chat)
+                    "SELECT operator_id FROM assigner.messages WHERE chat_id = $1 AND sender = 'operator'", chat
+                )
             finally:
                 await conn.close()
 
@@ -194,6 +206,11 @@ async def test_lifecycle_facts_are_published_in_per_chat_order(env):
         records = await harness.read_topic(env.settings, TOPIC_LIFECYCLE, min_records=6)
     mine = [harness.record_json(r) for r in records if r.key == chat.encode()]
     assert [e["type"] for e in mine] == [
-        "message_recorded", "chat_queued", "chat_assigned", "message_recorded", "assignment_ended", "chat_answered",
+        "message_recorded",
+        "chat_queued",
+        "chat_assigned",
+        "message_recorded",
+        "assignment_ended",
+        "chat_answered",
     ]
     assert len({r.partition for r in records if r.key == chat.encode()}) == 1

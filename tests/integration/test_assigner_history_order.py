@@ -23,11 +23,15 @@ async def test_a_pull_racing_a_timeout_starts_its_assignment_after_the_timed_out
     chat = f"chat-{uuid.uuid4().hex[:8]}"
     try:
         await apply_in_own_transaction(store, pool, user_message(chat))
-        (first, _), = (await store.operator_batch([OperatorCommand("pull", "op-a")]))[0]
+        ((first, _),) = (await store.operator_batch([OperatorCommand("pull", "op-a")]))[0]
         assert first.chat_id == chat
-        timeout = AssignmentIdle(event_id=new_event_id(), chat_id=chat, occurred_at=utcnow(), producer="test",
-                                 payload=AssignmentIdlePayload(assignment_id=first.assignment_id,
-                                                               operator_id="op-a", deadline=utcnow()))
+        timeout = AssignmentIdle(
+            event_id=new_event_id(),
+            chat_id=chat,
+            occurred_at=utcnow(),
+            producer="test",
+            payload=AssignmentIdlePayload(assignment_id=first.assignment_id, operator_id="op-a", deadline=utcnow()),
+        )
 
         # op-b's pull batch has begun when the worker takes the chat back from op-a and commits; the
         # batch then looks for waiting chats and finds it. (The interleaving a loaded machine makes.)
@@ -41,17 +45,20 @@ async def test_a_pull_racing_a_timeout_starts_its_assignment_after_the_timed_out
             return await original(self, query, *args, **kwargs)
 
         monkeypatch.setattr(asyncpg.connection.Connection, "fetch", fetch)
-        (second, _), = (await store.operator_batch([OperatorCommand("pull", "op-b")]))[0]
+        ((second, _),) = (await store.operator_batch([OperatorCommand("pull", "op-b")]))[0]
         monkeypatch.undo()
         assert raced and second.chat_id == chat
 
         async with pool.acquire() as conn:
-            rows = {r["operator_id"]: r for r in await conn.fetch(
-                "SELECT operator_id, started_at, ended_at, outcome FROM assigner.assignments WHERE chat_id = $1",
-                chat)}
+            rows = {
+                r["operator_id"]: r
+                for r in await conn.fetch(
+                    "SELECT operator_id, started_at, ended_at, outcome FROM assigner.assignments WHERE chat_id = $1",
+                    chat,
+                )
+            }
         assert rows["op-a"]["outcome"] == "timed_out"
         # Never two assignments of one chat at once, in the recorded history too.
         assert rows["op-b"]["started_at"] >= rows["op-a"]["ended_at"], dict(rows)
     finally:
         await pool.close()
-

@@ -1,9 +1,8 @@
 """The assigner split in two processes (SWITCHBOARD_ASSIGNER_MODE): an HTTP API and a worker."""
 
+from shared.events import TOPIC_INBOUND
 from tests.harness import Producer, eventually, running, token, user_message
 from tests.integration.test_assigner_flow import cid, wait_state
-
-from shared.events import TOPIC_INBOUND
 
 
 async def test_the_worker_applies_kafka_traffic_and_the_api_serves_operators(env):

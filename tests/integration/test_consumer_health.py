@@ -40,7 +40,10 @@ def chat_assigned(chat_id: str) -> ChatAssigned:
     """A `chat_assigned` fact as the assigner's outbox publishes it."""
     now = utcnow()
     return ChatAssigned(
-        event_id=uuid.uuid4(), chat_id=chat_id, occurred_at=now, producer="assigner",
+        event_id=uuid.uuid4(),
+        chat_id=chat_id,
+        occurred_at=now,
+        producer="assigner",
         payload=ChatAssignedPayload(assignment_id=uuid.uuid4(), operator_id="op-1", assigned_at=now, via="pull"),
     )
 
@@ -55,12 +58,13 @@ async def refuse_batches(env, refuse: bool) -> None:
 
 async def produce(settings, records: list[tuple[bytes | None, bytes | None]]) -> list[int]:
     """Write raw records to one partition of chat.lifecycle in one go; returns their offsets."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
-                                enable_idempotence=True)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True)
     await producer.start()
     try:
-        futures = [await producer.send(settings.topic(TOPIC_LIFECYCLE), value=v, key=k, partition=PARTITION)
-                   for k, v in records]
+        futures = [
+            await producer.send(settings.topic(TOPIC_LIFECYCLE), value=v, key=k, partition=PARTITION)
+            for k, v in records
+        ]
         return [(await f).offset for f in futures]
     finally:
         await producer.stop()
@@ -90,9 +94,11 @@ async def test_a_poison_record_in_a_batch_retried_after_a_transient_failure_reac
     good = chat_assigned("chat-after-poison")
     await refuse_batches(env, True)
     # Written before the consumer starts, so its first poll holds both: one batch, poison first.
-    [poison_offset, _] = await produce(settings, [(b"chat-poison", b'{"event_id": "'),
-                                                  (b"chat-after-poison", encode(good))])
+    [poison_offset, _] = await produce(
+        settings, [(b"chat-poison", b'{"event_id": "'), (b"chat-after-poison", encode(good))]
+    )
     async with running("idle_monitor", settings) as client:
+
         async def retried_a_few_times():
             return await retries(client, group) >= 3
 
@@ -108,7 +114,8 @@ async def test_a_poison_record_in_a_batch_retried_after_a_transient_failure_reac
     dlq = await harness.read_topic(settings, TOPIC_DLQ, min_records=2, timeout=5)
     mine = [r for r in dlq if dict(r.headers).get("dlq.consumer_group") == group.encode()]
     assert [dict(r.headers)["dlq.source_offset"] for r in mine] == [str(poison_offset).encode()], (
-        f"{len(mine)} dead letters for one poison record")
+        f"{len(mine)} dead letters for one poison record"
+    )
     assert sample(metrics, "switchboard_dlq_records_total", {"group": group, "topic": TOPIC_LIFECYCLE}) == 1
 
 
@@ -172,8 +179,9 @@ async def test_a_consume_loop_that_crashes_after_a_poll_is_restarted_and_applies
             return batches
 
         kafka.getmany = getmany_then_crash
-        await produce(settings, [(b"chat-a", encode(chat_assigned("chat-a"))),
-                                 (b"chat-b", encode(chat_assigned("chat-b")))])
+        await produce(
+            settings, [(b"chat-a", encode(chat_assigned("chat-a"))), (b"chat-b", encode(chat_assigned("chat-b")))]
+        )
 
         async def applied():
             return await armed(client) == 2
@@ -190,8 +198,9 @@ async def rewind_group(settings, group: str, offset: int) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     tp = TopicPartition(settings.topic(TOPIC_LIFECYCLE), PARTITION)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group,
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         consumer.assign([tp])
@@ -207,15 +216,21 @@ async def test_a_poison_record_re_read_after_its_batch_committed_is_not_dead_let
     settings = env.settings
     group = settings.group("idle_monitor")
     good = chat_assigned("chat-good")
-    [poison_offset, _] = await produce(settings, [(b"chat-poison", b"not json at all"),
-                                                  (b"chat-good", encode(good))])
+    [poison_offset, _] = await produce(settings, [(b"chat-poison", b"not json at all"), (b"chat-good", encode(good))])
     for run in (1, 2):
         async with running("idle_monitor", settings) as client:
+
             async def settled():
                 text = (await client.get("/metrics")).text
-                seen = sum(sample(text, "switchboard_consumer_events_total",
-                                  {"group": group, "topic": TOPIC_LIFECYCLE, "result": r}) or 0
-                           for r in ("applied", "duplicate"))
+                seen = sum(
+                    sample(
+                        text,
+                        "switchboard_consumer_events_total",
+                        {"group": group, "topic": TOPIC_LIFECYCLE, "result": r},
+                    )
+                    or 0
+                    for r in ("applied", "duplicate")
+                )
                 return seen >= run  # the same process-wide counter: the good record seen once per run
 
             await eventually(settled, timeout=30)
@@ -224,7 +239,8 @@ async def test_a_poison_record_re_read_after_its_batch_committed_is_not_dead_let
     dlq = await harness.read_topic(settings, TOPIC_DLQ, min_records=2, timeout=5)
     mine = [r for r in dlq if dict(r.headers).get("dlq.consumer_group") == group.encode()]
     assert [dict(r.headers)["dlq.source_offset"] for r in mine] == [str(poison_offset).encode()], (
-        f"{len(mine)} dead letters for one poison record read twice")
+        f"{len(mine)} dead letters for one poison record read twice"
+    )
 
 
 async def test_a_consumer_whose_task_is_gone_turns_readyz_503_at_once_naming_it(env):

@@ -14,8 +14,7 @@ ADMIN = token("boss", "admin")
 
 
 def operator_stream(url, operator_id, last_event_id=None):
-    return open_sse(f"{url}/v1/operators/me/stream", issue_token(TEST_SECRET, operator_id, "operator"),
-                    last_event_id)
+    return open_sse(f"{url}/v1/operators/me/stream", issue_token(TEST_SECRET, operator_id, "operator"), last_event_id)
 
 
 def summary(events):
@@ -25,8 +24,11 @@ def summary(events):
 async def test_an_operator_hears_its_chats_messages_and_every_way_its_assignments_end(env):
     settings = env.with_settings(delivery_heartbeat_s=1, repeat_cooldown_s=0)
     one, two = f"chat-{uuid.uuid4().hex[:6]}", f"chat-{uuid.uuid4().hex[:6]}"
-    async with running("assigner", settings) as assigner, serving("delivery", settings, free_port()) as url, \
-            Producer(settings) as frontend:
+    async with (
+        running("assigner", settings) as assigner,
+        serving("delivery", settings, free_port()) as url,
+        Producer(settings) as frontend,
+    ):
         async with operator_stream(url, "op-1") as mine, operator_stream(url, "op-2") as theirs:
             assert mine.response.status_code == 200
             await frontend.send(TOPIC_INBOUND, user_message(one, "first question"))
@@ -39,23 +41,29 @@ async def test_an_operator_hears_its_chats_messages_and_every_way_its_assignment
             assert got["chat"]["chat_id"] == one
             await frontend.send(TOPIC_INBOUND, user_message(one, "are you there?"))
             # Before the pull: on nobody's stream. After it: on op-1's.
-            assert summary(await mine.take(2)) == [("assignment_started", one, None),
-                                                   ("message", one, "are you there?")]
+            assert summary(await mine.take(2)) == [
+                ("assignment_started", one, None),
+                ("message", one, "are you there?"),
+            ]
             r = await assigner.post(f"/v1/admin/chats/{one}/reassign", headers=ADMIN, json={"operator_id": "op-2"})
             assert r.status_code == 200, r.text
             assert summary(await mine.take(1)) == [("assignment_ended", one, "reassigned")]
             r = await assigner.post(f"/v1/admin/chats/{one}/complete", headers=ADMIN)
             assert r.status_code == 200, r.text
-            assert summary(await theirs.take(2)) == [("assignment_started", one, None),
-                                                     ("assignment_ended", one, "completed")]
+            assert summary(await theirs.take(2)) == [
+                ("assignment_started", one, None),
+                ("assignment_ended", one, "completed"),
+            ]
 
             await frontend.send(TOPIC_INBOUND, user_message(two, "second chat"))
             got = await eventually(lambda: pull("op-1"))
             assert got["chat"]["chat_id"] == two
             await frontend.send(TOPIC_INBOUND, operator_message(two, "op-1", "here is your answer"))
-            assert summary(await mine.take(3)) == [("assignment_started", two, None),
-                                                   ("message", two, "here is your answer"),
-                                                   ("assignment_ended", two, "answered")]
+            assert summary(await mine.take(3)) == [
+                ("assignment_started", two, None),
+                ("message", two, "here is your answer"),
+                ("assignment_ended", two, "answered"),
+            ]
             await frontend.send(TOPIC_INBOUND, user_message(two, "thanks, bye"))
             assert await mine.quiet(1.5) == [], "a message of a chat op-1 no longer holds reached it"
             assert mine.comments >= 1
@@ -69,9 +77,11 @@ async def test_an_operator_hears_its_chats_messages_and_every_way_its_assignment
 
 async def test_only_an_operator_token_opens_the_operator_stream(env):
     async with running("delivery", env.settings) as delivery:
-        for headers, expected in (({}, (401, "missing_token")),
-                                  (token("web", "frontend"), (403, "forbidden_role")),
-                                  (token("chat-a", "chat"), (403, "forbidden_role")),
-                                  (token("boss", "admin"), (403, "forbidden_role"))):
+        for headers, expected in (
+            ({}, (401, "missing_token")),
+            (token("web", "frontend"), (403, "forbidden_role")),
+            (token("chat-a", "chat"), (403, "forbidden_role")),
+            (token("boss", "admin"), (403, "forbidden_role")),
+        ):
             r = await delivery.get("/v1/operators/me/stream", headers=headers)
             assert (r.status_code, r.json()["error"]["code"]) == expected

@@ -12,8 +12,17 @@ from datetime import timedelta
 import httpx
 
 from shared.auth import issue_token
-from shared.events import (TOPIC_LIFECYCLE, ChatAssigned, ChatAssignedPayload, ChatCompleted,
-                           ChatCompletedPayload, MessageRecorded, MessageRecordedPayload, new_event_id, utcnow)
+from shared.events import (
+    TOPIC_LIFECYCLE,
+    ChatAssigned,
+    ChatAssignedPayload,
+    ChatCompleted,
+    ChatCompletedPayload,
+    MessageRecorded,
+    MessageRecordedPayload,
+    new_event_id,
+    utcnow,
+)
 from tests.e2e.servers import free_port, serving
 from tests.harness import TEST_SECRET, Producer, eventually, running, token
 
@@ -91,39 +100,62 @@ def chat_token(chat_id: str, ttl: int = 600) -> str:
 def recorded(chat_id: str, text: str, sender: str = "user", operator_id: str | None = None, at=None):
     """A message_recorded fact as the assigner's relay publishes it."""
     at = at or utcnow()
-    return MessageRecorded(event_id=new_event_id(), chat_id=chat_id, occurred_at=at, producer="test",
-                           payload=MessageRecordedPayload(message_id=uuid.uuid4().hex, sender=sender,
-                                                          operator_id=operator_id, text=text, recorded_at=at))
+    return MessageRecorded(
+        event_id=new_event_id(),
+        chat_id=chat_id,
+        occurred_at=at,
+        producer="test",
+        payload=MessageRecordedPayload(
+            message_id=uuid.uuid4().hex, sender=sender, operator_id=operator_id, text=text, recorded_at=at
+        ),
+    )
 
 
 def assigned(chat_id: str, operator_id: str):
     at = utcnow()
-    return ChatAssigned(event_id=new_event_id(), chat_id=chat_id, occurred_at=at, producer="test",
-                        payload=ChatAssignedPayload(assignment_id=uuid.uuid4(), operator_id=operator_id,
-                                                    assigned_at=at, via="pull"))
+    return ChatAssigned(
+        event_id=new_event_id(),
+        chat_id=chat_id,
+        occurred_at=at,
+        producer="test",
+        payload=ChatAssignedPayload(assignment_id=uuid.uuid4(), operator_id=operator_id, assigned_at=at, via="pull"),
+    )
 
 
 def completed(chat_id: str):
     at = utcnow()
-    return ChatCompleted(event_id=new_event_id(), chat_id=chat_id, occurred_at=at, producer="test",
-                         payload=ChatCompletedPayload(completed_by="boss", completed_at=at))
+    return ChatCompleted(
+        event_id=new_event_id(),
+        chat_id=chat_id,
+        occurred_at=at,
+        producer="test",
+        payload=ChatCompletedPayload(completed_by="boss", completed_at=at),
+    )
 
 
 async def test_a_conversation_through_ingest_and_the_assigner_appears_on_the_chat_stream_in_order(env):
     settings = env.with_settings(delivery_heartbeat_s=0.5)
     chat = f"chat-{uuid.uuid4().hex[:8]}"
     ingest_port = free_port()
-    async with running("assigner", settings) as assigner, \
-            serving("ingest", settings, ingest_port) as ingest_url, \
-            serving("delivery", settings, free_port()) as url, httpx.AsyncClient(timeout=10) as http:
-        minted = await http.post(f"{url}/v1/chats/{chat}/token", headers={"Authorization": f"Bearer {frontend_token()}"})
+    async with (
+        running("assigner", settings) as assigner,
+        serving("ingest", settings, ingest_port) as ingest_url,
+        serving("delivery", settings, free_port()) as url,
+        httpx.AsyncClient(timeout=10) as http,
+    ):
+        minted = await http.post(
+            f"{url}/v1/chats/{chat}/token", headers={"Authorization": f"Bearer {frontend_token()}"}
+        )
         assert minted.status_code == 200, minted.text
         widget = minted.json()["token"]
         assert minted.json()["chat_id"] == chat and 0 < minted.json()["expires_in"] <= 900
 
         async def user_says(text):
-            r = await http.post(f"{ingest_url}/v1/chats/{chat}/messages", headers={"Authorization": f"Bearer {widget}"},
-                                json={"message_id": uuid.uuid4().hex, "sender": "user", "text": text})
+            r = await http.post(
+                f"{ingest_url}/v1/chats/{chat}/messages",
+                headers={"Authorization": f"Bearer {widget}"},
+                json={"message_id": uuid.uuid4().hex, "sender": "user", "text": text},
+            )
             assert r.status_code == 202, r.text
 
         async with stream(url, chat, widget) as sse:
@@ -143,13 +175,22 @@ async def test_a_conversation_through_ingest_and_the_assigner_appears_on_the_cha
             assert joined["event"] == "operator_joined" and joined["id"] == "2"
             assert joined["data"]["display_name"] == "op-7"
             await user_says("how are you?")
-            r = await http.post(f"{ingest_url}/v1/chats/{chat}/messages", headers=token("op-7"),
-                                json={"message_id": uuid.uuid4().hex, "sender": "operator", "operator_id": "op-7",
-                                      "text": "fine, how can I help?"})
+            r = await http.post(
+                f"{ingest_url}/v1/chats/{chat}/messages",
+                headers=token("op-7"),
+                json={
+                    "message_id": uuid.uuid4().hex,
+                    "sender": "operator",
+                    "operator_id": "op-7",
+                    "text": "fine, how can I help?",
+                },
+            )
             assert r.status_code == 202, r.text
             rest = await sse.take(2)
             assert [(e["id"], e["data"]["sender"], e["data"]["text"]) for e in rest] == [
-                ("3", "user", "how are you?"), ("4", "operator", "fine, how can I help?")]
+                ("3", "user", "how are you?"),
+                ("4", "operator", "fine, how can I help?"),
+            ]
             assert rest[1]["data"]["display_name"] == "op-7"
             assert await sse.quiet(1.2) == []
             assert sse.comments >= 1, "no heartbeat comment within two heartbeat intervals"
@@ -203,9 +244,13 @@ async def test_a_redelivered_fact_is_stored_once_and_facts_older_than_the_window
         await kafka.send(TOPIC_LIFECYCLE, recorded(chat, "after"))
         conn = await env.connect()
         try:
+
             async def rows():
-                got = await conn.fetch("SELECT seq, data->>'text' AS text FROM delivery.stream_events "
-                                       "WHERE stream = 'chat:' || $1 ORDER BY seq", chat)
+                got = await conn.fetch(
+                    "SELECT seq, data->>'text' AS text FROM delivery.stream_events "
+                    "WHERE stream = 'chat:' || $1 ORDER BY seq",
+                    chat,
+                )
                 return got if len(got) >= 2 else None
 
             got = await eventually(rows)
@@ -222,15 +267,20 @@ async def test_old_stream_events_are_pruned_and_sequences_never_reused(env):
         await kafka.send(TOPIC_LIFECYCLE, recorded(chat, "old"))
         conn = await env.connect()
         try:
-            await eventually(lambda: conn.fetchval("SELECT count(*) FROM delivery.stream_events WHERE stream = 'chat:' || $1", chat))
+            await eventually(
+                lambda: conn.fetchval("SELECT count(*) FROM delivery.stream_events WHERE stream = 'chat:' || $1", chat)
+            )
             await conn.execute("UPDATE delivery.stream_events SET recorded_at = now() - interval '25 hours'")
             await conn.execute("UPDATE delivery.processed_events SET applied_at = now() - interval '25 hours'")
             removed = await delivery.app.state.pruner.prune_once()
             assert removed["delivery.stream_events"] == 1 and removed["delivery.processed_events"] >= 1
             assert await conn.fetchval("SELECT count(*) FROM delivery.processed_events") == 0
             await kafka.send(TOPIC_LIFECYCLE, recorded(chat, "new"))
-            row = await eventually(lambda: conn.fetchrow(
-                "SELECT seq, data->>'text' AS text FROM delivery.stream_events WHERE stream = 'chat:' || $1", chat))
+            row = await eventually(
+                lambda: conn.fetchrow(
+                    "SELECT seq, data->>'text' AS text FROM delivery.stream_events WHERE stream = 'chat:' || $1", chat
+                )
+            )
             assert (row["seq"], row["text"]) == (2, "new")
         finally:
             await conn.close()
@@ -238,6 +288,7 @@ async def test_old_stream_events_are_pruned_and_sequences_never_reused(env):
 
 async def test_chat_tokens_read_only_their_own_chat_and_expired_or_missing_tokens_get_401(env):
     async with running("delivery", env.settings) as delivery:
+
         async def status(chat, headers):
             # Only refusals are tested here: the in-process transport cannot hold a stream open.
             r = await delivery.get(f"/v1/chats/{chat}/stream", headers=headers)
@@ -248,8 +299,10 @@ async def test_chat_tokens_read_only_their_own_chat_and_expired_or_missing_token
         assert await status("chat-a", {"Authorization": f"Bearer {expired}"}) == (401, "token_expired")
         assert await status("chat-a", {}) == (401, "missing_token")
         assert await status("chat-a", token("op-1")) == (403, "forbidden_role")
-        assert await status("chat-a", {"Authorization": f"Bearer {chat_token('chat-a')}",
-                                       "Last-Event-ID": "abc"}) == (422, "validation_error")
+        assert await status("chat-a", {"Authorization": f"Bearer {chat_token('chat-a')}", "Last-Event-ID": "abc"}) == (
+            422,
+            "validation_error",
+        )
         for bad in ("-1", "1e3", "9" * 19, "\u00b2"):  # "²": str.isdigit() says yes, int() says no
             r = await delivery.get(f"/v1/chats/chat-a/stream?access_token={chat_token('chat-a')}&last_event_id={bad}")
             assert (r.status_code, r.json()["error"]["code"]) == (422, "validation_error"), bad
@@ -269,12 +322,18 @@ async def test_ingest_accepts_a_chat_token_only_for_user_messages_of_its_own_cha
         user = {"message_id": uuid.uuid4().hex, "sender": "user", "text": "hi"}
         r = await ingest.post("/v1/chats/chat-b/messages", headers=mine, json=user)
         assert r.status_code == 403 and r.json()["error"]["code"] == "chat_mismatch"
-        r = await ingest.post("/v1/chats/chat-a/messages", headers=mine,
-                              json={"message_id": uuid.uuid4().hex, "sender": "operator", "operator_id": "op-1",
-                                    "text": "I am the operator now"})
+        r = await ingest.post(
+            "/v1/chats/chat-a/messages",
+            headers=mine,
+            json={
+                "message_id": uuid.uuid4().hex,
+                "sender": "operator",
+                "operator_id": "op-1",
+                "text": "I am the operator now",
+            },
+        )
         assert r.status_code == 403 and r.json()["error"]["code"] == "chat_mismatch"
-        r = await ingest.post("/v1/messages:batch", headers=mine,
-                              json={"messages": [dict(user, chat_id="chat-a")]})
+        r = await ingest.post("/v1/messages:batch", headers=mine, json={"messages": [dict(user, chat_id="chat-a")]})
         assert r.status_code == 403
         expired = {"Authorization": f"Bearer {issue_token(TEST_SECRET, 'chat-a', 'chat', ttl_s=-10)}"}
         r = await ingest.post("/v1/chats/chat-a/messages", headers=expired, json=user)
@@ -286,8 +345,11 @@ async def test_ingest_accepts_a_chat_token_only_for_user_messages_of_its_own_cha
 async def test_every_instance_pushes_every_event_to_the_streams_it_holds(env):
     settings = env.with_settings(delivery_heartbeat_s=1)
     chat = f"chat-{uuid.uuid4().hex[:8]}"
-    async with serving("delivery", settings, free_port()) as one, serving("delivery", settings, free_port()) as two, \
-            Producer(settings) as kafka:
+    async with (
+        serving("delivery", settings, free_port()) as one,
+        serving("delivery", settings, free_port()) as two,
+        Producer(settings) as kafka,
+    ):
         async with stream(one, chat, chat_token(chat)) as a, stream(two, chat, chat_token(chat)) as b:
             started = time.monotonic()
             for i in range(3):
@@ -327,8 +389,11 @@ async def test_a_resume_point_older_than_the_window_says_so_and_one_ahead_of_the
             await kafka.send(TOPIC_LIFECYCLE, recorded(chat, text))
         conn = await env.connect()
         try:
-            await eventually(lambda: conn.fetchval(
-                "SELECT count(*) = 3 FROM delivery.stream_events WHERE stream = 'chat:' || $1", chat))
+            await eventually(
+                lambda: conn.fetchval(
+                    "SELECT count(*) = 3 FROM delivery.stream_events WHERE stream = 'chat:' || $1", chat
+                )
+            )
             await conn.execute("DELETE FROM delivery.stream_events WHERE stream = 'chat:' || $1 AND seq < 3", chat)
         finally:
             await conn.close()
@@ -351,14 +416,18 @@ async def test_streams_keep_getting_events_after_the_listen_connection_is_killed
                 assert (await sse.next())["data"]["text"] == "before"
                 killed = await conn.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE application_name = 'delivery-listen' AND datname = current_database()")
+                    "WHERE application_name = 'delivery-listen' AND datname = current_database()"
+                )
                 assert killed == 1
                 # Sent while the listener may still be reconnecting: the reconnect wakes every stream.
                 await kafka.send(TOPIC_LIFECYCLE, recorded(chat, "after"))
                 got = await sse.next(timeout=15)
                 assert (got["id"], got["data"]["text"]) == ("2", "after")
-            await eventually(lambda: conn.fetchval(
-                "SELECT count(*) = 1 FROM pg_stat_activity "
-                "WHERE application_name = 'delivery-listen' AND datname = current_database()"))
+            await eventually(
+                lambda: conn.fetchval(
+                    "SELECT count(*) = 1 FROM pg_stat_activity "
+                    "WHERE application_name = 'delivery-listen' AND datname = current_database()"
+                )
+            )
         finally:
             await conn.close()

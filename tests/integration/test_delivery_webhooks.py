@@ -16,8 +16,12 @@ from tests.harness import Producer, eventually, running, token
 from tests.integration.test_delivery_stream import recorded
 
 ADMIN = token("boss", "admin")
-FAST = dict(delivery_webhook_backoff_base_s=0.05, delivery_webhook_backoff_max_s=0.4,
-            delivery_webhook_poll_interval_s=0.05, delivery_webhook_timeout_s=2)
+FAST = dict(
+    delivery_webhook_backoff_base_s=0.05,
+    delivery_webhook_backoff_max_s=0.4,
+    delivery_webhook_poll_interval_s=0.05,
+    delivery_webhook_timeout_s=2,
+)
 
 
 class Receiver:
@@ -163,7 +167,8 @@ async def test_an_endpoint_failing_longer_than_the_limit_is_disabled_and_resumes
 
             endpoint = await eventually(disabled)
             assert "HTTP 500" in endpoint["disabled_reason"] and "secret" not in json.dumps(endpoint).replace(
-                '"secret": null', "")
+                '"secret": null', ""
+            )
             await kafka.send(TOPIC_LIFECYCLE, recorded(chat, "b"))  # queued while disabled
             tries = len(receiver.received)
             await asyncio.sleep(0.6)
@@ -189,14 +194,25 @@ async def test_an_endpoint_failing_longer_than_the_limit_is_disabled_and_resumes
 
 async def test_webhook_admin_refuses_bad_input_with_clear_errors(env):
     async with running("delivery", env.settings) as delivery:
+
         async def post(body, headers=ADMIN):
             r = await delivery.post("/v1/admin/webhooks", headers=headers, json=body)
             return r.status_code, r.json()["error"]["code"] if r.status_code >= 400 else None
 
-        for url in ("ftp://example.com/x", "javascript:alert(1)", "not a url", "file:///etc/passwd", "http://", "",
-                    "http://\u2603.com/"):
+        for url in (
+            "ftp://example.com/x",
+            "javascript:alert(1)",
+            "not a url",
+            "file:///etc/passwd",
+            "http://",
+            "",
+            "http://\u2603.com/",
+        ):
             assert await post({"url": url}) == (422, "validation_error"), url
-        assert await post({"url": "https://example.com/h", "event_types": ["no_such_fact"]}) == (422, "validation_error")
+        assert await post({"url": "https://example.com/h", "event_types": ["no_such_fact"]}) == (
+            422,
+            "validation_error",
+        )
         assert await post({"url": "https://example.com/h", "secret": "whsec_short"}) == (422, "validation_error")
         assert await post({"url": "https://example.com/h", "extra": 1}) == (422, "validation_error")
         assert await post({"url": "ftp://x"}, headers={}) == (401, "missing_token")

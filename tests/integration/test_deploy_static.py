@@ -165,6 +165,7 @@ def dashboard() -> dict:
 
 # --- the metric catalogue -------------------------------------------------------------------------
 
+
 def test_metric_catalogue_lists_each_metric_once_with_type_labels_and_exposing_services(documented):
     rows = [ln for ln in METRICS_DOC.read_text().splitlines() if ln.startswith("| `switchboard_")]
     assert len(rows) == len(documented), "a metric is listed twice in docs/metrics.md"
@@ -178,6 +179,7 @@ def test_metric_catalogue_lists_each_metric_once_with_type_labels_and_exposing_s
 
 
 # --- Prometheus -----------------------------------------------------------------------------------
+
 
 def test_prometheus_config_is_valid_and_loads_the_alert_rules(promtool):
     result = run_promtool(promtool, "check", "config", "prometheus.yml")
@@ -246,6 +248,7 @@ def test_alert_rules_use_only_documented_metrics(documented):
 
 # --- Grafana --------------------------------------------------------------------------------------
 
+
 def test_dashboard_is_a_provisionable_dashboard_on_the_provisioned_datasource(dashboard):
     datasources = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text())
     (datasource,) = datasources["datasources"]
@@ -307,6 +310,7 @@ def test_grafana_provisioning_loads_the_dashboard_folder_compose_mounts():
 
 # --- Compose and the image ------------------------------------------------------------------------
 
+
 def test_compose_has_kafka_in_kraft_mode_postgres_migrations_services_prometheus_and_grafana():
     services = compose()["services"]
     assert {"kafka", "postgres", "migrate", *NAMES, "prometheus", "grafana"} <= set(services)
@@ -327,8 +331,9 @@ def test_compose_file_loads_with_docker_composes_own_loader_and_resolves_every_v
     # compose-go validates against the Compose schema and resolves anchors, merge keys and
     # `${VAR:-default}` exactly as `docker compose up` would, with none of our variables set.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SWITCHBOARD_", "GRAFANA_", "COMPOSE_"))}
-    result = subprocess.run([ensure_compose_check(), str(COMPOSE)], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [ensure_compose_check(), str(COMPOSE)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     project = json.loads(result.stdout)
     services = project["services"]
@@ -365,7 +370,10 @@ def test_compose_runs_each_service_from_the_one_image_with_env_readiness_check_a
     assert service["command"] == ["run", name]
     env = service["environment"]
     assert env["SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
-    assert env["SWITCHBOARD_DATABASE_URL"].startswith("postgresql://") and "@postgres:5432/" in env["SWITCHBOARD_DATABASE_URL"]
+    assert (
+        env["SWITCHBOARD_DATABASE_URL"].startswith("postgresql://")
+        and "@postgres:5432/" in env["SWITCHBOARD_DATABASE_URL"]
+    )
     assert len(with_defaults(env["SWITCHBOARD_AUTH_SECRET"])) >= 32
     assert env["SWITCHBOARD_HTTP_HOST"] == "0.0.0.0"
     check = " ".join(service["healthcheck"]["test"])

@@ -1,21 +1,21 @@
 """The plumbing every service stands on: migrations, producer → consumer, dedup, commit-after-transaction."""
 
 import asyncio
-import uuid
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from shared import db, migrations
-from shared.events import TOPIC_INBOUND, TOPIC_LIFECYCLE
 from services.idle_monitor.main import MIGRATIONS as TRACKED_MIGRATIONS
+from shared import db, migrations
+from shared.events import TOPIC_INBOUND
 from shared.kafka import BatchConsumer, make_producer
 from shared.tracking import EventIds
 from tests.harness import Producer, eventually, user_message
 
 # The consumer's event ids go to a real service schema's processed_events, through shared.tracking.
 TRACKED_SCHEMA = "idle_monitor"
+
 
 async def test_migrations_apply_once_in_order_and_again_is_a_no_op(env, tmp_path: Path):
     (tmp_path / "0001_create_things.sql").write_text("CREATE TABLE mig_t.things (id int PRIMARY KEY);")
@@ -67,24 +67,35 @@ async def run_consumer(env, *, crash_before_commit: bool, expect: int):
     await producer.start()
 
     async def apply(conn, batch):
-        await conn.executemany("INSERT INTO plumbing.effects (event_id, text) VALUES ($1, $2)",
-                               [(i.event.event_id, i.event.payload.text) for i in batch])
+        await conn.executemany(
+            "INSERT INTO plumbing.effects (event_id, text) VALUES ($1, $2)",
+            [(i.event.event_id, i.event.payload.text) for i in batch],
+        )
 
-    consumer = BatchConsumer(settings=env.settings, pool=pool, producer=producer, group_id="plumbing",
-                             topics=[TOPIC_INBOUND], tracker=EventIds(TRACKED_SCHEMA), apply=apply)
+    consumer = BatchConsumer(
+        settings=env.settings,
+        pool=pool,
+        producer=producer,
+        group_id="plumbing",
+        topics=[TOPIC_INBOUND],
+        tracker=EventIds(TRACKED_SCHEMA),
+        apply=apply,
+    )
     await consumer.start()
     if crash_before_commit:
+
         async def die(*_a, **_k):
             raise Crash("killed between the transaction and the offset commit")
-        consumer._consumer.commit = die  # noqa: SLF001 - simulate the crash window precisely
+
+        consumer._consumer.commit = die
     try:
         await eventually(lambda: _count(env, expect), timeout=30)
         await asyncio.sleep(0.5)
     finally:
         if crash_before_commit:
-            consumer._task.cancel()  # noqa: SLF001 - the process "dies": no commit, no clean leave
-            await asyncio.gather(consumer._task, return_exceptions=True)  # noqa: SLF001
-            await consumer._consumer.stop()  # noqa: SLF001
+            consumer._task.cancel()
+            await asyncio.gather(consumer._task, return_exceptions=True)
+            await consumer._consumer.stop()
         else:
             await consumer.stop()
         await producer.stop()

@@ -46,13 +46,21 @@ async def test_the_service_is_ready_and_exposes_its_timer_metrics(env):
         openapi = (await client.get("/openapi.json")).json()
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {
-        "postgres": True, "migrations": True, "kafka": True, "consumers": True, "ticker": True,
-        f"consumer:{settings.group('idle_monitor')}": True, "loop:idle-ticker": True,
-        "loop:retention": True}
+        "postgres": True,
+        "migrations": True,
+        "kafka": True,
+        "consumers": True,
+        "ticker": True,
+        f"consumer:{settings.group('idle_monitor')}": True,
+        "loop:idle-ticker": True,
+        "loop:retention": True,
+    }
     assert health.json()["service"] == "idle_monitor"
-    for declared in ("# TYPE switchboard_idle_timers_pending gauge",
-                     "# TYPE switchboard_idle_timers_armed_total counter",
-                     "# TYPE switchboard_idle_timers_fired_total counter",
-                     "# TYPE switchboard_idle_fire_lateness_seconds histogram"):
+    for declared in (
+        "# TYPE switchboard_idle_timers_pending gauge",
+        "# TYPE switchboard_idle_timers_armed_total counter",
+        "# TYPE switchboard_idle_timers_fired_total counter",
+        "# TYPE switchboard_idle_fire_lateness_seconds histogram",
+    ):
         assert declared in text
     assert "/v1/admin/timers" in openapi["paths"]

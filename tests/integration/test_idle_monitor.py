@@ -23,7 +23,10 @@ def chat_assigned(chat_id: str, assignment_id: uuid.UUID, operator_id: str = "op
     """A `chat_assigned` fact as the assigner's outbox publishes it."""
     at = at or utcnow()
     return ChatAssigned(
-        event_id=uuid.uuid4(), chat_id=chat_id, occurred_at=at, producer="assigner",
+        event_id=uuid.uuid4(),
+        chat_id=chat_id,
+        occurred_at=at,
+        producer="assigner",
         payload=ChatAssignedPayload(assignment_id=assignment_id, operator_id=operator_id, assigned_at=at, via="pull"),
     )
 
@@ -32,9 +35,17 @@ def assignment_ended(chat_id: str, assignment_id: uuid.UUID, outcome: str = "ans
     """An `assignment_ended` fact as the assigner's outbox publishes it."""
     now = utcnow()
     return AssignmentEnded(
-        event_id=uuid.uuid4(), chat_id=chat_id, occurred_at=now, producer="assigner",
-        payload=AssignmentEndedPayload(assignment_id=assignment_id, operator_id=operator_id, outcome=outcome,
-                                       started_at=now - timedelta(seconds=1), ended_at=now),
+        event_id=uuid.uuid4(),
+        chat_id=chat_id,
+        occurred_at=now,
+        producer="assigner",
+        payload=AssignmentEndedPayload(
+            assignment_id=assignment_id,
+            operator_id=operator_id,
+            outcome=outcome,
+            started_at=now - timedelta(seconds=1),
+            ended_at=now,
+        ),
     )
 
 
@@ -105,10 +116,17 @@ async def test_a_silent_assignment_fires_assignment_idle_within_a_second_of_its_
     assert datetime.fromisoformat(event["payload"]["deadline"]) == deadline
     produced_at = event["_ts"] / 1000
     assert deadline.timestamp() <= produced_at <= deadline.timestamp() + 1.0
-    assert sample(after, "switchboard_idle_timers_fired_total") - sample(before, "switchboard_idle_timers_fired_total") >= 1
-    assert sample(after, "switchboard_idle_timers_armed_total") - sample(before, "switchboard_idle_timers_armed_total") >= 1
+    assert (
+        sample(after, "switchboard_idle_timers_fired_total") - sample(before, "switchboard_idle_timers_fired_total")
+        >= 1
+    )
+    assert (
+        sample(after, "switchboard_idle_timers_armed_total") - sample(before, "switchboard_idle_timers_armed_total")
+        >= 1
+    )
     assert sample(after, "switchboard_idle_fire_lateness_seconds_count") > sample(
-        before, "switchboard_idle_fire_lateness_seconds_count")
+        before, "switchboard_idle_fire_lateness_seconds_count"
+    )
 
 
 async def _not_armed(env, assignment_id: uuid.UUID) -> bool:
@@ -226,7 +244,9 @@ async def test_facts_it_does_not_act_on_are_skipped_by_their_type_header_and_poi
     assignment = uuid.uuid4()
     async with harness.running("idle_monitor", settings) as api, harness.Producer(settings) as producer:
         # Typed as a fact the monitor ignores: skipped unparsed, whatever the body.
-        await producer.send_raw(TOPIC_LIFECYCLE, b"{skipped unparsed", b"chat-y", headers=[("type", b"message_recorded")])
+        await producer.send_raw(
+            TOPIC_LIFECYCLE, b"{skipped unparsed", b"chat-y", headers=[("type", b"message_recorded")]
+        )
         # An unknown type in the header, and no header at all: decoded, so both are dead letters.
         await producer.send_raw(TOPIC_LIFECYCLE, b"{bogus type", b"chat-y", headers=[("type", b"no_such_fact")])
         await producer.send_raw(TOPIC_LIFECYCLE, b"{no header", b"chat-y")

@@ -34,7 +34,9 @@ class UnacknowledgingProducer:
 def due_deadline(chat_id: str, seconds_ago: float = 1.0) -> domain.Deadline:
     """A deadline that passed `seconds_ago`."""
     now = utcnow()
-    return domain.Deadline(uuid.uuid4(), chat_id, "op-1", now - timedelta(seconds=60), now - timedelta(seconds=seconds_ago))
+    return domain.Deadline(
+        uuid.uuid4(), chat_id, "op-1", now - timedelta(seconds=60), now - timedelta(seconds=seconds_ago)
+    )
 
 
 async def arm(store: Store, *deadlines: domain.Deadline) -> None:
@@ -98,7 +100,8 @@ async def test_a_deadline_still_ahead_is_not_claimed(env):
         async with pool.acquire() as conn, conn.transaction():
             assert await store.claim_due(conn, utcnow(), 10) == []
             assert [d.assignment_id for d in await store.claim_due(conn, utcnow() + timedelta(seconds=31), 10)] == [
-                ahead.assignment_id]
+                ahead.assignment_id
+            ]
     finally:
         await pool.close()
 
@@ -131,17 +134,30 @@ async def test_old_tombstones_and_applied_ids_are_pruned_and_recent_ones_kept(en
         async with pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO idle_monitor.ended_assignments (assignment_id, ended_at, recorded_at) "
-                "VALUES ($1, now(), now() - interval '9 days'), ($2, now(), now())", old, recent)
+                "VALUES ($1, now(), now() - interval '9 days'), ($2, now(), now())",
+                old,
+                recent,
+            )
             await conn.execute(
                 "INSERT INTO idle_monitor.processed_events (event_id, applied_at) "
-                "VALUES ($1, now() - interval '9 days'), ($2, now())", old, recent)
-            await conn.execute("INSERT INTO idle_monitor.processed_events (event_id, applied_at) "
-                               "SELECT unnest($1::uuid[]), now() - interval '30 days'", older)
+                "VALUES ($1, now() - interval '9 days'), ($2, now())",
+                old,
+                recent,
+            )
+            await conn.execute(
+                "INSERT INTO idle_monitor.processed_events (event_id, applied_at) "
+                "SELECT unnest($1::uuid[]), now() - interval '30 days'",
+                older,
+            )
             # Batches of 2: a backlog drains in one round, several short statements.
             pruner = Pruner(pool, store.retention_jobs(env.settings), batch_size=2, interval_s=3600)
-            assert await pruner.prune_once() == {"idle_monitor.ended_assignments": 1,
-                                                 "idle_monitor.processed_events": 5}
-            assert await conn.fetchval("SELECT array_agg(assignment_id) FROM idle_monitor.ended_assignments") == [recent]
+            assert await pruner.prune_once() == {
+                "idle_monitor.ended_assignments": 1,
+                "idle_monitor.processed_events": 5,
+            }
+            assert await conn.fetchval("SELECT array_agg(assignment_id) FROM idle_monitor.ended_assignments") == [
+                recent
+            ]
             assert await conn.fetchval("SELECT array_agg(event_id) FROM idle_monitor.processed_events") == [recent]
     finally:
         await pool.close()

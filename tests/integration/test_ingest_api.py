@@ -63,8 +63,13 @@ async def test_accepted_messages_are_on_chat_inbound_keyed_by_chat_and_in_order(
 async def test_an_operator_message_becomes_an_operator_message_event(env):
     chat = cid()
     async with running("ingest", env.settings) as api:
-        body = {"message_id": mid(), "sender": "operator", "operator_id": "op-7", "text": "hello",
-                "sent_at": "2026-03-01T10:00:00+02:00"}
+        body = {
+            "message_id": mid(),
+            "sender": "operator",
+            "operator_id": "op-7",
+            "text": "hello",
+            "sent_at": "2026-03-01T10:00:00+02:00",
+        }
         r = await post(api, chat, body)
         assert r.status_code == 202, r.text
     [rec] = await inbound(env, 1)

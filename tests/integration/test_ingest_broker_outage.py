@@ -43,8 +43,9 @@ async def test_ingest_answers_503_while_kafka_is_down_and_recovers_without_resta
             assert down.status_code == 503, down.text
             assert down.json()["error"]["code"] == "kafka_unavailable"
             assert int(down.headers["retry-after"]) >= 1
-            batch = await api.post("/v1/messages:batch", json={"messages": [{"chat_id": chat, **body("m-3")}]},
-                                   headers=FRONTEND)
+            batch = await api.post(
+                "/v1/messages:batch", json={"messages": [{"chat_id": chat, **body("m-3")}]}, headers=FRONTEND
+            )
             assert batch.status_code == 503 and batch.json()["error"]["details"]["results"][0]["status"] == 503
             assert (await api.get("/readyz")).status_code == 503
             conn = await env.connect()

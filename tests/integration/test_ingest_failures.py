@@ -30,7 +30,9 @@ async def key_row(env, chat_id: str, message_id: str):
     try:
         return await conn.fetchrow(
             "SELECT event_id, envelope, acked_at FROM ingest.message_keys WHERE chat_id = $1 AND message_id = $2",
-            chat_id, message_id)
+            chat_id,
+            message_id,
+        )
     finally:
         await conn.close()
 
@@ -74,8 +76,9 @@ async def test_a_crash_after_kafka_acked_but_before_the_ack_was_recorded_republi
         assert await dead.publish([(chat, claims[draft.key].envelope)]) == [None]
         await dead.stop()  # ... and the process dies before mark_acked
 
-        retried = await api.post(f"/v1/chats/{chat}/messages", json=message.model_dump(exclude_none=True),
-                                 headers=FRONTEND)
+        retried = await api.post(
+            f"/v1/chats/{chat}/messages", json=message.model_dump(exclude_none=True), headers=FRONTEND
+        )
     assert retried.status_code == 202
     assert retried.json()["event_id"] == str(draft.event_id)
     records = await read_topic(env.settings, TOPIC_INBOUND, min_records=2)
@@ -86,7 +89,7 @@ async def test_a_crash_after_kafka_acked_but_before_the_ack_was_recorded_republi
 
 async def test_the_assigner_applies_a_message_retried_after_a_failure_between_steps_once(env):
     chat, body = cid(), {"message_id": "m-1", "sender": "user", "text": "hey"}
-    async with running("ingest", env.settings) as ingest, running("assigner", env.settings) as assigner:
+    async with running("ingest", env.settings) as ingest, running("assigner", env.settings):
         store = ingest.app.state.store
         # Crash between steps: key stored and record published, ack never recorded.
         message = domain.MessageIn(**body)
@@ -98,17 +101,18 @@ async def test_the_assigner_applies_a_message_retried_after_a_failure_between_st
         second = await ingest.post(f"/v1/chats/{chat}/messages", json=body, headers=FRONTEND)
         assert first.json()["event_id"] == second.json()["event_id"] == str(draft.event_id)
         # A later message of the chat: once it is applied, both copies before it were consumed.
-        later = await ingest.post(f"/v1/chats/{chat}/messages", json={**body, "message_id": "m-2"},
-                                  headers=FRONTEND)
+        await ingest.post(f"/v1/chats/{chat}/messages", json={**body, "message_id": "m-2"}, headers=FRONTEND)
         conn = await env.connect()
         try:
+
             async def both_consumed():
                 row = await conn.fetchrow("SELECT message_count FROM assigner.chats WHERE chat_id = $1", chat)
                 return row if row is not None and row["message_count"] >= 2 else None
 
             chat_row = await eventually(both_consumed)
-            messages = await conn.fetch("SELECT message_id FROM assigner.messages WHERE chat_id = $1"
-                                        " ORDER BY seq", chat)
+            messages = await conn.fetch(
+                "SELECT message_id FROM assigner.messages WHERE chat_id = $1 ORDER BY seq", chat
+            )
         finally:
             await conn.close()
     copies = await read_topic(env.settings, TOPIC_INBOUND, min_records=3)
@@ -121,8 +125,9 @@ async def test_the_assigner_applies_a_message_retried_after_a_failure_between_st
 async def test_postgres_unavailable_answers_503_and_publishes_nothing(env):
     async with running("ingest", env.settings) as api:
         await api.app.state.store.pool.close()
-        r = await api.post(f"/v1/chats/{cid()}/messages", json={"message_id": "m-1", "sender": "user", "text": "x"},
-                           headers=FRONTEND)
+        r = await api.post(
+            f"/v1/chats/{cid()}/messages", json={"message_id": "m-1", "sender": "user", "text": "x"}, headers=FRONTEND
+        )
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "postgres_unavailable" and "retry-after" in r.headers
         ready = await api.get("/readyz")

@@ -56,11 +56,17 @@ def stats_path(operator_id: str) -> str:
 async def test_an_operator_with_a_real_world_subject_pulls_replies_via_ingest_and_reads_its_stats(env, sub):
     me = token(sub)
     a, b = cid(), cid()
-    async with running("assigner", env.settings) as assigner, running("ingest", env.settings) as ingest, \
-            running("stats", env.settings) as stats:
+    async with (
+        running("assigner", env.settings) as assigner,
+        running("ingest", env.settings) as ingest,
+        running("stats", env.settings) as stats,
+    ):
         for chat in (a, b):
-            r = await ingest.post(f"/v1/chats/{chat}/messages", headers=FRONTEND,
-                                  json={"message_id": f"u-{chat}", "sender": "user", "text": "hello?"})
+            r = await ingest.post(
+                f"/v1/chats/{chat}/messages",
+                headers=FRONTEND,
+                json={"message_id": f"u-{chat}", "sender": "user", "text": "hello?"},
+            )
             assert r.status_code == 202, r.text
         for chat in (a, b):
             await eventually(lambda c=chat: in_state(env, c, "waiting_assignment"))
@@ -76,9 +82,11 @@ async def test_an_operator_with_a_real_world_subject_pulls_replies_via_ingest_an
         assert current.status_code == 200 and current.json()["assignment_id"] == pulled.json()["assignment_id"]
 
         # the operator's reply through ingest, as the console sends it, answers the chat and frees them
-        reply = await ingest.post(f"/v1/chats/{first}/messages", headers=me,
-                                  json={"message_id": "op-reply-1", "sender": "operator", "operator_id": sub,
-                                        "text": "how can I help?"})
+        reply = await ingest.post(
+            f"/v1/chats/{first}/messages",
+            headers=me,
+            json={"message_id": "op-reply-1", "sender": "operator", "operator_id": sub, "text": "how can I help?"},
+        )
         assert reply.status_code == 202, reply.text
         answered = await eventually(lambda: in_state(env, first, "waiting_real_user_reply"))
         assert answered["last_operator_id"] == sub
@@ -103,7 +111,10 @@ async def test_an_operator_with_a_real_world_subject_pulls_replies_via_ingest_an
         figures = await eventually(counted)
         assert figures["operator_id"] == sub
         assert {k: figures[k] for k in ("messages_sent", "chats_handled", "released")} == {
-            "messages_sent": 1, "chats_handled": 1, "released": 1}
+            "messages_sent": 1,
+            "chats_handled": 1,
+            "released": 1,
+        }
         by_admin = await stats.get(stats_path(sub), headers=ADMIN)
         assert by_admin.status_code == 200 and by_admin.json() == figures
         listed = (await stats.get("/v1/stats/operators", headers=ADMIN)).json()["operators"]
@@ -141,9 +152,12 @@ async def test_one_bad_pull_in_a_batch_fails_alone_and_every_other_command_appli
     pool = await create_pool(env.database_url, min_size=1, max_size=2)
     try:
         store = Assigner(pool, env.settings)
-        commands = [OperatorCommand("pull", "alice@example.com"), OperatorCommand("pull", "bad\nsub"),
-                    OperatorCommand("release", "op-release", uuid.UUID(held.json()["assignment_id"])),
-                    OperatorCommand("pull", "auth0|bob")]
+        commands = [
+            OperatorCommand("pull", "alice@example.com"),
+            OperatorCommand("pull", "bad\nsub"),
+            OperatorCommand("release", "op-release", uuid.UUID(held.json()["assignment_id"])),
+            OperatorCommand("pull", "auth0|bob"),
+        ]
         results, _ = await store.operator_batch(commands)
         assert isinstance(results[1], InvalidCommand) and domain_error(results[1]).status == 422
         assert results[2] == held.json()["chat"]["chat_id"]
@@ -159,8 +173,12 @@ async def test_a_silent_operator_with_an_email_subject_is_timed_out_through_the_
     sub = SUBJECTS["email"]
     settings = env.with_settings(idle_timeout_s=1.0, idle_check_interval_s=0.05)
     chat = cid()
-    async with running("assigner", settings) as assigner, running("idle_monitor", settings), \
-            running("stats", settings) as stats, Producer(settings) as kafka:
+    async with (
+        running("assigner", settings) as assigner,
+        running("idle_monitor", settings),
+        running("stats", settings) as stats,
+        Producer(settings) as kafka,
+    ):
         await kafka.send(TOPIC_INBOUND, user_message(chat))
         await eventually(lambda: in_state(env, chat, "waiting_assignment"))
         pulled = await assigner.post("/v1/assignments/next", headers=token(sub))

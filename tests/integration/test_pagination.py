@@ -5,13 +5,13 @@ Bad cursors and limits are refused before any query: tests/unit/test_pagination.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from shared.pagination import encode_cursor
 from tests.harness import running, token
 
 ADMIN = token("boss", "admin")
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 async def _insert_stuck_chats(env, n: int) -> list[str]:
@@ -28,21 +28,31 @@ async def _insert_stuck_chats(env, n: int) -> list[str]:
                     await conn.execute(
                         "INSERT INTO assigner.chats (chat_id, state, assigned_operator_id, assignment_id, waiting_since,"
                         " queued_at, message_count, created_at, updated_at)"
-                        " VALUES ($1, 'assigned', 'op-1', gen_random_uuid(), $2, $2, 1, $2, $2)", chat, since)
+                        " VALUES ($1, 'assigned', 'op-1', gen_random_uuid(), $2, $2, 1, $2, $2)",
+                        chat,
+                        since,
+                    )
                     await conn.execute(
                         "INSERT INTO assigner.assignments (assignment_id, chat_id, operator_id, via, started_at)"
                         " SELECT assignment_id, chat_id, 'op-1', 'pull', $2 FROM assigner.chats WHERE chat_id = $1",
-                        chat, started)
+                        chat,
+                        started,
+                    )
                     expected.append((started, chat))
                 else:
                     await conn.execute(
                         "INSERT INTO assigner.chats (chat_id, state, waiting_since, queued_at, message_count,"
-                        " created_at, updated_at) VALUES ($1, 'waiting_assignment', $2, $2, 1, $2, $2)", chat, since)
+                        " created_at, updated_at) VALUES ($1, 'waiting_assignment', $2, $2, 1, $2, $2)",
+                        chat,
+                        since,
+                    )
                     expected.append((since, chat))
             # Neither waiting nor assigned: never listed.
             await conn.execute(
                 "INSERT INTO assigner.chats (chat_id, state, message_count, created_at, updated_at)"
-                " VALUES ('done-1', 'completed', 1, $1, $1)", T0)
+                " VALUES ('done-1', 'completed', 1, $1, $1)",
+                T0,
+            )
     finally:
         await conn.close()
     return [chat for _since, chat in sorted(expected)]
@@ -86,12 +96,18 @@ async def _insert_operators(env, n: int, day: date) -> list[str]:
     conn = await env.connect()
     try:
         ids = [f"op-{i:04d}" for i in range(n)] + ["alice@example.com", "provider|42", "Zed"]
-        await conn.executemany("INSERT INTO stats.operator_totals (operator_id, assignments) VALUES ($1, $2)",
-                               [(op, i + 1) for i, op in enumerate(ids)])
-        await conn.executemany("INSERT INTO stats.operator_daily (operator_id, day, assignments) VALUES ($1, $2, 1)",
-                               [(op, day) for op in ids[::3]])
-        return [r["operator_id"] for r in await conn.fetch(
-            "SELECT operator_id FROM stats.operator_totals ORDER BY operator_id")]
+        await conn.executemany(
+            "INSERT INTO stats.operator_totals (operator_id, assignments) VALUES ($1, $2)",
+            [(op, i + 1) for i, op in enumerate(ids)],
+        )
+        await conn.executemany(
+            "INSERT INTO stats.operator_daily (operator_id, day, assignments) VALUES ($1, $2, 1)",
+            [(op, day) for op in ids[::3]],
+        )
+        return [
+            r["operator_id"]
+            for r in await conn.fetch("SELECT operator_id FROM stats.operator_totals ORDER BY operator_id")
+        ]
     finally:
         await conn.close()
 
@@ -111,8 +127,12 @@ async def test_stats_operators_come_in_pages_and_a_walk_sees_every_operator_exac
         assert [r["operator_id"] for r in rows] == expected and pages == 26
         assert sum(r["assignments"] for r in rows) == len(range(0, len(expected), 3))
 
-        for cursor in ("nope", encode_cursor("assigner.stuck-chats", ["2026-01-01T00:00:00+00:00", "c"]),
-                       encode_cursor("stats.operators", ["op\x00-1"]), encode_cursor("stats.operators", [1])):
+        for cursor in (
+            "nope",
+            encode_cursor("assigner.stuck-chats", ["2026-01-01T00:00:00+00:00", "c"]),
+            encode_cursor("stats.operators", ["op\x00-1"]),
+            encode_cursor("stats.operators", [1]),
+        ):
             r = await stats.get("/v1/stats/operators", params={"cursor": cursor}, headers=ADMIN)
             assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_cursor", r.text
         for limit in ("0", "1001", "many"):

@@ -18,8 +18,17 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.events import (
-    TOPIC_DLQ, TOPIC_INBOUND, TOPIC_LIFECYCLE, TOPIC_TIMEOUTS, AssignmentIdle, AssignmentIdlePayload, ChatAssigned,
-    ChatAssignedPayload, encode, new_event_id, utcnow,
+    TOPIC_DLQ,
+    TOPIC_INBOUND,
+    TOPIC_LIFECYCLE,
+    TOPIC_TIMEOUTS,
+    AssignmentIdle,
+    AssignmentIdlePayload,
+    ChatAssigned,
+    ChatAssignedPayload,
+    encode,
+    new_event_id,
+    utcnow,
 )
 from tests import harness
 from tests.harness import eventually, running, token, user_message
@@ -75,8 +84,12 @@ def _without_event_id(good: dict) -> bytes:
 
 async def produce(settings, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> list[int]:
     """Write raw records to one partition, in order; returns their offsets."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
-                                enable_idempotence=True, max_request_size=4 * 1024 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=4 * 1024 * 1024,
+    )
     await producer.start()
     try:
         offsets = []
@@ -161,7 +174,8 @@ async def test_a_message_postgres_cannot_store_goes_to_the_dlq_instead_of_stalli
     settings = env.settings
     # Valid JSON, a valid envelope in every other respect; PostgreSQL cannot store U+0000 in text.
     nul = encode(user_message("chat-nul", text="a NUL <here> inside", message_id="m-nul")).replace(
-        b"<here>", b"\\u0000")
+        b"<here>", b"\\u0000"
+    )
     after = user_message("chat-nul2", text="after it", message_id="m-after")
     async with running("assigner", settings) as api:
         offsets = await produce(settings, TOPIC_INBOUND, [(b"chat-nul", nul), (b"chat-nul2", encode(after))])
@@ -189,9 +203,13 @@ async def test_poison_on_chat_timeouts_goes_to_the_dlq_and_a_later_timeout_still
         assignment = await eventually(pulled, timeout=30)
         now = utcnow()
         idle = AssignmentIdle(
-            event_id=new_event_id(), chat_id="chat-t1", occurred_at=now, producer="test",
-            payload=AssignmentIdlePayload(assignment_id=assignment["assignment_id"], operator_id="op-1",
-                                          deadline=now - timedelta(seconds=1)),
+            event_id=new_event_id(),
+            chat_id="chat-t1",
+            occurred_at=now,
+            producer="test",
+            payload=AssignmentIdlePayload(
+                assignment_id=assignment["assignment_id"], operator_id="op-1", deadline=now - timedelta(seconds=1)
+            ),
         )
         sent = poisons(json.loads(encode(idle)), "chat-t1")
         offsets = await produce(settings, TOPIC_TIMEOUTS, [(k, v) for _, k, v, _ in sent])
@@ -213,9 +231,11 @@ async def test_poison_on_chat_lifecycle_goes_to_the_dlq_once_per_consumer_group_
 
     def assigned(chat_id: str, operator: str) -> ChatAssigned:
         return ChatAssigned(
-            event_id=new_event_id(), chat_id=chat_id, occurred_at=now, producer="assigner",
-            payload=ChatAssignedPayload(assignment_id=uuid.uuid4(), operator_id=operator, assigned_at=now,
-                                        via="pull"),
+            event_id=new_event_id(),
+            chat_id=chat_id,
+            occurred_at=now,
+            producer="assigner",
+            payload=ChatAssignedPayload(assignment_id=uuid.uuid4(), operator_id=operator, assigned_at=now, via="pull"),
         )
 
     first, later = assigned("chat-l1", "op-7"), assigned("chat-l2", "op-7")
@@ -228,13 +248,19 @@ async def test_poison_on_chat_lifecycle_goes_to_the_dlq_once_per_consumer_group_
         async def both_applied():
             r = await stats.get("/v1/operators/op-7/stats", headers=ADMIN)
             armed = await monitor.get("/v1/admin/timers", headers=ADMIN)
-            return (r.status_code == 200 and r.json()["assignments"] == 2
-                    and armed.status_code == 200 and armed.json()["armed"] == 2)
+            return (
+                r.status_code == 200
+                and r.json()["assignments"] == 2
+                and armed.status_code == 200
+                and armed.json()["armed"] == 2
+            )
 
         await eventually(both_applied, timeout=30)
         timers = (await monitor.get("/v1/admin/timers", headers=ADMIN)).json()["timers"]
-        assert {t["assignment_id"] for t in timers} == {str(first.payload.assignment_id),
-                                                        str(later.payload.assignment_id)}
+        assert {t["assignment_id"] for t in timers} == {
+            str(first.payload.assignment_id),
+            str(later.payload.assignment_id),
+        }
         dlq = await dead_letters(settings, 2 * len(sent))
         for group in ("idle_monitor", "stats"):
             check_dead_letters(settings, TOPIC_LIFECYCLE, sent, offsets, dlq, group)
@@ -250,12 +276,18 @@ async def test_a_nul_character_posted_to_ingest_never_stalls_the_chats_behind_it
     frontend = token("web", "frontend")
     others = [f"chat-after-{i}" for i in range(12)]  # enough chats to land on every partition
     async with running("assigner", settings) as api, running("ingest", settings) as ingest:
-        r = await ingest.post("/v1/chats/chat-nul/messages", headers=frontend,
-                              json={"message_id": "m-nul", "sender": "user", "text": "NUL \u0000 here"})
+        r = await ingest.post(
+            "/v1/chats/chat-nul/messages",
+            headers=frontend,
+            json={"message_id": "m-nul", "sender": "user", "text": "NUL \u0000 here"},
+        )
         assert r.status_code in (202, 422), r.text
         for chat in others:
-            r = await ingest.post(f"/v1/chats/{chat}/messages", headers=frontend,
-                                  json={"message_id": "m-1", "sender": "user", "text": "hello"})
+            r = await ingest.post(
+                f"/v1/chats/{chat}/messages",
+                headers=frontend,
+                json={"message_id": "m-1", "sender": "user", "text": "hello"},
+            )
             assert r.status_code == 202, r.text
 
         async def all_applied():

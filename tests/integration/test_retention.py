@@ -49,8 +49,12 @@ async def age_processed_events(env, schema: str, ids: list[uuid.UUID], days: flo
     """Pretend these ids were applied `days` ago."""
     conn = await env.connect()
     try:
-        await conn.execute(f"UPDATE {schema}.processed_events SET applied_at = now() - make_interval(days => $2)"
-                           " WHERE event_id = ANY($1::uuid[])", ids, days)
+        await conn.execute(
+            f"UPDATE {schema}.processed_events SET applied_at = now() - make_interval(days => $2)"
+            " WHERE event_id = ANY($1::uuid[])",
+            ids,
+            days,
+        )
     finally:
         await conn.close()
 
@@ -65,12 +69,18 @@ async def test_the_assigner_prunes_only_event_ids_past_the_dedup_window_and_a_re
         old_ids = [uuid.uuid4() for _ in range(5)]  # applied long ago: Kafka no longer holds them
         conn = await env.connect()
         try:
-            await conn.execute("INSERT INTO assigner.processed_events (event_id, applied_at)"
-                               " SELECT unnest($1::uuid[]), now() - interval '9 days'", old_ids)
+            await conn.execute(
+                "INSERT INTO assigner.processed_events (event_id, applied_at)"
+                " SELECT unnest($1::uuid[]), now() - interval '9 days'",
+                old_ids,
+            )
             # One that is old, but not past the window: it stays.
             borderline = uuid.uuid4()
-            await conn.execute("INSERT INTO assigner.processed_events (event_id, applied_at)"
-                               " VALUES ($1, now() - interval '7 days 23 hours')", borderline)
+            await conn.execute(
+                "INSERT INTO assigner.processed_events (event_id, applied_at)"
+                " VALUES ($1, now() - interval '7 days 23 hours')",
+                borderline,
+            )
         finally:
             await conn.close()
 
@@ -86,8 +96,10 @@ async def test_the_assigner_prunes_only_event_ids_past_the_dedup_window_and_a_re
         await kafka.send(TOPIC_INBOUND, recent)
         await kafka.send(TOPIC_INBOUND, user_message(chat, "marker"))
         await wait_messages(env, chat, 2)
-        texts = [r["text"] for r in await fetch(env, "SELECT text FROM assigner.messages WHERE chat_id = $1"
-                                                     " ORDER BY seq", chat)]
+        texts = [
+            r["text"]
+            for r in await fetch(env, "SELECT text FROM assigner.messages WHERE chat_id = $1 ORDER BY seq", chat)
+        ]
         assert texts == ["still in kafka", "marker"]
         metrics = (await api.get("/metrics")).text
         assert 'switchboard_retention_pruned_rows_total{table="assigner.processed_events"}' in metrics
@@ -96,8 +108,7 @@ async def test_the_assigner_prunes_only_event_ids_past_the_dedup_window_and_a_re
 async def test_stats_prunes_only_ids_past_the_window_and_a_recent_redelivery_counts_once(env):
     settings = env.with_settings(dedup_window_s=3600)
     chat = cid()
-    async with running("assigner", settings) as api, running("stats", settings) as stats, \
-            Producer(settings) as kafka:
+    async with running("assigner", settings), running("stats", settings) as stats, Producer(settings) as kafka:
         await kafka.send(TOPIC_INBOUND, user_message(chat, "one"))
         await kafka.send(TOPIC_INBOUND, user_message(chat, "two"))
 
@@ -107,8 +118,11 @@ async def test_stats_prunes_only_ids_past_the_window_and_a_recent_redelivery_cou
 
         await eventually(counted, timeout=30)
         records = await harness.read_topic(settings, TOPIC_LIFECYCLE, min_records=3)
-        recorded = [r.value for r in records
-                    if harness.record_json(r)["type"] == "message_recorded" and harness.record_json(r)["chat_id"] == chat]
+        recorded = [
+            r.value
+            for r in records
+            if harness.record_json(r)["type"] == "message_recorded" and harness.record_json(r)["chat_id"] == chat
+        ]
         assert len(recorded) == 2
         old, recent = (json.loads(v) for v in recorded)
         await age_processed_events(env, "stats", [uuid.UUID(old["event_id"])], days=1)
@@ -121,8 +135,9 @@ async def test_stats_prunes_only_ids_past_the_window_and_a_recent_redelivery_cou
         # Redeliver the recent fact: skipped by its id. (A fact older than the window cannot be redelivered
         # in production, since Kafka dropped it; none is sent here.)
         async with Producer(settings) as lifecycle:
-            await lifecycle.send_raw(TOPIC_LIFECYCLE, recorded[1], chat.encode(),
-                                     headers=[("type", b"message_recorded")])
+            await lifecycle.send_raw(
+                TOPIC_LIFECYCLE, recorded[1], chat.encode(), headers=[("type", b"message_recorded")]
+            )
         await kafka.send(TOPIC_INBOUND, user_message(chat, "three"))
 
         async def three():
@@ -160,8 +175,10 @@ async def test_texts_of_chats_completed_before_the_retention_are_purged_and_ever
         conn = await env.connect()
         try:
             # old_chat was completed 31 days ago; open_chat is old but not completed.
-            await conn.execute("UPDATE assigner.chats SET updated_at = now() - interval '31 days'"
-                               " WHERE chat_id = ANY($1::text[])", [old_chat, open_chat])
+            await conn.execute(
+                "UPDATE assigner.chats SET updated_at = now() - interval '31 days' WHERE chat_id = ANY($1::text[])",
+                [old_chat, open_chat],
+            )
         finally:
             await conn.close()
 
@@ -208,8 +225,11 @@ async def _lifecycle_value(settings, chat: str, text: str) -> bytes:
 
 async def test_an_admin_erase_removes_a_chats_texts_from_every_table_and_reconcile_finds_no_difference(env):
     chat, other = cid(), cid()
-    async with running("assigner", env.settings) as api, running("stats", env.settings) as stats, \
-            Producer(env.settings) as kafka:
+    async with (
+        running("assigner", env.settings) as api,
+        running("stats", env.settings) as stats,
+        Producer(env.settings) as kafka,
+    ):
         await _chat_with_an_answer(api, kafka, env, chat, "op-1")
         await _chat_with_an_answer(api, kafka, env, other, "op-2")
         await wait_outbox_empty(env)
@@ -220,8 +240,13 @@ async def test_an_admin_erase_removes_a_chats_texts_from_every_table_and_reconci
     fact = json.loads(published)
     conn = await env.connect()
     try:
-        await conn.execute("INSERT INTO assigner.outbox (chat_id, event_id, type, envelope) VALUES ($1, $2, $3, $4)",
-                           chat, uuid.UUID(fact["event_id"]), fact["type"], published.decode())
+        await conn.execute(
+            "INSERT INTO assigner.outbox (chat_id, event_id, type, envelope) VALUES ($1, $2, $3, $4)",
+            chat,
+            uuid.UUID(fact["event_id"]),
+            fact["type"],
+            published.decode(),
+        )
     finally:
         await conn.close()
 
@@ -236,8 +261,11 @@ async def test_an_admin_erase_removes_a_chats_texts_from_every_table_and_reconci
         assert again.status_code == 200 and again.json() == {"chat_id": chat, "texts_erased": 0}
         view = (await api.get(f"/v1/chats/{chat}", headers=ADMIN)).json()
         assert view["message_count"] == 3
-        assert [(m["sender"], m["text"]) for m in view["messages"]] == [("user", None), ("user", None),
-                                                                        ("operator", None)]
+        assert [(m["sender"], m["text"]) for m in view["messages"]] == [
+            ("user", None),
+            ("user", None),
+            ("operator", None),
+        ]
         untouched = (await api.get(f"/v1/chats/{other}", headers=ADMIN)).json()
         assert [m["text"] for m in untouched["messages"]][0] == f"secret of {other}"
 
@@ -246,12 +274,14 @@ async def test_an_admin_erase_removes_a_chats_texts_from_every_table_and_reconci
     assert ("assigner", "messages", "text") in columns and ("assigner", "outbox", "envelope") in columns
     for text in (f"secret of {chat}", f"card of {chat}", f"answer for {chat}"):
         for schema, table, column in columns:
-            hits = await fetch(env, f'SELECT count(*) AS n FROM "{schema}"."{table}" WHERE "{column}"::text LIKE $1',
-                               f"%{text}%")
+            hits = await fetch(
+                env, f'SELECT count(*) AS n FROM "{schema}"."{table}" WHERE "{column}"::text LIKE $1', f"%{text}%"
+            )
             assert hits[0]["n"] == 0, (schema, table, column, text)
     # The other chat's texts are still there (the check above can find a text).
-    assert (await fetch(env, "SELECT count(*) AS n FROM assigner.messages WHERE text LIKE $1",
-                        f"%of {other}"))[0]["n"] == 2
+    assert (await fetch(env, "SELECT count(*) AS n FROM assigner.messages WHERE text LIKE $1", f"%of {other}"))[0][
+        "n"
+    ] == 2
     envelope = (await fetch(env, "SELECT envelope FROM assigner.outbox WHERE chat_id = $1", chat))[0]["envelope"]
     assert json.loads(envelope)["payload"]["text"] == ""
 
@@ -266,34 +296,47 @@ async def test_an_admin_erase_removes_a_chats_texts_from_every_table_and_reconci
 
 async def _text_columns(env) -> list[tuple[str, str, str]]:
     """Every text-like column of every Switchboard schema (new tables are checked without editing this test)."""
-    rows = await fetch(env, """
+    rows = await fetch(
+        env,
+        """
         SELECT table_schema, table_name, column_name FROM information_schema.columns
         WHERE table_schema IN ('assigner', 'stats', 'idle_monitor', 'ingest')
           AND data_type IN ('text', 'character varying', 'json', 'jsonb')
           AND table_name IN (SELECT table_name FROM information_schema.tables
-                             WHERE table_schema = columns.table_schema AND table_type = 'BASE TABLE')""")
+                             WHERE table_schema = columns.table_schema AND table_type = 'BASE TABLE')""",
+    )
     return [(r["table_schema"], r["table_name"], r["column_name"]) for r in rows]
 
 
 async def test_ingest_prunes_only_acknowledged_keys_past_the_dedup_window(env):
     chat = cid()
     async with running("ingest", env.settings) as ingest:
-        posted = await ingest.post(f"/v1/chats/{chat}/messages", headers=token("web", "frontend"),
-                                   json={"message_id": "m-recent", "sender": "user", "text": "hi"})
+        posted = await ingest.post(
+            f"/v1/chats/{chat}/messages",
+            headers=token("web", "frontend"),
+            json={"message_id": "m-recent", "sender": "user", "text": "hi"},
+        )
         assert posted.status_code == 202, posted.text
         conn = await env.connect()
         try:
             await conn.execute(
                 "INSERT INTO ingest.message_keys (chat_id, message_id, event_id, envelope, created_at, acked_at) VALUES"
                 " ($1, 'm-old-acked', gen_random_uuid(), NULL, now() - interval '10 days', now() - interval '9 days'),"
-                " ($1, 'm-old-unacked', gen_random_uuid(), '{}', now() - interval '10 days', NULL)", chat)
+                " ($1, 'm-old-unacked', gen_random_uuid(), '{}', now() - interval '10 days', NULL)",
+                chat,
+            )
         finally:
             await conn.close()
         assert await ingest.app.state.pruner.prune_once() == {"ingest.message_keys": 1}
-        left = {r["message_id"] for r in await fetch(env, "SELECT message_id FROM ingest.message_keys"
-                                                         " WHERE chat_id = $1", chat)}
+        left = {
+            r["message_id"]
+            for r in await fetch(env, "SELECT message_id FROM ingest.message_keys WHERE chat_id = $1", chat)
+        }
         # An unacknowledged record is never dropped: its key holds the only copy until Kafka has it.
         assert left == {"m-recent", "m-old-unacked"}
-        again = await ingest.post(f"/v1/chats/{chat}/messages", headers=token("web", "frontend"),
-                                  json={"message_id": "m-recent", "sender": "user", "text": "hi"})
+        again = await ingest.post(
+            f"/v1/chats/{chat}/messages",
+            headers=token("web", "frontend"),
+            json={"message_id": "m-recent", "sender": "user", "text": "hi"},
+        )
         assert again.json() == {"event_id": posted.json()["event_id"], "duplicate": True}

@@ -7,8 +7,17 @@ from __future__ import annotations
 
 from tests import harness
 
-ZERO = {"assignments": 0, "messages_sent": 0, "chats_handled": 0, "answered": 0, "released": 0, "timed_out": 0,
-        "reassigned_away": 0, "first_response_count": 0, "first_response_ms_sum": 0}
+ZERO = {
+    "assignments": 0,
+    "messages_sent": 0,
+    "chats_handled": 0,
+    "answered": 0,
+    "released": 0,
+    "timed_out": 0,
+    "reassigned_away": 0,
+    "first_response_count": 0,
+    "first_response_ms_sum": 0,
+}
 
 
 async def test_an_operator_reads_its_own_figures_and_never_anyone_elses(env):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from shared.events import TOPIC_LIFECYCLE, encode
 from shared.kafka import make_producer
@@ -24,8 +24,10 @@ async def _publish(env, ledger: Ledger) -> None:
     await producer.start()
     try:
         # Fire them all, then wait: an idempotent producer keeps each partition's (each chat's) order.
-        sends = [await producer.send(env.settings.topic(TOPIC_LIFECYCLE), value=encode(f), key=f.chat_id.encode())
-                 for f in ledger.facts]
+        sends = [
+            await producer.send(env.settings.topic(TOPIC_LIFECYCLE), value=encode(f), key=f.chat_id.encode())
+            for f in ledger.facts
+        ]
         await asyncio.gather(*sends)
     finally:
         await producer.stop()
@@ -33,8 +35,7 @@ async def _publish(env, ledger: Ledger) -> None:
 
 async def test_after_a_random_run_of_2000_facts_reconcile_finds_no_difference_and_rebuild_equals_live(env):
     ledger = Ledger()
-    random_run(ledger, events=2000, operators=5, chats=60, seed=7,
-               start=datetime(2025, 5, 31, 22, 30, tzinfo=timezone.utc))
+    random_run(ledger, events=2000, operators=5, chats=60, seed=7, start=datetime(2025, 5, 31, 22, 30, tzinfo=UTC))
     assert len(ledger.facts) >= 2000
     await _publish(env, ledger)
     async with harness.running("stats", env.settings):
@@ -54,25 +55,30 @@ async def test_after_a_random_run_of_2000_facts_reconcile_finds_no_difference_an
 
 async def test_reconcile_prints_each_difference_and_exits_1_and_rebuild_keeps_the_shadow_schema(env):
     ledger = Ledger()
-    random_run(ledger, events=300, operators=3, chats=10, seed=11,
-               start=datetime(2025, 1, 1, tzinfo=timezone.utc))
+    random_run(ledger, events=300, operators=3, chats=10, seed=11, start=datetime(2025, 1, 1, tzinfo=UTC))
     await _publish(env, ledger)
     async with harness.running("stats", env.settings):
         assert (await reconcile(env.settings)).differences == []
         conn = await env.connect()
         try:
             op, day = await conn.fetchrow("SELECT operator_id, day FROM stats.operator_daily ORDER BY 1, 2 LIMIT 1")
-            await conn.execute("UPDATE stats.operator_daily SET messages_sent = messages_sent + 2"
-                               " WHERE operator_id = $1 AND day = $2", op, day)
-            await conn.execute("UPDATE stats.chat_totals SET assignments = assignments - 1 WHERE chat_id = $1",
-                               ledger.facts[0].chat_id)
+            await conn.execute(
+                "UPDATE stats.operator_daily SET messages_sent = messages_sent + 2 WHERE operator_id = $1 AND day = $2",
+                op,
+                day,
+            )
+            await conn.execute(
+                "UPDATE stats.chat_totals SET assignments = assignments - 1 WHERE chat_id = $1", ledger.facts[0].chat_id
+            )
         finally:
             await conn.close()
 
         report = await reconcile(env.settings)
         found = {(d.table, d.key, d.figure, d.actual - d.expected) for d in report.differences}
-        assert found == {("operator_day", (op, day), "messages_sent", 2),
-                         ("chat", (ledger.facts[0].chat_id,), "assignments", -1)}
+        assert found == {
+            ("operator_day", (op, day), "messages_sent", 2),
+            ("chat", (ledger.facts[0].chat_id,), "assignments", -1),
+        }
 
         cli = await _cli(env, "reconcile")
         assert cli[0] == 1
@@ -81,7 +87,9 @@ async def test_reconcile_prints_each_difference_and_exits_1_and_rebuild_keeps_th
 
         replay = await rebuild(env.settings)
         assert {(d.table, d.figure, d.actual - d.expected) for d in replay.differences} == {
-            ("operator_day", "messages_sent", 2), ("chat", "assignments", -1)}
+            ("operator_day", "messages_sent", 2),
+            ("chat", "assignments", -1),
+        }
     conn = await env.connect()
     try:
         assert await conn.fetchval("SELECT to_regnamespace($1)", SHADOW_SCHEMA) is not None
@@ -91,7 +99,7 @@ async def test_reconcile_prints_each_difference_and_exits_1_and_rebuild_keeps_th
 
 async def test_the_reconcile_command_exits_0_when_stats_agrees(env):
     ledger = Ledger()
-    random_run(ledger, events=100, operators=2, chats=5, seed=3, start=datetime(2025, 2, 1, tzinfo=timezone.utc))
+    random_run(ledger, events=100, operators=2, chats=5, seed=3, start=datetime(2025, 2, 1, tzinfo=UTC))
     await _publish(env, ledger)
     async with harness.running("stats", env.settings):
         code, out = await _cli(env, "reconcile")
@@ -104,9 +112,21 @@ async def test_the_reconcile_command_exits_0_when_stats_agrees(env):
 
 async def _cli(env, *args: str) -> tuple[int, str]:
     s = env.settings
-    environ = dict(os.environ, SWITCHBOARD_DATABASE_URL=s.database_url, SWITCHBOARD_TOPIC_PREFIX=s.topic_prefix,
-                   SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS=s.kafka_bootstrap_servers, SWITCHBOARD_AUTH_SECRET=s.auth_secret)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "switchboard", *args, env=environ,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    environ = dict(
+        os.environ,
+        SWITCHBOARD_DATABASE_URL=s.database_url,
+        SWITCHBOARD_TOPIC_PREFIX=s.topic_prefix,
+        SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS=s.kafka_bootstrap_servers,
+        SWITCHBOARD_AUTH_SECRET=s.auth_secret,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "switchboard",
+        *args,
+        env=environ,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode, out.decode()

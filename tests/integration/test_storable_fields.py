@@ -95,8 +95,9 @@ async def latin1_env(env):
     name = f"sb_l1_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(harness.with_db(env.database_url, "postgres"))
     try:
-        await admin.execute(f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
-                            "TEMPLATE template0")
+        await admin.execute(
+            f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        )
     finally:
         await admin.close()
     url = harness.with_db(env.database_url, name)
@@ -146,8 +147,9 @@ async def test_text_with_a_lone_surrogate_is_refused_at_ingest_and_dead_lettered
     body = b'{"message_id": "m-1", "sender": "user", "text": "half a pair: \\ud800"}'
     async with running("ingest", env.settings) as api:
         r = await api.post(f"/v1/chats/{cid()}/messages", content=body, headers=FRONTEND)
-        batch = await api.post("/v1/messages:batch", headers=FRONTEND,
-                               content=b'{"messages": [' + body[:-1] + b', "chat_id": "c-1"}]}')
+        batch = await api.post(
+            "/v1/messages:batch", headers=FRONTEND, content=b'{"messages": [' + body[:-1] + b', "chat_id": "c-1"}]}'
+        )
     assert r.status_code == 422 and r.json()["error"]["details"][0]["type"] == "json_invalid", r.text
     assert batch.status_code == 422, batch.text
     settings = env.settings

@@ -45,8 +45,9 @@ async def test_the_prune_job_forgets_only_ids_past_the_window_so_an_old_id_can_b
         ids = EventIds("idle_monitor")
         old, recent = uuid.uuid4(), uuid.uuid4()
         assert await ids.claim(conn, [old, recent]) == {old, recent}
-        await conn.execute("UPDATE idle_monitor.processed_events SET applied_at = now() - interval '2 days' "
-                           "WHERE event_id = $1", old)
+        await conn.execute(
+            "UPDATE idle_monitor.processed_events SET applied_at = now() - interval '2 days' WHERE event_id = $1", old
+        )
     finally:
         await conn.close()
     pool = await db.create_pool(env.database_url, min_size=1, max_size=2)

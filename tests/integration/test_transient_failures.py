@@ -34,8 +34,9 @@ async def end_offsets_total(settings, topic: str) -> int:
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()
-        parts = [TopicPartition(settings.topic(topic), p)
-                 for p in consumer.partitions_for_topic(settings.topic(topic)) or ()]
+        parts = [
+            TopicPartition(settings.topic(topic), p) for p in consumer.partitions_for_topic(settings.topic(topic)) or ()
+        ]
         assert parts, f"{topic} has no partitions"
         return sum((await consumer.end_offsets(parts)).values())
     finally:
@@ -46,8 +47,10 @@ async def stored(url: str) -> tuple[int, int]:
     """(messages stored, distinct (chat, message) pairs) in the assigner."""
     conn = await asyncpg.connect(url)
     try:
-        return (await conn.fetchval("SELECT count(*) FROM assigner.messages"),
-                await conn.fetchval("SELECT count(DISTINCT (chat_id, message_id)) FROM assigner.messages"))
+        return (
+            await conn.fetchval("SELECT count(*) FROM assigner.messages"),
+            await conn.fetchval("SELECT count(DISTINCT (chat_id, message_id)) FROM assigner.messages"),
+        )
     finally:
         await conn.close()
 
@@ -88,9 +91,9 @@ async def test_terminating_every_postgres_session_again_and_again_loses_and_dupl
             task = asyncio.create_task(terminator())
             try:
                 for i in range(0, len(events), 300):
-                    await send_all(producer, events[i:i + 300])
+                    await send_all(producer, events[i : i + 300])
                     # Redeliveries: the same events again, in order, on their partitions.
-                    await send_all(producer, events[i:i + 20])
+                    await send_all(producer, events[i : i + 20])
                     await asyncio.sleep(0.5)
                 await asyncio.sleep(2)
             finally:
@@ -116,11 +119,13 @@ async def own_postgres(infra):
 
 
 async def test_postgres_down_makes_readyz_red_sends_nothing_to_the_dlq_and_the_same_process_catches_up(
-        infra, own_postgres):
+    infra, own_postgres
+):
     pg = own_postgres
     database = await harness.create_template(pg.url())
-    settings = harness.make_settings(harness.with_db(pg.url(), database), f"tpg{uuid.uuid4().hex[:6]}.",
-                                     kafka_bootstrap_servers=infra["bootstrap"])
+    settings = harness.make_settings(
+        harness.with_db(pg.url(), database), f"tpg{uuid.uuid4().hex[:6]}.", kafka_bootstrap_servers=infra["bootstrap"]
+    )
     await ensure_topics(settings)
     before, during = messages("pgd", 200, 40), messages("pgu", 600, 60)
     try:
@@ -174,8 +179,11 @@ async def test_kafka_down_makes_readyz_red_holds_facts_in_the_outbox_and_everyth
     await ensure_topics(settings)
     operator = token("op-1")
     before, after = messages("kd", 200, 20), messages("ku", 300, 30)
-    async with running("assigner", settings) as api, running("stats", settings) as stats, \
-            running("ingest", settings) as ingest:
+    async with (
+        running("assigner", settings) as api,
+        running("stats", settings) as stats,
+        running("ingest", settings) as ingest,
+    ):
         async with Producer(settings) as producer:
             await send_all(producer, before)
         await until_stored(env.database_url, len(before))
@@ -189,25 +197,35 @@ async def test_kafka_down_makes_readyz_red_holds_facts_in_the_outbox_and_everyth
             await kafka.start()  # no-op when it is back; the services must not shut down without it
         report = await asyncio.wait_for(reconcile(settings, quiesce_timeout_s=60), 90)
         assert report.not_quiescent is None and report.differences == []
-        facts = [harness.record_json(r) for r in
-                 await harness.read_topic(settings, TOPIC_LIFECYCLE, min_records=10_000, timeout=5)]
+        facts = [
+            harness.record_json(r)
+            for r in await harness.read_topic(settings, TOPIC_LIFECYCLE, min_records=10_000, timeout=5)
+        ]
         conn = await env.connect()
         try:
-            stored_ids = {(r["chat_id"], r["message_id"]) for r in
-                          await conn.fetch("SELECT chat_id, message_id FROM assigner.messages")}
-            ended = {r[0] for r in await conn.fetch(
-                "SELECT assignment_id::text FROM assigner.assignments WHERE ended_at IS NOT NULL")}
+            stored_ids = {
+                (r["chat_id"], r["message_id"])
+                for r in await conn.fetch("SELECT chat_id, message_id FROM assigner.messages")
+            }
+            ended = {
+                r[0]
+                for r in await conn.fetch(
+                    "SELECT assignment_id::text FROM assigner.assignments WHERE ended_at IS NOT NULL"
+                )
+            }
         finally:
             await conn.close()
-        assert {(f["chat_id"], f["payload"]["message_id"]) for f in facts
-                if f["type"] == "message_recorded"} == stored_ids
+        assert {
+            (f["chat_id"], f["payload"]["message_id"]) for f in facts if f["type"] == "message_recorded"
+        } == stored_ids
         assert {f["payload"]["assignment_id"] for f in facts if f["type"] == "assignment_ended"} == ended
         assert len(stored_ids) == len(before) + len(after) + 1
     assert await end_offsets_total(settings, TOPIC_DLQ) == 0
 
 
-async def outage_and_recovery(env, settings, kafka: OwnKafka, api, stats, ingest, pulled: dict, stored_before: int,
-                              after: list) -> None:
+async def outage_and_recovery(
+    env, settings, kafka: OwnKafka, api, stats, ingest, pulled: dict, stored_before: int, after: list
+) -> None:
     """While the broker is dead: readiness red, operators keep working into the outbox, ingest
     refuses; once it is back: the same processes publish, consume and answer again."""
     operator, frontend = token("op-1"), token("web", "frontend")

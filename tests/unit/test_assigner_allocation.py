@@ -9,8 +9,9 @@ from tests.unit.test_assigner_domain import assigned_to, at
 
 
 def waiting(chat_id, last=None, queued_s=0):
-    return d.Chat(chat_id=chat_id, state=d.WAITING, last_operator_id=last, waiting_since=at(queued_s),
-                  queued_at=at(queued_s))
+    return d.Chat(
+        chat_id=chat_id, state=d.WAITING, last_operator_id=last, waiting_since=at(queued_s), queued_at=at(queued_s)
+    )
 
 
 def test_a_batch_of_pullers_takes_the_oldest_chats_in_arrival_order():

@@ -18,16 +18,27 @@ def test_each_inbound_event_maps_to_its_command_at_the_time_given():
     assert d.command_of(msg, at(3)) == d.ReceiveUserMessage(message_id="m1", text="hey", sent_at=None, at=at(3))
     reply = operator_message("c1", "alice@example.com", "hi", message_id="o1")
     assert d.command_of(reply, at(4)) == d.ReceiveOperatorMessage(
-        message_id="o1", operator_id="alice@example.com", text="hi", sent_at=None, at=at(4))
+        message_id="o1", operator_id="alice@example.com", text="hi", sent_at=None, at=at(4)
+    )
     assignment = uuid.uuid4()
-    idle = AssignmentIdle(event_id=uuid.uuid4(), chat_id="c1", occurred_at=at(0), producer="test",
-                          payload=AssignmentIdlePayload(assignment_id=assignment, operator_id="A", deadline=at(0)))
+    idle = AssignmentIdle(
+        event_id=uuid.uuid4(),
+        chat_id="c1",
+        occurred_at=at(0),
+        producer="test",
+        payload=AssignmentIdlePayload(assignment_id=assignment, operator_id="A", deadline=at(0)),
+    )
     assert d.command_of(idle, at(5)) == d.TimeOutAssignment(assignment_id=assignment, at=at(5))
 
 
 def test_a_lifecycle_fact_is_not_a_command_of_the_assigner():
-    fact = ChatCompleted(event_id=uuid.uuid4(), chat_id="c1", occurred_at=at(0), producer="assigner",
-                         payload=ChatCompletedPayload(completed_by="admin:x", completed_at=at(0)))
+    fact = ChatCompleted(
+        event_id=uuid.uuid4(),
+        chat_id="c1",
+        occurred_at=at(0),
+        producer="assigner",
+        payload=ChatCompletedPayload(completed_by="admin:x", completed_at=at(0)),
+    )
     with pytest.raises(TypeError):
         d.command_of(fact, at(1))
 
@@ -51,9 +62,11 @@ def test_an_operator_ends_only_an_assignment_that_exists_is_theirs_and_is_active
 def test_a_release_and_a_completion_become_their_commands():
     mine = record("A")
     assert d.ending_command("release", "A", mine.assignment_id, mine, at(5)) == d.ReleaseAssignment(
-        "A", mine.assignment_id, at(5))
+        "A", mine.assignment_id, at(5)
+    )
     assert d.ending_command("complete", "A", mine.assignment_id, mine, at(5)) == d.CompleteChat(
-        by="operator:A", at=at(5), assignment_id=mine.assignment_id, operator_id="A")
+        by="operator:A", at=at(5), assignment_id=mine.assignment_id, operator_id="A"
+    )
 
 
 def test_a_reassignment_needs_room_unless_the_operator_already_holds_that_chat():

@@ -1,14 +1,14 @@
 """Every row of the docs/contract.md §3 table, on the pure state machine."""
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.assigner import allocation
 from services.assigner import domain as d
 
-T0 = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def at(s: float) -> datetime:
@@ -158,8 +158,11 @@ def test_a_completed_chat_cannot_be_reassigned():
 
 @pytest.mark.parametrize("state", ["waiting", "assigned", "answered"])
 def test_complete_from_any_state_ends_an_active_assignment(state):
-    chat = {"waiting": new_chat(), "assigned": assigned_to("A"),
-            "answered": d.decide(assigned_to("A"), oper("A", s=2)).chat}[state]
+    chat = {
+        "waiting": new_chat(),
+        "assigned": assigned_to("A"),
+        "answered": d.decide(assigned_to("A"), oper("A", s=2)).chat,
+    }[state]
     decision = d.decide(chat, d.CompleteChat(by="admin:x", at=at(10)))
     assert decision.chat.state == d.COMPLETED and decision.chat.assigned_operator_id is None
     expected = ["assignment_ended", "chat_completed"] if state == "assigned" else ["chat_completed"]

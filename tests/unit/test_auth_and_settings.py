@@ -52,7 +52,11 @@ def test_a_missing_token_is_401_even_with_an_invalid_body(client):
 
 
 def test_a_bad_signature_is_401(client):
-    r = client.post("/things", json={"name": "x"}, headers=bearer(issue_token("another-secret-0123456789abcdefghijkl", "op-1", "operator")))
+    r = client.post(
+        "/things",
+        json={"name": "x"},
+        headers=bearer(issue_token("another-secret-0123456789abcdefghijkl", "op-1", "operator")),
+    )
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token"
 
 

@@ -35,7 +35,7 @@ class Jwks:
         jwks = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
+            def do_GET(self):
                 jwks.fetches += 1
                 time.sleep(jwks.delay_s)
                 body = json.dumps({"keys": list(jwks.keys)}).encode()
@@ -51,10 +51,9 @@ class Jwks:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/jwks.json"
         # A short poll: `shutdown` waits up to one poll interval (0.5 s by default) per test.
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
-    def add(self, kind: str) -> "Key":
+    def add(self, kind: str) -> Key:
         """A new signing key published in the JWKS; returns it for signing."""
         key = Key(kind)
         self.keys.append(key.public_jwk())
@@ -80,8 +79,15 @@ class Key:
 
     def sign(self, claims: dict | None = None, **overrides) -> str:
         now = int(time.time())
-        body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "user@example.com", "iat": now, "exp": now + 600,
-                **(claims or {}), **overrides}
+        body = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": "user@example.com",
+            "iat": now,
+            "exp": now + 600,
+            **(claims or {}),
+            **overrides,
+        }
         body = {k: v for k, v in body.items() if v is not None}
         return jwt.encode(body, self.private, algorithm=self.alg, headers={"kid": self.kid})
 
@@ -149,8 +155,9 @@ async def test_every_401_carries_a_bearer_challenge(jwks):
     async with assigner_api(settings_for(jwks)) as assigner, fakes.serving(stats_app, "stats") as stats:
         missing = await assigner.post("/v1/assignments/next")
         garbage = await stats.get("/v1/stats/operators", headers=bearer("not-a-jwt"))
-        hs_bad = await assigner.post("/v1/assignments/next",
-                                     headers=bearer(jwt.encode({"sub": "x", "role": "operator", "exp": 1}, "k" * 32)))
+        hs_bad = await assigner.post(
+            "/v1/assignments/next", headers=bearer(jwt.encode({"sub": "x", "role": "operator", "exp": 1}, "k" * 32))
+        )
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == 'Bearer realm="switchboard"'
     for r in (garbage, hs_bad):
         assert r.status_code == 401

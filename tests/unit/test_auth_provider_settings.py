@@ -8,17 +8,20 @@ from shared.settings import ConfigError, load_settings
 SECRET = "unit-test-secret-0123456789abcdefghij"
 
 
-@pytest.mark.parametrize("claims,claim,role", [
-    ({"role": "operator"}, "role", "operator"),
-    ({"role": "root"}, "role", None),
-    ({"roles": ["offline_access", "frontend"]}, "roles", "frontend"),
-    ({"roles": ["operator", "admin"]}, "roles", "admin"),
-    ({"roles": []}, "roles", None),
-    ({"realm_access": {"roles": ["operator"]}}, "realm_access.roles", "operator"),
-    ({"realm_access": ["operator"]}, "realm_access.roles", None),
-    ({"role": 3}, "role", None),
-    ({}, "role", None),
-])
+@pytest.mark.parametrize(
+    "claims,claim,role",
+    [
+        ({"role": "operator"}, "role", "operator"),
+        ({"role": "root"}, "role", None),
+        ({"roles": ["offline_access", "frontend"]}, "roles", "frontend"),
+        ({"roles": ["operator", "admin"]}, "roles", "admin"),
+        ({"roles": []}, "roles", None),
+        ({"realm_access": {"roles": ["operator"]}}, "realm_access.roles", "operator"),
+        ({"realm_access": ["operator"]}, "realm_access.roles", None),
+        ({"role": 3}, "role", None),
+        ({}, "role", None),
+    ],
+)
 def test_the_role_comes_from_a_string_or_list_claim_at_a_dotted_path(claims, claim, role):
     assert role_from_claim(claims, claim) == role
 

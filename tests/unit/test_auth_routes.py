@@ -26,8 +26,17 @@ SERVICES = ("ingest", "assigner", "idle_monitor", "stats")
 ROLES = ("frontend", "operator", "admin")
 # Routes open to anyone by design: probes, metrics, the API documents, the console's static files
 # and the console's bootstrap config (where ingest and stats live; it holds no data).
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc", "/asyncapi.json",
-                   "/console", "/v1/console/")
+PUBLIC_PREFIXES = (
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/redoc",
+    "/asyncapi.json",
+    "/console",
+    "/v1/console/",
+)
 # Who may call each route; a route missing here fails the test until its roles are written down.
 ALLOWED = {
     ("ingest", "POST", "/v1/chats/{chat_id}/messages"): {"frontend", "operator"},
@@ -50,8 +59,7 @@ ALLOWED = {
 # Bodies that would be valid, so that only the token can be the reason for a refusal.
 BODIES = {
     "/v1/chats/{chat_id}/messages": {"message_id": "m-sec", "sender": "user", "text": "hi"},
-    "/v1/messages:batch": {"messages": [{"chat_id": "c-sec", "message_id": "m-sec", "sender": "user",
-                                         "text": "hi"}]},
+    "/v1/messages:batch": {"messages": [{"chat_id": "c-sec", "message_id": "m-sec", "sender": "user", "text": "hi"}]},
     "/v1/admin/chats/{chat_id}/reassign": {"operator_id": "op-sec"},
 }
 PATH_VALUES = {"chat_id": "c-sec", "assignment_id": str(uuid.uuid4()), "operator_id": "op-sec"}
@@ -69,14 +77,21 @@ def bad_credentials() -> dict[str, dict[str, str]]:
         "basic scheme": {"Authorization": "Basic " + issue_token(secret, "admin-1", "admin")},
         "bad signature": {"Authorization": "Bearer " + issue_token(OTHER_SECRET, "admin-1", "admin")},
         "expired": {"Authorization": "Bearer " + issue_token(secret, "admin-1", "admin", ttl_s=-30)},
-        "alg none": {"Authorization": "Bearer " + jwt.encode(
-            {"sub": "admin-1", "role": "admin", "exp": now + 600}, None, algorithm="none")},
-        "unknown role": {"Authorization": "Bearer " + jwt.encode(
-            {"sub": "root", "role": "superuser", "exp": now + 600}, secret, algorithm="HS256")},
-        "no expiry": {"Authorization": "Bearer " + jwt.encode(
-            {"sub": "admin-1", "role": "admin"}, secret, algorithm="HS256")},
-        "empty subject": {"Authorization": "Bearer " + jwt.encode(
-            {"sub": "", "role": "admin", "exp": now + 600}, secret, algorithm="HS256")},
+        "alg none": {
+            "Authorization": "Bearer "
+            + jwt.encode({"sub": "admin-1", "role": "admin", "exp": now + 600}, None, algorithm="none")
+        },
+        "unknown role": {
+            "Authorization": "Bearer "
+            + jwt.encode({"sub": "root", "role": "superuser", "exp": now + 600}, secret, algorithm="HS256")
+        },
+        "no expiry": {
+            "Authorization": "Bearer " + jwt.encode({"sub": "admin-1", "role": "admin"}, secret, algorithm="HS256")
+        },
+        "empty subject": {
+            "Authorization": "Bearer "
+            + jwt.encode({"sub": "", "role": "admin", "exp": now + 600}, secret, algorithm="HS256")
+        },
         "tampered payload": {"Authorization": "Bearer " + _tampered(secret)},
     }
 
@@ -126,15 +141,18 @@ async def call(clients, route: tuple[str, str, str], headers: dict, content: byt
     name, method, template = route
     if content is None and template in BODIES:
         return await clients[name].request(method, path_of(template), headers=headers, json=BODIES[template])
-    return await clients[name].request(method, path_of(template),
-                                       headers={**headers, "Content-Type": "application/json"}, content=content)
+    return await clients[name].request(
+        method, path_of(template), headers={**headers, "Content-Type": "application/json"}, content=content
+    )
 
 
 async def test_every_route_in_every_openapi_document_has_its_roles_written_down():
     async with four_services() as clients:
         found = await operations(clients)
-    assert set(found) == set(ALLOWED), {"undocumented roles": sorted(set(found) - set(ALLOWED)),
-                                        "vanished routes": sorted(set(ALLOWED) - set(found))}
+    assert set(found) == set(ALLOWED), {
+        "undocumented roles": sorted(set(found) - set(ALLOWED)),
+        "vanished routes": sorted(set(ALLOWED) - set(found)),
+    }
 
 
 async def test_every_route_refuses_missing_malformed_forged_and_expired_tokens_with_401():

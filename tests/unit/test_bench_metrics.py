@@ -10,8 +10,13 @@ APPLIED = "switchboard_consumer_events_total"
 def _exposition() -> tuple[CollectorRegistry, Counter, Histogram]:
     registry = CollectorRegistry()
     events = Counter("switchboard_consumer_events", "events", ["group", "topic", "result"], registry=registry)
-    latency = Histogram("switchboard_event_apply_latency_seconds", "apply", ["group", "topic"], registry=registry,
-                        buckets=(0.01, 0.05, 0.1, 0.5, 1.0))
+    latency = Histogram(
+        "switchboard_event_apply_latency_seconds",
+        "apply",
+        ["group", "topic"],
+        registry=registry,
+        buckets=(0.01, 0.05, 0.1, 0.5, 1.0),
+    )
     # A family whose name starts like the counter's: the monitor's filter must not take it.
     Counter("switchboard_consumer_events_totals_seen", "other", registry=registry).inc(1000)
     return registry, events, latency

@@ -19,11 +19,14 @@ SECRET = "s" * 32
 
 def run_points(points: list[str], **env: str) -> subprocess.CompletedProcess:
     """A fresh interpreter that imports shared.faults with `env` and reaches `points` in order."""
-    script = ("import sys\nfrom shared import faults\n"
-              f"for p in {points!r}:\n    faults.reached(p)\n    print('passed', p, flush=True)\n")
+    script = (
+        "import sys\nfrom shared import faults\n"
+        f"for p in {points!r}:\n    faults.reached(p)\n    print('passed', p, flush=True)\n"
+    )
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    return subprocess.run([sys.executable, "-c", script], env={**clean, **env}, cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", script], env={**clean, **env}, cwd=REPO, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_an_unarmed_fault_point_does_nothing():
@@ -33,12 +36,17 @@ def test_an_unarmed_fault_point_does_nothing():
 
 
 def test_an_armed_point_sigkills_the_process_on_its_nth_arrival_and_no_other_point_does():
-    done = run_points(["consumer_after_apply", "outbox_after_ack", "consumer_after_apply", "outbox_after_ack",
-                       "outbox_after_ack"],
-                      SWITCHBOARD_FAULT_POINT="outbox_after_ack", SWITCHBOARD_FAULT_HIT="2")
+    done = run_points(
+        ["consumer_after_apply", "outbox_after_ack", "consumer_after_apply", "outbox_after_ack", "outbox_after_ack"],
+        SWITCHBOARD_FAULT_POINT="outbox_after_ack",
+        SWITCHBOARD_FAULT_HIT="2",
+    )
     assert done.returncode == -signal.SIGKILL
-    assert done.stdout.split("\n")[:3] == ["passed consumer_after_apply", "passed outbox_after_ack",
-                                           "passed consumer_after_apply"]
+    assert done.stdout.split("\n")[:3] == [
+        "passed consumer_after_apply",
+        "passed outbox_after_ack",
+        "passed consumer_after_apply",
+    ]
     assert "passed" not in done.stdout.split("\n")[3]
     assert "fault injected: SIGKILL at outbox_after_ack (arrival 2)" in done.stderr
 
@@ -88,4 +96,6 @@ async def test_ensure_topics_creates_missing_topics_with_the_configured_replicat
     missing = await kafka.ensure_topics(settings, ["chat.inbound", "chat.lifecycle", "chat.dlq"])
     assert missing == ["p.chat.lifecycle", "p.chat.dlq"]
     assert [(t.name, t.num_partitions, t.replication_factor) for t in RecordingAdmin.created] == [
-        ("p.chat.lifecycle", 4, 3), ("p.chat.dlq", 4, 3)]
+        ("p.chat.lifecycle", 4, 3),
+        ("p.chat.dlq", 4, 3),
+    ]

@@ -2,7 +2,7 @@
 
 import uuid
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -43,12 +43,15 @@ def app_raising(exc: Exception):
     return app
 
 
-@pytest.mark.parametrize("exc", [
-    asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
-    asyncpg.AdminShutdownError("terminating connection due to administrator command"),
-    asyncpg.PostgresConnectionError("connection refused"),
-    TimeoutError(),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
+        asyncpg.AdminShutdownError("terminating connection due to administrator command"),
+        asyncpg.PostgresConnectionError("connection refused"),
+        TimeoutError(),
+    ],
+)
 def test_every_way_the_database_is_down_is_a_retryable_503_with_the_error_shape(exc):
     with TestClient(app_raising(exc), raise_server_exceptions=False) as client:
         r = client.get("/fails")
@@ -57,8 +60,9 @@ def test_every_way_the_database_is_down_is_a_retryable_503_with_the_error_shape(
 
 
 def test_a_bug_in_a_query_is_not_mistaken_for_an_outage():
-    with TestClient(app_raising(asyncpg.UndefinedColumnError("column x does not exist")),
-                    raise_server_exceptions=False) as client:
+    with TestClient(
+        app_raising(asyncpg.UndefinedColumnError("column x does not exist")), raise_server_exceptions=False
+    ) as client:
         assert client.get("/fails").status_code == 500
 
 
@@ -70,11 +74,13 @@ class DownStore:
         raise self.exc
 
 
-@pytest.mark.parametrize("exc", [asyncpg.AdminShutdownError("shutdown"), asyncpg.QueryCanceledError("timeout"),
-                                 ConnectionRefusedError()])
+@pytest.mark.parametrize(
+    "exc", [asyncpg.AdminShutdownError("shutdown"), asyncpg.QueryCanceledError("timeout"), ConnectionRefusedError()]
+)
 async def test_ingest_calls_the_same_outages_database_unavailable(exc):
-    draft = domain.draft("chat-1", MessageIn(message_id="m-1", sender="user", text="hi"), uuid.uuid4(),
-                         datetime(2026, 1, 1, tzinfo=timezone.utc))
+    draft = domain.draft(
+        "chat-1", MessageIn(message_id="m-1", sender="user", text="hi"), uuid.uuid4(), datetime(2026, 1, 1, tzinfo=UTC)
+    )
     with pytest.raises(handlers.DatabaseUnavailable):
         await handlers.accept_messages(DownStore(exc), publisher=None, drafts=[draft])
 

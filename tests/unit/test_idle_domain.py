@@ -3,41 +3,55 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from services.idle_monitor import domain
 from shared.events import (
+    TIMEOUTS,
     AssignmentEnded,
     AssignmentEndedPayload,
     ChatAssigned,
     ChatAssignedPayload,
     ChatQueued,
     ChatQueuedPayload,
-    TIMEOUTS,
     encode,
 )
 
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def assigned(assignment_id: uuid.UUID, chat_id: str = "c1", operator_id: str = "op1", at: datetime = T0):
     return ChatAssigned(
-        event_id=uuid.uuid4(), chat_id=chat_id, occurred_at=at, producer="assigner",
+        event_id=uuid.uuid4(),
+        chat_id=chat_id,
+        occurred_at=at,
+        producer="assigner",
         payload=ChatAssignedPayload(assignment_id=assignment_id, operator_id=operator_id, assigned_at=at, via="pull"),
     )
 
 
 def ended(assignment_id: uuid.UUID, chat_id: str = "c1", outcome: str = "answered", at: datetime = T0):
     return AssignmentEnded(
-        event_id=uuid.uuid4(), chat_id=chat_id, occurred_at=at, producer="assigner",
-        payload=AssignmentEndedPayload(assignment_id=assignment_id, operator_id="op1", outcome=outcome,
-                                       started_at=T0, ended_at=at + timedelta(seconds=5)),
+        event_id=uuid.uuid4(),
+        chat_id=chat_id,
+        occurred_at=at,
+        producer="assigner",
+        payload=AssignmentEndedPayload(
+            assignment_id=assignment_id,
+            operator_id="op1",
+            outcome=outcome,
+            started_at=T0,
+            ended_at=at + timedelta(seconds=5),
+        ),
     )
 
 
 def queued(chat_id: str = "c1"):
     return ChatQueued(
-        event_id=uuid.uuid4(), chat_id=chat_id, occurred_at=T0, producer="assigner",
+        event_id=uuid.uuid4(),
+        chat_id=chat_id,
+        occurred_at=T0,
+        producer="assigner",
         payload=ChatQueuedPayload(reason="new", waiting_since=T0, queued_at=T0),
     )
 

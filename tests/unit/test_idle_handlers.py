@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from services.idle_monitor import handlers
 from services.idle_monitor.store import Applied
@@ -13,7 +13,7 @@ from shared.events import ChatAssigned, ChatAssignedPayload, ChatQueued, ChatQue
 from shared.kafka import Incoming
 from shared.settings import Settings
 
-T0 = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 SETTINGS = Settings(auth_secret="unit-test-secret-0123456789abcdef", idle_timeout_s=30, idle_check_interval_s=0.01)
 
 
@@ -41,7 +41,10 @@ def test_a_lifecycle_batch_arms_through_the_store_and_counts_only_after_commit()
     store = FakeStore()
     apply = handlers.make_apply(store, SETTINGS)
     fact = ChatAssigned(
-        event_id=uuid.uuid4(), chat_id="c1", occurred_at=T0, producer="assigner",
+        event_id=uuid.uuid4(),
+        chat_id="c1",
+        occurred_at=T0,
+        producer="assigner",
         payload=ChatAssignedPayload(assignment_id=uuid.uuid4(), operator_id="op1", assigned_at=T0, via="pull"),
     )
     before = handlers.TIMERS_ARMED_TOTAL._value.get()
@@ -55,8 +58,13 @@ def test_a_lifecycle_batch_arms_through_the_store_and_counts_only_after_commit()
 
 def test_a_batch_without_assignment_facts_never_reaches_the_store():
     store = FakeStore()
-    queued = ChatQueued(event_id=uuid.uuid4(), chat_id="c1", occurred_at=T0, producer="assigner",
-                        payload=ChatQueuedPayload(reason="new", waiting_since=T0, queued_at=T0))
+    queued = ChatQueued(
+        event_id=uuid.uuid4(),
+        chat_id="c1",
+        occurred_at=T0,
+        producer="assigner",
+        payload=ChatQueuedPayload(reason="new", waiting_since=T0, queued_at=T0),
+    )
     applied = asyncio.run(handlers.make_apply(store, SETTINGS)(None, [incoming(queued)]))
     assert applied == Applied(armed=0, disarmed=0)
     assert store.changes == []

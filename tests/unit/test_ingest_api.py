@@ -53,11 +53,19 @@ INVALID = [
     pytest.param("c-1", {"sender": "user", "text": "hi"}, "message_id", id="missing-message-id"),
     pytest.param("bad$chat", user(), "chat_id", id="chat-id-bad-char"),
     pytest.param(LONG_ID, user(), "chat_id", id="chat-id-too-long"),
-    pytest.param("c-1", {"message_id": "m-1", "sender": "operator", "text": "hi"}, "operator_id",
-                 id="operator-without-operator-id"),
+    pytest.param(
+        "c-1",
+        {"message_id": "m-1", "sender": "operator", "text": "hi"},
+        "operator_id",
+        id="operator-without-operator-id",
+    ),
     pytest.param("c-1", user(operator_id="op-1"), "operator_id", id="user-with-operator-id"),
-    pytest.param("c-1", {"message_id": "m-1", "sender": "operator", "operator_id": "op\t1", "text": "hi"},
-                 "operator_id", id="operator-id-bad-char"),
+    pytest.param(
+        "c-1",
+        {"message_id": "m-1", "sender": "operator", "operator_id": "op\t1", "text": "hi"},
+        "operator_id",
+        id="operator-id-bad-char",
+    ),
     pytest.param("c-1", {"message_id": "m-1", "sender": "bot", "text": "hi"}, "sender", id="unknown-sender"),
     pytest.param("c-1", {"message_id": "m-1", "text": "hi"}, "sender", id="missing-sender"),
     pytest.param("c-1", user(priority="high"), "priority", id="unknown-field"),
@@ -96,14 +104,15 @@ async def test_an_oversized_body_gets_413_with_or_without_content_length():
 
     async def chunked():
         for i in range(0, len(big), 4096):
-            yield big[i:i + 4096]
+            yield big[i : i + 4096]
 
     serving, _ = ingest()
     async with serving as api:
         with_length = await api.post("/v1/chats/c-1/messages", content=big, headers=FRONTEND)
         without_length = await api.post("/v1/chats/c-1/messages", content=chunked(), headers=FRONTEND)
-        huge_batch = await api.post("/v1/messages:batch", content=b"[" + b" " * (40 * 1024 * 1024) + b"]",
-                                    headers=FRONTEND)
+        huge_batch = await api.post(
+            "/v1/messages:batch", content=b"[" + b" " * (40 * 1024 * 1024) + b"]", headers=FRONTEND
+        )
     assert "content-length" in with_length.request.headers
     assert "content-length" not in without_length.request.headers
     for r in (with_length, without_length, huge_batch):
@@ -117,15 +126,22 @@ def _expired_token() -> dict:
     return {"Authorization": f"Bearer {jwt.encode(claims, TEST_SECRET, algorithm='HS256')}"}
 
 
-@pytest.mark.parametrize("headers,status,code", [
-    pytest.param({}, 401, "missing_token", id="missing"),
-    pytest.param({"Authorization": "Basic d2ViOnB3"}, 401, "missing_token", id="not-bearer"),
-    pytest.param({"Authorization": "Bearer not.a.jwt"}, 401, "invalid_token", id="garbage"),
-    pytest.param(token("web", "frontend", secret="another-secret-0123456789-abcdefghijkl"), 401, "invalid_token",
-                 id="wrong-signature"),
-    pytest.param(_expired_token(), 401, "token_expired", id="expired"),
-    pytest.param(token("boss", "admin"), 403, "forbidden_role", id="admin-role"),
-])
+@pytest.mark.parametrize(
+    "headers,status,code",
+    [
+        pytest.param({}, 401, "missing_token", id="missing"),
+        pytest.param({"Authorization": "Basic d2ViOnB3"}, 401, "missing_token", id="not-bearer"),
+        pytest.param({"Authorization": "Bearer not.a.jwt"}, 401, "invalid_token", id="garbage"),
+        pytest.param(
+            token("web", "frontend", secret="another-secret-0123456789-abcdefghijkl"),
+            401,
+            "invalid_token",
+            id="wrong-signature",
+        ),
+        pytest.param(_expired_token(), 401, "token_expired", id="expired"),
+        pytest.param(token("boss", "admin"), 403, "forbidden_role", id="admin-role"),
+    ],
+)
 async def test_auth_is_checked_before_the_body(headers, status, code):
     # Neither store nor publisher may be reached: `fakes.Untouched` fails any request that does.
     async with fakes.serving(fakes.build("ingest")) as api:
@@ -143,10 +159,12 @@ async def test_an_operator_token_may_post_only_its_own_operator_messages():
     me = token("op-1", "operator")
     serving, publisher = ingest()
     async with serving as api:
-        own = await post(api, chat, {"message_id": mid(), "sender": "operator", "operator_id": "op-1", "text": "hi"},
-                         headers=me)
-        other = await post(api, chat, {"message_id": mid(), "sender": "operator", "operator_id": "op-2", "text": "x"},
-                           headers=me)
+        own = await post(
+            api, chat, {"message_id": mid(), "sender": "operator", "operator_id": "op-1", "text": "hi"}, headers=me
+        )
+        other = await post(
+            api, chat, {"message_id": mid(), "sender": "operator", "operator_id": "op-2", "text": "x"}, headers=me
+        )
         as_user = await post(api, chat, user("pretending"), headers=me)
         batch = await api.post("/v1/messages:batch", json={"messages": []}, headers=me)
     assert own.status_code == 202, own.text
@@ -156,13 +174,16 @@ async def test_an_operator_token_may_post_only_its_own_operator_messages():
     assert [chat_id for chat_id, _ in publisher.published] == [chat]
 
 
-@pytest.mark.parametrize("body,field", [
-    pytest.param({"messages": []}, "messages", id="empty"),
-    pytest.param({"messages": [user()] * 501}, "messages", id="over-500"),
-    pytest.param({"items": []}, "messages", id="missing-messages"),
-    pytest.param({"messages": [], "extra": 1}, "messages", id="empty-and-unknown-field"),
-    pytest.param([user()], "body", id="a-bare-list"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        pytest.param({"messages": []}, "messages", id="empty"),
+        pytest.param({"messages": [user()] * 501}, "messages", id="over-500"),
+        pytest.param({"items": []}, "messages", id="missing-messages"),
+        pytest.param({"messages": [], "extra": 1}, "messages", id="empty-and-unknown-field"),
+        pytest.param([user()], "body", id="a-bare-list"),
+    ],
+)
 async def test_an_invalid_batch_gets_422(body, field):
     serving, publisher = ingest()
     async with serving as api:
@@ -191,8 +212,7 @@ async def test_ingest_refuses_a_sent_at_outside_the_window_with_422_naming_the_f
     serving, publisher = ingest()
     async with serving as api:
         single = await api.post(f"/v1/chats/{cid()}/messages", json=body, headers=FRONTEND)
-        batch = await api.post("/v1/messages:batch", json={"messages": [{**body, "chat_id": cid()}]},
-                               headers=FRONTEND)
+        batch = await api.post("/v1/messages:batch", json={"messages": [{**body, "chat_id": cid()}]}, headers=FRONTEND)
     assert single.status_code == 422, single.text
     error = single.json()["error"]
     assert error["code"] == "validation_error"

@@ -1,7 +1,7 @@
 """Ingest's pure model: request validation, the event a message becomes, who gets `duplicate: false`."""
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
@@ -10,7 +10,7 @@ from services.ingest import domain
 from services.ingest.domain import Claim, Key, MessageIn
 from shared.events import INBOUND
 
-AT = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+AT = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def first_field(**body) -> str:
@@ -32,14 +32,17 @@ def test_a_user_message_with_an_operator_id_names_operator_id():
     assert first_field(message_id="m-1", sender="user", operator_id="op-1", text="hi") == "operator_id"
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"message_id": "m-1", "sender": "user", "text": ""}, "text"),
-    ({"message_id": "m-1", "sender": "user", "text": "é" * 4001}, "text"),
-    ({"message_id": "m/1", "sender": "user", "text": "x"}, "message_id"),
-    ({"message_id": "m-1", "sender": "robot", "text": "x"}, "sender"),
-    ({"message_id": "m-1", "sender": "user", "text": "x", "color": "red"}, "color"),
-    ({"message_id": "m-1", "sender": "user", "text": "x", "sent_at": "2026-01-01T00:00:00"}, "sent_at"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"message_id": "m-1", "sender": "user", "text": ""}, "text"),
+        ({"message_id": "m-1", "sender": "user", "text": "é" * 4001}, "text"),
+        ({"message_id": "m/1", "sender": "user", "text": "x"}, "message_id"),
+        ({"message_id": "m-1", "sender": "robot", "text": "x"}, "sender"),
+        ({"message_id": "m-1", "sender": "user", "text": "x", "color": "red"}, "color"),
+        ({"message_id": "m-1", "sender": "user", "text": "x", "sent_at": "2026-01-01T00:00:00"}, "sent_at"),
+    ],
+)
 def test_invalid_fields_are_named(body, field):
     assert first_field(**body) == field
 

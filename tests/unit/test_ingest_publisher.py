@@ -53,8 +53,11 @@ async def test_records_are_sent_in_order_keyed_by_chat_to_the_prefixed_topic():
     pub = Publisher(SETTINGS, factory(producer))
     await pub.start()
     assert await pub.publish([("c1", b"a"), ("c2", b"b"), ("c1", b"c")]) == [None, None, None]
-    assert producer.sent == [("pfx.chat.inbound", b"c1", b"a"), ("pfx.chat.inbound", b"c2", b"b"),
-                             ("pfx.chat.inbound", b"c1", b"c")]
+    assert producer.sent == [
+        ("pfx.chat.inbound", b"c1", b"a"),
+        ("pfx.chat.inbound", b"c2", b"b"),
+        ("pfx.chat.inbound", b"c1", b"c"),
+    ]
     await pub.stop()
     assert producer.stopped
 

@@ -88,8 +88,10 @@ def test_the_domain_assigns_reassigns_and_hears_an_operator_with_a_real_world_su
     waiting = domain.Chat(chat_id="c-1", state=domain.WAITING, waiting_since=now, queued_at=now, message_count=1)
     pulled = domain.decide(waiting, domain.AssignToPuller(operator_id=sub, assignment_id=uuid.uuid4(), at=now))
     assert pulled.chat.assigned_operator_id == sub
-    answered = domain.decide(pulled.chat, domain.ReceiveOperatorMessage(
-        message_id="m-2", operator_id=sub, text="hello", sent_at=None, at=now))
+    answered = domain.decide(
+        pulled.chat,
+        domain.ReceiveOperatorMessage(message_id="m-2", operator_id=sub, text="hello", sent_at=None, at=now),
+    )
     assert [f.type for f in answered.facts] == ["message_recorded", "assignment_ended", "chat_answered"]
     again = domain.decide(answered.chat, domain.ReassignChat(operator_id=sub, assignment_id=uuid.uuid4(), at=now))
     assert again.chat.assigned_operator_id == sub

@@ -17,10 +17,21 @@ def test_a_cursor_gives_back_the_key_it_was_made_from_and_the_first_page_has_non
     assert decode_cursor("list-a", None, 2) is None
 
 
-@pytest.mark.parametrize("cursor", [
-    "", "nope", "%%%", "ü", "e30", encode_cursor("list-b", ["x", "y"]), encode_cursor("list-a", ["x"]),
-    encode_cursor("list-a", ["x", 1]), encode_cursor("list-a", ["x", "nul\x00"]), "bnVsbA",  # JSON null
-])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "",
+        "nope",
+        "%%%",
+        "ü",
+        "e30",
+        encode_cursor("list-b", ["x", "y"]),
+        encode_cursor("list-a", ["x"]),
+        encode_cursor("list-a", ["x", 1]),
+        encode_cursor("list-a", ["x", "nul\x00"]),
+        "bnVsbA",  # JSON null
+    ],
+)
 def test_a_cursor_this_list_did_not_issue_is_a_422(cursor):
     with pytest.raises(ApiError) as caught:
         decode_cursor("list-a", cursor, 2)

@@ -54,7 +54,7 @@ def test_the_ceiling_never_overflows_after_very_many_failures():
 def test_every_delay_lies_between_zero_and_the_capped_ceiling_and_they_are_spread_out():
     backoff = Backoff("unit jitter", base=0.1, cap=2.0, rng=random.Random(7).uniform)
     delays = [backoff.next_delay() for _ in range(400)]
-    ceilings = [min(2.0, 0.1 * 2 ** n) for n in range(400)]
+    ceilings = [min(2.0, 0.1 * 2**n) for n in range(400)]
     assert all(0.0 <= d <= c for d, c in zip(delays, ceilings))
     capped = delays[10:]  # all under the 2 s cap: full jitter spreads them over the whole range
     assert min(capped) < 0.2 and max(capped) > 1.8
@@ -74,8 +74,7 @@ async def test_each_wait_counts_one_retry_under_its_name_and_sleeps_the_jittered
 async def test_a_success_resets_the_delay_and_the_failing_time():
     now = [100.0]
     sleep = Recorder()
-    backoff = Backoff("unit reset", base=1.0, cap=8.0, rng=lambda low, high: high, sleep=sleep,
-                      clock=lambda: now[0])
+    backoff = Backoff("unit reset", base=1.0, cap=8.0, rng=lambda low, high: high, sleep=sleep, clock=lambda: now[0])
     assert backoff.failing_for() == 0.0
     await backoff.wait()
     now[0] = 130.0

@@ -73,8 +73,9 @@ async def test_a_loop_that_keeps_crashing_turns_readiness_red_after_the_stall_bo
         crashes.append(1)
         raise ConnectionError("never works")
 
-    rt.add_loop("unit-broken", broken,
-                backoff=Backoff("loop unit-broken", base=0.5, cap=30.0, sleep=no_wait, clock=clock))
+    rt.add_loop(
+        "unit-broken", broken, backoff=Backoff("loop unit-broken", base=0.5, cap=30.0, sleep=no_wait, clock=clock)
+    )
     await until(lambda: len(crashes) >= 3)
     clock.now += SETTINGS.consumer_stall_s - 1
     assert (await rt.readiness())["loop:unit-broken"] is True  # failing, but not for long enough yet
