@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
@@ -14,8 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import metrics
+from shared.auth import jwks_verifier
 from shared.db import DATABASE_DOWN
 from shared.errors import REQUEST_PARTS, ApiError, field_errors, validation_error
+from shared.settings import Settings
 
 Readiness = Callable[[], Awaitable[dict[str, bool]]]
 
@@ -166,4 +168,31 @@ def create_app(
     async def metrics_endpoint():
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    return app
+
+
+def service_app(
+    service: str,
+    settings: Settings,
+    *,
+    title: str,
+    lifespan,
+    readiness: Readiness,
+    routers: tuple[APIRouter, ...] = (),
+    max_body_bytes: int = 1024 * 1024,
+) -> FastAPI:
+    """A service's app as every `bootstrap()` builds it: tokens from its settings (HS256, and the JWKS provider
+    when one is configured), `app.state.settings`, and its routers."""
+    app = create_app(
+        service,
+        title=title,
+        lifespan=lifespan,
+        readiness=readiness,
+        auth_secret=settings.auth_secret,
+        jwks=jwks_verifier(settings),
+        max_body_bytes=max_body_bytes,
+    )
+    app.state.settings = settings
+    for router in routers:
+        app.include_router(router)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -17,6 +17,7 @@ from shared.kafka.producer import ResilientProducer
 from shared.retention import PruneJob, Pruner
 from shared.retry import Backoff, retrying
 from shared.settings import Settings
+from shared.tracking import EventIds
 
 log = logging.getLogger("switchboard.runtime")
 
@@ -68,6 +69,23 @@ class Runtime:
         """Register a consumer to be started by `start_background` and stopped by `stop`."""
         self.consumers.append(consumer)
         return consumer
+
+    def consume(
+        self, group_id: str, topics: Sequence[str], apply, *, pool: asyncpg.Pool | None = None, **options
+    ) -> BatchConsumer:
+        """Register a batch consumer of `topics` on this runtime's pool, producer and schema's event ids."""
+        return self.add_consumer(
+            BatchConsumer(
+                settings=self.settings,
+                pool=pool or self.pool,
+                producer=self.producer,
+                group_id=group_id,
+                topics=topics,
+                tracker=EventIds(self.schema),
+                apply=apply,
+                **options,
+            )
+        )
 
     def add_loop(self, name: str, factory: Callable[[], Awaitable[None]], backoff: Backoff | None = None) -> None:
         """Run a background loop until `stop`; a crash is logged and the loop restarted after the backoff.

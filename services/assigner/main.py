@@ -12,14 +12,11 @@ from services.assigner.batcher import OperatorBatcher
 from services.assigner.outbox import OutboxRelay
 from services.assigner.repository import QUERIES
 from services.assigner.usecases import Assigner
-from shared.auth import jwks_verifier
 from shared.events import TOPIC_INBOUND, TOPIC_TIMEOUTS
-from shared.http import create_app as create_http_app
-from shared.kafka import BatchConsumer
+from shared.http import service_app
 from shared.retention import Pruner
 from shared.runtime import Runtime
 from shared.settings import Settings
-from shared.tracking import EventIds
 
 SCHEMA = "assigner"
 MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
@@ -57,32 +54,22 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
         finally:
             await runtime.stop()
 
-    app = create_http_app(
+    app = service_app(
         "assigner",
+        settings,
         title="Switchboard assigner",
         lifespan=lifespan,
         readiness=runtime.readiness,
-        auth_secret=settings.auth_secret,
-        jwks=jwks_verifier(settings),
+        routers=(api.router,),
     )
-    app.include_router(api.router)
     api.mount_console(app)
     return app
 
 
 def _start_worker(settings: Settings, runtime: Runtime, store: Assigner) -> Pruner:
     """Register the worker's parts: the consumer, the outbox relay, the queue gauges, retention (its pruner)."""
-    runtime.add_consumer(
-        BatchConsumer(
-            settings=settings,
-            pool=runtime.pool,
-            producer=runtime.producer,
-            group_id=GROUP_ID,
-            topics=[TOPIC_INBOUND, TOPIC_TIMEOUTS],
-            tracker=EventIds(SCHEMA),
-            apply=handlers.make_apply(store),
-            after_commit=handlers.after_commit,
-        )
+    runtime.consume(
+        GROUP_ID, [TOPIC_INBOUND, TOPIC_TIMEOUTS], handlers.make_apply(store), after_commit=handlers.after_commit
     )
     relay = OutboxRelay(runtime.pool, runtime.producer, settings, QUERIES)
     runtime.add_loop("outbox-relay", relay.run)

@@ -8,13 +8,10 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.delivery import api, handlers, store, streams, webhooks, webhooks_api
-from shared.auth import jwks_verifier
 from shared.events import TOPIC_LIFECYCLE
-from shared.http import create_app as create_http_app
-from shared.kafka import BatchConsumer
+from shared.http import service_app
 from shared.runtime import Runtime
 from shared.settings import Settings
-from shared.tracking import EventIds
 
 SCHEMA = "delivery"
 MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
@@ -41,17 +38,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.store = st
         app.state.settings = settings
         app.state.hub = hub
-        runtime.add_consumer(
-            BatchConsumer(
-                settings=settings,
-                pool=runtime.pool,
-                producer=runtime.producer,
-                group_id=GROUP_ID,
-                topics=[TOPIC_LIFECYCLE],
-                tracker=EventIds(SCHEMA),
-                apply=handlers.make_apply(settings),  # every type: webhooks may want any fact
-            )
-        )
+        # every type: webhooks may want any fact
+        runtime.consume(GROUP_ID, [TOPIC_LIFECYCLE], handlers.make_apply(settings))
         runtime.add_loop("delivery-listen", hub.listen)
         app.state.pruner = runtime.add_pruner(st.retention_jobs(settings))
         runtime.add_loop("delivery-webhooks", webhooks.Sender(settings, runtime.pool).run)
@@ -59,15 +47,16 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         await runtime.stop()
 
-    app = create_http_app(
+    app = service_app(
         "delivery",
+        settings,
         title="Switchboard delivery",
         lifespan=lifespan,
         readiness=readiness,
-        auth_secret=settings.auth_secret,
-        jwks=jwks_verifier(settings),
+        routers=(
+            api.router,
+            webhooks_api.router,
+        ),
     )
-    app.include_router(api.router)
-    app.include_router(webhooks_api.router)
     api.mount_widget(app)
     return app

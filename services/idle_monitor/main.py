@@ -9,13 +9,11 @@ from fastapi import FastAPI
 
 from services.idle_monitor import api, handlers
 from services.idle_monitor.store import Store
-from shared.auth import jwks_verifier
 from shared.events import TOPIC_LIFECYCLE
-from shared.http import create_app as create_http_app
-from shared.kafka.consumer import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
+from shared.http import service_app
+from shared.kafka.consumer import LIFECYCLE_FETCH_MIN_BYTES
 from shared.runtime import Runtime
 from shared.settings import Settings
-from shared.tracking import EventIds
 
 SCHEMA = "idle_monitor"
 MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
@@ -47,19 +45,13 @@ def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
         await runtime.start()
         live = Store(runtime.pool)
         app.state.store = live
-        app.state.consumer = runtime.add_consumer(
-            BatchConsumer(
-                settings=settings,
-                pool=runtime.pool,
-                producer=runtime.producer,
-                group_id=GROUP_ID,
-                topics=[TOPIC_LIFECYCLE],
-                tracker=EventIds(SCHEMA),
-                apply=handlers.make_apply(live, settings),
-                after_commit=handlers.after_commit,
-                wanted_types=handlers.WANTED_TYPES,
-                fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
-            )
+        app.state.consumer = runtime.consume(
+            GROUP_ID,
+            [TOPIC_LIFECYCLE],
+            handlers.make_apply(live, settings),
+            after_commit=handlers.after_commit,
+            wanted_types=handlers.WANTED_TYPES,
+            fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
         )
         ticker = handlers.Ticker(live, runtime.producer, settings)
         app.state.ticker = ticker
@@ -72,15 +64,14 @@ def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = create_http_app(
+    app = service_app(
         "idle_monitor",
+        settings,
         title="Switchboard idle monitor",
         lifespan=lifespan,
         readiness=readiness,
-        auth_secret=settings.auth_secret,
-        jwks=jwks_verifier(settings),
+        routers=(api.router,),
     )
-    app.include_router(api.router)
     return app
 
 

@@ -12,8 +12,7 @@ from services.ingest import api, handlers
 from services.ingest.domain import MAX_BATCH_BYTES
 from services.ingest.publisher import Publisher
 from services.ingest.store import QUERIES, Store
-from shared.auth import jwks_verifier
-from shared.http import create_app as create_http_app
+from shared.http import service_app
 from shared.retention import PruneJob
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -64,17 +63,15 @@ def bootstrap(settings: Settings, *, store: Store | None = None, publisher: Publ
             await runtime.stop()
 
     # Per-route limits are enforced while reading the body; this is the largest (a full batch).
-    app = create_http_app(
+    app = service_app(
         "ingest",
+        settings,
         title="Switchboard ingest",
         lifespan=lifespan,
         readiness=runtime.readiness,
-        auth_secret=settings.auth_secret,
-        jwks=jwks_verifier(settings),
+        routers=(api.router,),
         max_body_bytes=MAX_BATCH_BYTES,
     )
-    app.state.settings = settings
-    app.include_router(api.router)
     return app
 
 

@@ -9,13 +9,11 @@ from fastapi import FastAPI
 
 from services.stats import api, handlers
 from services.stats import store as stats_store
-from shared.auth import jwks_verifier
 from shared.events import TOPIC_LIFECYCLE
-from shared.http import create_app as create_http_app
-from shared.kafka.consumer import LIFECYCLE_FETCH_MIN_BYTES, BatchConsumer
+from shared.http import service_app
+from shared.kafka.consumer import LIFECYCLE_FETCH_MIN_BYTES
 from shared.runtime import Runtime
 from shared.settings import Settings
-from shared.tracking import EventIds
 
 SCHEMA = "stats"
 MIGRATIONS = Path(__file__).parent / "sql" / "migrations"
@@ -40,17 +38,8 @@ def bootstrap(settings: Settings, *, store: stats_store.Store | None = None) -> 
         # Sessions of this pool resolve the unqualified stats queries in the live schema.
         pool = await stats_store.create_pool(settings, SCHEMA)
         app.state.store = stats_store.Store(pool)
-        runtime.add_consumer(
-            BatchConsumer(
-                settings=settings,
-                pool=pool,
-                producer=runtime.producer,
-                group_id=GROUP_ID,
-                topics=[TOPIC_LIFECYCLE],
-                tracker=EventIds(SCHEMA),
-                apply=handlers.make_apply(),
-                fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
-            )
+        runtime.consume(
+            GROUP_ID, [TOPIC_LIFECYCLE], handlers.make_apply(), pool=pool, fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES
         )
         app.state.pruner = runtime.add_pruner(stats_store.retention_jobs(settings), pool)
         await runtime.start_consumers()
@@ -60,15 +49,14 @@ def bootstrap(settings: Settings, *, store: stats_store.Store | None = None) -> 
             await runtime.stop()
             await pool.close()
 
-    app = create_http_app(
+    app = service_app(
         "stats",
+        settings,
         title="Switchboard stats",
         lifespan=lifespan,
         readiness=runtime.readiness,
-        auth_secret=settings.auth_secret,
-        jwks=jwks_verifier(settings),
+        routers=(api.router,),
     )
-    app.include_router(api.router)
     return app
 
 
