@@ -25,6 +25,10 @@ import httpx
 
 from shared.settings import Settings
 
+# The command line and the port choice are the bench's own (one copy); the harness keeps Popen handles
+# rather than the bench's pid files because its tests SIGKILL and restart single processes.
+from switchboard.bench.processes import free_port, service_argv
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 SHARED_KAFKA_PORTS = {9092, 9093}
@@ -40,13 +44,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def free_port_pair(start: int, step: int = 100, tries: int = 50) -> int:
@@ -121,7 +118,7 @@ class ServiceProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "switchboard", "run", self.command, "--port", str(self.port)],
+                service_argv(self.command, self.port, PYTHON),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

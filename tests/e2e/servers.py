@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 
 import uvicorn
 
 from switchboard import services as registry
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from switchboard.bench.processes import free_port as free_port  # one copy, re-exported for the browser tests
 
 
 @contextlib.asynccontextmanager
