@@ -88,6 +88,16 @@ def _resume_point(header: str | None, query: str | None) -> int:
     return int(raw)
 
 
+async def _resume(
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id_query: Annotated[
+        str | None, Query(alias="last_event_id", description="Resume point when no Last-Event-ID header is sent.")
+    ] = None,
+) -> int:
+    """Where a stream resumes: the Last-Event-ID header, else the query (EventSource cannot set headers)."""
+    return _resume_point(last_event_id, last_event_id_query)
+
+
 @router.get(
     "/v1/chats/{chat_id}/stream",
     summary="The chat's events as Server-Sent Events.",
@@ -103,11 +113,8 @@ def _resume_point(header: str | None, query: str | None) -> int:
 async def chat_stream(
     request: Request,
     chat_id: ChatId,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    last_event_id_query: Annotated[
-        str | None, Query(alias="last_event_id", description="Resume point when no Last-Event-ID header is sent.")
-    ] = None,
     reader: Reader = Depends(_stream_reader),
+    resume: int = Depends(_resume),
 ):
     """Replays the chat's events after Last-Event-ID (or from the start of the window), then streams new ones."""
     me = reader.principal
@@ -116,7 +123,7 @@ async def chat_stream(
             raise ApiError(403, "forbidden_chat", "a chat token may read only its own chat's stream")
     elif me.role != "frontend":
         raise ApiError(403, "forbidden_role", f"role {me.role!r} may not call this; needs frontend or chat")
-    return await _sse(request, domain.chat_stream(chat_id), _resume_point(last_event_id, last_event_id_query), reader)
+    return await _sse(request, domain.chat_stream(chat_id), resume, reader)
 
 
 @router.get(
@@ -133,19 +140,14 @@ async def chat_stream(
 )
 async def operator_stream(
     request: Request,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    last_event_id_query: Annotated[
-        str | None, Query(alias="last_event_id", description="Resume point when no Last-Event-ID header is sent.")
-    ] = None,
     reader: Reader = Depends(_stream_reader),
+    resume: int = Depends(_resume),
 ):
     """New messages on the chats I hold and my assignments starting and ending, resumable like the chat stream."""
     me = reader.principal
     if me.role != "operator":
         raise ApiError(403, "forbidden_role", f"role {me.role!r} may not call this; needs operator")
-    return await _sse(
-        request, domain.operator_stream(me.sub), _resume_point(last_event_id, last_event_id_query), reader
-    )
+    return await _sse(request, domain.operator_stream(me.sub), resume, reader)
 
 
 async def _sse(request: Request, stream: str, after: int, reader: Reader) -> EventSourceResponse:

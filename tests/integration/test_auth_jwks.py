@@ -14,23 +14,13 @@ import asyncio
 import time
 import uuid
 
-import pytest
-
 from tests.harness import running, token
+from tests.unit import test_auth_jwks as unit_jwks
 from tests.unit.test_auth_jwks import AUDIENCE, ISSUER, Jwks
 
-
-@pytest.fixture
-def jwks():
-    server = Jwks()
-    server.thread.start()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
-
-
-def bearer(tok: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {tok}"}
+# The loopback JWKS server, its fixture and the header helper are the unit tests' (one copy).
+jwks = unit_jwks.jwks
+bearer = unit_jwks.bearer
 
 
 def settings_for(env, jwks: Jwks, **overrides):
