@@ -21,7 +21,8 @@ async def test_an_admin_sees_the_armed_timers_soonest_first(env):
 
         async def listed():
             body = (await client.get("/v1/admin/timers", headers=harness.token("root", "admin"))).json()
-            return body if body["armed"] == 2 else None
+            # The count and the list are two reads: wait until both have seen the two timers.
+            return body if body["armed"] == 2 and len(body["timers"]) == 2 else None
 
         body = await harness.eventually(listed)
         one = (await client.get("/v1/admin/timers?limit=1", headers=harness.token("root", "admin"))).json()
