@@ -12,6 +12,7 @@ import asyncpg
 
 from shared import db, migrations
 from shared.kafka.admin import ensure_topics, kafka_ready
+from shared.kafka.broker import make_broker
 from shared.kafka.consumer import BatchConsumer
 from shared.kafka.producer import ResilientProducer
 from shared.retention import PruneJob, Pruner
@@ -35,6 +36,8 @@ class Runtime:
         self.schema = schema
         self.migrations_dir = migrations_dir
         self.pool: asyncpg.Pool | None = None
+        # The process's FastStream broker: its subscribers and publishers are declared on it.
+        self.broker = make_broker(settings, service)
         self.producer: ResilientProducer | None = None
         self.consumers: list[BatchConsumer] = []
         self._loops: list[asyncio.Task] = []
