@@ -77,11 +77,13 @@ class Runtime:
         self, group_id: str, topics: Sequence[str], apply, *, pool: asyncpg.Pool | None = None, **options
     ) -> BatchConsumer:
         """Register a batch consumer of `topics` on this runtime's pool, producer and schema's event ids."""
+        assert self.producer is not None, "consumers dead-letter through the runtime's producer"
         return self.add_consumer(
             BatchConsumer(
                 settings=self.settings,
                 pool=pool or self.pool,
                 producer=self.producer,
+                broker=self.broker,
                 group_id=group_id,
                 topics=topics,
                 tracker=EventIds(self.schema),
@@ -133,6 +135,10 @@ class Runtime:
         """Finish in-flight batches, commit, and close everything."""
         for consumer in self.consumers:
             await consumer.stop()
+        try:  # the broker's own clients (its subscribers are stopped above)
+            await asyncio.wait_for(self.broker.stop(), 20)
+        except Exception as exc:
+            log.warning("broker did not stop cleanly", extra={"error": repr(exc)})
         for task in self._loops:
             task.cancel()
         for task in self._loops:

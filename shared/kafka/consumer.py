@@ -1,9 +1,23 @@
-"""The batch consumer: each poll applied in one Postgres transaction, offsets committed after it.
+"""The batch consumer: a FastStream batch subscriber whose every poll is applied in one transaction.
 
-The transaction also records the applied event ids (shared.tracking), and the Kafka offsets are
-committed only after it has committed. Records that can never be applied go to the dead-letter
-topic with their reason, once each (`shared.kafka.deadletter`); transient failures are retried in
-place (`shared.retry`), never skipped, and turn the group unhealthy past SWITCHBOARD_CONSUMER_STALL_S.
+Each consumer group is one subscriber on the process's `KafkaBroker` (`batch=True`,
+`AckPolicy.MANUAL`). FastStream polls (`getmany`) and hands the whole poll to the handler; what
+it does not do by itself is added through its public extension points:
+- a custom **parser** and **decoder** that never raise: each record is validated against its
+  topic's envelope model (`shared.kafka.decoding`) or kept aside as poison with its reason
+  (FastStream's default batch parser raises on a header that is not UTF-8, and a parsing error
+  would drop the whole poll without a retry);
+- the **handler** applies the poll in one Postgres transaction that also records the applied
+  event ids (`shared.tracking`) and dead-letters poison once (`shared.kafka.deadletter`);
+  on a failure it nacks, which seeks every partition of the batch back to its first record
+  (FastStream 0.7.8), and backs off (`shared.retry`): never skipped, retried in place;
+- the **offset commit** of the batch's explicit offsets runs in the background after the
+  transaction committed (`message.ack()` would commit the consumer's positions, which run ahead
+  of the applied records once the next poll is taken); one commit is in flight at a time;
+- a **rebalance listener** that waits for the batch in flight and its commit before a partition
+  is given up, and forgets the partition's lag gauge.
+The handler's `events` parameter is typed with the topics' envelope unions, so the AsyncAPI
+document shows the payloads this group consumes.
 """
 
 from __future__ import annotations
@@ -13,14 +27,32 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, Union, cast
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka import (
+    AIOKafkaConsumer,  # isinstance: a real poll, or FastStream's in-memory test broker
+    ConsumerRebalanceListener,  # the listener base FastStream's `listener=` takes
+    TopicPartition,  # seek/commit/lag take aiokafka's partition tuples
+)
+from aiokafka.errors import CommitFailedError, IllegalStateError  # what an explicit-offset commit raises
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.message import KafkaAckableMessage
 
 from shared import faults, metrics
-from shared.events import TOPIC_DLQ, utcnow
+from shared.events import (
+    TOPIC_DLQ,
+    TOPIC_INBOUND,
+    TOPIC_LIFECYCLE,
+    TOPIC_TIMEOUTS,
+    InboundEvent,
+    LifecycleEvent,
+    TimeoutEvent,
+    utcnow,
+)
 from shared.kafka.deadletter import DeadLetters, Poisoned
 from shared.kafka.decoding import Incoming, Poison, decode_record, skippable
 from shared.kafka.producer import ResilientProducer
@@ -45,6 +77,16 @@ R = TypeVar("R")
 ApplyBatch = Callable[[asyncpg.Connection, list[Incoming]], Awaitable[R]]
 
 
+@dataclass
+class DecodedPoll:
+    """One poll, decoded: the events to apply, the poison to dead-letter, what was skipped unread."""
+
+    records: tuple = ()
+    good: list[Incoming] = field(default_factory=list)
+    poisoned: list[Poisoned] = field(default_factory=list)
+    ignored: dict[str, int] = field(default_factory=dict)
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(
         self,
@@ -53,12 +95,14 @@ class _Rebalance(ConsumerRebalanceListener):
         logical: dict[str, str],
         flush: Callable[[], Awaitable[None]],
         forget: Callable[[set], None],
+        assigned: Callable[[set], Awaitable[None]],
     ):
         self._lock = lock
         self._group = group
         self._logical = logical
         self._flush = flush
         self._forget = forget
+        self._assigned = assigned
 
     async def on_partitions_revoked(self, revoked):
         # Wait for the batch in flight: its offsets are committed before the partition goes.
@@ -74,17 +118,49 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned):
         log.info("partitions assigned", extra={"group": self._group, "partitions": str(sorted(assigned))})
+        await self._assigned(set(assigned))
+
+
+PAYLOADS: dict[str, Any] = {TOPIC_INBOUND: InboundEvent, TOPIC_TIMEOUTS: TimeoutEvent, TOPIC_LIFECYCLE: LifecycleEvent}
+
+
+class _InMemory:
+    """The consumer side of a poll delivered by FastStream's TestKafkaBroker: no group, no offsets."""
+
+    def __init__(self, records: tuple):
+        self._owned = {TopicPartition(r.topic, r.partition) for r in records}
+
+    def assignment(self) -> set[TopicPartition]:
+        return self._owned
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        pass
+
+    async def commit(self, offsets: dict) -> None:
+        pass
+
+    def highwater(self, tp: TopicPartition) -> None:
+        return None
+
+
+def payload_type(topics: Sequence[str]) -> Any:
+    """The envelope union of the given logical topics (what the handler's `events` holds)."""
+    models = tuple(PAYLOADS[t] for t in topics if t in PAYLOADS)
+    if not models:
+        return Any
+    return models[0] if len(models) == 1 else Union[models]  # noqa: UP007
 
 
 class BatchConsumer(Generic[R]):
-    """Consumes topics as one group; applies each partition batch once, exactly once in effect."""
+    """Consumes topics as one group; applies each poll once, exactly once in effect."""
 
     def __init__(
         self,
         *,
         settings: Settings,
         pool: asyncpg.Pool,
-        producer: AIOKafkaProducer | ResilientProducer,
+        producer: ResilientProducer,
+        broker: KafkaBroker,
         group_id: str,
         topics: Sequence[str],
         tracker: EventIds,
@@ -93,10 +169,12 @@ class BatchConsumer(Generic[R]):
         max_records: int | None = None,
         wanted_types: frozenset[str] | None = None,
         fetch_min_bytes: int = 1,
+        description: str | None = None,
     ):
         self.settings = settings
         self.pool = pool
         self.producer = producer
+        self.broker = broker
         self.group_id = settings.group(group_id)
         self.logical = {settings.topic(t): t for t in topics}
         self.tracker = tracker
@@ -107,78 +185,161 @@ class BatchConsumer(Generic[R]):
         # skipped unparsed (its effect here would be nothing); records without the header, or
         # naming an unknown type, are decoded as usual (so poison still reaches the DLQ).
         self.wanted_types = wanted_types
-        # >1: the broker holds a fetch until this much is there (or fetch_max_wait passed), so a
-        # busy topic comes in fewer, larger batches: fewer transactions and loop turns per record.
-        self.fetch_min_bytes = fetch_min_bytes
         self._lock = asyncio.Lock()
         self._commit_task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        # Polls, batches and crashes wait through one backoff; how long it has failed is readiness.
+        self._started = False
+        # Failed batches wait through one backoff; how long the group has failed is readiness.
         self._backoff = Backoff("consumer", base=0.1, cap=MAX_BACKOFF_S)
         self.dead_letters = DeadLetters(producer, settings.topic(TOPIC_DLQ), self.group_id, self.logical)
         # Partitions whose last batch failed: until each applied (or left), an empty poll is no recovery.
         self._retrying: set[TopicPartition] = set()
-
-    async def start(self) -> None:
-        """Join the group and start consuming in a background task."""
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+        # Per owned partition, the offset the next handled batch must start at (see `_gap_watch`).
+        self._next: dict[TopicPartition, int] = {}
+        self._watch: asyncio.Task | None = None
+        self.subscriber = broker.subscriber(
+            *self.logical,
             group_id=self.group_id,
-            enable_auto_commit=False,
+            batch=True,
+            max_records=self.max_records,
+            # FastStream sleeps this long after an empty poll, on top of the poll's own wait
+            batch_timeout_ms=settings.consumer_poll_timeout_ms,
+            ack_policy=AckPolicy.MANUAL,
             auto_offset_reset="earliest",
             max_poll_records=self.max_records,
             fetch_max_wait_ms=50,  # a quiet partition must not hold a busy poll back for 500 ms
-            fetch_min_bytes=self.fetch_min_bytes,
+            # >1: the broker holds a fetch until this much is there (or fetch_max_wait passed), so a
+            # busy topic comes in fewer, larger batches: fewer transactions and loop turns per record.
+            fetch_min_bytes=fetch_min_bytes,
             max_poll_interval_ms=300_000,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=3_000,
-            client_id=f"switchboard-{self.group_id}",
+            listener=_Rebalance(
+                self._lock, self.group_id, self.logical, self._flush_commit, self._forget, self._assigned
+            ),
+            parser=self._parse,
+            decoder=self._decode,
+            title=f"{group_id}:consume",
+            description=description or f"Consumer group `{group_id}`: each poll applied in one transaction.",
         )
-        self._consumer.subscribe(
-            list(self.logical),
-            listener=_Rebalance(self._lock, self.group_id, self.logical, self._flush_commit, self._forget),
-        )
-        await self._consumer.start()
+        self.subscriber(self._handler())
+
+    def _handler(self) -> Callable[..., Awaitable[None]]:
+        """The subscriber's handler, its `events` typed with the envelope union of the group's topics."""
+
+        async def on_poll(events: list, message: KafkaMessage) -> None:
+            await self._on_poll(message)
+
+        on_poll.__annotations__ = {
+            "events": list.__class_getitem__(payload_type(list(self.logical.values()))),
+            "message": KafkaMessage,
+            "return": None,
+        }
+        on_poll.__name__ = on_poll.__qualname__ = f"apply_{self.group_id.replace('.', '_').replace('-', '_')}"
+        return on_poll
+
+    async def start(self) -> None:
+        """Join the group: connect the broker (idempotent) and start this subscriber."""
+        await self.broker.connect()
+        if not self._started:
+            await self.subscriber.start()
+            self._started = True
+            self._watch = asyncio.create_task(self._gap_watch(), name=f"consumer-watch:{self.group_id}")
         for logical in self.logical.values():  # a first dead letter must show as an increase from 0
             metrics.DLQ_RECORDS.labels(self.group_id, logical)
-        self._task = asyncio.create_task(self._supervise(), name=f"consumer:{self.group_id}")
         # Read at scrape time, so a dead task shows as 0 without anyone updating the gauge.
         metrics.CONSUMER_HEALTHY.labels(self.group_id).set_function(lambda: 1.0 if self.healthy else 0.0)
 
     async def stop(self) -> None:
         """Finish the batch in flight, commit it, leave the group."""
         self._stopping.set()
-        if self._task:  # asyncio.wait: a task that died or was cancelled must not fail the shutdown
-            done, _ = await asyncio.wait({self._task}, timeout=30)
-            if not done:
-                self._task.cancel()
-        try:
-            await asyncio.wait_for(self._flush_commit(), 15)
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        try:  # the batch in flight (holding the lock) finishes; later polls are left unapplied
+            async with asyncio.timeout(30):
+                async with self._lock:
+                    await self._flush_commit()
         except TimeoutError:
-            log.warning("last offset commit did not finish", extra={"group": self.group_id})
-        if self._consumer:
+            log.warning("last batch or offset commit did not finish", extra={"group": self.group_id})
+        if self._started:
             try:  # bounded: leaving the group must not hang shutdown while Kafka is down
-                await asyncio.wait_for(self._consumer.stop(), 15)
+                await asyncio.wait_for(self.subscriber.stop(), 30)
             except Exception as exc:
                 log.warning("consumer did not leave cleanly", extra={"group": self.group_id, "error": repr(exc)})
+            self._started = False
         with contextlib.suppress(KeyError):
             metrics.CONSUMER_HEALTHY.remove(self.group_id)
 
     @property
     def running(self) -> bool:
-        """True while the consume loop is alive."""
-        return self._task is not None and not self._task.done()
+        """True while the subscriber's consume loop is alive."""
+        sub = self.subscriber
+        return self._started and sub.running and any(not t.done() for t in sub.tasks)
 
     def _forget(self, revoked: set) -> None:
         """Partitions gone to another member: their retries and dead letters are no longer ours."""
         self._retrying -= revoked
         self.dead_letters.forget(revoked)
+        for tp in revoked:
+            self._next.pop(tp, None)
+
+    async def _assigned(self, assigned: set) -> None:
+        """Partitions we now own start where the group committed (or at the log's start)."""
+        consumer = self.subscriber.consumer
+        if consumer is None:
+            return
+        try:
+            starts = await consumer.beginning_offsets(list(assigned))
+            for tp in assigned:
+                committed = await consumer.committed(tp)
+                self._next[tp] = committed if committed is not None else starts[tp]
+        except Exception as exc:  # unknown start: the gap check begins with the first batch
+            log.warning(
+                "committed offsets unknown after assignment", extra={"group": self.group_id, "error": repr(exc)}
+            )
+
+    async def _gap_watch(self, every_s: float = 5.0) -> None:
+        """Rewind records that were fetched but never reached the handler.
+
+        FastStream's consume loop restarts after a crash between a poll and the handler without
+        rewinding; the poll's records would be skipped once a later batch commits past them. A
+        position that stays ahead of the next offset to handle, with no batch handled meanwhile,
+        is such a lost poll: the partition is sought back to it (a later batch with a gap is
+        caught in `_on_poll`).
+        """
+        suspects: dict[TopicPartition, int] = {}
+        while True:
+            await asyncio.sleep(every_s)
+            consumer = self.subscriber.consumer
+            if consumer is None:
+                continue
+            try:
+                async with self._lock:
+                    seen: dict[TopicPartition, int] = {}
+                    for tp in consumer.assignment():
+                        expected = self._next.get(tp)
+                        if expected is None:
+                            continue
+                        position = await asyncio.wait_for(consumer.position(tp), 1)
+                        if position <= expected:
+                            continue
+                        if suspects.get(tp) == position:
+                            log.warning(
+                                "records fetched but never handled; rewinding",
+                                extra={"group": self.group_id, "partitions": f"{tp.topic}/{tp.partition}@{expected}"},
+                            )
+                            metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
+                            consumer.seek(tp, expected)
+                        else:
+                            seen[tp] = position
+                    suspects = seen
+            except Exception as exc:
+                log.warning("gap watch failed", extra={"group": self.group_id, "error": repr(exc)})
 
     @property
     def failing_for(self) -> float:
-        """Seconds the group has been failing (polls, batches or its loop) without a success since."""
+        """Seconds the group has been failing (its batches) without a success since."""
         return self._backoff.failing_for()
 
     @property
@@ -186,100 +347,113 @@ class BatchConsumer(Generic[R]):
         """Alive, and not failing for longer than SWITCHBOARD_CONSUMER_STALL_S."""
         return self.running and self.failing_for < self.settings.consumer_stall_s
 
-    async def _supervise(self) -> None:
-        """Run the consume loop; after a crash, back off, rewind to the committed offsets and run it again."""
-        while not self._stopping.is_set():
-            try:
-                await self._run()
-                return
-            except Exception:
-                log.exception("consume loop crashed; restarting", extra={"group": self.group_id})
-                metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
-                await self._backoff.wait()
-                await self._rewind()
+    # -- FastStream extension points -------------------------------------------------------------
 
-    async def _rewind(self) -> None:
-        """Seek each owned partition to its committed offset, so records fetched but not applied are read again."""
-        consumer = self._consumer
-        assert consumer is not None
-        while not self._stopping.is_set():
-            try:  # never consume on from an unknown position: that could skip records
-                async with self._lock:
-                    await self._flush_commit()
-                    for tp in consumer.assignment():
-                        committed = await consumer.committed(tp)
-                        if committed is None:  # as auto_offset_reset="earliest" would
-                            await consumer.seek_to_beginning(tp)
-                        else:
-                            consumer.seek(tp, committed)
-                return
-            except Exception as exc:
-                log.warning("rewind after a crash failed", extra={"group": self.group_id, "error": repr(exc)})
-                await self._backoff.wait()
+    async def _parse(self, records: tuple) -> KafkaAckableMessage:
+        """The poll as one message; unlike the default parser it reads no header (so it never raises)."""
+        first, last = records[0], records[-1]
+        return KafkaAckableMessage(
+            body=records,
+            headers={},
+            batch_headers=[],
+            content_type="application/json",
+            message_id=f"{first.topic}/{first.partition}@{first.offset}-{last.offset}",
+            raw_message=records,
+            consumer=self.subscriber.consumer,
+        )
 
-    async def _run(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        while not self._stopping.is_set():
-            try:
-                batches = await consumer.getmany(
-                    timeout_ms=self.settings.consumer_poll_timeout_ms, max_records=self.max_records
-                )
-            except KafkaError as exc:
-                log.warning("poll failed, retrying", extra={"group": self.group_id, "error": repr(exc)})
-                metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
-                await self._backoff.wait()
+    async def _decode(self, message: KafkaAckableMessage) -> list:
+        """Validate each record against its topic's envelope model; poison is kept aside, never raised."""
+        poll = DecodedPoll(records=message.raw_message)
+        for rec in poll.records:
+            logical = self.logical.get(rec.topic, rec.topic)
+            if self.wanted_types is not None and skippable(rec.headers, self.wanted_types):
+                poll.ignored[logical] = poll.ignored.get(logical, 0) + 1
                 continue
-            failed = False
-            async with self._lock:
-                live = {tp: recs for tp, recs in batches.items() if recs and tp in consumer.assignment()}
-                if live:
-                    try:
-                        await self._handle(consumer, live)
-                        self._retrying.difference_update(live)
-                    except Exception as exc:  # transient: retry the same records, never skip
-                        failed = True
-                        self._retrying.update(live)
-                        metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
-                        log.warning(
-                            "batch failed, will retry",
-                            extra={
-                                "group": self.group_id,
-                                "error": repr(exc),
-                                "partitions": ",".join(
-                                    f"{tp.topic}/{tp.partition}@{r[0].offset}" for tp, r in live.items()
-                                ),
-                            },
-                        )
-                        for tp, records in live.items():
-                            consumer.seek(tp, records[0].offset)
-            await self._export_lag(consumer)
-            if failed:
-                await self._backoff.wait()
-            elif not self._retrying:
-                self._backoff.reset()
+            tp = TopicPartition(rec.topic, rec.partition)
+            try:
+                event = decode_record(logical, rec.key, rec.value)
+            except Poison as poison:
+                poll.poisoned.append(Poisoned(tp, rec, str(poison)))
+                continue
+            except Exception as exc:  # a decoder that raised would make FastStream drop the poll
+                log.exception("record could not be decoded", extra={"group": self.group_id})
+                poll.poisoned.append(Poisoned(tp, rec, f"undecodable: {exc!r}"))
+                continue
+            poll.good.append(Incoming(event, logical, rec.partition, rec.offset))
+        message.poll = poll  # type: ignore[attr-defined]  # read by the handler
+        return [g.event for g in poll.good]
 
-    async def _handle(self, consumer: AIOKafkaConsumer, live: dict[TopicPartition, list]) -> None:
+    async def _on_poll(self, message: KafkaMessage) -> None:
+        """Apply the poll, commit its offsets after the transaction, or rewind it and back off."""
+        poll: DecodedPoll = message.poll  # type: ignore[attr-defined]
+        consumer = cast("AIOKafkaConsumer", message.consumer)
+        real = isinstance(consumer, AIOKafkaConsumer)
+        if not real:  # FastStream's in-memory TestKafkaBroker
+            consumer = cast("AIOKafkaConsumer", _InMemory(poll.records))
+        if self._stopping.is_set():
+            return  # not applied, not committed: read again by whoever owns the partitions next
+        failed = False
+        async with self._lock:
+            owned = consumer.assignment()
+            firsts: dict[TopicPartition, int] = {}
+            lasts: dict[TopicPartition, int] = {}
+            for rec in poll.records:
+                tp = TopicPartition(rec.topic, rec.partition)
+                firsts.setdefault(tp, rec.offset)
+                lasts[tp] = rec.offset
+            live = {tp for tp in firsts if tp in owned}
+            for tp in list(live):  # a poll that never reached us left a gap: rewind to it, apply nothing past it
+                expected = self._next.get(tp)
+                if expected is not None and firsts[tp] > expected:
+                    log.warning(
+                        "records skipped before this batch; rewinding",
+                        extra={"group": self.group_id, "partitions": f"{tp.topic}/{tp.partition}@{expected}"},
+                    )
+                    consumer.seek(tp, expected)
+                    live.discard(tp)
+            if live != set(firsts):  # revoked before this batch got the lock (its new owner reads them), or a gap
+                poll.good = [g for g in poll.good if TopicPartition(self._physical(g.topic), g.partition) in live]
+                poll.poisoned = [p for p in poll.poisoned if p.tp in live]
+            if live:
+                try:
+                    await self._handle(poll, consumer, {tp: lasts[tp] + 1 for tp in live})
+                    self._retrying.difference_update(live)
+                    self._next.update({tp: lasts[tp] + 1 for tp in live})
+                except Exception as exc:  # transient: retry the same records, never skip
+                    failed = True
+                    self._retrying.update(live)
+                    metrics.CONSUMER_RETRIES.labels(self.group_id).inc()
+                    log.warning(
+                        "batch failed, will retry",
+                        extra={
+                            "group": self.group_id,
+                            "error": repr(exc),
+                            "partitions": ",".join(f"{tp.topic}/{tp.partition}@{firsts[tp]}" for tp in sorted(live)),
+                        },
+                    )
+                    if real and live == set(firsts):
+                        await message.nack()  # seeks every partition of the batch to its first record
+                    else:
+                        for tp in live:
+                            consumer.seek(tp, firsts[tp])
+                    self._next.update({tp: firsts[tp] for tp in live})
+        await self._export_lag(consumer)
+        if failed:
+            await self._backoff.wait()
+        elif not self._retrying:
+            self._backoff.reset()
+
+    def _physical(self, logical: str) -> str:
+        return self.settings.topic(logical)
+
+    async def _handle(self, poll: DecodedPoll, consumer: AIOKafkaConsumer, offsets: dict) -> None:
         """Apply one poll: every partition's batch in a single transaction, then commit their offsets.
 
         One transaction per poll rather than per partition: the same all-or-nothing per partition
         batch, with a sixth of the round trips when six partitions deliver at once.
         """
-        good: list[Incoming] = []
-        poisoned: list[Poisoned] = []
-        ignored: dict[str, int] = {}
-        for tp, records in live.items():
-            logical = self.logical[tp.topic]
-            for rec in records:
-                if self.wanted_types is not None and skippable(rec.headers, self.wanted_types):
-                    ignored[logical] = ignored.get(logical, 0) + 1
-                    continue
-                try:
-                    event = decode_record(logical, rec.key, rec.value)
-                except Poison as poison:
-                    poisoned.append(Poisoned(tp, rec, str(poison)))
-                    continue
-                good.append(Incoming(event, logical, tp.partition, rec.offset))
+        good, poisoned = poll.good, poll.poisoned
         started = time.perf_counter()
         try:
             applied = await self._apply(good, poisoned)
@@ -291,17 +465,19 @@ class BatchConsumer(Generic[R]):
                 try:
                     applied += await self._apply([g])
                 except asyncpg.DataError as exc:
-                    tp = TopicPartition(self.settings.topic(g.topic), g.partition)
-                    record = next(r for r in live[tp] if r.offset == g.offset)
+                    tp = TopicPartition(self._physical(g.topic), g.partition)
+                    record = next(
+                        r
+                        for r in poll.records
+                        if r.topic == tp.topic and r.partition == g.partition and r.offset == g.offset
+                    )
                     await self._apply([], [Poisoned(tp, record, f"database refused the record: {exc}")])
         # The offsets are committed in the background while the next poll is applied: the effects
         # and their event ids are already committed in Postgres, so a commit that is late or lost
         # only makes a restarted or new owner re-read records it then skips by id. One commit is in
         # flight at a time (they carry increasing offsets); rebalance and stop wait for it.
         await self._flush_commit()
-        self._commit_task = asyncio.create_task(
-            self._commit(consumer, {tp: records[-1].offset + 1 for tp, records in live.items()})
-        )
+        self._commit_task = asyncio.create_task(self._commit(consumer, offsets))
         now = utcnow()
         metrics.CONSUMER_BATCH_SECONDS.labels(self.group_id).observe(time.perf_counter() - started)
         counts: dict[tuple[str, str], int] = {}
@@ -311,7 +487,7 @@ class BatchConsumer(Generic[R]):
             counts[key] = counts.get(key, 0) + 1
         for (topic, result_label), n in counts.items():
             metrics.CONSUMER_EVENTS.labels(self.group_id, topic, result_label).inc(n)
-        for topic, n in ignored.items():
+        for topic, n in poll.ignored.items():
             metrics.CONSUMER_EVENTS.labels(self.group_id, topic, "ignored").inc(n)
         for g in applied:
             metrics.EVENT_APPLY_LATENCY.labels(self.group_id).observe(

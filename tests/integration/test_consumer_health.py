@@ -167,7 +167,7 @@ async def test_a_consume_loop_that_crashes_after_a_poll_is_restarted_and_applies
     group = settings.group("idle_monitor")
     async with running("idle_monitor", settings) as client:
         consumer = client.app.state.consumer
-        kafka = consumer._consumer
+        kafka = consumer.subscriber.consumer  # the aiokafka consumer FastStream polls
         real_getmany = kafka.getmany
         crashes = []
 
@@ -249,8 +249,10 @@ async def test_a_consumer_whose_task_is_gone_turns_readyz_503_at_once_naming_it(
     async with running("idle_monitor", settings) as client:
         assert (await client.get("/readyz")).status_code == 200
         consumer = client.app.state.consumer
-        consumer._task.cancel()  # what no supervision can restart: the task itself is gone
-        await asyncio.gather(consumer._task, return_exceptions=True)
+        tasks = list(consumer.subscriber.tasks)
+        for task in tasks:  # what no supervision restarts: the consume loop cancelled, not crashed
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         r = await client.get("/readyz")
         assert r.status_code == 503 and r.json()["checks"][f"consumer:{group}"] is False, r.text
         gauge = sample((await client.get("/metrics")).text, "switchboard_consumer_healthy", {"group": group})

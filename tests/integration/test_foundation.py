@@ -10,6 +10,7 @@ from services.idle_monitor.main import MIGRATIONS as TRACKED_MIGRATIONS
 from shared import db, migrations
 from shared.events import TOPIC_INBOUND
 from shared.kafka import BatchConsumer, make_producer
+from shared.kafka.broker import make_broker
 from shared.tracking import EventIds
 from tests.harness import Producer, eventually, user_message
 
@@ -72,10 +73,12 @@ async def run_consumer(env, *, crash_before_commit: bool, expect: int):
             [(i.event.event_id, i.event.payload.text) for i in batch],
         )
 
+    broker = make_broker(env.settings, "plumbing")
     consumer = BatchConsumer(
         settings=env.settings,
         pool=pool,
         producer=producer,
+        broker=broker,
         group_id="plumbing",
         topics=[TOPIC_INBOUND],
         tracker=EventIds(TRACKED_SCHEMA),
@@ -87,17 +90,16 @@ async def run_consumer(env, *, crash_before_commit: bool, expect: int):
         async def die(*_a, **_k):
             raise Crash("killed between the transaction and the offset commit")
 
-        consumer._consumer.commit = die
+        consumer.subscriber.consumer.commit = die
     try:
         await eventually(lambda: _count(env, expect), timeout=30)
         await asyncio.sleep(0.5)
     finally:
         if crash_before_commit:
-            consumer._task.cancel()
-            await asyncio.gather(consumer._task, return_exceptions=True)
-            await consumer._consumer.stop()
+            await consumer.subscriber.stop()  # dies: no flush, no commit (its commit raises)
         else:
             await consumer.stop()
+        await broker.stop()
         await producer.stop()
         await pool.close()
 
