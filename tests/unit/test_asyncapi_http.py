@@ -29,11 +29,13 @@ async def test_the_app_serves_the_document_of_its_broker_and_its_page():
     app = service_app("assigner", SETTINGS, title="t", lifespan=None, readiness=ready, broker=broker)
     async with client(app) as api:
         served = await api.get("/asyncapi.json")
+        again = await api.get("/asyncapi.json")
         page = await api.get("/asyncapi")
     assert served.status_code == 200 and served.headers["content-type"] == "application/json"
     doc = served.json()
     validate(doc)
     assert doc == asyncapi.service_document(broker, "assigner", SETTINGS)
+    assert again.content == served.content  # generating again changes nothing
     assert {c["address"] for c in doc["channels"].values()} >= {TOPIC_INBOUND, TOPIC_TIMEOUTS}
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<code>chat.timeouts</code>" in page.text and "<script" not in page.text
