@@ -11,7 +11,8 @@ it into the contract's form:
 - one channel per topic, addressed by its logical name (`chat.inbound`, ...); a deployment's
   SWITCHBOARD_TOPIC_PREFIX is stated in `info.description`, never in an address;
 - one message per envelope model (`UserMessage`, ...), named by its `type`, with the key
-  (`bindings.kafka.key`: the chat id) and, on `chat.dlq`, the dead-letter headers;
+  (`bindings.kafka.key`: the chat id); on `chat.dlq`, whatever its publisher declares, the one
+  `DeadLetter` message (the original key and value, any bytes, and the `dlq.*` headers);
 - per topic only the events of its union in `shared.events` (a handler of `chat.inbound` and
   `chat.timeouts` lists both topics' events, each topic gets its own);
 - one operation per service, action and topic (`assigner.receive.chat.inbound`), with the consumer
