@@ -1,4 +1,4 @@
-"""The HTTP shell every service shares: JSON errors, health, readiness, metrics, request metrics."""
+"""The HTTP shell every service shares: JSON errors, health, readiness, metrics, request metrics, AsyncAPI."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared import metrics
+from shared import asyncapi, metrics
 from shared.auth import jwks_verifier
 from shared.db import DATABASE_DOWN
 from shared.errors import REQUEST_PARTS, ApiError, field_errors, validation_error
@@ -180,9 +181,15 @@ def service_app(
     readiness: Readiness,
     routers: tuple[APIRouter, ...] = (),
     max_body_bytes: int = 1024 * 1024,
+    broker: KafkaBroker | None = None,
 ) -> FastAPI:
     """A service's app as every `bootstrap()` builds it: tokens from its settings (HS256, and the JWKS provider
-    when one is configured), `app.state.settings`, and its routers."""
+    when one is configured), `app.state.settings`, and its routers.
+
+    With the process's `broker`, the app serves the AsyncAPI document of what is declared on it at
+    `/asyncapi.json` and as a page at `/asyncapi`, generated on each request (so declarations made
+    while the app starts are in it).
+    """
     app = create_app(
         service,
         title=title,
@@ -193,6 +200,24 @@ def service_app(
         max_body_bytes=max_body_bytes,
     )
     app.state.settings = settings
+    app.state.broker = broker
     for router in routers:
         app.include_router(router)
+    if broker is not None:
+        _serve_asyncapi(app, service, settings, broker)
     return app
+
+
+def _serve_asyncapi(app: FastAPI, service: str, settings: Settings, broker: KafkaBroker) -> None:
+    @app.get("/asyncapi.json", tags=["docs"], summary="AsyncAPI 3.0 document of this process's Kafka side.")
+    async def asyncapi_document():
+        return JSONResponse(asyncapi.service_document(broker, service, settings))
+
+    @app.get(
+        "/asyncapi",
+        tags=["docs"],
+        summary="The AsyncAPI document as a page (self-contained: no script or stylesheet from elsewhere).",
+        response_class=HTMLResponse,
+    )
+    async def asyncapi_page():
+        return HTMLResponse(asyncapi.render_html(asyncapi.service_document(broker, service, settings)))

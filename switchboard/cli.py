@@ -336,6 +336,48 @@ def reconcile() -> None:
     raise typer.Exit(run_reconcile(_settings()))
 
 
+@app.command("asyncapi")
+def asyncapi_command(
+    service: list[str] = typer.Option(
+        [], "--service", "-s", help="Only this service (repeatable); default: every service, merged."
+    ),
+    output: str | None = typer.Option(None, "--output", "-o", help="Write the JSON here instead of stdout."),
+    html: bool = typer.Option(False, "--html", help="The self-contained HTML page instead of JSON."),
+) -> None:
+    """The AsyncAPI 3.0 document of the services' Kafka subscribers and publishers (nothing connects)."""
+    import json
+    from pathlib import Path
+
+    from shared import asyncapi
+    from shared.events import ALL_TOPICS
+
+    _dev_env()  # the document holds no secret; building a service's wiring needs settings that load
+    settings = _settings()
+    names = service or list(registry.NAMES)
+    unknown = [n for n in names if n not in registry.NAMES]
+    if unknown:
+        console.print(f"[red]unknown service {', '.join(unknown)}; choose from {', '.join(registry.NAMES)}[/red]")
+        raise typer.Exit(2)
+    docs = asyncapi.documents(settings, {name: registry.broker_factory(name) for name in names})
+    for name, doc in docs.items():
+        if not doc["operations"]:
+            console.print(f"[yellow]{name} declares no Kafka subscriber or publisher[/yellow]")
+    whole = (
+        docs[names[0]]
+        if len(names) == 1
+        else asyncapi.merge(docs.values(), description=asyncapi.system_description(settings))
+    )
+    missing = [t for t in ALL_TOPICS if t not in {c["address"] for c in whole["channels"].values()}]
+    if missing and not service:
+        console.print(f"[yellow]no service declares {', '.join(missing)}[/yellow]")
+    text = asyncapi.render_html(whole, json_url=None) if html else json.dumps(whole, indent=2) + "\n"
+    if output:
+        Path(output).write_text(text)
+        console.print(f"wrote {output}")
+    else:
+        typer.echo(text, nl=False)
+
+
 stats_app = typer.Typer(help="Statistics maintenance.", no_args_is_help=True)
 app.add_typer(stats_app, name="stats")
 

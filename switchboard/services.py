@@ -1,9 +1,16 @@
-"""The services, by name: where their code, schema and migrations are."""
+"""The services, by name: where their code, schema and migrations are, and how each declares its Kafka side."""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from faststream.kafka import KafkaBroker
+
+    from shared.settings import Settings
 
 NAMES = ("ingest", "assigner", "idle_monitor", "stats", "delivery")
 
@@ -42,3 +49,25 @@ def has_migrations(name: str) -> bool:
 def migrations_dir(name: str) -> Path:
     """The folder of a service's numbered migrations."""
     return ROOT / name / "sql" / "migrations"
+
+
+def broker_factory(name: str) -> Callable[[Settings], KafkaBroker]:
+    """A function that declares the service's Kafka subscribers and publishers on a fresh broker, without connecting.
+
+    `switchboard asyncapi` generates the system's document from these (shared.asyncapi.system_document).
+    """
+    # TODO(per-service declare): each services/<name>/main.py is to expose `declare(settings) -> KafkaBroker`,
+    # declaring what its process consumes and produces on a broker from shared.kafka.broker.make_broker
+    # (bootstrap then declares the same on runtime.broker). Once every service has it, return
+    # `module(name).declare` and drop the fallback below.
+    declare = getattr(module(name), "declare", None)
+    if declare is not None:
+        return declare
+
+    def from_app(settings: Settings) -> KafkaBroker:
+        """Until then: the broker of the app as `create_app` builds it (only what bootstrap declares before
+        startup is on it; nothing connects). The assigner in mode `all` declares both of its processes' sides."""
+        app = module(name).create_app(settings.model_copy(update={"assigner_mode": "all"}))
+        return app.state.broker
+
+    return from_app

@@ -60,6 +60,7 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
         title="Switchboard assigner",
         lifespan=lifespan,
         readiness=runtime.readiness,
+        broker=runtime.broker,
         routers=(api.router,),
     )
     api.mount_console(app)

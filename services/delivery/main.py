@@ -53,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
         title="Switchboard delivery",
         lifespan=lifespan,
         readiness=readiness,
+        broker=runtime.broker,
         routers=(
             api.router,
             webhooks_api.router,

@@ -70,6 +70,7 @@ def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
         title="Switchboard idle monitor",
         lifespan=lifespan,
         readiness=readiness,
+        broker=runtime.broker,
         routers=(api.router,),
     )
     return app

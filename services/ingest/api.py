@@ -12,10 +12,9 @@ import uuid
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from services.ingest import asyncapi, domain, handlers, metrics
+from services.ingest import domain, handlers, metrics
 from services.ingest.domain import BatchIn, BatchItemIn, MessageIn
 from shared.auth import Principal, require
 from shared.errors import ApiError, describe, validation_error
@@ -236,12 +235,6 @@ async def post_batch(request: Request, _: Principal = Depends(require("frontend"
     if any(r.status == 503 for r in done):
         raise _unavailable(request, "kafka", details=out.model_dump(mode="json"))
     return out
-
-
-@router.get("/asyncapi.json", tags=["docs"], summary="AsyncAPI 3.0 document of chat.inbound.")
-async def asyncapi_document(request: Request):
-    """The contract for frontends that produce to chat.inbound themselves."""
-    return JSONResponse(asyncapi.document(request.app.state.settings))
 
 
 def _str(value) -> str | None:

@@ -69,6 +69,7 @@ def bootstrap(settings: Settings, *, store: Store | None = None, publisher: Publ
         title="Switchboard ingest",
         lifespan=lifespan,
         readiness=runtime.readiness,
+        broker=runtime.broker,
         routers=(api.router,),
         max_body_bytes=MAX_BATCH_BYTES,
     )

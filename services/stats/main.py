@@ -55,6 +55,7 @@ def bootstrap(settings: Settings, *, store: stats_store.Store | None = None) -> 
         title="Switchboard stats",
         lifespan=lifespan,
         readiness=runtime.readiness,
+        broker=runtime.broker,
         routers=(api.router,),
     )
     return app

@@ -33,7 +33,7 @@ PUBLIC_PREFIXES = (
     "/openapi.json",
     "/docs",
     "/redoc",
-    "/asyncapi.json",
+    "/asyncapi",  # /asyncapi.json and its page
     "/console",
     "/v1/console/",
 )
