@@ -11,10 +11,12 @@ from pathlib import Path
 import asyncpg
 
 from shared import db, migrations
+from shared.events import TOPIC_DLQ
 from shared.kafka.admin import ensure_topics, kafka_ready
-from shared.kafka.broker import make_broker
+from shared.kafka.broker import broker_producer, make_broker
 from shared.kafka.consumer import BatchConsumer
 from shared.kafka.producer import ResilientProducer
+from shared.kafka.publishers import declare
 from shared.retention import PruneJob, Pruner
 from shared.retry import Backoff, retrying
 from shared.settings import Settings
@@ -64,9 +66,9 @@ class Runtime:
         if not uses_kafka:
             return
         await _retry("kafka topics", lambda: ensure_topics(s))
-        if with_producer:
-            self.producer = ResilientProducer(s)
-            await _retry("kafka producer", self.producer.start)
+        if with_producer:  # the broker's producer: `broker.connect()` starts it (and the admin client)
+            self.producer = broker_producer(self.broker)
+            await _retry("kafka producer", self.broker.connect)
 
     def add_consumer(self, consumer: BatchConsumer) -> BatchConsumer:
         """Register a consumer to be started by `start_background` and stopped by `stop`."""
@@ -81,7 +83,7 @@ class Runtime:
             BatchConsumer(
                 settings=self.settings,
                 pool=pool or self.pool,
-                producer=self.producer,
+                producer=declare(self.broker, self.settings, TOPIC_DLQ),  # dead letters go through it
                 group_id=group_id,
                 topics=topics,
                 tracker=EventIds(self.schema),
@@ -144,7 +146,7 @@ class Runtime:
                 pass
         if self.producer:
             try:  # flushes what is queued; bounded while Kafka is unreachable
-                await asyncio.wait_for(self.producer.stop(), 20)
+                await asyncio.wait_for(self.producer.disconnect(), 20)
             except Exception as exc:
                 log.warning("producer did not stop cleanly", extra={"error": repr(exc)})
         if self.pool:
