@@ -145,8 +145,8 @@ class Runtime:
             except (asyncio.CancelledError, Exception):
                 pass
         if self.producer:
-            try:  # flushes what is queued; bounded while Kafka is unreachable
-                await asyncio.wait_for(self.producer.disconnect(), 20)
+            try:  # the broker's producer flushes what is queued (and its admin client closes); bounded
+                await asyncio.wait_for(self.broker.stop(), 20)
             except Exception as exc:
                 log.warning("producer did not stop cleanly", extra={"error": repr(exc)})
         if self.pool:

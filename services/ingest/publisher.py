@@ -47,8 +47,8 @@ class Publisher:
             log.warning("Kafka producer not started yet; will retry on publish", extra={"error": repr(exc)})
 
     async def stop(self) -> None:
-        """Flush and close the producer, and any replaced one still closing."""
-        await self.producer.disconnect()
+        """Stop what `start` connected: flush and close the producer (and any replaced one still closing)."""
+        await self.broker.stop()
 
     async def publish(self, records: list[tuple[str, bytes]]) -> list[BaseException | None]:
         """Send (chat_id, value) records in order, keyed by chat id; per record, None once acked or the error."""
