@@ -23,7 +23,7 @@ from faststream.kafka import KafkaBroker
 from shared.kafka.producer import ResilientProducer, make_producer, producer_options
 from shared.settings import Settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # FastStream has no type of its own for the aiokafka producer a factory builds
     from aiokafka import AIOKafkaProducer
 
 # A batch in flight may take this long to finish when the process stops (then it is committed).

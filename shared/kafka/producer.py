@@ -17,10 +17,11 @@ FastStream's public producer interface:
   checked first (replaced if its sender task died or it has failed for longer than
   REPLACE_AFTER_TIMEOUTS send timeouts), and each outcome (the ack future's, or the error) is
   fed to the failure clock;
-- `disconnect()` (the broker's stop, or the runtime's) flushes and closes the current producer
+- `disconnect()` (from `broker.stop()`) flushes and closes the current producer
   and any replaced one still closing, each bounded.
-So publishers need nothing of their own: `await publisher.publish(value, key=..., headers=...,
-no_confirm=True)` returns aiokafka's ack future, and the replacement happens underneath.
+So publishers need nothing of their own: `publisher.publish(value, key=..., headers=...,
+no_confirm=True)` returns aiokafka's ack future (`shared.kafka.publishers.enqueue`), and the
+replacement happens underneath.
 Replacements are built by `make_producer` with the same options as the broker's
 (`producer_options`). A caller that judges a whole round itself (acks awaited with a deadline,
 as ingest's publisher does) reports it with `note`.
