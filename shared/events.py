@@ -286,6 +286,54 @@ LIFECYCLE_TYPES = frozenset(m.model_fields["type"].default for m in LifecycleFac
 # that acts on a few types skips the others without parsing them.
 TYPE_HEADER = "type"
 
+# CloudEvents 1.0, Kafka protocol binding, binary content mode: the record value stays the JSON
+# envelope (the contract); these headers let standard tooling read the topics (docs/contract.md).
+CE_SPECVERSION = "1.0"
+CE_TYPE_PREFIX = "switchboard."
+CE_SOURCE_PREFIX = "/switchboard/"
+
+
+def rfc3339(at: datetime) -> str:
+    """A timezone-aware datetime as RFC 3339 (UTC, `Z`), as CloudEvents' `time` wants it."""
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def cloudevent_headers(
+    event_id: uuid.UUID | str,
+    event_type: str,
+    source: str,
+    time: datetime | str,
+    content_type: str = "application/json",
+) -> dict[str, str]:
+    """The `type` header and the CloudEvents binary-mode headers of one record.
+
+    `event_type` is the envelope's `type`, `source` the producing service (or consumer group),
+    `time` when the fact happened: a datetime, or the envelope's own `occurred_at` text (already
+    RFC 3339: pydantic writes UTC as `...Z`). `content-type` is CloudEvents' `datacontenttype` in
+    the Kafka binding (FastStream would otherwise send it empty for a bytes value).
+    """
+    return {
+        "content-type": content_type,
+        TYPE_HEADER: event_type,
+        "ce_specversion": CE_SPECVERSION,
+        "ce_id": str(event_id),
+        "ce_type": CE_TYPE_PREFIX + event_type,
+        "ce_source": CE_SOURCE_PREFIX + source,
+        "ce_time": time if isinstance(time, str) else rfc3339(time),
+    }
+
+
+def event_headers(event: UserMessage | OperatorMessage | AssignmentIdle | LifecycleFact) -> dict[str, str]:
+    """The record headers of an envelope about to be published (its `producer` is the source)."""
+    return cloudevent_headers(event.event_id, event.type, event.producer, event.occurred_at)
+
+
+def encoded_event_headers(value: bytes) -> dict[str, str]:
+    """The record headers of an already encoded envelope (ingest republishes stored records as bytes)."""
+    data = decode_json(value)
+    return cloudevent_headers(data["event_id"], data["type"], data["producer"], data["occurred_at"])
+
+
 INBOUND = TypeAdapter(InboundEvent)
 TIMEOUTS = TypeAdapter(TimeoutEvent)
 LIFECYCLE = TypeAdapter(LifecycleEvent)

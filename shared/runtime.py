@@ -12,7 +12,7 @@ import asyncpg
 
 from shared import db, migrations
 from shared.kafka.admin import ensure_topics, kafka_ready
-from shared.kafka.broker import make_broker
+from shared.kafka.broker import broker_producer, make_broker
 from shared.kafka.consumer import BatchConsumer
 from shared.kafka.producer import ResilientProducer
 from shared.retention import PruneJob, Pruner
@@ -64,9 +64,9 @@ class Runtime:
         if not uses_kafka:
             return
         await _retry("kafka topics", lambda: ensure_topics(s))
-        if with_producer:
-            self.producer = ResilientProducer(s)
-            await _retry("kafka producer", self.producer.start)
+        if with_producer:  # the broker's producer: `broker.connect()` starts it (and the admin client)
+            self.producer = broker_producer(self.broker)
+            await _retry("kafka producer", self.broker.connect)
 
     def add_consumer(self, consumer: BatchConsumer) -> BatchConsumer:
         """Register a consumer to be started by `start_background` and stopped by `stop`."""
@@ -77,12 +77,10 @@ class Runtime:
         self, group_id: str, topics: Sequence[str], apply, *, pool: asyncpg.Pool | None = None, **options
     ) -> BatchConsumer:
         """Register a batch consumer of `topics` on this runtime's pool, producer and schema's event ids."""
-        assert self.producer is not None, "consumers dead-letter through the runtime's producer"
         return self.add_consumer(
             BatchConsumer(
                 settings=self.settings,
                 pool=pool or self.pool,
-                producer=self.producer,
                 broker=self.broker,
                 group_id=group_id,
                 topics=topics,
@@ -135,10 +133,6 @@ class Runtime:
         """Finish in-flight batches, commit, and close everything."""
         for consumer in self.consumers:
             await consumer.stop()
-        try:  # the broker's own clients (its subscribers are stopped above)
-            await asyncio.wait_for(self.broker.stop(), 20)
-        except Exception as exc:
-            log.warning("broker did not stop cleanly", extra={"error": repr(exc)})
         for task in self._loops:
             task.cancel()
         for task in self._loops:
@@ -149,8 +143,8 @@ class Runtime:
             except (asyncio.CancelledError, Exception):
                 pass
         if self.producer:
-            try:  # flushes what is queued; bounded while Kafka is unreachable
-                await asyncio.wait_for(self.producer.stop(), 20)
+            try:  # the broker's producer flushes what is queued (and its admin client closes); bounded
+                await asyncio.wait_for(self.broker.stop(), 20)
             except Exception as exc:
                 log.warning("producer did not stop cleanly", extra={"error": repr(exc)})
         if self.pool:

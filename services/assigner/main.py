@@ -6,14 +6,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from services.assigner import api, handlers
 from services.assigner.batcher import OperatorBatcher
 from services.assigner.outbox import OutboxRelay
 from services.assigner.repository import QUERIES
 from services.assigner.usecases import Assigner
-from shared.events import TOPIC_INBOUND, TOPIC_TIMEOUTS
+from shared.events import TOPIC_INBOUND, TOPIC_LIFECYCLE, TOPIC_TIMEOUTS
 from shared.http import service_app
+from shared.kafka.publishers import declare
 from shared.retention import Pruner
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -35,6 +37,9 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
     batcher (by default one over the store, run until shutdown).
     """
     runtime = Runtime(settings, "assigner", SCHEMA, MIGRATIONS)
+    worker = settings.assigner_mode in ("all", "worker")
+    # The outbox relay's publisher, declared in the wiring (before the broker starts).
+    lifecycle = declare(runtime.broker, settings, TOPIC_LIFECYCLE) if worker else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -46,8 +51,8 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
         app.state.batcher = batcher if batcher is not None else OperatorBatcher(live)
         if batcher is None:
             runtime.add_loop("operator-batches", app.state.batcher.run)
-        if store is None and settings.assigner_mode in ("all", "worker"):
-            app.state.pruner = _start_worker(settings, runtime, live)
+        if store is None and lifecycle is not None:
+            app.state.pruner = _start_worker(settings, runtime, live, lifecycle)
         await runtime.start_consumers()
         try:
             yield
@@ -67,12 +72,12 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
     return app
 
 
-def _start_worker(settings: Settings, runtime: Runtime, store: Assigner) -> Pruner:
+def _start_worker(settings: Settings, runtime: Runtime, store: Assigner, lifecycle: DefaultPublisher) -> Pruner:
     """Register the worker's parts: the consumer, the outbox relay, the queue gauges, retention (its pruner)."""
     runtime.consume(
         GROUP_ID, [TOPIC_INBOUND, TOPIC_TIMEOUTS], handlers.make_apply(store), after_commit=handlers.after_commit
     )
-    relay = OutboxRelay(runtime.pool, runtime.producer, settings, QUERIES)
+    relay = OutboxRelay(runtime.pool, lifecycle, settings, QUERIES)
     runtime.add_loop("outbox-relay", relay.run)
     runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(store))
     return runtime.add_pruner(store.retention_jobs())

@@ -1,7 +1,9 @@
 """The transactional outbox relay: publishes lifecycle facts to chat.lifecycle in commit order.
 
-One relay publishes at a time (an advisory lock), in id order, keyed by chat, with the idempotent
-producer; rows are deleted only after Kafka acknowledged them, in the same transaction that read
+One relay publishes at a time (an advisory lock), in id order, keyed by chat, through the FastStream
+publisher of `chat.lifecycle` declared on the process's broker (its idempotent producer, replaced
+when stuck: shared.kafka.producer); each record carries the `type` and CloudEvents headers. Rows
+are deleted only after Kafka acknowledged them, in the same transaction that read
 them. A crash after the ack and before the delete republishes the same event ids, which every
 consumer skips. A fact whose transaction rolled back was never visible to the relay.
 """
@@ -12,27 +14,29 @@ import asyncio
 import logging
 
 import asyncpg
+from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from services.assigner import metrics
 from shared import faults
 from shared.db import Queries
-from shared.events import TOPIC_LIFECYCLE, TYPE_HEADER
-from shared.kafka import ResilientProducer
+from shared.events import cloudevent_headers
+from shared.kafka.publishers import enqueue
 from shared.retry import Backoff
 from shared.settings import Settings
 
 log = logging.getLogger("switchboard.assigner.outbox")
 
+SOURCE = "assigner"  # the CloudEvents source of every lifecycle fact
+
 
 class OutboxRelay:
     """Moves committed lifecycle facts from `assigner.outbox` to Kafka."""
 
-    def __init__(self, pool: asyncpg.Pool, producer: ResilientProducer, settings: Settings, queries: Queries):
+    def __init__(self, pool: asyncpg.Pool, publisher: DefaultPublisher, settings: Settings, queries: Queries):
         self.pool = pool
-        self.producer = producer
+        self.publisher = publisher  # chat.lifecycle, declared on the broker in the wiring
         self.settings = settings
         self.q = queries
-        self.topic = settings.topic(TOPIC_LIFECYCLE)
 
     async def publish_once(self) -> int:
         """Publish one batch; returns how many facts left (0 when idle or another relay holds the lock)."""
@@ -42,12 +46,14 @@ class OutboxRelay:
             rows = await conn.fetch(self.q.outbox_batch, self.settings.outbox_batch_size)
             if not rows:
                 return 0
+            # Each call only enqueues (in id order) and returns the ack future: a round is one
+            # pipelined batch, acknowledged as a whole below.
             futures = [
-                await self.producer.send(
-                    self.topic,
-                    value=r["envelope"].encode(),
+                await enqueue(
+                    self.publisher,
+                    r["envelope"].encode(),
                     key=r["chat_id"].encode(),
-                    headers=[(TYPE_HEADER, r["type"].encode())],
+                    headers=cloudevent_headers(r["event_id"], r["type"], SOURCE, r["occurred_at"]),
                 )
                 for r in rows
             ]

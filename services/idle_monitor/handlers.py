@@ -18,14 +18,15 @@ import logging
 import time
 from collections.abc import Callable
 
+from faststream.kafka.publisher.usecase import DefaultPublisher
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.idle_monitor import domain
 from services.idle_monitor.store import Applied, Store
-from shared.events import TOPIC_TIMEOUTS, encode, utcnow
+from shared.events import encode, event_headers, utcnow
 from shared.kafka.consumer import ApplyBatch
 from shared.kafka.decoding import Incoming
-from shared.kafka.producer import ResilientProducer
+from shared.kafka.publishers import enqueue
 from shared.retry import Backoff
 from shared.settings import Settings
 
@@ -94,14 +95,14 @@ class Ticker:
     def __init__(
         self,
         store: Store,
-        producer: ResilientProducer,
+        publisher: DefaultPublisher,
         settings: Settings,
         *,
         batch_size: int = FIRE_BATCH_SIZE,
         clock: Callable = utcnow,
     ):
         self.store = store
-        self.producer = producer
+        self.publisher = publisher  # chat.timeouts, declared on the broker in the wiring
         self.settings = settings
         self.batch_size = batch_size
         self.clock = clock
@@ -119,15 +120,15 @@ class Ticker:
         The claimed rows stay locked until Kafka answered, so no other instance fires them
         meanwhile; a crash between the ack and the commit fires again with the same event id.
         """
-        topic = self.settings.topic(TOPIC_TIMEOUTS)
         async with self.store.pool.acquire() as conn:
             async with conn.transaction():
                 due = await self.store.claim_due(conn, self.clock(), self.batch_size)
                 if not due:
                     return 0
-                pending = [
-                    await self.producer.send(topic, value=encode(domain.idle_fact(d)), key=d.chat_id.encode())
-                    for d in due
+                facts = [domain.idle_fact(d) for d in due]
+                pending = [  # enqueued in order; the acks are awaited together below
+                    await enqueue(self.publisher, encode(f), key=f.chat_id.encode(), headers=event_headers(f))
+                    for f in facts
                 ]
                 results = await asyncio.wait_for(
                     asyncio.gather(*pending, return_exceptions=True), self.settings.kafka_send_timeout_s * 2

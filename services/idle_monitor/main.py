@@ -9,9 +9,10 @@ from fastapi import FastAPI
 
 from services.idle_monitor import api, handlers
 from services.idle_monitor.store import Store
-from shared.events import TOPIC_LIFECYCLE
+from shared.events import TOPIC_LIFECYCLE, TOPIC_TIMEOUTS
 from shared.http import service_app
 from shared.kafka.consumer import LIFECYCLE_FETCH_MIN_BYTES
+from shared.kafka.publishers import declare
 from shared.runtime import Runtime
 from shared.settings import Settings
 
@@ -27,6 +28,7 @@ def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
     test's fake) serves the HTTP API alone: no Postgres, no Kafka, no consumer, no ticker.
     """
     runtime = Runtime(settings, "idle_monitor", SCHEMA, MIGRATIONS)
+    timeouts = declare(runtime.broker, settings, TOPIC_TIMEOUTS)
     tickers: list[handlers.Ticker] = []
 
     async def readiness() -> dict[str, bool]:
@@ -53,7 +55,7 @@ def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
             wanted_types=handlers.WANTED_TYPES,
             fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
         )
-        ticker = handlers.Ticker(live, runtime.producer, settings)
+        ticker = handlers.Ticker(live, timeouts, settings)
         app.state.ticker = ticker
         tickers.append(ticker)
         runtime.add_loop("idle-ticker", ticker.run)

@@ -25,19 +25,20 @@ def bootstrap(settings: Settings, *, store: Store | None = None, publisher: Publ
     """Wire ingest in one place: the idempotency store, the chat.inbound publisher, the coalescer, the HTTP API.
 
     With settings alone (production) the store is built on a Postgres pool at startup, with its
-    retention loop, and the publisher owns a Kafka producer. A `store` or `publisher` passed in (the
+    retention loop, and the publisher sends through the runtime's broker (its producer). A `store` or `publisher` passed in (the
     fakes of tests/fakes.py) is used as it is and never started or stopped here; with a store passed
     in, no Postgres is reached and no topic is created.
     """
     runtime = Runtime(settings, "ingest", SCHEMA, MIGRATIONS)
     owns_publisher = publisher is None
-    live_publisher = publisher if publisher is not None else Publisher(settings)
+    live_publisher = publisher if publisher is not None else Publisher(settings, runtime.broker)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
         if store is None:
-            # The publisher owns its producer: it replaces it when aiokafka cannot recover by itself.
+            # The publisher connects the broker's producer itself: Kafka may be down at startup,
+            # and then the first publish starts a producer.
             await runtime.start(with_producer=False)
             state.store = Store(runtime.pool)
             # Acknowledged keys past the dedup window go; a message id sent again after that is a new event

@@ -1,6 +1,8 @@
 """Kafka plumbing, one module per concern; the public names are re-exported here.
 
+- `broker`: the process's FastStream broker, with `ResilientProducer` as its producer;
 - `producer`: the idempotent producer and `ResilientProducer`, which replaces it when it is stuck;
+- `publishers`: the FastStream publisher of each produced topic (`declare`), with its payload schema;
 - `admin`: topic creation and broker readiness;
 - `decoding`: a record validated against its topic's schema, or the reason it is poison;
 - `consumer`: `BatchConsumer`, each poll applied in one transaction, offsets committed after it;

@@ -5,39 +5,43 @@ declared on this broker, so the AsyncAPI document is generated from what the pro
 consumes and produces. It is never built at import time (no module-level broker bound to
 localhost): `make_broker` is called with the process's settings.
 
-The producer options are the system's delivery guarantee: `acks="all"` and idempotence (a
-retried send is never written twice), the key → partition cache (`CachingPartitioner`), and
-the send timeout of SWITCHBOARD_KAFKA_SEND_TIMEOUT_S.
+The producer options are the system's delivery guarantee (`shared.kafka.producer.producer_options`):
+`acks="all"` and idempotence (a retried send is never written twice), the key → partition cache
+(`CachingPartitioner`), and the send timeout of SWITCHBOARD_KAFKA_SEND_TIMEOUT_S. The broker's
+producer object is `shared.kafka.producer.ResilientProducer`, which replaces the aiokafka producer
+when it cannot recover by itself.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from faststream.kafka import KafkaBroker
 
+from shared.kafka.producer import ResilientProducer, make_producer, producer_options
 from shared.settings import Settings
+
+if TYPE_CHECKING:  # FastStream has no type of its own for the aiokafka producer a factory builds
+    from aiokafka import AIOKafkaProducer
 
 # A batch in flight may take this long to finish when the process stops (then it is committed).
 GRACEFUL_TIMEOUT_S = 30.0
 
 
-def producer_options(settings: Settings) -> dict:
-    """The options of every producer of the system (the broker's, and a replacement's)."""
-    from shared.kafka.producer import CachingPartitioner  # producer.py imports this module
+def make_broker(
+    settings: Settings,
+    service: str,
+    *,
+    producer_factory: Callable[[Settings], AIOKafkaProducer] | None = None,
+    **overrides,
+) -> KafkaBroker:
+    """The process's broker; nothing connects until it is started.
 
-    return dict(
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=2,
-        partitioner=CachingPartitioner(),
-        request_timeout_ms=int(settings.kafka_send_timeout_s * 1000),
-        max_request_size=2 * 1024 * 1024,
-    )
-
-
-def make_broker(settings: Settings, service: str, **overrides) -> KafkaBroker:
-    """The process's broker; nothing connects until it is started."""
+    `producer_factory` builds the producers that replace a stuck one (by default `make_producer`
+    with this broker's producer options); tests pass one that builds fakes.
+    """
     options = dict(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=f"switchboard-{service}",
@@ -51,4 +55,19 @@ def make_broker(settings: Settings, service: str, **overrides) -> KafkaBroker:
         **producer_options(settings),
     )
     options.update(overrides)
-    return KafkaBroker(**options)
+    broker = KafkaBroker(**options)
+    # Every publisher sends through the broker's producer object: ours replaces the aiokafka producer
+    # when it cannot recover (see shared.kafka.producer). FastStream's TestKafkaBroker swaps the same slot.
+    same = {k: options[k] for k in ("bootstrap_servers", "client_id", *producer_options(settings))}
+    broker.config.broker_config.producer = ResilientProducer(
+        settings, producer_factory or (lambda s: make_producer(s, **same))
+    )
+    return broker
+
+
+def broker_producer(broker: KafkaBroker) -> ResilientProducer:
+    """The producer `make_broker` installed (connected by `broker.connect()` or `broker.start()`)."""
+    producer = broker.config.broker_config.producer
+    if not isinstance(producer, ResilientProducer):  # e.g. inside TestKafkaBroker, which swaps it
+        raise TypeError(f"the broker's producer is {type(producer).__name__}, not the one make_broker installs")
+    return producer

@@ -55,7 +55,7 @@ from shared.events import (
 )
 from shared.kafka.deadletter import DeadLetters, Poisoned
 from shared.kafka.decoding import Incoming, Poison, decode_record, skippable
-from shared.kafka.producer import ResilientProducer
+from shared.kafka.publishers import declare
 from shared.retry import Backoff
 from shared.settings import Settings
 
@@ -159,7 +159,6 @@ class BatchConsumer(Generic[R]):
         *,
         settings: Settings,
         pool: asyncpg.Pool,
-        producer: ResilientProducer,
         broker: KafkaBroker,
         group_id: str,
         topics: Sequence[str],
@@ -173,7 +172,6 @@ class BatchConsumer(Generic[R]):
     ):
         self.settings = settings
         self.pool = pool
-        self.producer = producer
         self.broker = broker
         self.group_id = settings.group(group_id)
         self.logical = {settings.topic(t): t for t in topics}
@@ -191,7 +189,9 @@ class BatchConsumer(Generic[R]):
         self._started = False
         # Failed batches wait through one backoff; how long the group has failed is readiness.
         self._backoff = Backoff("consumer", base=0.1, cap=MAX_BACKOFF_S)
-        self.dead_letters = DeadLetters(producer, settings.topic(TOPIC_DLQ), self.group_id, self.logical)
+        self.dead_letters = DeadLetters(
+            declare(broker, settings, TOPIC_DLQ), settings.topic(TOPIC_DLQ), self.group_id, self.logical
+        )
         # Partitions whose last batch failed: until each applied (or left), an empty poll is no recovery.
         self._retrying: set[TopicPartition] = set()
         # Per owned partition, the offset the next handled batch must start at (see `_gap_watch`).

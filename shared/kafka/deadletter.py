@@ -10,6 +10,14 @@ Two records keep them out:
   finds the batch's applied event ids.
 What is left: a crash or a rebalance between the send and the commit of that transaction sends the
 record once more; its `dlq.source_*` and `dlq.consumer_group` headers identify the duplicate.
+
+Records go through the FastStream publisher of `chat.dlq` declared on the process's broker
+(`shared.kafka.publishers.declare`). A dead letter carries the CloudEvents headers too, though its
+value is not one of our envelopes (it may not even be JSON): `ce_id` is the marker (stable, so a
+duplicate has the same id, and unique per source record), `ce_type` is `switchboard.dead_letter`,
+`ce_source` is `/switchboard/<consumer group>` (who dead-lettered it: the same record may be
+dead-lettered by every group, each its own source), `ce_time` is when it was dead-lettered, and
+`content-type` is `application/octet-stream` (the value is passed on unchanged, whatever it is).
 """
 
 from __future__ import annotations
@@ -19,13 +27,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from aiokafka import TopicPartition
+from aiokafka import TopicPartition  # the partition type of the records the consumer hands us
+from faststream.kafka.publisher.usecase import DefaultPublisher
 
 from shared import metrics
+from shared.events import cloudevent_headers, utcnow
 
 log = logging.getLogger("switchboard.kafka")
 
 MARKER_NAMESPACE = uuid.UUID("5f0b7f4e-9a3c-4d61-8f0e-2c6d1e7a9b35")
+DEAD_LETTER_TYPE = "dead_letter"  # the `type` of a dead letter: ce_type `switchboard.dead_letter`
+REASON_MAX_BYTES = 4000
 
 
 class ConsumedRecord(Protocol):
@@ -59,8 +71,10 @@ class Poisoned:
 class DeadLetters:
     """Sends a consumer group's poison records to the dead-letter topic, remembering what it sent."""
 
-    def __init__(self, producer, dlq_topic: str, group_id: str, logical: dict[str, str]):
-        self.producer = producer
+    def __init__(self, publisher: DefaultPublisher, dlq_topic: str, group_id: str, logical: dict[str, str]):
+        # `publisher`: the chat.dlq publisher, `shared.kafka.publishers.declare(broker, settings, TOPIC_DLQ)`.
+        # (`| Any` until BatchConsumer's own parameter, still typed as a producer, is retyped.)
+        self.publisher: DefaultPublisher = publisher
         self.dlq_topic = dlq_topic
         self.group_id = group_id
         self.logical = logical
@@ -71,14 +85,18 @@ class DeadLetters:
         tp, rec = poisoned.tp, poisoned.record
         if rec.offset in self._sent.get(tp, ()):
             return
-        headers = [
-            ("dlq.reason", poisoned.reason.encode()[:4000]),
-            ("dlq.source_topic", tp.topic.encode()),
-            ("dlq.source_partition", str(tp.partition).encode()),
-            ("dlq.source_offset", str(rec.offset).encode()),
-            ("dlq.consumer_group", self.group_id.encode()),
-        ]
-        await self.producer.send_and_wait(self.dlq_topic, value=rec.value, key=rec.key, headers=headers)
+        headers = {
+            "dlq.reason": poisoned.reason.encode()[:REASON_MAX_BYTES].decode(errors="ignore"),
+            "dlq.source_topic": tp.topic,
+            "dlq.source_partition": str(tp.partition),
+            "dlq.source_offset": str(rec.offset),
+            "dlq.consumer_group": self.group_id,
+            **cloudevent_headers(
+                poisoned.marker, DEAD_LETTER_TYPE, self.group_id, utcnow(), "application/octet-stream"
+            ),
+        }
+        # Waits for the ack (no `no_confirm`): the caller records the marker only once Kafka has it.
+        await self.publisher.publish(rec.value, self.dlq_topic, key=rec.key, headers=headers)
         self._sent.setdefault(tp, set()).add(rec.offset)
         metrics.DLQ_RECORDS.labels(self.group_id, self.logical[tp.topic]).inc()
         log.warning(

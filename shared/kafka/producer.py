@@ -1,11 +1,33 @@
-"""The producer side: an idempotent producer, and the one wrapper that replaces it when it is stuck.
+"""The producer side: the broker's idempotent producer, replaced when it cannot recover by itself.
 
 aiokafka's producer reconnects by itself after a broker outage. It does not recover when its
 sender task has died (a fenced producer, an out-of-order sequence, an unexpected error), nor
 when the broker lost its idempotence state; then, and after failures that outlast a few send
 timeouts, the next send goes through a new producer (a new producer id and sequence).
-Every producer of the system goes through `ResilientProducer`: the services' (outbox, idle
-facts, dead letters) and ingest's `Publisher`.
+
+Every record of the system goes through a FastStream publisher declared on the process's broker
+(`shared.kafka.broker.make_broker`), and every publisher sends through the broker's producer
+object (`broker.config.producer`). `ResilientProducer` *is* that object: a subclass of
+FastStream's `AioKafkaFastProducerImpl`, installed by `make_broker` in the broker's config (the
+same slot FastStream's own `TestKafkaBroker` swaps for its in-memory producer). It keeps
+FastStream's public producer interface:
+- `connect(producer, ...)` is what `broker.connect()` / `broker.start()` call with the aiokafka
+  producer the broker built from its options; it is started and becomes the current one;
+- `publish(cmd)` / `publish_batch(cmd)` are what every publisher calls: the current producer is
+  checked first (replaced if its sender task died or it has failed for longer than
+  REPLACE_AFTER_TIMEOUTS send timeouts), and each outcome (the ack future's, or the error) is
+  fed to the failure clock;
+- `disconnect()` (from `broker.stop()`) flushes and closes the current producer
+  and any replaced one still closing, each bounded.
+So publishers need nothing of their own: `publisher.publish(value, key=..., headers=...,
+no_confirm=True)` returns aiokafka's ack future (`shared.kafka.publishers.enqueue`), and the
+replacement happens underneath.
+Replacements are built by `make_producer` with the same options as the broker's
+(`producer_options`). A caller that judges a whole round itself (acks awaited with a deadline,
+as ingest's publisher does) reports it with `note`.
+
+FastStream offers no way to swap the aiokafka producer of a connected broker (its `connect`
+builds admin, producer and consumer factory together, once), hence the subclass.
 """
 
 from __future__ import annotations
@@ -13,11 +35,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+# FastStream builds producers from connection options only; a replacement needs aiokafka's class,
+# and the key cache needs its default partitioner (murmur2, as Java clients).
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
+from faststream.exceptions import IncorrectState
+from faststream.kafka.publisher.producer import AioKafkaFastProducerImpl
+from faststream.kafka.publisher.state import EmptyProducerState, RealProducer
 
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from fast_depends.library.serializer import SerializerProto
+    from faststream._internal.parser import CodecProto
+    from faststream.kafka.response import KafkaPublishCommand
 
 log = logging.getLogger("switchboard.kafka")
 
@@ -50,24 +83,31 @@ class CachingPartitioner:
         return partition
 
 
+def producer_options(settings: Settings) -> dict:
+    """The options of every producer of the system (the broker's, and a replacement's)."""
+    return dict(
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        partitioner=CachingPartitioner(),
+        request_timeout_ms=int(settings.kafka_send_timeout_s * 1000),
+        max_request_size=2 * 1024 * 1024,
+    )
+
+
 def make_producer(settings: Settings, **overrides) -> AIOKafkaProducer:
     """A producer that waits for every in-sync replica and never duplicates on retry."""
     options = dict(
         bootstrap_servers=settings.kafka_bootstrap_servers,
-        partitioner=CachingPartitioner(),
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=2,
-        request_timeout_ms=int(settings.kafka_send_timeout_s * 1000),
-        max_request_size=2 * 1024 * 1024,
         client_id="switchboard",
+        **producer_options(settings),
     )
     options.update(overrides)
     return AIOKafkaProducer(**options)
 
 
-class ResilientProducer:
-    """The idempotent producer, replaced by a fresh one when it cannot recover by itself.
+class ResilientProducer(AioKafkaFastProducerImpl):
+    """The broker's producer: an idempotent aiokafka producer, replaced when it cannot recover by itself.
 
     A failed send (its future's error) starts the failure clock, an acknowledged one stops it; a
     caller that judges a whole round itself (acks awaited with a deadline) reports it with `note`.
@@ -80,27 +120,60 @@ class ResilientProducer:
         *,
         close_timeout_s: float = CLOSE_TIMEOUT_S,
     ):
+        super().__init__(parser=None, decoder=None)
         self.settings = settings
         self.replace_after_s = REPLACE_AFTER_TIMEOUTS * settings.kafka_send_timeout_s
         self.close_timeout_s = close_timeout_s
         self._factory = factory
-        self._producer: AIOKafkaProducer | None = None
+        self._current: AIOKafkaProducer | None = None
         self._failing_since: float | None = None
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
+        self._stopped = False
         self.replacements = 0
 
-    async def start(self) -> None:
-        """Start the first producer (raises while Kafka does not answer)."""
-        await self._current()
+    # ---- FastStream's producer interface -------------------------------------------------
 
-    async def stop(self) -> None:
+    async def connect(
+        self,
+        producer: AIOKafkaProducer,
+        serializer: SerializerProto | None,
+        codec: CodecProto | None = None,
+    ) -> None:
+        """The broker connects: start the producer it built from its options; it becomes the current one."""
+        self.serializer = serializer
+        if codec is not None:
+            self.codec = codec
+        self._stopped = False
+        async with self._lock:
+            await self._install(producer)
+
+    async def disconnect(self) -> None:
         """Flush and close the producer, and any replaced one still closing; bounded per producer."""
-        if self._producer is not None:
-            self._retire(self._producer)
-            self._producer = None
+        self._stopped = True
+        if self._current is not None:
+            self._retire(self._current)
+            self._current = None
+        self._producer = EmptyProducerState()  # FastStream's handle; the close runs in `_retire`, bounded
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def publish(self, cmd: KafkaPublishCommand) -> Any:
+        """Send one record through the current producer (replaced first if it cannot recover)."""
+        await self._ensure()
+        return self._observed(await self._attempt(super().publish(cmd)))
+
+    async def publish_batch(self, cmd: KafkaPublishCommand) -> Any:
+        """Send a batch of records through the current producer (replaced first if it cannot recover)."""
+        await self._ensure()
+        return self._observed(await self._attempt(super().publish_batch(cmd)))
+
+    # ---- ours ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start a producer now without connecting the rest of the broker (raises while Kafka does not answer)."""
+        self._stopped = False
+        await self._ensure()
 
     def note(self, failed: bool) -> None:
         """Record the outcome of a round of sends: a failure starts the clock, a success stops it."""
@@ -109,26 +182,25 @@ class ResilientProducer:
         elif self._failing_since is None:
             self._failing_since = asyncio.get_running_loop().time()
 
-    async def send(self, topic: str, value=None, key=None, headers=None) -> asyncio.Future:
-        """Enqueue a record; the returned future resolves once Kafka acknowledged it."""
-        producer = await self._current()
+    async def _attempt(self, sending) -> Any:
         try:
-            future = await producer.send(topic, value=value, key=key, headers=headers)
+            return await sending
         except Exception:
             self.note(True)
             raise
-        future.add_done_callback(self._observe)
-        return future
 
-    async def send_and_wait(self, topic: str, value=None, key=None, headers=None):
-        """Send one record and wait for its acknowledgement."""
-        return await (await self.send(topic, value=value, key=key, headers=headers))
+    def _observed(self, result: Any) -> Any:
+        if isinstance(result, asyncio.Future):  # no_confirm: the ack arrives later
+            result.add_done_callback(self._observe)
+        else:
+            self.note(False)
+        return result
 
     def _observe(self, future: asyncio.Future) -> None:
         self.note(future.cancelled() or future.exception() is not None)
 
     def _usable(self) -> bool:
-        producer = self._producer
+        producer = self._current
         if producer is None:
             return False
         # aiokafka exposes no public flag for a dead sender task; without it nothing is ever sent again.
@@ -139,26 +211,31 @@ class ResilientProducer:
             return True
         return asyncio.get_running_loop().time() - self._failing_since <= self.replace_after_s
 
-    async def _current(self) -> AIOKafkaProducer:
+    async def _ensure(self) -> None:
+        if self._stopped:
+            raise IncorrectState("the Kafka producer was stopped")
         if self._usable():
-            return self._producer  # type: ignore[return-value]
+            return
         async with self._lock:
             if self._usable():
-                return self._producer  # type: ignore[return-value]
-            if self._producer is not None:
+                return
+            if self._current is not None:
                 log.warning("replacing the Kafka producer", extra={"client": "switchboard"})
-                self._retire(self._producer)
-                self._producer = None
                 self.replacements += 1
-            self._failing_since = None
-            producer = self._factory(self.settings)
-            try:
-                await producer.start()
-            except BaseException:
-                self._retire(producer)
-                raise
-            self._producer = producer
-            return producer
+            await self._install(self._factory(self.settings))
+
+    async def _install(self, producer: AIOKafkaProducer) -> None:
+        """Start `producer` and make it the one publishers send through; the previous one retires."""
+        try:
+            await producer.start()
+        except BaseException:
+            self._retire(producer)
+            raise
+        if self._current is not None:
+            self._retire(self._current)
+        self._current = producer
+        self._failing_since = None
+        self._producer = RealProducer(producer)
 
     def _retire(self, producer: AIOKafkaProducer) -> None:
         """Close a producer in the background (bounded: a dead broker must not hang anyone)."""

@@ -9,7 +9,7 @@ import pytest
 from services.idle_monitor.main import MIGRATIONS as TRACKED_MIGRATIONS
 from shared import db, migrations
 from shared.events import TOPIC_INBOUND
-from shared.kafka import BatchConsumer, make_producer
+from shared.kafka import BatchConsumer
 from shared.kafka.broker import make_broker
 from shared.tracking import EventIds
 from tests.harness import Producer, eventually, user_message
@@ -64,8 +64,6 @@ class Crash(Exception):
 async def run_consumer(env, *, crash_before_commit: bool, expect: int):
     """Consume chat.inbound into plumbing.effects; optionally die after the transaction, before the commit."""
     pool = await db.create_pool(env.database_url, min_size=1, max_size=2)
-    producer = make_producer(env.settings)
-    await producer.start()
 
     async def apply(conn, batch):
         await conn.executemany(
@@ -77,7 +75,6 @@ async def run_consumer(env, *, crash_before_commit: bool, expect: int):
     consumer = BatchConsumer(
         settings=env.settings,
         pool=pool,
-        producer=producer,
         broker=broker,
         group_id="plumbing",
         topics=[TOPIC_INBOUND],
@@ -100,7 +97,6 @@ async def run_consumer(env, *, crash_before_commit: bool, expect: int):
         else:
             await consumer.stop()
         await broker.stop()
-        await producer.stop()
         await pool.close()
 
 

@@ -13,18 +13,19 @@ from services.idle_monitor.handlers import FireFailed, Ticker
 from services.idle_monitor.store import Store
 from shared import db
 from shared.events import TOPIC_TIMEOUTS, utcnow
-from shared.kafka import make_producer
+from shared.kafka.broker import make_broker
+from shared.kafka.publishers import declare
 from shared.retention import Pruner
 from tests import harness
 
 
-class UnacknowledgingProducer:
-    """A producer whose every send is refused, as when the broker is gone."""
+class UnacknowledgingPublisher:
+    """A publisher whose every record is refused, as when the broker is gone."""
 
     def __init__(self):
         self.sent = 0
 
-    async def send(self, topic, value=None, key=None):
+    async def publish(self, value, *, key=None, headers=None, no_confirm=False):
         self.sent += 1
         failed = asyncio.get_running_loop().create_future()
         failed.set_exception(ConnectionError("broker unreachable"))
@@ -54,22 +55,23 @@ async def armed(store: Store) -> set[uuid.UUID]:
 async def test_a_deadline_kafka_did_not_acknowledge_stays_armed_and_fires_on_a_later_round(env):
     pool = await db.create_pool(env.database_url, min_size=1, max_size=4)
     store = Store(pool)
-    producer = make_producer(env.settings)
-    await producer.start()
+    broker = make_broker(env.settings, "idle_monitor")
+    timeouts = declare(broker, env.settings, TOPIC_TIMEOUTS)
+    await broker.connect()
     try:
         deadline = due_deadline("chat-unacked")
         await arm(store, deadline)
-        refusing = UnacknowledgingProducer()
+        refusing = UnacknowledgingPublisher()
         with pytest.raises(FireFailed, match="1 of 1"):
             await Ticker(store, refusing, env.settings).fire_due()
         assert refusing.sent == 1
         assert await armed(store) == {deadline.assignment_id}
 
-        assert await Ticker(store, producer, env.settings).fire_due() == 1
+        assert await Ticker(store, timeouts, env.settings).fire_due() == 1
         assert await armed(store) == set()
         records = await harness.read_topic(env.settings, TOPIC_TIMEOUTS, min_records=1, timeout=10)
     finally:
-        await producer.stop()
+        await broker.stop()
         await pool.close()
     assert [harness.record_json(r)["event_id"] for r in records] == [str(domain.idle_event_id(deadline.assignment_id))]
 
@@ -109,18 +111,19 @@ async def test_a_deadline_still_ahead_is_not_claimed(env):
 async def test_a_round_fires_at_most_its_batch_and_the_rest_fire_on_the_next(env):
     pool = await db.create_pool(env.database_url, min_size=1, max_size=4)
     store = Store(pool)
-    producer = make_producer(env.settings)
-    await producer.start()
+    broker = make_broker(env.settings, "idle_monitor")
+    timeouts = declare(broker, env.settings, TOPIC_TIMEOUTS)
+    await broker.connect()
     try:
         await arm(store, *(due_deadline(f"chat-{n}", seconds_ago=10 - n) for n in range(5)))
-        ticker = Ticker(store, producer, env.settings, batch_size=3)
+        ticker = Ticker(store, timeouts, env.settings, batch_size=3)
         assert await ticker.fire_due() == 3
         assert len(await armed(store)) == 2
         assert await ticker.fire_due() == 2
         assert await ticker.fire_due() == 0
         records = await harness.read_topic(env.settings, TOPIC_TIMEOUTS, min_records=5, timeout=10)
     finally:
-        await producer.stop()
+        await broker.stop()
         await pool.close()
     assert sorted(r.key for r in records) == [f"chat-{n}".encode() for n in range(5)]
 

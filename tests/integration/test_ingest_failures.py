@@ -5,6 +5,7 @@ import uuid
 from services.ingest import domain
 from services.ingest.publisher import Publisher
 from shared.events import TOPIC_INBOUND, new_event_id, utcnow
+from shared.kafka.broker import make_broker
 from tests.harness import eventually, read_topic, record_json, running, token
 
 FRONTEND = token("web", "frontend")
@@ -71,7 +72,7 @@ async def test_a_crash_after_kafka_acked_but_before_the_ack_was_recorded_republi
     async with running("ingest", env.settings) as api:
         store = api.app.state.store
         claims = await store.claim([draft])
-        dead = Publisher(env.settings)
+        dead = Publisher(env.settings, make_broker(env.settings, "ingest"))
         await dead.start()
         assert await dead.publish([(chat, claims[draft.key].envelope)]) == [None]
         await dead.stop()  # ... and the process dies before mark_acked

@@ -12,9 +12,10 @@ import contextlib
 
 import pytest
 from faststream.kafka import TestKafkaBroker
+from faststream.kafka.annotations import KafkaMessage
 from faststream.specification import AsyncAPI
 
-from shared.events import TOPIC_INBOUND, TOPIC_LIFECYCLE, TYPE_HEADER, OperatorMessage, UserMessage
+from shared.events import TOPIC_DLQ, TOPIC_INBOUND, TOPIC_LIFECYCLE, TYPE_HEADER, OperatorMessage, UserMessage
 from shared.kafka.broker import make_broker
 from shared.kafka.consumer import BatchConsumer
 from tests.fakes import unit_settings
@@ -61,14 +62,6 @@ class FakePool:
         yield self
 
 
-class DeadLetterProducer:
-    def __init__(self):
-        self.sent: list[tuple[str, bytes | None, dict]] = []
-
-    async def send_and_wait(self, topic, value=None, key=None, headers=None):
-        self.sent.append((topic, value, dict(headers or ())))
-
-
 def build(topics=(TOPIC_INBOUND,), fail: list | None = None, **options):
     settings = unit_settings()
     broker = make_broker(settings, "unit")
@@ -79,12 +72,10 @@ def build(topics=(TOPIC_INBOUND,), fail: list | None = None, **options):
             raise fail.pop()
         applied.extend(batch)
 
-    producer = DeadLetterProducer()
     tracker = Tracker()
     consumer = BatchConsumer(
         settings=settings,
         pool=FakePool(tracker),  # type: ignore[arg-type]
-        producer=producer,  # type: ignore[arg-type]
         broker=broker,
         group_id="unit",
         topics=list(topics),
@@ -92,7 +83,13 @@ def build(topics=(TOPIC_INBOUND,), fail: list | None = None, **options):
         apply=apply,
         **options,
     )
-    return settings, broker, consumer, applied, producer
+    dead_letters: list = []  # what reaches chat.dlq, through the group's FastStream publisher
+
+    @broker.subscriber(settings.topic(TOPIC_DLQ))
+    async def dlq(body: bytes, message: KafkaMessage) -> None:
+        dead_letters.append((body, message.headers))
+
+    return settings, broker, consumer, applied, dead_letters
 
 
 async def test_typed_envelopes_reach_the_applier_once_each():
@@ -107,26 +104,26 @@ async def test_typed_envelopes_reach_the_applier_once_each():
 
 
 async def test_poison_goes_to_the_dead_letters_with_its_reason_and_never_to_the_applier():
-    settings, broker, _consumer, applied, producer = build()
+    settings, broker, _consumer, applied, dead_letters = build()
     good = user_message("chat-2")
     async with TestKafkaBroker(broker) as test:
         await test.publish(b"not json", settings.topic(TOPIC_INBOUND), key=b"chat-2")
         await test.publish(good.model_dump_json().encode(), settings.topic(TOPIC_INBOUND), key=b"another-chat")
     assert applied == []
-    reasons = [headers["dlq.reason"].decode() for _, _, headers in producer.sent]
+    reasons = [headers["dlq.reason"] for _, headers in dead_letters]
     assert len(reasons) == 2
     assert "JSON" in reasons[0] or "json" in reasons[0]
     assert "does not match chat_id" in reasons[1]
 
 
 async def test_types_the_group_does_not_act_on_are_skipped_unread():
-    settings, broker, _consumer, applied, producer = build(
+    settings, broker, _consumer, applied, dead_letters = build(
         topics=(TOPIC_LIFECYCLE,), wanted_types=frozenset({"chat_assigned"})
     )
     async with TestKafkaBroker(broker) as test:
         # unparseable on purpose: a skipped record is not even decoded, so it is no poison either
         await test.publish(b"{}", settings.topic(TOPIC_LIFECYCLE), key=b"c", headers={TYPE_HEADER: "chat_queued"})
-    assert applied == [] and producer.sent == []
+    assert applied == [] and dead_letters == []
 
 
 async def test_a_failed_apply_applies_nothing_and_the_next_delivery_applies_it():

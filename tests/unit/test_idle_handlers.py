@@ -109,7 +109,7 @@ async def run_until_round(ticker: CountingTicker, n: int) -> None:
 
 
 def test_a_ticker_whose_rounds_keep_failing_is_counted_and_turns_unhealthy():
-    ticker = CountingTicker(failing, FakeStore(), producer=None, settings=SETTINGS)
+    ticker = CountingTicker(failing, FakeStore(), publisher=None, settings=SETTINGS)
     ticker.last_round = time.monotonic() - 3600
     before = handlers.FIRE_FAILURES._value.get()
     asyncio.run(run_until_round(ticker, 3))
@@ -118,7 +118,7 @@ def test_a_ticker_whose_rounds_keep_failing_is_counted_and_turns_unhealthy():
 
 
 def test_a_ticker_completing_rounds_is_healthy_and_refreshes_the_armed_gauge():
-    ticker = CountingTicker(quiet, FakeStore(), producer=None, settings=SETTINGS)
+    ticker = CountingTicker(quiet, FakeStore(), publisher=None, settings=SETTINGS)
     ticker.last_round = time.monotonic() - 3600
     asyncio.run(run_until_round(ticker, 2))
     assert ticker.healthy

@@ -194,8 +194,9 @@ SELECT operator_id, count(*) AS n FROM assigner.assignments WHERE ended_at IS NU
 SELECT pg_try_advisory_xact_lock(hashtext('assigner.outbox.relay'));
 
 -- name: outbox_batch
--- The oldest unpublished facts.
-SELECT id, chat_id, type, envelope FROM assigner.outbox ORDER BY id LIMIT $1;
+-- The oldest unpublished facts, with what their CloudEvents headers need (occurred_at as the envelope writes it).
+SELECT id, chat_id, event_id, type, envelope, envelope::json ->> 'occurred_at' AS occurred_at
+FROM assigner.outbox ORDER BY id LIMIT $1;
 
 -- name: outbox_delete
 -- Forget facts Kafka has acknowledged.
