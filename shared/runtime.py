@@ -73,14 +73,16 @@ class Runtime:
         self.consumers.append(consumer)
         return consumer
 
-    def consume(
-        self, group_id: str, topics: Sequence[str], apply, *, pool: asyncpg.Pool | None = None, **options
-    ) -> BatchConsumer:
-        """Register a batch consumer of `topics` on this runtime's pool, producer and schema's event ids."""
+    def consume(self, group_id: str, topics: Sequence[str], apply=None, **options) -> BatchConsumer:
+        """Declare a batch consumer of `topics` on this runtime's broker, with this schema's event ids.
+
+        Declared in the service's wiring (so the AsyncAPI document shows it before anything runs);
+        its applier may be bound later, once the lifespan built what it needs (`BatchConsumer.bind`).
+        Unless bound to a pool of its own, it applies on the runtime's.
+        """
         return self.add_consumer(
             BatchConsumer(
                 settings=self.settings,
-                pool=pool or self.pool,
                 broker=self.broker,
                 group_id=group_id,
                 topics=topics,
@@ -127,6 +129,8 @@ class Runtime:
     async def start_consumers(self) -> None:
         """Join every registered consumer group."""
         for consumer in self.consumers:
+            if consumer.pool is None:
+                consumer.pool = self.pool
             await _retry("consumer join", consumer.start)
 
     async def stop(self) -> None:

@@ -56,17 +56,11 @@ def broker_factory(name: str) -> Callable[[Settings], KafkaBroker]:
 
     `switchboard asyncapi` generates the system's document from these (shared.asyncapi.system_document).
     """
-    # TODO(per-service declare): each services/<name>/main.py is to expose `declare(settings) -> KafkaBroker`,
-    # declaring what its process consumes and produces on a broker from shared.kafka.broker.make_broker
-    # (bootstrap then declares the same on runtime.broker). Once every service has it, return
-    # `module(name).declare` and drop the fallback below.
-    declare = getattr(module(name), "declare", None)
-    if declare is not None:
-        return declare
+    # Every service's wiring (`bootstrap`) declares its subscribers and publishers on its broker
+    # before anything starts, so the app as `create_app` builds it is the declaration; nothing
+    # connects. The assigner in mode `all` declares both of its processes' sides.
 
     def from_app(settings: Settings) -> KafkaBroker:
-        """Until then: the broker of the app as `create_app` builds it (only what bootstrap declares before
-        startup is on it; nothing connects). The assigner in mode `all` declares both of its processes' sides."""
         app = module(name).create_app(settings.model_copy(update={"assigner_mode": "all"}))
         return app.state.broker
 

@@ -15,6 +15,7 @@ from services.assigner.repository import QUERIES
 from services.assigner.usecases import Assigner
 from shared.events import TOPIC_INBOUND, TOPIC_LIFECYCLE, TOPIC_TIMEOUTS
 from shared.http import service_app
+from shared.kafka.consumer import BatchConsumer
 from shared.kafka.publishers import declare
 from shared.retention import Pruner
 from shared.runtime import Runtime
@@ -40,6 +41,9 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
     worker = settings.assigner_mode in ("all", "worker")
     # The outbox relay's publisher, declared in the wiring (before the broker starts).
     lifecycle = declare(runtime.broker, settings, TOPIC_LIFECYCLE) if worker else None
+    inbound = None
+    if worker and store is None:
+        inbound = runtime.consume(GROUP_ID, [TOPIC_INBOUND, TOPIC_TIMEOUTS], after_commit=handlers.after_commit)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -51,8 +55,8 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
         app.state.batcher = batcher if batcher is not None else OperatorBatcher(live)
         if batcher is None:
             runtime.add_loop("operator-batches", app.state.batcher.run)
-        if store is None and lifecycle is not None:
-            app.state.pruner = _start_worker(settings, runtime, live, lifecycle)
+        if inbound is not None and lifecycle is not None:
+            app.state.pruner = _start_worker(settings, runtime, live, inbound, lifecycle)
         await runtime.start_consumers()
         try:
             yield
@@ -72,11 +76,11 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
     return app
 
 
-def _start_worker(settings: Settings, runtime: Runtime, store: Assigner, lifecycle: DefaultPublisher) -> Pruner:
-    """Register the worker's parts: the consumer, the outbox relay, the queue gauges, retention (its pruner)."""
-    runtime.consume(
-        GROUP_ID, [TOPIC_INBOUND, TOPIC_TIMEOUTS], handlers.make_apply(store), after_commit=handlers.after_commit
-    )
+def _start_worker(
+    settings: Settings, runtime: Runtime, store: Assigner, inbound: BatchConsumer, lifecycle: DefaultPublisher
+) -> Pruner:
+    """Start the worker's parts: the consumer's applier, the outbox relay, the queue gauges, retention (its pruner)."""
+    inbound.bind(handlers.make_apply(store))
     relay = OutboxRelay(runtime.pool, lifecycle, settings, QUERIES)
     runtime.add_loop("outbox-relay", relay.run)
     runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(store))

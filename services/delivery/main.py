@@ -24,6 +24,8 @@ def create_app(settings: Settings) -> FastAPI:
     """Wire delivery: migrations, the chat.lifecycle consumer, the stream listener, the pruner, the HTTP API."""
     runtime = Runtime(settings, "delivery", SCHEMA, MIGRATIONS)
     hub = streams.Hub(settings.database_url)
+    # every type: webhooks may want any fact
+    consumer = runtime.consume(GROUP_ID, [TOPIC_LIFECYCLE])
 
     async def readiness() -> dict[str, bool]:
         """The shared checks plus the stream listener's connection."""
@@ -38,8 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.store = st
         app.state.settings = settings
         app.state.hub = hub
-        # every type: webhooks may want any fact
-        runtime.consume(GROUP_ID, [TOPIC_LIFECYCLE], handlers.make_apply(settings))
+        consumer.bind(handlers.make_apply(settings))
         runtime.add_loop("delivery-listen", hub.listen)
         app.state.pruner = runtime.add_pruner(st.retention_jobs(settings))
         runtime.add_loop("delivery-webhooks", webhooks.Sender(settings, runtime.pool).run)

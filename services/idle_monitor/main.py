@@ -29,6 +29,15 @@ def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
     """
     runtime = Runtime(settings, "idle_monitor", SCHEMA, MIGRATIONS)
     timeouts = declare(runtime.broker, settings, TOPIC_TIMEOUTS)
+    consumer = None
+    if store is None:
+        consumer = runtime.consume(
+            GROUP_ID,
+            [TOPIC_LIFECYCLE],
+            after_commit=handlers.after_commit,
+            wanted_types=handlers.WANTED_TYPES,
+            fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
+        )
     tickers: list[handlers.Ticker] = []
 
     async def readiness() -> dict[str, bool]:
@@ -47,14 +56,8 @@ def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
         await runtime.start()
         live = Store(runtime.pool)
         app.state.store = live
-        app.state.consumer = runtime.consume(
-            GROUP_ID,
-            [TOPIC_LIFECYCLE],
-            handlers.make_apply(live, settings),
-            after_commit=handlers.after_commit,
-            wanted_types=handlers.WANTED_TYPES,
-            fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES,
-        )
+        assert consumer is not None
+        app.state.consumer = consumer.bind(handlers.make_apply(live, settings))
         ticker = handlers.Ticker(live, timeouts, settings)
         app.state.ticker = ticker
         tickers.append(ticker)

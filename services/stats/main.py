@@ -27,6 +27,9 @@ def bootstrap(settings: Settings, *, store: stats_store.Store | None = None) -> 
     test's fake) serves the HTTP API alone: no Postgres, no Kafka, no consumer.
     """
     runtime = Runtime(settings, "stats", SCHEMA, MIGRATIONS)
+    consumer = None
+    if store is None:
+        consumer = runtime.consume(GROUP_ID, [TOPIC_LIFECYCLE], fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -38,9 +41,8 @@ def bootstrap(settings: Settings, *, store: stats_store.Store | None = None) -> 
         # Sessions of this pool resolve the unqualified stats queries in the live schema.
         pool = await stats_store.create_pool(settings, SCHEMA)
         app.state.store = stats_store.Store(pool)
-        runtime.consume(
-            GROUP_ID, [TOPIC_LIFECYCLE], handlers.make_apply(), pool=pool, fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES
-        )
+        assert consumer is not None
+        consumer.bind(handlers.make_apply(), pool=pool)
         app.state.pruner = runtime.add_pruner(stats_store.retention_jobs(settings), pool)
         await runtime.start_consumers()
         try:

@@ -158,12 +158,12 @@ class BatchConsumer(Generic[R]):
         self,
         *,
         settings: Settings,
-        pool: asyncpg.Pool,
         broker: KafkaBroker,
         group_id: str,
         topics: Sequence[str],
         tracker: EventIds,
-        apply: ApplyBatch[R],
+        apply: ApplyBatch[R] | None = None,
+        pool: asyncpg.Pool | None = None,
         after_commit: Callable[[R], None] | None = None,
         max_records: int | None = None,
         wanted_types: frozenset[str] | None = None,
@@ -238,8 +238,21 @@ class BatchConsumer(Generic[R]):
         on_poll.__name__ = on_poll.__qualname__ = f"apply_{self.group_id.replace('.', '_').replace('-', '_')}"
         return on_poll
 
+    def bind(
+        self, apply: ApplyBatch[R], *, pool: asyncpg.Pool | None = None, after_commit: Callable[[R], None] | None = None
+    ) -> BatchConsumer[R]:
+        """Give a consumer declared in the wiring what it applies with, once the lifespan built it."""
+        self.apply = apply
+        if pool is not None:
+            self.pool = pool
+        if after_commit is not None:
+            self.after_commit = after_commit
+        return self
+
     async def start(self) -> None:
         """Join the group: connect the broker (idempotent) and start this subscriber."""
+        if self.apply is None or self.pool is None:
+            raise RuntimeError(f"consumer {self.group_id} started before its applier and pool were bound")
         await self.broker.connect()
         if not self._started:
             await self.subscriber.start()
@@ -517,6 +530,7 @@ class BatchConsumer(Generic[R]):
         """
         if not good and not poisoned:
             return []
+        assert self.pool is not None
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 applied, markers = await self.tracker.claim_new(conn, good, [p.marker for p in poisoned])
@@ -524,6 +538,7 @@ class BatchConsumer(Generic[R]):
                     if p.marker in markers:
                         await self.dead_letters.send(p)
                 # A 1-tuple, not the bare result: None is a result too (some appliers return nothing).
+                assert self.apply is not None  # start() refuses an unbound consumer
                 result = (await self.apply(conn, applied),) if applied else None
         faults.reached("consumer_after_apply")  # crash tests: committed in Postgres, offsets not yet in Kafka
         if result is not None and self.after_commit is not None:

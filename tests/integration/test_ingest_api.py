@@ -199,10 +199,9 @@ async def test_ingest_serves_its_asyncapi_and_openapi_documents(env):
         ready = await api.get("/readyz")
     # The document FastStream generates from what ingest declares on its broker (tests/unit/test_asyncapi.py
     # checks it against the AsyncAPI 3.0.0 schema); its addresses are logical, without the test's prefix.
-    # TODO(lead): once ingest declares its chat.inbound publisher on runtime.broker, also assert
-    # doc["channels"]["chatInbound"]["address"] == TOPIC_INBOUND.
     assert doc == asyncapi.service_document(api.app.state.broker, "ingest", env.settings)
     assert doc["asyncapi"] == "3.0.0" and doc["info"]["title"] == "Switchboard ingest"
     assert {c["address"] for c in doc["channels"].values()} <= set(ALL_TOPICS)
+    assert doc["channels"]["chatInbound"]["address"] == TOPIC_INBOUND  # its publisher, declared in the wiring
     assert {"/v1/chats/{chat_id}/messages", "/v1/messages:batch"} <= set(openapi["paths"])
     assert ready.status_code == 200, ready.text
