@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+# FastStream creates topics only when one of its subscribers starts; these are created before any
+# process runs (`switchboard infra up`, every service's startup, ingest which subscribes to nothing),
+# and the readiness probe asks the broker directly.
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
