@@ -26,6 +26,7 @@ from shared.events import (
 from switchboard.bench.client import Conn, HttpError, http_get
 from switchboard.bench.metrics import metric_sum, parse_metrics
 from switchboard.bench.options import Options
+from switchboard.bench.push import PushWatch
 from switchboard.bench.quantiles import pct
 from switchboard.bench.stack import Stack
 
@@ -75,6 +76,7 @@ class Load:
         self.applied_inbound = 0.0
         self.backlog = 0
         self.user_seq: dict[int, int] = defaultdict(int)
+        self.push: PushWatch | None = None  # the sampled chats' streams (phase half only)
 
     async def __aenter__(self):
         if self.opts.direct_kafka or self.opts.reply_via == "kafka":
@@ -114,6 +116,8 @@ class Load:
                 self.user_seq[i] += 1
                 chat_id = f"b{self.run_id}-u{i}-c{n // self.opts.messages_per_chat}"
                 message_id = f"b{self.run_id}-u{i}-m{n}"
+                if self.push is not None and n % self.opts.messages_per_chat == 0:
+                    self.push.want(chat_id)  # the widget opens its stream as the user starts the chat
                 await self._send_user(conn, path, chat_id, message_id)
                 if think:
                     await asyncio.sleep(think * self.rng.uniform(0.5, 1.5))
@@ -269,6 +273,8 @@ class Load:
             self.rec.op_acked.add(message_id)
             self.rec.replies.append((t1, done - t1))
             self.rec.replies_by_s[int(done)] += 1
+            if self.push is not None:
+                self.push.replied(chat_id, message_id, done)
             self.rec.inbound_acked += 1
         else:
             self.rec.op_unconfirmed.add(message_id)
