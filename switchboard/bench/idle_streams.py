@@ -2,7 +2,7 @@
 
 Starts its own delivery (a subprocess on a free loopback port, throwaway database and topic prefix,
 removed afterwards) or uses `--url`. Mints a chat token per chat through `POST /v1/chats/{id}/token`,
-opens `--streams` chat streams (SSE) with them, `--concurrency` at a time, holds them idle for
+measures the service's idle CPU for 10 s, opens `--streams` chat streams (SSE) with them, `--concurrency` at a time, holds them idle for
 `--hold-s` seconds while the service sends its heartbeats, then closes them. Reports the service
 process's resident memory (before, sampled each second while held, and its peak, VmHWM) and its
 CPU while the streams are held, read with psutil as the full bench does; and the file-descriptor
@@ -29,6 +29,7 @@ MAX_STREAMS = 20_000
 MAX_HOLD_S = 600.0
 FD_MARGIN = 256  # descriptors beyond one per stream: the process's own files, pools, Kafka
 OPEN_STREAMS = "switchboard_delivery_open_streams"
+BASELINE_S = 10.0  # the service's CPU with no stream, measured before opening them
 
 
 @dataclass
@@ -151,11 +152,16 @@ async def _measure(base: str, pid: int, secret: str, streams: int, hold_s: float
 
     service = psutil.Process(pid)
     me = psutil.Process()
+    # The service's own idle cost first (its consumer polls, its webhook sender, its listener).
+    base0, b0 = cpu_seconds(service), time.monotonic()
+    await asyncio.sleep(BASELINE_S)
+    baseline_cores = (cpu_seconds(service) - base0) / (time.monotonic() - b0)
     rss_before = service.memory_info().rss
     t0 = time.monotonic()
     held = await _open_streams(base, secret, streams, concurrency)
     opening_s = time.monotonic() - t0
     open_by_service = await _open_count(base)
+    beats0 = [s.parser.comments for s in held.streams]
     cpu0, mine0, w0 = cpu_seconds(service), cpu_seconds(me), time.monotonic()
     rss_max = 0
     while (left := hold_s - (time.monotonic() - w0)) > 0:
@@ -166,15 +172,17 @@ async def _measure(base: str, pid: int, secret: str, streams: int, hold_s: float
     rss_end = service.memory_info().rss
     peak_kb = peak_rss_kb(pid)
     still_open = len(held.streams) - held.ended_early
-    heartbeats = [s.parser.comments for s in held.streams]
+    heartbeats = [s.parser.comments - before for s, before in zip(held.streams, beats0, strict=True)]
     t1 = time.monotonic()
     for task in held.tasks:
         task.cancel()
     await asyncio.gather(*held.tasks, return_exceptions=True)
     await asyncio.gather(*(s.close() for s in held.streams))
     closing_s = time.monotonic() - t1
-    await asyncio.sleep(1.0)
-    open_after_close = await _open_count(base)
+    # The service notices each closed connection on its own: wait (bounded) until it holds none.
+    while (open_after_close := await _open_count(base)) and time.monotonic() - t1 < 60:
+        await asyncio.sleep(0.5)
+    released_s = time.monotonic() - t1
     limits = service.rlimit(psutil.RLIMIT_NOFILE)
     mb = 1024 * 1024
     return {
@@ -186,7 +194,8 @@ async def _measure(base: str, pid: int, secret: str, streams: int, hold_s: float
         "opening_s": round(opening_s, 1),
         "hold_s": round(held_s, 1),
         "closing_s": round(closing_s, 1),
-        "heartbeats_per_stream": {
+        "service_released_all_s": round(released_s, 1),
+        "heartbeats_per_stream_while_held": {
             "min": min(heartbeats, default=None),
             "max": max(heartbeats, default=None),
             "total": sum(heartbeats),
@@ -198,6 +207,7 @@ async def _measure(base: str, pid: int, secret: str, streams: int, hold_s: float
             "rss_mb_end_of_hold": round(rss_end / mb, 1),
             "peak_rss_mb": None if peak_kb is None else round(peak_kb / 1024, 1),
             "rss_kb_per_stream": round((rss_end - rss_before) / 1024 / max(1, len(held.streams)), 1),
+            "cpu_cores_idle_before": round(baseline_cores, 4),
             "cpu_cores_while_held": round((cpu1 - cpu0) / held_s, 4),
             "fd_limit": {"soft": limits[0], "hard": limits[1]},
         },
