@@ -31,6 +31,7 @@ from switchboard.bench.quantiles import pct
 from switchboard.bench.stack import Stack
 
 APPLIED = "switchboard_consumer_events_total"  # by group, topic and result: what the monitor reads
+STREAM_OPEN_WAIT_S = 2.0  # an operator waits at most this for a sampled chat's stream before replying
 
 
 class Recorder:
@@ -116,8 +117,6 @@ class Load:
                 self.user_seq[i] += 1
                 chat_id = f"b{self.run_id}-u{i}-c{n // self.opts.messages_per_chat}"
                 message_id = f"b{self.run_id}-u{i}-m{n}"
-                if self.push is not None and n % self.opts.messages_per_chat == 0:
-                    self.push.want(chat_id)  # the widget opens its stream as the user starts the chat
                 await self._send_user(conn, path, chat_id, message_id)
                 if think:
                     await asyncio.sleep(think * self.rng.uniform(0.5, 1.5))
@@ -225,8 +224,15 @@ class Load:
                 handled.add(aid)
                 if len(handled) > 64:
                     handled = {aid}
+                # A sampled chat's stream is opened now; the reply waits until it is (push.py).
+                stream_open = self.push.want(chat_id) if self.push is not None and not scale else None
                 if think:
                     await asyncio.sleep(think * self.rng.uniform(0.5, 1.5))
+                if stream_open is not None and not stream_open.is_set():
+                    try:
+                        await asyncio.wait_for(stream_open.wait(), STREAM_OPEN_WAIT_S)
+                    except TimeoutError:
+                        self.rec.errors["push_stream_open_timeout"] += 1
                 if scale or self.rng.random() < self.opts.release_share:
                     t1 = time.time()
                     try:

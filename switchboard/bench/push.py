@@ -1,9 +1,13 @@
 """Push latency as a user's widget sees it: an operator's reply accepted by ingest -> the event on the
 chat's stream (SSE, read with a chat token), for a sample of the half phase's chats.
 
-A sampled chat's stream is opened when its user starts it (the widget is open before the user
-writes), at most one new chat every `spread_s / streams` seconds so the sample covers the phase,
-and held until the watch stops, after the drain. The delivery service's own histogram
+A chat is sampled when an operator pulls it, at most one every `spread_s / streams` seconds so the
+sample covers the phase: operators answer the oldest waiting chats, which at these rates were
+started long before (a chat sampled when its user starts it is seldom answered inside the phase).
+Its stream is opened then, with a chat token, and the operator sends its reply only once the
+stream is open (bounded wait, overlapping its think time): the user's widget has had its stream
+open since the chat began, so the reply must be a live push, not a replay. Streams are held until
+the watch stops, after the drain. The delivery service's own histogram
 (`switchboard_delivery_push_latency_seconds`: a fact's occurred_at -> written to a live stream) is
 read from its /metrics at both ends: only these streams are open during the watch, so it covers
 the same streams (every live event on them, the users' own messages too).
@@ -89,7 +93,7 @@ class PushWatch:
         self.opened: dict[str, float] = {}
         self.sent: dict[str, tuple[str, float]] = {}
         self.arrived: dict[str, float] = {}
-        self.chats: set[str] = set()
+        self.ready: dict[str, asyncio.Event] = {}  # sampled chat -> set once its stream is open (or failed)
         self.failed: dict[str, int] = {}
         self.duplicates = 0
         self.heartbeats = 0
@@ -101,21 +105,25 @@ class PushWatch:
         """Snapshot the service's push histogram."""
         self._hist_before = await self._histogram()
 
-    def want(self, chat_id: str) -> None:
-        """A user starts `chat_id`: follow it if the sample has room and its turn has come."""
+    def want(self, chat_id: str) -> asyncio.Event | None:
+        """An operator pulled `chat_id`: follow it if it is sampled already, or the sample has room and
+        its turn has come. Returns what the operator waits for before replying (None: not sampled)."""
+        if chat_id in self.ready:
+            return self.ready[chat_id]
         now = time.monotonic()
-        if len(self.chats) >= self.max_streams or now < self._next_at:
-            return
+        if len(self.ready) >= self.max_streams or now < self._next_at:
+            return None
         self._next_at = now + self.interval
-        self.chats.add(chat_id)
-        self._tasks.append(asyncio.create_task(self._follow(chat_id)))
+        ready = self.ready[chat_id] = asyncio.Event()
+        self._tasks.append(asyncio.create_task(self._follow(chat_id, ready)))
+        return ready
 
     def replied(self, chat_id: str, message_id: str, accepted_at: float) -> None:
         """An operator's reply to a chat was accepted (ingest's 202) at `accepted_at`."""
-        if chat_id in self.chats:
+        if chat_id in self.ready:
             self.sent[message_id] = (chat_id, accepted_at)
 
-    async def _follow(self, chat_id: str) -> None:
+    async def _follow(self, chat_id: str, ready: asyncio.Event) -> None:
         try:
             token = await self._mint(chat_id)
             stream = SseStream(self.url, f"/v1/chats/{quote(chat_id)}/stream", token)
@@ -124,6 +132,8 @@ class PushWatch:
             key = str(exc)[:60]
             self.failed[key] = self.failed.get(key, 0) + 1
             return
+        finally:
+            ready.set()
         self._streams.append(stream)
         self.opened[chat_id] = stream.opened_at
         async for at, event in stream.events():
