@@ -12,7 +12,7 @@ What one run does (every load bounded in time; loopback only):
    Phase `max`: users as fast as the system takes them (held back only when the assigner's backlog
    passes a cap): the applied rate is the sustained throughput. Phase `half`: users paced at half
    that rate, where apply latency and push latency are judged: during it the bench opens SSE chat
-   streams (chat tokens from delivery) for a sample of the new chats (`--push-streams`, 100).
+   streams (chat tokens from delivery) for a sample of the chats operators pull (`--push-streams`).
 4. Checks nothing was lost or doubled: every acknowledged message is stored once, per-chat counts
    match, and `reconcile` finds zero differences between stats and the assigner.
 5. Scale check: 1 thousand, 100 thousand and 1 million waiting chats bulk-loaded with

@@ -26,6 +26,7 @@ from switchboard.bench.quantiles import pct_ms, summary_ms
 from switchboard.bench.sse import SseStream
 
 PUSH_HISTOGRAM = "switchboard_delivery_push_latency_seconds"
+APPLY_HISTOGRAM = "switchboard_event_apply_latency_seconds"  # the shared consumer's: occurred_at -> commit
 
 
 def pair_pushes(
@@ -84,8 +85,9 @@ def histogram_summary(before: dict[float, float], after: dict[float, float]) -> 
 class PushWatch:
     """The sampled chats' streams, the replies sent to them and when each arrived."""
 
-    def __init__(self, delivery_url: str, frontend_token: str, streams: int, spread_s: float):
+    def __init__(self, delivery_url: str, frontend_token: str, streams: int, spread_s: float, group: str):
         self.url = delivery_url
+        self.group = group  # delivery's consumer group (its apply histogram: the first half of the path)
         self.frontend_token = frontend_token
         self.max_streams = streams
         self.interval = spread_s / max(1, streams)
@@ -99,11 +101,11 @@ class PushWatch:
         self.heartbeats = 0
         self._tasks: list[asyncio.Task] = []
         self._streams: list[SseStream] = []
-        self._hist_before: dict[float, float] = {}
+        self._hists_before: dict[str, dict[float, float]] = {}
 
     async def start(self) -> None:
-        """Snapshot the service's push histogram."""
-        self._hist_before = await self._histogram()
+        """Snapshot the service's histograms."""
+        self._hists_before = await self._histograms()
 
     def want(self, chat_id: str) -> asyncio.Event | None:
         """An operator pulled `chat_id`: follow it if it is sampled already, or the sample has room and
@@ -158,14 +160,19 @@ class PushWatch:
             raise HttpError(f"chat token answered {status}")
         return json.loads(body)["token"]
 
-    async def _histogram(self) -> dict[float, float]:
+    async def _histograms(self) -> dict[str, dict[float, float]]:
+        """Delivery's push histogram (chat streams) and its consumer's apply histogram, or {}."""
         try:
             status, data = await http_get(self.url, "/metrics", timeout=5)
         except HttpError:
             return {}
         if status != 200:
             return {}
-        return histogram(parse_metrics(data.decode(), (f"{PUSH_HISTOGRAM}_bucket",)), PUSH_HISTOGRAM, stream="chat")
+        samples = parse_metrics(data.decode(), (f"{PUSH_HISTOGRAM}_bucket", f"{APPLY_HISTOGRAM}_bucket"))
+        return {
+            "push": histogram(samples, PUSH_HISTOGRAM, stream="chat"),
+            "apply": histogram(samples, APPLY_HISTOGRAM, group=self.group),
+        }
 
     async def stop(self, window: tuple[float, float], timeout_s: float = 10.0) -> dict:
         """Wait (bounded) for the window's replies to arrive, close the streams, return the figures."""
@@ -176,7 +183,7 @@ class PushWatch:
             if not due:
                 break
             await asyncio.sleep(0.2)
-        hist_after = await self._histogram()
+        hists_after = await self._histograms()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -189,5 +196,10 @@ class PushWatch:
             "streams_failed": dict(self.failed),
             "replies_to_sampled_chats": len(self.sent),
             "duplicates": self.duplicates,
-            "service_histogram_ms": histogram_summary(self._hist_before, hist_after),
+            # fact occurred_at (the assigner's record) -> written to these streams, every live event
+            "service_histogram_ms": histogram_summary(self._hists_before.get("push", {}), hists_after.get("push", {})),
+            # fact occurred_at -> delivery's consumer committed it (every fact of the watch, not only these chats)
+            "service_consumer_apply_ms": histogram_summary(
+                self._hists_before.get("apply", {}), hists_after.get("apply", {})
+            ),
         }

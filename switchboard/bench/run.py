@@ -246,7 +246,13 @@ async def _phase_half(load: Load, pool: asyncpg.Pool, opts: Options, m: Measured
     delivery = load.stack.urls.get("delivery")
     push = None
     if opts.push_streams and delivery:
-        push = PushWatch(delivery, load.frontend_token, opts.push_streams, opts.half_duration_s + 2)
+        push = PushWatch(
+            delivery,
+            load.frontend_token,
+            opts.push_streams,
+            opts.half_duration_s + 2,
+            load.stack.settings.group("delivery"),
+        )
         await push.start()
     load.push = push
     try:
