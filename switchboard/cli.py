@@ -403,6 +403,21 @@ def bench_ingest(
     bench_main(_settings(), messages=messages, concurrency=concurrency, batch=batch, url=url)
 
 
+@app.command("bench-streams")
+def bench_streams(
+    streams: int = typer.Option(5000, help="Idle chat streams to open and hold."),
+    hold_s: float = typer.Option(60.0, help="Seconds to hold them (heartbeats every 15 s)."),
+    concurrency: int = typer.Option(50, help="Streams being opened at once."),
+    url: str | None = typer.Option(None, help="Delivery base URL on loopback; default: start one."),
+    output: str | None = typer.Option(None, help="Also write the figures to this JSON file."),
+) -> None:
+    """Hold idle chat streams on one delivery instance: its peak RSS and CPU (docs/performance.md)."""
+    from switchboard.bench.idle_streams import main as streams_main
+
+    _dev_env()
+    streams_main(_settings(), streams=streams, hold_s=hold_s, concurrency=concurrency, url=url, output=output)
+
+
 @app.command()
 def bench(
     users: int | None = typer.Option(None, help="Simulated users (default 200)."),
@@ -436,6 +451,9 @@ def bench(
     backlog_cap: int | None = typer.Option(
         None, help="Users wait while this many inbound events are unapplied (default 1500)."
     ),
+    push_streams: int | None = typer.Option(
+        None, help="Chat streams opened at half load to time operator replies (default 100, 0: none)."
+    ),
     drain_timeout_s: float | None = typer.Option(None, help="Bound on each drain (default 90)."),
     pgbench_seconds: int | None = typer.Option(None, help="pgbench duration (default 15)."),
     pgbench_clients: int | None = typer.Option(None, help="pgbench clients (default 8)."),
@@ -448,6 +466,7 @@ def bench(
     ingest_url: str | None = typer.Option(None, help="Use a running stack: ingest URL."),
     assigner_url: str | None = typer.Option(None, help="Use a running stack: assigner URL."),
     stats_url: str | None = typer.Option(None, help="Use a running stack: stats URL."),
+    delivery_url: str | None = typer.Option(None, help="Use a running stack: delivery URL (push latency)."),
     keep: bool | None = typer.Option(None, "--keep/--no-keep", help="Keep the bench database and topics."),
     smoke: bool | None = typer.Option(None, "--smoke/--no-smoke", help="A few seconds with tiny numbers."),
 ) -> None:

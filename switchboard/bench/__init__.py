@@ -11,7 +11,8 @@ What one run does (every load bounded in time; loopback only):
    (`POST /v1/assignments/next`), think, then reply through ingest (or Kafka), or release.
    Phase `max`: users as fast as the system takes them (held back only when the assigner's backlog
    passes a cap): the applied rate is the sustained throughput. Phase `half`: users paced at half
-   that rate, where apply latency is judged.
+   that rate, where apply latency and push latency are judged: during it the bench opens SSE chat
+   streams (chat tokens from delivery) for a sample of the chats operators pull (`--push-streams`).
 4. Checks nothing was lost or doubled: every acknowledged message is stored once, per-chat counts
    match, and `reconcile` finds zero differences between stats and the assigner.
 5. Scale check: 1 thousand, 100 thousand and 1 million waiting chats bulk-loaded with
@@ -25,12 +26,17 @@ Latency definitions (all wall clock of this one machine):
   `switchboard_event_apply_latency_seconds` histogram (occurred_at -> after commit).
 - pull latency: client side, request written -> response read.
 - stats lag: a lifecycle fact's occurred_at -> `stats.processed_events.applied_at` (its batch).
+- push latency: an operator's reply accepted by ingest (its 202 read) -> the reply's `message`
+  event read on the chat's stream, as the user's widget sees it. Cross-checked with delivery's
+  `switchboard_delivery_push_latency_seconds` histogram (fact occurred_at -> written to the stream).
 
 Where each job lives: `options` (the knobs), `processes` and `stack` (the services, their database
 and topics), `client` (HTTP), `load` (users, operators, the backlog gate), `metrics` (the services'
 Prometheus metrics), `resources` (CPU and memory), `pgbench`, `checks` (lost, doubled, reconcile,
 stats lag; SQL in `sql/queries.sql`), `scale`, `profiling`, `report`, `plot`, `run` (one run from
-start to end), `ingest` (`switchboard bench-ingest`, ingest alone).
+start to end), `push` (the sampled chat streams and push latency), `sse` (reading an event stream),
+`ingest` (`switchboard bench-ingest`, ingest alone), `idle_streams` (`switchboard bench-streams`:
+one delivery instance holding thousands of idle chat streams).
 """
 
 from __future__ import annotations

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,8 +18,7 @@ import httpx
 
 from shared.auth import issue_token
 from shared.settings import Settings
-from switchboard.bench.processes import ServiceProcesses, free_port, service_argv, wait_ready
-from switchboard.bench.stack import delete_topics, drop_database, recreate_database, run_dir, with_db
+from switchboard.bench.stack import OwnService
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_MESSAGES = 200_000
@@ -82,53 +79,8 @@ def main(settings: Settings, *, messages: int, concurrency: int, batch: int, url
 async def _run(settings: Settings, *, messages: int, concurrency: int, batch: int, url: str | None) -> Result:
     if url is not None:
         return await _load(url.rstrip("/"), settings.auth_secret, messages, concurrency, batch)
-    async with OwnIngest(settings) as base:
+    async with OwnService(settings, "ingest") as base:
         return await _load(base, settings.auth_secret, messages, concurrency, batch)
-
-
-class OwnIngest:
-    """An ingest subprocess on a free loopback port with a throwaway database and topic prefix."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.run_id = uuid.uuid4().hex[:8]
-        self.db_name = f"sb_bench_{self.run_id}"
-        self.prefix = f"bench-{self.run_id}."
-        self.processes = ServiceProcesses(run_dir(f"ingest-{self.run_id}"))
-
-    async def __aenter__(self) -> str:
-        base = self.settings.database_url
-        await recreate_database(base, self.db_name)
-        port = free_port()
-        env = dict(
-            os.environ,
-            SWITCHBOARD_DATABASE_URL=with_db(base, self.db_name),
-            SWITCHBOARD_TOPIC_PREFIX=self.prefix,
-            SWITCHBOARD_AUTH_SECRET=self.settings.auth_secret,
-            SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS=self.settings.kafka_bootstrap_servers,
-            SWITCHBOARD_HTTP_HOST="127.0.0.1",
-            SWITCHBOARD_LOG_LEVEL="WARNING",
-        )
-        if self.settings.dev_mode:
-            env["SWITCHBOARD_DEV_MODE"] = "1"
-        pid = self.processes.start("ingest", service_argv("ingest", port), env)
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            await wait_ready({"ingest": base_url}, 120, self.processes)
-        except RuntimeError as exc:
-            await self.__aexit__()
-            raise SystemExit(str(exc)) from None
-        print(
-            f"ingest started (pid {pid}) on {base_url}, topics {self.prefix}*, database {self.db_name}, "
-            f"log {self.processes.log_file('ingest')}",
-            file=sys.stderr,
-        )
-        return base_url
-
-    async def __aexit__(self, *exc) -> None:
-        await self.processes.stop_all(timeout_s=30)
-        await drop_database(self.settings.database_url, self.db_name)
-        await delete_topics(self.settings.kafka_bootstrap_servers, self.prefix)
 
 
 async def _load(base: str, secret: str, messages: int, concurrency: int, batch: int) -> Result:

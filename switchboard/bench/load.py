@@ -26,10 +26,12 @@ from shared.events import (
 from switchboard.bench.client import Conn, HttpError, http_get
 from switchboard.bench.metrics import metric_sum, parse_metrics
 from switchboard.bench.options import Options
+from switchboard.bench.push import PushWatch
 from switchboard.bench.quantiles import pct
 from switchboard.bench.stack import Stack
 
 APPLIED = "switchboard_consumer_events_total"  # by group, topic and result: what the monitor reads
+STREAM_OPEN_WAIT_S = 2.0  # an operator waits at most this for a sampled chat's stream before replying
 
 
 class Recorder:
@@ -75,6 +77,7 @@ class Load:
         self.applied_inbound = 0.0
         self.backlog = 0
         self.user_seq: dict[int, int] = defaultdict(int)
+        self.push: PushWatch | None = None  # the sampled chats' streams (phase half only)
 
     async def __aenter__(self):
         if self.opts.direct_kafka or self.opts.reply_via == "kafka":
@@ -221,8 +224,15 @@ class Load:
                 handled.add(aid)
                 if len(handled) > 64:
                     handled = {aid}
+                # A sampled chat's stream is opened now; the reply waits until it is (push.py).
+                stream_open = self.push.want(chat_id) if self.push is not None and not scale else None
                 if think:
                     await asyncio.sleep(think * self.rng.uniform(0.5, 1.5))
+                if stream_open is not None and not stream_open.is_set():
+                    try:
+                        await asyncio.wait_for(stream_open.wait(), STREAM_OPEN_WAIT_S)
+                    except TimeoutError:
+                        self.rec.errors["push_stream_open_timeout"] += 1
                 if scale or self.rng.random() < self.opts.release_share:
                     t1 = time.time()
                     try:
@@ -269,6 +279,8 @@ class Load:
             self.rec.op_acked.add(message_id)
             self.rec.replies.append((t1, done - t1))
             self.rec.replies_by_s[int(done)] += 1
+            if self.push is not None:
+                self.push.replied(chat_id, message_id, done)
             self.rec.inbound_acked += 1
         else:
             self.rec.op_unconfirmed.add(message_id)

@@ -23,6 +23,7 @@ class Options:
     warmup_s: float = 10.0  # load before the measured window of the max phase
     duration_s: float = 60.0  # measured window of the max phase
     half_duration_s: float = 30.0  # measured window at half the max throughput (0 skips the phase)
+    push_streams: int = 100  # phase half: chat streams (SSE) opened to time operator replies (0: none)
     drain_timeout_s: float = 90.0  # bound on waiting for the assigner to catch up after a phase
     pgbench: bool = True  # run pgbench -N on a scratch database of the same server
     pgbench_seconds: int = 15
@@ -41,6 +42,7 @@ class Options:
     ingest_url: str | None = None  # use a running stack instead of starting one
     assigner_url: str | None = None
     stats_url: str | None = None
+    delivery_url: str | None = None  # with a running stack: where the push latency's streams are read
     keep: bool = False  # keep the bench database and topics afterwards
     smoke: bool = False  # tiny numbers, a few seconds (CI)
     seed: int = 20250601
@@ -55,6 +57,7 @@ SMOKE = dict(
     warmup_s=1.0,
     duration_s=3.0,
     half_duration_s=2.0,
+    push_streams=10,
     drain_timeout_s=60.0,
     pgbench_seconds=2,
     pgbench_clients=2,
@@ -82,6 +85,8 @@ def make_options(**options) -> Options:
     opts = Options(**values)
     if opts.reply_via not in ("ingest", "kafka"):
         raise ValueError("reply_via must be 'ingest' or 'kafka'")
+    if opts.push_streams < 0:
+        raise ValueError("push_streams must be 0 (off) or more")
     if opts.users < 1 or opts.operators < 1:
         raise ValueError("users and operators must be at least 1")
     return opts

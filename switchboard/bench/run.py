@@ -28,6 +28,7 @@ from switchboard.bench.options import Options, make_options
 from switchboard.bench.pgbench import run_pgbench
 from switchboard.bench.plot import write_plot
 from switchboard.bench.profiling import collect_profiles, start_profiles
+from switchboard.bench.push import PushWatch
 from switchboard.bench.report import (
     REPORT_VERSION,
     headline,
@@ -242,8 +243,33 @@ async def _phase_half(load: Load, pool: asyncpg.Pool, opts: Options, m: Measured
     rate = max(1.0, max_rate / 2)
     m.extras["half"]["target_rate"] = round(rate, 1)
     task = progress.add_task("half", total=opts.half_duration_s + 2)
-    await _measure(load, m, "half", f"half@{rate:,.0f}/s", 2.0, opts.half_duration_s, rate, task)
+    delivery = load.stack.urls.get("delivery")
+    push = None
+    if opts.push_streams and delivery:
+        push = PushWatch(
+            delivery,
+            load.frontend_token,
+            opts.push_streams,
+            opts.half_duration_s + 2,
+            load.stack.settings.group("delivery"),
+        )
+        await push.start()
+    load.push = push
+    try:
+        await _measure(load, m, "half", f"half@{rate:,.0f}/s", 2.0, opts.half_duration_s, rate, task)
+    finally:
+        load.push = None
     m.extras["half"]["drain"] = await _drain(load, pool, opts, m, "drain", progress)
+    if push is not None:
+        t = progress.add_task("push       waiting for the replies on the sampled chat streams", total=None)
+        figures = m.extras["half"]["push_latency_ms"] = await push.stop(m.windows["half"])
+        progress.update(
+            t,
+            total=1,
+            completed=1,
+            description=f"push       {figures['count']} replies on {figures['streams_opened']} chat streams, "
+            f"p99 {figures['p99']} ms, missing {figures['missing']}",
+        )
 
 
 async def _measure(

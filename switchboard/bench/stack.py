@@ -19,7 +19,7 @@ from switchboard.bench.resources import Watched, listener_pid
 from switchboard.services import PROCESSES
 
 console = Console(stderr=True)
-SERVICES = ("ingest", "assigner", "idle_monitor", "stats")  # what a running stack (--*-url) offers
+SERVICES = ("ingest", "assigner", "idle_monitor", "stats", "delivery")  # what a running stack (--*-url) offers
 
 
 class Stack:
@@ -41,6 +41,8 @@ class Stack:
                 "assigner": opts.assigner_url.rstrip("/"),
                 "stats": opts.stats_url.rstrip("/"),
             }
+            if opts.delivery_url:
+                self.urls["delivery"] = opts.delivery_url.rstrip("/")
             self.database_url = settings.database_url
         else:
             self.database_url = with_db(settings.database_url, opts.database)
@@ -166,3 +168,53 @@ async def delete_topics(bootstrap: str, prefix: str) -> None:
         console.print(f"[yellow]could not delete bench topics: {exc!r}[/yellow]")
     finally:
         await admin.close()
+
+
+class OwnService:
+    """One service subprocess on a free loopback port with a throwaway database and topic prefix.
+
+    `async with OwnService(settings, "ingest") as base_url`: started, ready, then stopped by pid, its
+    database dropped and its topics deleted. `pid` is the process the figures are read from.
+    """
+
+    def __init__(self, settings: Settings, service: str):
+        self.settings = settings
+        self.service = service
+        self.run_id = secrets.token_hex(4)
+        self.db_name = f"sb_bench_{self.run_id}"
+        self.prefix = f"bench-{self.run_id}."
+        self.processes = ServiceProcesses(run_dir(f"{service}-{self.run_id}"))
+        self.pid: int | None = None
+
+    async def __aenter__(self) -> str:
+        base = self.settings.database_url
+        await recreate_database(base, self.db_name)
+        port = free_port()
+        env = dict(
+            os.environ,
+            SWITCHBOARD_DATABASE_URL=with_db(base, self.db_name),
+            SWITCHBOARD_TOPIC_PREFIX=self.prefix,
+            SWITCHBOARD_AUTH_SECRET=self.settings.auth_secret,
+            SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS=self.settings.kafka_bootstrap_servers,
+            SWITCHBOARD_HTTP_HOST="127.0.0.1",
+            SWITCHBOARD_LOG_LEVEL="WARNING",
+        )
+        if self.settings.dev_mode:
+            env["SWITCHBOARD_DEV_MODE"] = "1"
+        self.pid = self.processes.start(self.service, service_argv(self.service, port), env)
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            await wait_ready({self.service: base_url}, 120, self.processes)
+        except RuntimeError as exc:
+            await self.__aexit__()
+            raise SystemExit(str(exc)) from None
+        console.print(
+            f"{self.service} started (pid {self.pid}) on {base_url}, topics {self.prefix}*, database "
+            f"{self.db_name}, log {self.processes.log_file(self.service)}"
+        )
+        return base_url
+
+    async def __aexit__(self, *exc) -> None:
+        await self.processes.stop_all(timeout_s=30)
+        await drop_database(self.settings.database_url, self.db_name)
+        await delete_topics(self.settings.kafka_bootstrap_servers, self.prefix)

@@ -72,6 +72,8 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
         "events_per_pgbench_tps",
         "apply_p50_ms_half",
         "apply_p99_ms_half",
+        "push_p50_ms_half",
+        "push_p99_ms_half",
         "pull_p50_ms",
         "pull_p99_ms",
         "stats_lag_p99_ms",
@@ -91,6 +93,10 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
         assert phase["stats_lag_ms"]["count"] > 0 and phase["stats_lag_ms"]["facts_not_applied"] == 0
         assert phase["drain"]["complete"] is True
     assert report["phases"]["half"]["target_rate"] > 0
+    # Push latency: the sampled chats' streams opened with chat tokens; no reply came twice on them.
+    push = report["phases"]["half"]["push_latency_ms"]
+    assert set(push) >= LATENCY_KEYS | {"p95", "missing", "streams_opened", "service_histogram_ms"}
+    assert push["streams_opened"] > 0 and push["streams_failed"] == {} and push["duplicates"] == 0
 
     processes = report["resources"]["processes"]
     for service in ("ingest", "assigner", "assigner_worker", "idle_monitor", "stats", "bench client"):
@@ -110,7 +116,7 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
         assert size["server_pull_latency_ms"]["p99"] is not None
     assert scale["p99_ratio_largest_to_smallest"] is not None
 
-    assert len(report["targets"]) == 5
+    assert len(report["targets"]) == 6
     assert all(set(t) == {"name", "value", "target", "met", "unit"} for t in report["targets"])
     assert report["timeline"] and {"t", "phase", "user_acked", "user_applied", "apply_p99_ms", "pull_p99_ms"} <= set(
         report["timeline"][0]
