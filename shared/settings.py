@@ -55,7 +55,12 @@ class Settings(BaseSettings):
     )
 
     consumer_max_records: int = Field(500, ge=1)
-    consumer_poll_timeout_ms: int = Field(200, ge=1)
+    consumer_poll_timeout_ms: int = Field(
+        50,
+        ge=1,
+        description="A poll's wait for records; FastStream then sleeps as long after an empty poll, so this "
+        "bounds the delay a record arriving at an idle consumer sees.",
+    )
     kafka_send_timeout_s: float = Field(5, gt=0)
     outbox_batch_size: int = Field(500, ge=1)
     outbox_poll_interval_s: float = Field(0.05, gt=0)
