@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -337,6 +337,12 @@ def encoded_event_headers(value: bytes) -> dict[str, str]:
 INBOUND = TypeAdapter(InboundEvent)
 TIMEOUTS = TypeAdapter(TimeoutEvent)
 LIFECYCLE = TypeAdapter(LifecycleEvent)
+# The envelope union of each envelope topic: what its consumers' handlers and its publishers declare.
+PAYLOADS: dict[str, Any] = {
+    TOPIC_INBOUND: InboundEvent,
+    TOPIC_TIMEOUTS: TimeoutEvent,
+    TOPIC_LIFECYCLE: LifecycleEvent,
+}
 ADAPTERS: dict[str, TypeAdapter] = {
     TOPIC_INBOUND: INBOUND,
     TOPIC_TIMEOUTS: TIMEOUTS,

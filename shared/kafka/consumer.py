@@ -43,16 +43,7 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.message import KafkaAckableMessage
 
 from shared import faults, metrics
-from shared.events import (
-    TOPIC_DLQ,
-    TOPIC_INBOUND,
-    TOPIC_LIFECYCLE,
-    TOPIC_TIMEOUTS,
-    InboundEvent,
-    LifecycleEvent,
-    TimeoutEvent,
-    utcnow,
-)
+from shared.events import PAYLOADS, TOPIC_DLQ, utcnow
 from shared.kafka.deadletter import DeadLetters, Poisoned
 from shared.kafka.decoding import Incoming, Poison, decode_record, skippable
 from shared.kafka.publishers import declare
@@ -119,9 +110,6 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned):
         log.info("partitions assigned", extra={"group": self._group, "partitions": str(sorted(assigned))})
         await self._assigned(set(assigned))
-
-
-PAYLOADS: dict[str, Any] = {TOPIC_INBOUND: InboundEvent, TOPIC_TIMEOUTS: TimeoutEvent, TOPIC_LIFECYCLE: LifecycleEvent}
 
 
 class _InMemory:

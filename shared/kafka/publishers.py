@@ -22,15 +22,7 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from faststream.kafka.publisher.usecase import DefaultPublisher
 
-from shared.events import (
-    TOPIC_DLQ,
-    TOPIC_INBOUND,
-    TOPIC_LIFECYCLE,
-    TOPIC_TIMEOUTS,
-    InboundEvent,
-    LifecycleEvent,
-    TimeoutEvent,
-)
+from shared.events import PAYLOADS, TOPIC_DLQ, TOPIC_INBOUND, TOPIC_LIFECYCLE, TOPIC_TIMEOUTS
 from shared.settings import Settings
 
 
@@ -44,15 +36,15 @@ class TopicSpec:
 
 PRODUCED: dict[str, TopicSpec] = {
     TOPIC_INBOUND: TopicSpec(
-        InboundEvent,
+        PAYLOADS[TOPIC_INBOUND],
         "User and operator messages accepted by ingest; key = chat id (one chat's messages in order).",
     ),
     TOPIC_TIMEOUTS: TopicSpec(
-        TimeoutEvent,
+        PAYLOADS[TOPIC_TIMEOUTS],
         "`assignment_idle` when an assignment's operator stayed silent past the idle deadline; key = chat id.",
     ),
     TOPIC_LIFECYCLE: TopicSpec(
-        LifecycleEvent,
+        PAYLOADS[TOPIC_LIFECYCLE],
         "Lifecycle facts from the assigner's outbox, in commit order per chat; key = chat id.",
     ),
     TOPIC_DLQ: TopicSpec(
