@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -58,6 +59,15 @@ OperatorId = Annotated[
         description="Operator id (a token's `sub`): printable text, 1 to 255 characters.",
     ),
 ]
+# ---- routing (docs/contract.md "Routing") ----------------------------------------------
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+DEFAULT_QUEUE: Final = "default"
+MAX_SKILLS = 8
+PRIORITY_MAX = 9
+QueueId = Annotated[str, Field(pattern=SLUG_PATTERN, description="Queue (team) id: a slug; `default` always exists.")]
+Skill = Annotated[str, Field(pattern=SLUG_PATTERN, description="A skill: a slug.")]
+Priority = Annotated[int, Field(ge=0, le=PRIORITY_MAX, description="0 (lowest) to 9; one point = priority_step_s.")]
+OperatorStatus = Literal["available", "away", "offline"]
 Outcome = Literal["answered", "released", "timed_out", "reassigned", "completed"]
 Sender = Literal["user", "operator"]
 QueueReason = Literal["new", "user_reply", "reopened", "released", "timed_out"]
@@ -118,10 +128,24 @@ class Envelope(_Strict):
 # ---- chat.inbound ---------------------------------------------------------------------
 
 
+class Routing(_Strict):
+    """A chat's routing attributes as a frontend (or an admin) sets them; each field given wins."""
+
+    queue: QueueId | None = Field(default=None, description="Queue to wait in; unknown -> `default`.")
+    priority: Priority | None = None
+    skills: list[Skill] | None = Field(default=None, max_length=MAX_SKILLS, description="Skills a taker needs.")
+
+    @field_validator("skills", mode="after")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else sorted(set(value))
+
+
 class UserMessagePayload(_Strict):
     message_id: MessageId
     text: str = Field(min_length=1, max_length=4000)
     sent_at: datetime | None = None
+    routing: Routing | None = Field(default=None, description="Optional routing attributes (latest win).")
 
     @field_validator("sent_at", mode="after")
     @classmethod
@@ -197,6 +221,7 @@ class ChatQueuedPayload(_Strict):
     reason: QueueReason
     waiting_since: datetime
     queued_at: datetime
+    queue_id: QueueId = DEFAULT_QUEUE
 
 
 class ChatAssignedPayload(_Strict):
@@ -204,6 +229,15 @@ class ChatAssignedPayload(_Strict):
     operator_id: OperatorId
     assigned_at: datetime
     via: Literal["pull", "reassign"]
+    queue_id: QueueId = DEFAULT_QUEUE
+    first_wait_ms: int | None = Field(
+        default=None,
+        description="On a chat's first assignment since it was opened or reopened: ms it waited for it.",
+    )
+    sla_met: bool | None = Field(
+        default=None, description="With first_wait_ms: whether it was within the queue's sla_first_assignment_s."
+    )
+    idle_timeout_s: int | None = Field(default=None, description="The queue's idle timeout override, if any.")
 
 
 class AssignmentEndedPayload(_Strict):
@@ -212,16 +246,38 @@ class AssignmentEndedPayload(_Strict):
     outcome: Outcome
     started_at: datetime
     ended_at: datetime
+    queue_id: QueueId = DEFAULT_QUEUE
 
 
 class ChatAnsweredPayload(_Strict):
     operator_id: OperatorId
     answered_at: datetime
+    queue_id: QueueId = DEFAULT_QUEUE
 
 
 class ChatCompletedPayload(_Strict):
     completed_by: str
     completed_at: datetime
+    queue_id: QueueId = DEFAULT_QUEUE
+
+
+class ChatRoutedPayload(_Strict):
+    queue_id: QueueId = Field(description="The queue the chat is in now.")
+    priority: Priority
+    skills: list[Skill] = Field(max_length=MAX_SKILLS)
+    previous_queue_id: QueueId | None = None
+    requested_queue: str | None = Field(default=None, description="Set when it named an unknown queue (fallback).")
+    by: Literal["user_message", "admin", "queue_deleted"]
+    routed_at: datetime
+
+
+class OperatorStatusChangedPayload(_Strict):
+    operator_id: OperatorId
+    status: OperatorStatus
+    previous_status: OperatorStatus
+    by: Literal["self", "admin", "removed"]
+    changed_at: datetime
+    returned_chats: int = Field(default=0, ge=0, description="Held chats put back in their queues (offline).")
 
 
 class ChatReopenedPayload(_Strict):
@@ -277,8 +333,35 @@ class ChatReopened(Envelope):
     payload: ChatReopenedPayload
 
 
+class ChatRouted(Envelope):
+    """The chat's routing attributes changed (queue, priority, skills)."""
+
+    type: Literal["chat_routed"] = "chat_routed"
+    payload: ChatRoutedPayload
+
+
+class OperatorStatusChanged(Envelope):
+    """An operator's presence changed. Its `chat_id` (the Kafka key) is operator_key(operator_id)."""
+
+    type: Literal["operator_status_changed"] = "operator_status_changed"
+    payload: OperatorStatusChangedPayload
+
+
+def operator_key(operator_id: str) -> str:
+    """The record key (envelope `chat_id`) of an operator's own facts: stable, so they stay in order."""
+    return "operator:" + hashlib.sha256(operator_id.encode()).hexdigest()[:40]
+
+
 LifecycleFact = (
-    MessageRecorded | ChatQueued | ChatAssigned | AssignmentEnded | ChatAnswered | ChatCompleted | ChatReopened
+    MessageRecorded
+    | ChatQueued
+    | ChatAssigned
+    | AssignmentEnded
+    | ChatAnswered
+    | ChatCompleted
+    | ChatReopened
+    | ChatRouted
+    | OperatorStatusChanged
 )
 LifecycleEvent = Annotated[LifecycleFact, Field(discriminator="type")]
 LIFECYCLE_TYPES = frozenset(m.model_fields["type"].default for m in LifecycleFact.__args__)
