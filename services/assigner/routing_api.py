@@ -20,6 +20,7 @@ from shared.auth import Principal, require
 from shared.errors import ApiError, validation_error
 from shared.events import (
     DEFAULT_QUEUE,
+    ID_PATTERN,
     SLUG_PATTERN,
     OperatorStatus,
     QueueId,
@@ -111,6 +112,13 @@ def _slug(queue_id: str) -> str:
     return queue_id
 
 
+def _known_slug(queue_id: str) -> str:
+    """A queue id to look up: one that is no slug names no queue (404, before any query)."""
+    if not re.match(SLUG_PATTERN, queue_id):
+        raise ApiError(404, "queue_not_found", f"queue {queue_id!r} does not exist")
+    return queue_id
+
+
 def _operator(operator_id: str) -> str:
     try:
         return check_operator_id(operator_id)
@@ -181,7 +189,7 @@ async def list_queues(
 async def get_queue(
     queue_id: QueuePath, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
 ):
-    row = await c.get_queue(queue_id)
+    row = await c.get_queue(_known_slug(queue_id))
     if row is None:
         raise ApiError(404, "queue_not_found", f"queue {queue_id} does not exist")
     return row
@@ -198,7 +206,7 @@ async def delete_queue(
     queue_id: QueuePath, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
 ):
     try:
-        moved = await c.delete_queue(queue_id)
+        moved = await c.delete_queue(_known_slug(queue_id))
     except routing.UnknownQueue as exc:
         raise ApiError(404, "queue_not_found", str(exc)) from None
     except domain.DomainError as exc:
@@ -313,7 +321,7 @@ async def put_operator(
 async def get_operator(
     operator_id: OperatorPath, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
 ):
-    view = await c.get_operator(operator_id)
+    view = await c.get_operator(_operator(operator_id))
     if view is None:
         raise ApiError(404, "operator_not_found", f"operator {operator_id} has no profile")
     return view
@@ -355,6 +363,8 @@ async def route_chat(
     chat_id: str, request: Request, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
 ):
     body = await _body(request, RouteIn)
+    if not re.match(ID_PATTERN, chat_id):  # no event can carry such an id: no such chat
+        raise ApiError(404, "chat_not_found", f"chat {chat_id!r} does not exist")
     try:
         return _json(ChatOut, await c.route_chat(chat_id, body))
     except domain.DomainError as exc:

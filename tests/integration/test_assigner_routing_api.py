@@ -121,6 +121,12 @@ async def test_an_admin_routes_a_waiting_chat_and_removing_its_operator_returns_
                 await conn.close()
 
         await harness.eventually(all_published, timeout=20)
+        metrics = (await api.get("/metrics")).text
+        assert 'switchboard_queue_waiting_chats{queue="default"}' in metrics
+        assert 'switchboard_queue_oldest_waiting_seconds{queue="default"}' in metrics
+        assert 'switchboard_operators{status="offline"}' in metrics
+        fallbacks = [line for line in metrics.splitlines() if line.startswith("switchboard_routing_fallbacks_total ")]
+        assert fallbacks and float(fallbacks[0].split()[1]) >= 1
 
     facts = [
         json.loads(r.value) for r in await harness.read_topic(env.settings, TOPIC_LIFECYCLE, min_records=10, timeout=20)
