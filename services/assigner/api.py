@@ -150,12 +150,13 @@ def domain_error(exc: domain.DomainError) -> ApiError:
 
 
 def _assignment_body(assigner: Assigner, pulled: Pulled, chat: dict) -> dict:
+    # A new assignment carries its queue's idle override; a current one reads its queue's.
+    idle_s = pulled.idle_timeout_s or chat.get("queue_idle_timeout_s") or assigner.settings.idle_timeout_s
     return {
         "assignment_id": pulled.assignment_id,
         "chat": chat,
         "assigned_at": pulled.assigned_at,
-        "idle_deadline": pulled.assigned_at
-        + timedelta(seconds=pulled.idle_timeout_s or assigner.settings.idle_timeout_s),
+        "idle_deadline": pulled.assigned_at + timedelta(seconds=idle_s),
     }
 
 
