@@ -101,7 +101,10 @@ class RouteIn(Routing):
 
 
 async def _commands(request: Request) -> RoutingCommands:
-    return request.app.state.routing
+    commands = request.app.state.routing
+    if commands is None:
+        raise ApiError(503, "routing_unavailable", "routing is not served by this assigner")
+    return commands
 
 
 def _slug(queue_id: str) -> str:
@@ -152,8 +155,8 @@ OperatorPath = Annotated[str, Path(description="The operator id (a token's `sub`
 async def put_queue(
     queue_id: QueuePath,
     request: Request,
-    c: RoutingCommands = Depends(_commands),
     _: Principal = Depends(require("admin")),
+    c: RoutingCommands = Depends(_commands),
 ):
     body = await _body(request, QueueIn)
     try:
@@ -171,8 +174,8 @@ async def put_queue(
 async def list_queues(
     limit: LimitParam = DEFAULT_LIMIT,
     cursor: CursorParam = None,
-    c: RoutingCommands = Depends(_commands),
     _: Principal = Depends(require("admin")),
+    c: RoutingCommands = Depends(_commands),
 ):
     after = decode_cursor(QUEUES_CURSOR, cursor, 1)
     rows, resume = await c.queues_page(limit, after[0] if after else None)
@@ -187,7 +190,7 @@ async def list_queues(
     responses=errors(404),
 )
 async def get_queue(
-    queue_id: QueuePath, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
+    queue_id: QueuePath, _: Principal = Depends(require("admin")), c: RoutingCommands = Depends(_commands)
 ):
     row = await c.get_queue(_known_slug(queue_id))
     if row is None:
@@ -203,7 +206,7 @@ async def get_queue(
     responses=errors(404, 409),
 )
 async def delete_queue(
-    queue_id: QueuePath, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
+    queue_id: QueuePath, _: Principal = Depends(require("admin")), c: RoutingCommands = Depends(_commands)
 ):
     try:
         moved = await c.delete_queue(_known_slug(queue_id))
@@ -229,8 +232,8 @@ async def delete_queue(
 async def admin_status(
     operator_id: OperatorPath,
     request: Request,
-    c: RoutingCommands = Depends(_commands),
     _: Principal = Depends(require("admin")),
+    c: RoutingCommands = Depends(_commands),
 ):
     body = await _body(request, StatusIn)
     try:
@@ -249,7 +252,7 @@ async def admin_status(
     },
 )
 async def my_status(
-    request: Request, c: RoutingCommands = Depends(_commands), me: Principal = Depends(require("operator"))
+    request: Request, me: Principal = Depends(require("operator")), c: RoutingCommands = Depends(_commands)
 ):
     body = await _body(request, StatusIn)
     try:
@@ -259,7 +262,7 @@ async def my_status(
 
 
 @router.get("/v1/operators/me", response_model=OperatorOut, tags=["operator"], summary="My routing profile and status.")
-async def me_profile(c: RoutingCommands = Depends(_commands), me: Principal = Depends(require("operator"))):
+async def me_profile(me: Principal = Depends(require("operator")), c: RoutingCommands = Depends(_commands)):
     return await c.get_operator(me.sub, or_default=True)
 
 
@@ -269,8 +272,8 @@ async def me_profile(c: RoutingCommands = Depends(_commands), me: Principal = De
 async def list_operators(
     limit: LimitParam = DEFAULT_LIMIT,
     cursor: CursorParam = None,
-    c: RoutingCommands = Depends(_commands),
     _: Principal = Depends(require("admin")),
+    c: RoutingCommands = Depends(_commands),
 ):
     after = decode_cursor(OPERATORS_CURSOR, cursor, 1)
     rows, resume = await c.operators_page(limit, after[0] if after else None)
@@ -289,8 +292,8 @@ async def list_operators(
 async def put_operator(
     operator_id: OperatorPath,
     request: Request,
-    c: RoutingCommands = Depends(_commands),
     _: Principal = Depends(require("admin")),
+    c: RoutingCommands = Depends(_commands),
 ):
     body = await _body(request, OperatorIn)
     profile = Profile(
@@ -319,7 +322,7 @@ async def put_operator(
     responses=errors(404),
 )
 async def get_operator(
-    operator_id: OperatorPath, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
+    operator_id: OperatorPath, _: Principal = Depends(require("admin")), c: RoutingCommands = Depends(_commands)
 ):
     view = await c.get_operator(_operator(operator_id))
     if view is None:
@@ -335,7 +338,7 @@ async def get_operator(
     responses=errors(404),
 )
 async def delete_operator(
-    operator_id: OperatorPath, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
+    operator_id: OperatorPath, _: Principal = Depends(require("admin")), c: RoutingCommands = Depends(_commands)
 ):
     try:
         returned = await c.delete_operator(_operator(operator_id))
@@ -360,7 +363,7 @@ async def delete_operator(
     },
 )
 async def route_chat(
-    chat_id: str, request: Request, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
+    chat_id: str, request: Request, _: Principal = Depends(require("admin")), c: RoutingCommands = Depends(_commands)
 ):
     body = await _body(request, RouteIn)
     if not re.match(ID_PATTERN, chat_id):  # no event can carry such an id: no such chat
