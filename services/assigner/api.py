@@ -161,12 +161,18 @@ def _assignment_body(assigner: Assigner, pulled: Pulled, chat: dict) -> dict:
 
 
 NO_CONTENT = {204: {"description": "Nothing is waiting for this operator."}}
+UNAVAILABLE = {
+    409: {
+        "description": "The operator is away or offline (`operator_unavailable`).",
+        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+    }
+}
 
 
 @router.post(
     "/v1/assignments/next",
     response_model=AssignmentOut,
-    responses=NO_CONTENT,
+    responses={**NO_CONTENT, **UNAVAILABLE},
     tags=["operator"],
     summary="Pull the next chat (retry-safe: at capacity, returns the current assignment).",
 )

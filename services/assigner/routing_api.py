@@ -147,7 +147,7 @@ OperatorPath = Annotated[str, Path(description="The operator id (a token's `sub`
     response_model=QueueOut,
     tags=["routing"],
     summary="Create or replace a queue (200 replaced, 201 created; at most 500 queues).",
-    responses=errors(409),
+    responses={201: {"description": "Created.", "model": QueueOut}, **errors(409)},
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": QueueIn.model_json_schema()}}}
     },
@@ -225,6 +225,7 @@ async def delete_queue(
     response_model=OperatorOut,
     tags=["routing"],
     summary="Set an operator's presence (offline returns its chats to their queues at once).",
+    responses=errors(409),
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": StatusIn.model_json_schema()}}}
     },
@@ -247,6 +248,7 @@ async def admin_status(
     response_model=OperatorOut,
     tags=["operator"],
     summary="Set my presence: available, away (no new chats) or offline (my chats go back to their queues).",
+    responses=errors(409),
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": StatusIn.model_json_schema()}}}
     },
@@ -285,6 +287,7 @@ async def list_operators(
     response_model=OperatorOut,
     tags=["routing"],
     summary="Create or replace an operator's profile (200 replaced, 201 created; its status is kept).",
+    responses={201: {"description": "Created.", "model": OperatorOut}, **errors(409)},
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": OperatorIn.model_json_schema()}}}
     },
@@ -335,7 +338,7 @@ async def get_operator(
     response_model=OperatorRemoved,
     tags=["routing"],
     summary="Remove an operator's profile; the chats it holds go back to their queues.",
-    responses=errors(404),
+    responses=errors(404, 409),
 )
 async def delete_operator(
     operator_id: OperatorPath, _: Principal = Depends(require("admin")), c: RoutingCommands = Depends(_commands)
@@ -357,7 +360,7 @@ async def delete_operator(
     response_model=ChatOut,
     tags=["routing"],
     summary="Set a chat's queue (must exist), priority or skills; a waiting chat keeps its waiting time.",
-    responses=errors(404),
+    responses=errors(404, 409),
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": RouteIn.model_json_schema()}}}
     },
