@@ -13,10 +13,16 @@ Replies are read from the chat stream, not by polling the chat over HTTP: it is 
 connection per user and one event read per message instead of a request per poll, and a poll's
 interval would put its own delay into every turn.
 
-An *operator* pulls (`POST /v1/assignments/next` with its operator token), thinks
-(`operator_think_ms`), and replies through ingest with the same token. While its reply is not applied
-a pull returns the same assignment (`current`): it backs off then, and when nothing is waiting
-(`empty`), as in the load phases (50 ms doubling to 800 ms).
+An *operator* is a console: it holds its operator stream open (`GET /v1/operators/me/stream` on
+delivery: new messages on the chats it holds), pulls (`POST /v1/assignments/next` with its operator
+token), and answers once the user has finished the turn: when the chat's user messages since the last
+reply (those in the pull's answer, then those read on its stream) number `messages_per_turn` (or
+after OPERATOR_WAIT_S, counted), it thinks (`operator_think_ms`) and replies through ingest with the
+same token. Without that wait an operator would answer a user's first message while the user is
+still typing the second, and the mix would not be the one asked for. The stream's message events
+carry no chat id: the bench's user message ids start with their chat's id. While its reply is not
+applied a pull returns the same assignment (`current`): it backs off then, and when nothing is
+waiting (`empty`), as in the load phases (50 ms doubling to 800 ms).
 
 A turn is an assignment ended as `answered` (an operator's reply applied), counted from
 `assigner.assignments` like the load phases' turns. What the clients observed is kept here; the
@@ -48,6 +54,7 @@ from switchboard.bench.sse import SseStream
 from switchboard.bench.stack import Stack
 
 REPLY_WAIT_S = 15.0  # a user whose reply has not come after this long gives the chat up (counted)
+OPERATOR_WAIT_S = 5.0  # an operator waits at most this for the rest of a turn's user messages (counted)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 0.8  # an operator's pause after an empty or `current` pull, doubling
 PROFILED = ("assigner", "assigner_worker", "ingest", "idle_monitor", "stats", "delivery")
 USER_TEXT = "hello, I need help"
@@ -63,6 +70,7 @@ class Observed:
         self.turns: list[tuple[float, float]] = []  # (reply read, seconds since the turn's last user ack)
         self.chats_opened = 0
         self.reply_timeouts = 0
+        self.operator_wait_timeouts = 0
         self.errors: dict[str, int] = defaultdict(int)
 
 
@@ -92,6 +100,43 @@ class Replies:
         return self.last_at
 
 
+class Inbox:
+    """The user messages an operator read on its operator stream, by chat (from the message id)."""
+
+    def __init__(self):
+        self.by_chat: dict[str, set[str]] = defaultdict(set)
+        self.changed = asyncio.Event()
+
+    def seen(self, message_id: str) -> None:
+        self.by_chat[message_id.rpartition("-m")[0]].add(message_id)
+        self.changed.set()
+
+    async def wait_for(self, chat_id: str, known: set[str], count: int, timeout_s: float, running) -> bool:
+        """True once `known` and the chat's messages read on the stream number `count` (False: timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while len(known | self.by_chat.get(chat_id, set())) < count:
+            self.changed.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not running():
+                return False
+            try:
+                await asyncio.wait_for(self.changed.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+
+def unanswered_user_messages(messages: list[dict]) -> set[str]:
+    """The ids of a chat's user messages after its last operator message (a pull's `chat.messages`)."""
+    out: set[str] = set()
+    for m in messages:
+        if m.get("sender") == "operator":
+            out.clear()
+        elif m.get("sender") == "user":
+            out.add(m["message_id"])
+    return out
+
+
 class Conversation:
     """The users and operators of the phase; acknowledged messages also go to the run's Recorder, so the
     checks after the load (nothing lost, nothing doubled) cover them."""
@@ -105,13 +150,13 @@ class Conversation:
         self.rng = random.Random(opts.seed + 1)
         self.frontend_token = issue_token(stack.settings.auth_secret, "bench-frontend", "frontend")
         self.running = False
-        self._waiting: set[Replies] = set()
+        self._waiting: set[Replies | Inbox] = set()
 
     def stop(self) -> None:
-        """End the phase: actors finish the step they are in; users waiting for a reply stop waiting."""
+        """End the phase: actors finish the step they are in; users and operators waiting stop waiting."""
         self.running = False
-        for replies in self._waiting:
-            replies.changed.set()
+        for waiting in self._waiting:
+            waiting.changed.set()
 
     def _is_running(self) -> bool:
         return self.running
@@ -138,7 +183,7 @@ class Conversation:
                         for _ in range(self.opts.messages_per_turn):
                             if not self.running:
                                 return
-                            message_id = f"b{self.run_id}-cu{i}-m{seq}"
+                            message_id = f"{chat_id}-m{seq}"  # the chat's id first: see Inbox
                             seq += 1
                             if await self._send(ingest, chat_id, token, message_id):
                                 last_ack = time.time()
@@ -203,9 +248,19 @@ class Conversation:
         """One operator: pull, think, reply through ingest, with its own operator token."""
         me = f"conv-op-{j}"
         token = issue_token(self.stack.settings.auth_secret, me, "operator")
+        inbox = Inbox()
+        stream = SseStream(self.stack.urls["delivery"], "/v1/operators/me/stream", token)
+        try:
+            await stream.open()
+        except HttpError as exc:
+            self.seen.errors[f"operator_stream: {str(exc)[:50]}"] += 1
+            return
+        reader = asyncio.create_task(_read_user_messages(stream, inbox))
+        self._waiting.add(inbox)
         assigner, ingest = Conn(self.stack.urls["assigner"]), Conn(self.stack.urls["ingest"])
         handled: set[str] = set()
         wait, n = BACKOFF_MIN_S, 0
+        ours = f"b{self.run_id}-cu"
         try:
             while self.running:
                 t0 = time.time()
@@ -221,6 +276,7 @@ class Conversation:
                     body = json.loads(data)
                     aid, chat_id = body["assignment_id"], body["chat"]["chat_id"]
                     result = "current" if aid in handled else "assigned"
+                    known = unanswered_user_messages(body["chat"]["messages"])
                 elif status == 204:
                     result = "empty"
                 else:
@@ -235,10 +291,21 @@ class Conversation:
                 handled.add(aid)
                 if len(handled) > 64:
                     handled = {aid}
+                if chat_id.startswith(ours) and not await inbox.wait_for(
+                    chat_id, known, self.opts.messages_per_turn, OPERATOR_WAIT_S, self._is_running
+                ):
+                    if not self.running:
+                        break  # the phase ended: no reply (the chat stays assigned, as a console closed)
+                    self.seen.operator_wait_timeouts += 1
+                inbox.by_chat.pop(chat_id, None)
                 await self._think(self.opts.operator_think_ms)
                 await self._reply(ingest, token, me, chat_id, f"b{self.run_id}-{me}-r{n}")
                 n += 1
         finally:
+            self._waiting.discard(inbox)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await stream.close()
             await assigner.close()
             await ingest.close()
 
@@ -274,6 +341,19 @@ async def _read_replies(stream: SseStream, replies: Replies) -> None:
             continue
         if sender == "operator":
             replies.seen(at)
+
+
+async def _read_user_messages(stream: SseStream, inbox: Inbox) -> None:
+    """Read an operator's stream; note each user message (the only events parsed)."""
+    async for _, event in stream.events():
+        if event.event != "message" or '"user"' not in event.data:
+            continue
+        try:
+            data = json.loads(event.data)
+        except ValueError:
+            continue
+        if data.get("sender") == "user":
+            inbox.seen(data["message_id"])
 
 
 async def conversation_phase(

@@ -90,6 +90,7 @@ def summarize(
         "turn_latency_ms": summary_ms([t[1] for t in replies]),
         "chats_opened": seen.chats_opened,
         "reply_timeouts": seen.reply_timeouts,
+        "operator_wait_timeouts": seen.operator_wait_timeouts,
         "errors": dict(seen.errors),
         "cpu_cores": {k: round((cpu1[k] - cpu0[k]) / seconds, 3) for k in cpu1 if k in cpu0 and seconds > 0},
         "cpu_ms_per_turn": cpu_ms_per_turn(cpu0, cpu1, seconds, turns),
@@ -162,5 +163,8 @@ def print_conversation(report: dict) -> None:
         f"{v(cost['bench_client'], '', 2)} ({'-' if share is None else f'{share:.0%}'})",
     )
     t.add_row("CPU ms per turn: the whole machine", v(cost["processes"].get("machine (all processes)"), "", 2))
-    t.add_row("reply timeouts / errors", f"{conv['reply_timeouts']} / {sum(conv['errors'].values())}")
+    t.add_row(
+        "timeouts: users waiting for a reply / operators for a turn's messages; errors",
+        f"{conv['reply_timeouts']} / {conv['operator_wait_timeouts']}; {sum(conv['errors'].values())}",
+    )
     console.print(t)

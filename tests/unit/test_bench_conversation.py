@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from switchboard.bench.conversation import Observed, Replies
+from switchboard.bench.conversation import Inbox, Observed, Replies, unanswered_user_messages
 from switchboard.bench.conversation_report import client_note, compare, cpu_ms_per_turn, summarize
 from switchboard.bench.options import SMOKE, make_options
 from switchboard.bench.pgbench import PEER_DIR, parse_pgbench
@@ -110,6 +110,35 @@ def test_a_waiting_user_stops_when_the_phase_ends():
         running[0] = False
         replies.changed.set()  # what Conversation.stop does for every waiting user
         assert await asyncio.wait_for(waiting, 1.0) is None
+
+    asyncio.run(scenario())
+
+
+def test_an_operator_counts_the_user_messages_since_the_last_reply():
+    messages = [
+        {"message_id": "c1-m0", "sender": "user"},
+        {"message_id": "r0", "sender": "operator"},
+        {"message_id": "c1-m1", "sender": "user"},
+        {"message_id": "c1-m2", "sender": "user"},
+    ]
+
+    assert unanswered_user_messages(messages) == {"c1-m1", "c1-m2"}
+    assert unanswered_user_messages(messages[:2]) == set()
+
+
+def test_an_operator_waits_for_the_turns_messages_on_its_stream_by_chat():
+    async def scenario():
+        inbox = Inbox()
+        inbox.seen("bX-cu2-c0-m7")  # another chat's message
+        waiting = asyncio.create_task(inbox.wait_for("bX-cu1-c3", {"bX-cu1-c3-m4"}, 3, 5.0, lambda: True))
+        await asyncio.sleep(0.01)
+        inbox.seen("bX-cu1-c3-m4")  # in the pull's answer and on the stream: counted once
+        inbox.seen("bX-cu1-c3-m5")
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        inbox.seen("bX-cu1-c3-m6")
+        assert await waiting is True
+        assert await inbox.wait_for("bX-cu9-c0", set(), 1, 0.05, lambda: True) is False
 
     asyncio.run(scenario())
 
