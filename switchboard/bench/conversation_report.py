@@ -167,4 +167,7 @@ def print_conversation(report: dict) -> None:
         "timeouts: users waiting for a reply / operators for a turn's messages; errors",
         f"{conv['reply_timeouts']} / {conv['operator_wait_timeouts']}; {sum(conv['errors'].values())}",
     )
+    for name, prof in (conv.get("profiles") or {}).items():
+        libs = ", ".join(f"{lib} {share:.0%}" for lib, share in list(prof.get("self_by_library", {}).items())[:4])
+        t.add_row(f"py-spy, self time by library: {name}", libs or "-")
     console.print(t)
