@@ -26,6 +26,7 @@ from shared.settings import Settings
 from switchboard.bench.checks import integrity, load_messages, run_reconcile, stats_lag, wait_drained
 from switchboard.bench.conversation import conversation_phase
 from switchboard.bench.conversation_report import client_note, compare
+from switchboard.bench.idle_streams import raise_fd_limit
 from switchboard.bench.load import Load, Recorder
 from switchboard.bench.metrics import apply_summary
 from switchboard.bench.options import Options, make_options
@@ -82,6 +83,10 @@ async def run(settings: Settings, opts: Options) -> dict:
             t = progress.add_task(
                 "starting   the four services" if not stack.external else "checking   the stack", total=None
             )
+            if opts.conversation_duration_s > 0:
+                # Three sockets an actor (two connections and a stream) on this side; the services
+                # started next inherit the limit (delivery holds every stream, ingest every user).
+                report["fd_limit"] = raise_fd_limit(3 * (opts.conversation_users + opts.conversation_operators))
             await stack.start()
             progress.update(t, total=1, completed=1, description="ready      services up")
             loopback = urlparse(stack.database_url).hostname in ("127.0.0.1", "localhost", "::1")
