@@ -28,11 +28,20 @@ from shared.tracking import EventIds
 
 QUERIES = db.Queries(Path(__file__).parent / "sql" / "reconcile.sql")
 SHADOW_SCHEMA = "stats_rebuild"  # one of shared.tracking.SCHEMAS
+# What rebuild compares: every figure of every table.
 TABLES = (
     ("operator_day", domain.OPERATOR_COUNTERS),
     ("operator_total", domain.OPERATOR_COUNTERS),
     ("chat", domain.CHAT_COUNTERS),
+    ("queue_day", domain.QUEUE_COUNTERS),
 )
+# What reconcile can recount from the assigner's records. Per queue that is `assigned` alone: the
+# assigner keeps no history of queue entries, answers, completions or first waits (a reopened chat
+# overwrites them), so those per-queue figures are proven by rebuild's replay instead. While the
+# assignments record no queue (a chat's own queue may have changed since), `assigned` is compared
+# per day over all queues together (`queue_days_total`).
+RECOUNTED = TABLES[:3]
+QUEUE_ASSIGNED = ("assigned",)
 
 
 @dataclass
@@ -130,14 +139,29 @@ async def reconcile(settings: Settings, *, quiesce_timeout_s: float = 30.0) -> R
                 "chat": _keyed(await conn.fetch(QUERIES.recount_chats), ("chat_id",)),
             }
             actual = await store.figures(conn)
+            if await conn.fetchval(QUERIES.assignments_record_queue):
+                queue_table = "queue_day"
+                expected[queue_table] = _keyed(await conn.fetch(QUERIES.recount_queue_assigned), ("queue_id", "day"))
+            else:
+                queue_table = "queue_days_total"
+                expected[queue_table] = _keyed(await conn.fetch(QUERIES.recount_assigned_per_day), ("day",))
+                actual[queue_table] = assigned_per_day(actual["queue_day"])
     finally:
         await conn.close()
-    _compare_all(report, expected, actual)
+    _compare_all(report, expected, actual, RECOUNTED + ((queue_table, QUEUE_ASSIGNED),))
     return report
 
 
-def _compare_all(report: Report, expected: dict, actual: dict) -> None:
-    for table, names in TABLES:
+def assigned_per_day(queue_days: dict[tuple, dict]) -> dict[tuple, dict]:
+    """Stats' per-queue `assigned` summed over the queues of each day, keyed (day,)."""
+    out: dict[tuple, dict] = {}
+    for (_, day), row in queue_days.items():
+        out.setdefault((day,), {"assigned": 0})["assigned"] += row["assigned"]
+    return out
+
+
+def _compare_all(report: Report, expected: dict, actual: dict, tables=TABLES) -> None:
+    for table, names in tables:
         report.compared[table] = len(set(expected[table]) | set(actual[table]))
         report.differences.extend(domain.compare(table, names, expected[table], actual[table]))
 

@@ -67,6 +67,8 @@ ALLOWED = {
     ("stats", "GET", "/v1/operators/{operator_id}/stats"): {"operator", "admin"},
     ("stats", "GET", "/v1/stats/operators"): {"admin"},
     ("stats", "GET", "/v1/chats/{chat_id}/stats"): {"admin"},
+    ("stats", "GET", "/v1/stats/queues"): {"admin"},
+    ("stats", "GET", "/v1/queues/{queue_id}/stats"): {"admin"},
 }
 # Bodies that would be valid, so that only the token can be the reason for a refusal.
 BODIES = {
