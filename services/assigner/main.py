@@ -8,10 +8,11 @@ from pathlib import Path
 from fastapi import FastAPI
 from faststream.kafka.publisher.usecase import DefaultPublisher
 
-from services.assigner import api, handlers
+from services.assigner import api, handlers, routing_api
 from services.assigner.batcher import OperatorBatcher
 from services.assigner.outbox import OutboxRelay
 from services.assigner.repository import QUERIES
+from services.assigner.routing_usecases import RoutingCommands
 from services.assigner.usecases import Assigner
 from shared.events import TOPIC_INBOUND, TOPIC_LIFECYCLE, TOPIC_TIMEOUTS
 from shared.http import service_app
@@ -52,6 +53,8 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
             await runtime.start(uses_kafka=settings.assigner_mode != "api")
         live = store if store is not None else Assigner(runtime.pool, settings)
         app.state.assigner = live
+        # A test's fake store brings its own routing commands (or none).
+        app.state.routing = RoutingCommands(live) if isinstance(live, Assigner) else getattr(live, "routing", None)
         app.state.batcher = batcher if batcher is not None else OperatorBatcher(live)
         if batcher is None:
             runtime.add_loop("operator-batches", app.state.batcher.run)
@@ -70,7 +73,7 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
         lifespan=lifespan,
         readiness=runtime.readiness,
         broker=runtime.broker,
-        routers=(api.router,),
+        routers=(api.router, routing_api.router),
     )
     api.mount_console(app)
     return app

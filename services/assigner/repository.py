@@ -16,6 +16,7 @@ import asyncpg
 
 from services.assigner.allocation import Held
 from services.assigner.domain import AssignmentRecord, Chat, Decision, Fact
+from services.assigner.routing import Lane, LaneClaim, Profile, Queue
 from shared import events
 from shared.db import Queries
 
@@ -30,6 +31,8 @@ FACT_MODELS = {
     "chat_answered": events.ChatAnswered,
     "chat_completed": events.ChatCompleted,
     "chat_reopened": events.ChatReopened,
+    "chat_routed": events.ChatRouted,
+    "operator_status_changed": events.OperatorStatusChanged,
 }
 
 
@@ -50,7 +53,30 @@ def chat_from_row(row) -> Chat:
         created_at=row["created_at"],
         assignment_started_at=row["assignment_started_at"] if "assignment_started_at" in keys else None,
         assignment_responded=bool(row["assignment_responded"]) if "assignment_responded" in keys else False,
+        queue_id=row["queue_id"],
+        priority=row["priority"],
+        skills=tuple(row["skills"]),
+        rank=row["rank"],
+        opened_at=row["opened_at"],
+        first_assigned_at=row["first_assigned_at"],
     )
+
+
+def profile_of(row) -> Profile:
+    """A routing Profile from an operators row (or its JSON)."""
+    return Profile(
+        operator_id=row["operator_id"],
+        display_name=row["display_name"],
+        queues=tuple(row["queues"]),
+        skills=frozenset(row["skills"]),
+        capacity=row["capacity"],
+        status=row["status"],
+    )
+
+
+def queue_of(row) -> Queue:
+    """A routing Queue from a queues row (or its JSON)."""
+    return Queue(**{k: row[k] for k in Queue.__dataclass_fields__})
 
 
 class Changes:
@@ -132,6 +158,53 @@ class Repository:
         `cooled_before`), past the chats in `given` (SKIP LOCKED)."""
         row = await conn.fetchrow(self.q.claim_next_chat, operator_id, cooled_before, given)
         return chat_from_row(row) if row is not None else None
+
+    # ---- routing ---------------------------------------------------------------------------
+
+    async def routing_context(
+        self, conn: asyncpg.Connection, operator_ids: list[str]
+    ) -> tuple[dict[str, Profile], dict[str, Queue], bool]:
+        """The pullers' profiles (those that have one), the queues they reach, whether any waiting chat is routed."""
+        row = await conn.fetchrow(self.q.routing_context, operator_ids)
+        profiles = {o["operator_id"]: profile_of(o) for o in json.loads(row["operators"])}
+        queues = {q["queue_id"]: queue_of(q) for q in json.loads(row["queues"])}
+        return profiles, queues, row["routed_waiting"]
+
+    async def waiting_lanes(self, conn: asyncpg.Connection, queue_ids: list[str]) -> list[Lane]:
+        """The (queue, skill set) pairs of waiting chats in these queues."""
+        return [Lane(r["queue_id"], tuple(r["skills"])) for r in await conn.fetch(self.q.waiting_lanes, queue_ids)]
+
+    async def claim_lanes(
+        self,
+        conn: asyncpg.Connection,
+        claims: list[LaneClaim],
+        operator_id: str | None = None,
+        cooled_before: list[datetime] | None = None,
+        given: list[str] | None = None,
+    ) -> list[Chat]:
+        """Lock each lane's lowest-ranked waiting chats nobody else holds (SKIP LOCKED), one probe per lane."""
+        if not claims:
+            return []
+        rows = await conn.fetch(
+            self.q.claim_lanes,
+            [c.lane.queue_id for c in claims],
+            [",".join(c.lane.skills) for c in claims],
+            [c.limit for c in claims],
+            [c.relaxed_before for c in claims],
+            operator_id,
+            cooled_before if cooled_before is not None else [None] * len(claims),
+            given or [],
+        )
+        return [chat_from_row(r) for r in rows]
+
+    async def queue(self, conn: asyncpg.Connection, queue_id: str) -> Queue | None:
+        """One queue's settings (None: it does not exist)."""
+        row = await conn.fetchrow(self.q.queue_by_id, queue_id)
+        return queue_of(row) if row is not None else None
+
+    async def known_queues(self, conn: asyncpg.Connection, queue_ids: Iterable[str]) -> set[str]:
+        """Which of these queues exist (key-share locked until commit: a delete waits)."""
+        return {r["queue_id"] for r in await conn.fetch(self.q.queue_exists, sorted(set(queue_ids)))}
 
     # ---- assignments and operators -------------------------------------------------------
 
@@ -224,6 +297,11 @@ class Repository:
             [e.event_id for e in envs],
             [e.type for e in envs],
             [e.model_dump_json() for e in envs],
+            [c.queue_id for c in cs],
+            [c.priority for c in cs],
+            [",".join(c.skills) for c in cs],
+            [c.opened_at for c in cs],
+            [c.first_assigned_at for c in cs],
         )
 
     async def erase_texts(self, conn: asyncpg.Connection, chat_id: str) -> int:
@@ -253,6 +331,9 @@ class Repository:
                 "last_operator_id": r["last_operator_id"],
                 "waiting_since": r["waiting_since"],
                 "message_count": r["message_count"],
+                "queue_id": r["queue_id"],
+                "priority": r["priority"],
+                "skills": list(r["skills"]),
                 "messages": json.loads(r["messages"]),
             }
             for r in rows
@@ -271,6 +352,12 @@ class Repository:
         """Up to `limit` chats waiting or assigned since before `cutoff`, oldest first, after the keyset."""
         since, chat_id = after if after is not None else (None, None)
         return [dict(r) for r in await conn.fetch(self.q.stuck_chats_page, cutoff, limit, since, chat_id)]
+
+    async def routing_gauges(self, conn: asyncpg.Connection) -> tuple[list, dict[str, int]]:
+        """Per queue (queue_id, waiting chats, oldest waiting_since); operators per status."""
+        queues = [(r["queue_id"], r["waiting"], r["oldest"]) for r in await conn.fetch(self.q.queue_gauges)]
+        statuses = {r["status"]: r["n"] for r in await conn.fetch(self.q.operators_by_status)}
+        return queues, statuses
 
     async def outbox_backlog(self, conn: asyncpg.Connection) -> int:
         """Facts not yet published."""
