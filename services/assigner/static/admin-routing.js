@@ -83,7 +83,7 @@ const AdminRouting = (() => {
       if (q.queue_id === "default") remove.disabled = true;  // always exists (409)
       return S.el("tr", { "data-queue": q.queue_id }, S.el("td", {}, q.queue_id), S.el("td", {}, q.name),
         S.el("td", { class: "waiting" }, String(q.waiting ?? "—")),
-        S.el("td", { class: "oldest" }, seconds(q.oldest_waiting_s ?? q.oldest_waiting_age_s)),
+        S.el("td", { class: "oldest" }, seconds(q.oldest_waiting_s)),
         S.el("td", { class: "sla" }, slaText), S.el("td", { class: "settings" }, settings(q)),
         S.el("td", {}, S.el("span", { class: "row" }, edit, remove)));
     });
