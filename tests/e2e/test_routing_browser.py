@@ -127,6 +127,13 @@ async def test_an_operator_sees_its_queues_and_switches_its_status_in_the_consol
         await page.wait_for_selector("#status >> text=Nothing is waiting for you right now.")
         await page.screenshot(path=str(SHOTS / "console-available.png"))
 
+        # Signing out hides the panel with the rest; an admin's token never shows it.
+        await page.click("#signout")
+        await page.locator("#presence").wait_for(state="hidden")
+        await page.fill("#signin-form input", ADMIN["Authorization"][7:])
+        await page.click("#signin-form button")
+        assert await page.locator("#presence").is_hidden()
+
 
 async def test_an_admin_manages_queues_and_operators_and_sees_depth_oldest_wait_and_sla(env):
     SHOTS.mkdir(parents=True, exist_ok=True)

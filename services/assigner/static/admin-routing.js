@@ -1,7 +1,7 @@
 // The admin page's routing screens (SPEC §8): queues and operator profiles, created, edited and
 // removed here, each list one page at a time; every queue with its depth, oldest wait and SLA today.
-// Apart from the page's own script, so the sign-in code can move without touching it; the page calls
-// start() once signed in and stop() on sign-out.
+// It starts when the page shows its signed-in part (#board) and stops when it hides it, so it needs no
+// hook in the page's sign-in code.
 const AdminRouting = (() => {
   const S = Switchboard, $ = (id) => document.getElementById(id);
   const PAGE = 100;
@@ -192,20 +192,25 @@ const AdminRouting = (() => {
     ]);
   }
 
-  function start() {
-    stop();
-    $("routing").hidden = false;
-    $("queue-form").onsubmit = saveQueue; $("queue-new").onclick = newQueue;
-    $("profile-form").onsubmit = saveProfile; $("profile-new").onclick = newProfile;
-    refresh();
+  $("queue-form").onsubmit = saveQueue; $("queue-new").onclick = newQueue;
+  $("profile-form").onsubmit = saveProfile; $("profile-new").onclick = newProfile;
+
+  async function start() {
     timer = setInterval(refresh, 3000);
+    await S.loadConfig();  // where stats is: the page may not have read it yet
+    await refresh();
   }
 
   function stop() {
-    if (timer) clearInterval(timer);
-    timer = null; queues.reset(); profiles.reset();
-    $("routing").hidden = true;
+    clearInterval(timer);
+    timer = null; queues.reset(); profiles.reset(); newQueue(); newProfile();
+    say("queues", ""); say("profiles", "");
+    $("queues").replaceChildren(); $("profiles").replaceChildren();
   }
 
-  return { start, stop, refresh };
+  // Follow the signed-in part's visibility, whichever code signs in and out.
+  const follow = () => { if ($("board").hidden) { if (timer) stop(); } else if (!timer) start(); };
+  new MutationObserver(follow).observe($("board"), { attributes: true, attributeFilter: ["hidden"] });
+  follow();
+  return { refresh };
 })();

@@ -1,7 +1,6 @@
 // The operator console's routing panel (SPEC §8): the operator's presence, shown and switched here,
-// and the queues it serves, one page at a time. Apart from console.js and the page's own script, so
-// the sign-in and stream code can move without touching it; the page calls start() once signed in
-// and stop() on sign-out.
+// and the queues it serves, one page at a time. It starts when the page shows its signed-in part
+// (#work) and stops when it hides it, so it needs no hook in the page's sign-in or stream code.
 const ConsoleRouting = (() => {
   const S = Switchboard, $ = (id) => document.getElementById(id);
   const PAGE = 20;  // queue ids per page: a profile may name hundreds
@@ -11,7 +10,7 @@ const ConsoleRouting = (() => {
     away: "Away: you keep your chats but get no new ones.",
     offline: "Offline: your chats went back to their queues and you get no new ones.",
   };
-  let me = null, shown = "", page = 0, timer = null, onChange = () => {};
+  let me = null, shown = "", page = 0, timer = null;
 
   function say(text, isError) {
     $("presence-status").textContent = text || "";
@@ -52,14 +51,12 @@ const ConsoleRouting = (() => {
     try {
       await S.call("PUT", "/v1/operators/me/status", { status });
       say(`You are ${status}.`);
-      await load();
-      onChange(status);  // offline hands held chats back: the page re-reads its assignment
+      await load();  // offline hands held chats back: the page's stream or poll shows the chat go
     } catch (e) { say(e.message, true); }
   }
 
-  function start(options) {
+  function start() {
     stop();
-    onChange = (options && options.onChange) || (() => {});
     $("status-buttons").replaceChildren(...STATUSES.map((s) =>
       S.el("button", { class: "secondary", "data-status": s, onclick: () => setStatus(s) }, s)));
     $("my-queues-prev").onclick = () => { page -= 1; render(); };
@@ -75,5 +72,9 @@ const ConsoleRouting = (() => {
     $("next").disabled = false;
   }
 
-  return { start, stop, load };
+  // Follow the signed-in part's visibility, whichever code signs in and out.
+  const follow = () => { if ($("work").hidden) { if (timer) stop(); } else if (!timer) start(); };
+  new MutationObserver(follow).observe($("work"), { attributes: true, attributeFilter: ["hidden"] });
+  follow();
+  return { load };
 })();
