@@ -150,22 +150,29 @@ def domain_error(exc: domain.DomainError) -> ApiError:
 
 
 def _assignment_body(assigner: Assigner, pulled: Pulled, chat: dict) -> dict:
+    # A new assignment carries its queue's idle override; a current one reads its queue's.
+    idle_s = pulled.idle_timeout_s or chat.get("queue_idle_timeout_s") or assigner.settings.idle_timeout_s
     return {
         "assignment_id": pulled.assignment_id,
         "chat": chat,
         "assigned_at": pulled.assigned_at,
-        "idle_deadline": pulled.assigned_at
-        + timedelta(seconds=pulled.idle_timeout_s or assigner.settings.idle_timeout_s),
+        "idle_deadline": pulled.assigned_at + timedelta(seconds=idle_s),
     }
 
 
 NO_CONTENT = {204: {"description": "Nothing is waiting for this operator."}}
+UNAVAILABLE = {
+    409: {
+        "description": "The operator is away or offline (`operator_unavailable`).",
+        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+    }
+}
 
 
 @router.post(
     "/v1/assignments/next",
     response_model=AssignmentOut,
-    responses=NO_CONTENT,
+    responses={**NO_CONTENT, **UNAVAILABLE},
     tags=["operator"],
     summary="Pull the next chat (retry-safe: at capacity, returns the current assignment).",
 )

@@ -53,8 +53,8 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
             await runtime.start(uses_kafka=settings.assigner_mode != "api")
         live = store if store is not None else Assigner(runtime.pool, settings)
         app.state.assigner = live
-        # A test's fake store brings its own routing commands (or none).
-        app.state.routing = RoutingCommands(live) if isinstance(live, Assigner) else getattr(live, "routing", None)
+        # Over a test's fake store the routing routes are not served (their commands need the pool).
+        app.state.routing = RoutingCommands(live) if isinstance(live, Assigner) else None
         app.state.batcher = batcher if batcher is not None else OperatorBatcher(live)
         if batcher is None:
             runtime.add_loop("operator-batches", app.state.batcher.run)

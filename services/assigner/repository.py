@@ -171,8 +171,9 @@ class Repository:
         return profiles, queues, row["routed_waiting"]
 
     async def waiting_lanes(self, conn: asyncpg.Connection, queue_ids: list[str]) -> list[Lane]:
-        """The (queue, skill set) pairs of waiting chats in these queues."""
-        return [Lane(r["queue_id"], tuple(r["skills"])) for r in await conn.fetch(self.q.waiting_lanes, queue_ids)]
+        """The (queue, skill set) pairs of waiting chats in these queues, each with its lowest rank."""
+        rows = await conn.fetch(self.q.waiting_lanes, queue_ids)
+        return [Lane(r["queue_id"], tuple(r["skills"]), r["head"]) for r in rows]
 
     async def claim_lanes(
         self,
@@ -334,6 +335,7 @@ class Repository:
                 "queue_id": r["queue_id"],
                 "priority": r["priority"],
                 "skills": list(r["skills"]),
+                "queue_idle_timeout_s": r["queue_idle_timeout_s"],  # not shown: the idle deadline's
                 "messages": json.loads(r["messages"]),
             }
             for r in rows

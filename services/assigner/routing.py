@@ -158,6 +158,7 @@ class Lane:
 
     queue_id: str
     skills: tuple[str, ...]
+    head: datetime | None = None  # the lane's lowest rank when it was scanned
 
 
 @dataclass(frozen=True)
@@ -169,25 +170,59 @@ class LaneClaim:
     relaxed_before: datetime | None
 
 
+def _reaches(lane: Lane, profile: Profile, queue: Queue | None, now: datetime) -> tuple[bool, bool]:
+    """Whether the operator reaches the lane at all, and whether it has the lane's skills."""
+    if lane.queue_id not in profile.queues:
+        return False, False
+    if set(lane.skills) <= profile.skills:
+        return True, True
+    return (queue is not None and relaxed_before(queue, now) is not None), False
+
+
 def claims(
     lanes: Iterable[Lane], pullers: list[Profile], queues: dict[str, Queue], now: datetime, slack: int
 ) -> list[LaneClaim]:
-    """The lanes the pullers reach, each with how many chats to lock (pullers who reach it + slack).
+    """The lanes worth locking for these pullers, each with how many chats to lock.
 
-    A lane whose skills some puller has is claimed whole; one whose skills no puller has only up to
-    the queue's relaxation cutoff; one nobody reaches not at all.
+    Each puller's best lanes by head rank, at most (pullers + slack) of them: a lane behind that many
+    better heads cannot hold one of the batch's best (pullers + slack) chats, so the pull locks a few
+    rows per puller however many lanes there are. A lane is claimed up to (pullers reaching it +
+    slack) chats; whole when one of them has its skills, else only up to the queue's relaxation cutoff.
     """
+    lanes = list(lanes)
+    wanted = len(pullers) + slack
+    reach: dict[Lane, list[bool]] = {lane: [] for lane in lanes}
+    chosen: set[Lane] = set()
+    for profile in pullers:
+        mine = []
+        for lane in lanes:
+            reaches, full = _reaches(lane, profile, queues.get(lane.queue_id), now)
+            if reaches:
+                reach[lane].append(full)
+                mine.append(lane)
+        mine.sort(key=lambda lane: (lane.head is None, lane.head or now))
+        chosen.update(mine[:wanted])
+    out = []
+    for lane in lanes:
+        if lane not in chosen:
+            continue
+        full = any(reach[lane])
+        queue = queues.get(lane.queue_id)
+        cutoff = None if full or queue is None else relaxed_before(queue, now)
+        out.append(LaneClaim(lane, min(len(reach[lane]) + slack, wanted), cutoff))
+    return out
+
+
+def fallback_claims(
+    lanes: Iterable[Lane], profile: Profile, queues: dict[str, Queue], now: datetime
+) -> list[LaneClaim]:
+    """One chat from every lane the operator reaches: its pull's spare-candidate fallback (rare)."""
     out = []
     for lane in lanes:
         queue = queues.get(lane.queue_id)
-        members = [p for p in pullers if lane.queue_id in p.queues]
-        full = sum(1 for p in members if set(lane.skills) <= p.skills)
-        if full:
-            out.append(LaneClaim(lane, full + slack, None))
-            continue
-        cutoff = relaxed_before(queue, now) if queue is not None else None
-        if members and cutoff is not None:
-            out.append(LaneClaim(lane, len(members) + slack, cutoff))
+        reaches, full = _reaches(lane, profile, queue, now)
+        if reaches:
+            out.append(LaneClaim(lane, 1, None if full or queue is None else relaxed_before(queue, now)))
     return out
 
 

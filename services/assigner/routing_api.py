@@ -20,6 +20,7 @@ from shared.auth import Principal, require
 from shared.errors import ApiError, validation_error
 from shared.events import (
     DEFAULT_QUEUE,
+    ID_PATTERN,
     SLUG_PATTERN,
     OperatorStatus,
     QueueId,
@@ -106,7 +107,10 @@ class RouteIn(Routing):
 
 
 async def _commands(request: Request) -> RoutingCommands:
-    return request.app.state.routing
+    commands = request.app.state.routing
+    if commands is None:
+        raise ApiError(503, "routing_unavailable", "routing is not served by this assigner")
+    return commands
 
 
 def _slug(queue_id: str) -> str:
@@ -114,6 +118,13 @@ def _slug(queue_id: str) -> str:
         raise validation_error(
             [{"field": "queue_id", "message": f"must match {SLUG_PATTERN}", "type": "string_pattern_mismatch"}]
         )
+    return queue_id
+
+
+def _known_slug(queue_id: str) -> str:
+    """A queue id to look up: one that is no slug names no queue (404, before any query)."""
+    if not re.match(SLUG_PATTERN, queue_id):
+        raise ApiError(404, "queue_not_found", f"queue {queue_id!r} does not exist")
     return queue_id
 
 
@@ -142,7 +153,7 @@ OperatorPath = Annotated[str, Path(description="The operator id (a token's `sub`
     response_model=QueueOut,
     tags=["routing"],
     summary="Create or replace a queue (200 replaced, 201 created; at most 500 queues).",
-    responses=errors(409),
+    responses={201: {"description": "Created.", "model": QueueOut}, **errors(409)},
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": QueueIn.model_json_schema()}}}
     },
@@ -150,8 +161,8 @@ OperatorPath = Annotated[str, Path(description="The operator id (a token's `sub`
 async def put_queue(
     queue_id: QueuePath,
     request: Request,
-    c: RoutingCommands = Depends(_commands),
     _: Principal = Depends(require("admin")),
+    c: RoutingCommands = Depends(_commands),
 ):
     body = await _body(request, QueueIn)
     try:
@@ -174,8 +185,8 @@ async def put_queue(
 async def list_queues(
     limit: LimitParam = DEFAULT_LIMIT,
     cursor: CursorParam = None,
-    c: RoutingCommands = Depends(_commands),
     _: Principal = Depends(require("admin")),
+    c: RoutingCommands = Depends(_commands),
 ):
     after = decode_cursor(QUEUES_CURSOR, cursor, 1)
     rows, resume = await c.queues_page(limit, after[0] if after else None)
@@ -194,9 +205,9 @@ async def list_queues(
     responses=errors(404),
 )
 async def get_queue(
-    queue_id: QueuePath, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
+    queue_id: QueuePath, _: Principal = Depends(require("admin")), c: RoutingCommands = Depends(_commands)
 ):
-    row = await c.get_queue(queue_id)
+    row = await c.get_queue(_known_slug(queue_id))
     if row is None:
         raise ApiError(404, "queue_not_found", f"queue {queue_id} does not exist")
     return row
@@ -210,10 +221,10 @@ async def get_queue(
     responses=errors(404, 409),
 )
 async def delete_queue(
-    queue_id: QueuePath, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
+    queue_id: QueuePath, _: Principal = Depends(require("admin")), c: RoutingCommands = Depends(_commands)
 ):
     try:
-        moved = await c.delete_queue(queue_id)
+        moved = await c.delete_queue(_known_slug(queue_id))
     except routing.UnknownQueue as exc:
         raise ApiError(404, "queue_not_found", str(exc)) from None
     except domain.DomainError as exc:
@@ -229,6 +240,7 @@ async def delete_queue(
     response_model=OperatorOut,
     tags=["routing"],
     summary="Set an operator's presence (offline returns its chats to their queues at once).",
+    responses=errors(409),
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": StatusIn.model_json_schema()}}}
     },
@@ -236,8 +248,8 @@ async def delete_queue(
 async def admin_status(
     operator_id: OperatorPath,
     request: Request,
-    c: RoutingCommands = Depends(_commands),
     _: Principal = Depends(require("admin")),
+    c: RoutingCommands = Depends(_commands),
 ):
     body = await _body(request, StatusIn)
     try:
@@ -251,12 +263,13 @@ async def admin_status(
     response_model=OperatorOut,
     tags=["operator"],
     summary="Set my presence: available, away (no new chats) or offline (my chats go back to their queues).",
+    responses=errors(409),
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": StatusIn.model_json_schema()}}}
     },
 )
 async def my_status(
-    request: Request, c: RoutingCommands = Depends(_commands), me: Principal = Depends(require("operator"))
+    request: Request, me: Principal = Depends(require("operator")), c: RoutingCommands = Depends(_commands)
 ):
     body = await _body(request, StatusIn)
     try:
@@ -266,7 +279,7 @@ async def my_status(
 
 
 @router.get("/v1/operators/me", response_model=OperatorOut, tags=["operator"], summary="My routing profile and status.")
-async def me_profile(c: RoutingCommands = Depends(_commands), me: Principal = Depends(require("operator"))):
+async def me_profile(me: Principal = Depends(require("operator")), c: RoutingCommands = Depends(_commands)):
     return await c.get_operator(me.sub, or_default=True)
 
 
@@ -276,8 +289,8 @@ async def me_profile(c: RoutingCommands = Depends(_commands), me: Principal = De
 async def list_operators(
     limit: LimitParam = DEFAULT_LIMIT,
     cursor: CursorParam = None,
-    c: RoutingCommands = Depends(_commands),
     _: Principal = Depends(require("admin")),
+    c: RoutingCommands = Depends(_commands),
 ):
     after = decode_cursor(OPERATORS_CURSOR, cursor, 1)
     rows, resume = await c.operators_page(limit, after[0] if after else None)
@@ -289,6 +302,7 @@ async def list_operators(
     response_model=OperatorOut,
     tags=["routing"],
     summary="Create or replace an operator's profile (200 replaced, 201 created; its status is kept).",
+    responses={201: {"description": "Created.", "model": OperatorOut}, **errors(409)},
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": OperatorIn.model_json_schema()}}}
     },
@@ -296,8 +310,8 @@ async def list_operators(
 async def put_operator(
     operator_id: OperatorPath,
     request: Request,
-    c: RoutingCommands = Depends(_commands),
     _: Principal = Depends(require("admin")),
+    c: RoutingCommands = Depends(_commands),
 ):
     body = await _body(request, OperatorIn)
     profile = Profile(
@@ -326,9 +340,9 @@ async def put_operator(
     responses=errors(404),
 )
 async def get_operator(
-    operator_id: OperatorPath, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
+    operator_id: OperatorPath, _: Principal = Depends(require("admin")), c: RoutingCommands = Depends(_commands)
 ):
-    view = await c.get_operator(operator_id)
+    view = await c.get_operator(_operator(operator_id))
     if view is None:
         raise ApiError(404, "operator_not_found", f"operator {operator_id} has no profile")
     return view
@@ -339,10 +353,10 @@ async def get_operator(
     response_model=OperatorRemoved,
     tags=["routing"],
     summary="Remove an operator's profile; the chats it holds go back to their queues.",
-    responses=errors(404),
+    responses=errors(404, 409),
 )
 async def delete_operator(
-    operator_id: OperatorPath, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
+    operator_id: OperatorPath, _: Principal = Depends(require("admin")), c: RoutingCommands = Depends(_commands)
 ):
     try:
         returned = await c.delete_operator(_operator(operator_id))
@@ -361,15 +375,17 @@ async def delete_operator(
     response_model=ChatOut,
     tags=["routing"],
     summary="Set a chat's queue (must exist), priority or skills; a waiting chat keeps its waiting time.",
-    responses=errors(404),
+    responses=errors(404, 409),
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": RouteIn.model_json_schema()}}}
     },
 )
 async def route_chat(
-    chat_id: str, request: Request, c: RoutingCommands = Depends(_commands), _: Principal = Depends(require("admin"))
+    chat_id: str, request: Request, _: Principal = Depends(require("admin")), c: RoutingCommands = Depends(_commands)
 ):
     body = await _body(request, RouteIn)
+    if not re.match(ID_PATTERN, chat_id):  # no event can carry such an id: no such chat
+        raise ApiError(404, "chat_not_found", f"chat {chat_id!r} does not exist")
     try:
         return _json(ChatOut, await c.route_chat(chat_id, body))
     except domain.DomainError as exc:

@@ -270,7 +270,7 @@ class Assigner:
             candidates = [found] if found is not None else []
         else:
             lanes = await self.repo.waiting_lanes(conn, list(profile.queues))
-            claims = routing.claims(lanes, [profile], queues, now, 0)  # one chat per lane it reaches
+            claims = routing.fallback_claims(lanes, profile, queues, now)
             cooled = [
                 allocation.cooled_before(now, routing.cooldown_of(queues.get(c.lane.queue_id), default_s))
                 for c in claims

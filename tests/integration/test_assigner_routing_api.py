@@ -1,6 +1,7 @@
 """The routing HTTP API of the assigner (docs/contract.md "Routing") against real Kafka and Postgres."""
 
 import json
+from datetime import datetime, timedelta
 
 from shared.events import (
     TOPIC_INBOUND,
@@ -121,6 +122,12 @@ async def test_an_admin_routes_a_waiting_chat_and_removing_its_operator_returns_
                 await conn.close()
 
         await harness.eventually(all_published, timeout=20)
+        metrics = (await api.get("/metrics")).text
+        assert 'switchboard_queue_waiting_chats{queue="default"}' in metrics
+        assert 'switchboard_queue_oldest_waiting_seconds{queue="default"}' in metrics
+        assert 'switchboard_operators{status="offline"}' in metrics
+        fallbacks = [line for line in metrics.splitlines() if line.startswith("switchboard_routing_fallbacks_total ")]
+        assert fallbacks and float(fallbacks[0].split()[1]) >= 1
 
     facts = [
         json.loads(r.value) for r in await harness.read_topic(env.settings, TOPIC_LIFECYCLE, min_records=10, timeout=20)
@@ -133,3 +140,20 @@ async def test_an_admin_routes_a_waiting_chat_and_removing_its_operator_returns_
     assert status[0]["chat_id"] == operator_key("op-b") and status[0]["payload"]["by"] == "removed"
     first = next(f["payload"] for f in facts if f["type"] == "chat_assigned")
     assert first["first_wait_ms"] >= 0 and first["sla_met"] is True and first["queue_id"] == "default"
+
+
+async def test_a_queue_idle_override_sets_the_idle_deadline_and_travels_on_chat_assigned(env):
+    async with running("assigner", env.settings) as api, Producer(env.settings) as kafka:
+        await api.put("/v1/admin/queues/slow", json={"name": "Slow", "idle_timeout_s": 900}, headers=ADMIN)
+        await api.put("/v1/admin/operators/op-s", json={"queues": ["slow"]}, headers=ADMIN)
+        await kafka.send(TOPIC_INBOUND, routed("c-slow", queue="slow"))
+        await wait_state(env, "c-slow", "waiting_assignment")
+        pulled = (await api.post("/v1/assignments/next", headers=token("op-s"))).json()
+        current = (await api.get("/v1/assignments/current", headers=token("op-s"))).json()
+        for body in (pulled, current):
+            deadline = datetime.fromisoformat(body["idle_deadline"]) - datetime.fromisoformat(body["assigned_at"])
+            assert deadline == timedelta(seconds=900)
+        records = await harness.read_topic(env.settings, TOPIC_LIFECYCLE, min_records=4, timeout=20)
+    assigned = [json.loads(r.value) for r in records if json.loads(r.value)["type"] == "chat_assigned"]
+    assert [f["payload"]["idle_timeout_s"] for f in assigned] == [900]
+    assert assigned[0]["payload"]["queue_id"] == "slow"

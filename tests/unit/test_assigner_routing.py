@@ -152,3 +152,13 @@ def test_profiles_name_only_existing_queues_and_default_is_kept():
     with pytest.raises(routing.QueueLimit):
         routing.check_queue_room(False, routing.MAX_QUEUES)
     routing.check_queue_room(True, routing.MAX_QUEUES)
+
+
+def test_a_pull_locks_only_the_lanes_with_the_best_heads_however_many_lanes_it_reaches():
+    lanes = [Lane("default", (f"s{i}",), head=at(100 - i)) for i in range(40)]
+    everything = op("A", skills=[f"s{i}" for i in range(40)])
+    claims = routing.claims(lanes, [everything], {}, at(200), slack=4)
+    assert sorted(c.lane.skills[0] for c in claims) == ["s35", "s36", "s37", "s38", "s39"]
+    assert {c.limit for c in claims} == {5}
+    fallback = routing.fallback_claims(lanes, everything, {}, at(200))
+    assert len(fallback) == 40 and {c.limit for c in fallback} == {1}

@@ -185,6 +185,7 @@ WHERE assignment_id = ANY($1::uuid[]);
 -- as a JSON array: one round trip for every chat a batch of pulls hands out.
 SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.waiting_since, c.message_count,
        c.queue_id, c.priority, c.skills,
+       (SELECT q.idle_timeout_s FROM assigner.queues q WHERE q.queue_id = c.queue_id) AS queue_idle_timeout_s,
        coalesce((
            SELECT json_agg(json_build_object(
                       'message_id', m.message_id, 'sender', m.sender, 'operator_id', m.operator_id,
@@ -305,8 +306,8 @@ SELECT
         AS routed_waiting;
 
 -- name: waiting_lanes
--- The distinct (queue, skill set) pairs of waiting chats in the queues $1: a skip scan of chats_lane_idx,
--- one index probe per lane, however many chats wait.
+-- The distinct (queue, skill set) pairs of waiting chats in the queues $1, each with its lowest rank: a
+-- skip scan of chats_lane_idx, two index probes per lane, however many chats wait.
 WITH RECURSIVE lanes AS (
     (SELECT queue_id, skills FROM assigner.chats
      WHERE state = 'waiting_assignment' AND queue_id = ANY($1::text[])
@@ -319,7 +320,11 @@ WITH RECURSIVE lanes AS (
           AND (c.queue_id, c.skills) > (l.queue_id, l.skills)
         ORDER BY c.queue_id, c.skills LIMIT 1) n
 )
-SELECT queue_id, skills FROM lanes;
+SELECT l.queue_id, l.skills, h.rank AS head FROM lanes l
+CROSS JOIN LATERAL (
+    SELECT c.rank FROM assigner.chats c
+    WHERE c.state = 'waiting_assignment' AND c.queue_id = l.queue_id AND c.skills = l.skills
+    ORDER BY c.rank, c.chat_id LIMIT 1) h;
 
 -- name: claim_lanes
 -- Per lane ($1 queue, $2 skills joined by ',', $3 how many, $4 only chats waiting since then or null),
