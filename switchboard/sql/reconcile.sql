@@ -101,7 +101,7 @@ SELECT EXISTS (
 SELECT queue_id, (started_at AT TIME ZONE 'UTC')::date AS day, count(*) AS assigned
 FROM assigner.assignments GROUP BY 1, 2;
 
--- name: recount_queue_assigned_unrouted
--- Per queue and UTC day, while assignments record no queue: every chat waits in `default`.
-SELECT 'default'::text AS queue_id, (started_at AT TIME ZONE 'UTC')::date AS day, count(*) AS assigned
-FROM assigner.assignments GROUP BY 2;
+-- name: recount_assigned_per_day
+-- Per UTC day, all queues together: assignments started (while assignments record no queue).
+SELECT (started_at AT TIME ZONE 'UTC')::date AS day, count(*) AS assigned
+FROM assigner.assignments GROUP BY 1;

@@ -211,16 +211,36 @@ async def test_reconcile_recounts_assigned_per_queue_and_rebuild_replays_every_q
         await conn.close()
 
 
-async def test_before_routing_reconcile_counts_every_assignment_in_default(env):
+async def test_while_assignments_record_no_queue_reconcile_compares_assigned_per_day_over_all_queues(env):
     ledger = Ledger()
-    random_run(ledger, events=200, operators=2, chats=8, seed=5, start=datetime(2025, 2, 1, tzinfo=UTC))
+    random_run(
+        ledger,
+        events=300,
+        operators=2,
+        chats=10,
+        seed=5,
+        start=datetime(2025, 2, 1, tzinfo=UTC),
+        queues=("default", "sales"),
+    )
     await publish(env, ledger)
     async with harness.running("stats", env.settings):
         report = await asyncio.wait_for(reconcile(env.settings, quiesce_timeout_s=60), 90)
-    assert report.differences == []
-    assert report.compared["queue_day"] >= 1
-    conn = await env.connect()
-    try:
-        assert {r["queue_id"] for r in await conn.fetch("SELECT queue_id FROM stats.queue_daily")} == {"default"}
-    finally:
-        await conn.close()
+        assert report.differences == []
+        assert report.compared["queue_days_total"] >= 2 and "queue_day" not in report.compared
+        conn = await env.connect()
+        try:
+            assert {r["queue_id"] for r in await conn.fetch("SELECT queue_id FROM stats.queue_daily")} == {
+                "default",
+                "sales",
+            }
+            day = await conn.fetchval(
+                "UPDATE stats.queue_daily SET assigned = assigned - 1"
+                " WHERE (queue_id, day) = (SELECT queue_id, day FROM stats.queue_daily"
+                " WHERE queue_id = 'sales' AND assigned > 0 ORDER BY day LIMIT 1) RETURNING day"
+            )
+        finally:
+            await conn.close()
+        report = await reconcile(env.settings)
+    assert [(d.table, d.key, d.figure, d.actual - d.expected) for d in report.differences] == [
+        ("queue_days_total", (day,), "assigned", -1)
+    ]
