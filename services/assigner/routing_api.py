@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.assigner import domain, routing
-from services.assigner.api import ChatOut, _body, _json, domain_error, errors
+from services.assigner.api import ChatOut, _body, _json, domain_error
 from services.assigner.routing import Profile, Queue
 from services.assigner.routing_usecases import RoutingCommands
 from shared.auth import Principal, require
@@ -28,6 +28,7 @@ from shared.events import (
     Skill,
     check_operator_id,
 )
+from shared.http import ERROR_SCHEMA
 from shared.pagination import DEFAULT_LIMIT, CursorParam, LimitParam, decode_cursor, encode_cursor
 
 router = APIRouter()
@@ -141,6 +142,15 @@ def _refused(exc: domain.DomainError) -> ApiError:
     return domain_error(exc)
 
 
+def errors(*codes: int) -> dict:
+    """OpenAPI entries for the error statuses a routing route may answer."""
+    text = {
+        404: "No such queue, operator profile or chat (an id holding a line break matches no route: 404).",
+        409: "Refused by the current state: `default` kept, 500 queues, operator away or offline.",
+    }
+    return {c: {"description": text[c], "content": {"application/json": {"schema": ERROR_SCHEMA}}} for c in codes}
+
+
 QueuePath = Annotated[str, Path(description="The queue id (a slug).")]
 OperatorPath = Annotated[str, Path(description="The operator id (a token's `sub`), URL-encoded.")]
 
@@ -240,7 +250,7 @@ async def delete_queue(
     response_model=OperatorOut,
     tags=["routing"],
     summary="Set an operator's presence (offline returns its chats to their queues at once).",
-    responses=errors(409),
+    responses=errors(404, 409),
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": StatusIn.model_json_schema()}}}
     },
@@ -302,7 +312,7 @@ async def list_operators(
     response_model=OperatorOut,
     tags=["routing"],
     summary="Create or replace an operator's profile (200 replaced, 201 created; its status is kept).",
-    responses={201: {"description": "Created.", "model": OperatorOut}, **errors(409)},
+    responses={201: {"description": "Created.", "model": OperatorOut}, **errors(404, 409)},
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": OperatorIn.model_json_schema()}}}
     },

@@ -157,3 +157,20 @@ async def test_a_queue_idle_override_sets_the_idle_deadline_and_travels_on_chat_
     assigned = [json.loads(r.value) for r in records if json.loads(r.value)["type"] == "chat_assigned"]
     assert [f["payload"]["idle_timeout_s"] for f in assigned] == [900]
     assert assigned[0]["payload"]["queue_id"] == "slow"
+
+
+async def test_the_five_hundred_and_first_queue_is_refused_but_an_existing_one_may_still_change(env):
+    conn = await env.connect()
+    try:  # default plus 498: room for one more
+        await conn.execute(
+            "INSERT INTO assigner.queues (queue_id, name) SELECT 'q' || g, 'Q' FROM generate_series(1, 498) g"
+        )
+    finally:
+        await conn.close()
+    async with running("assigner", env.settings) as api:
+        last = await api.put("/v1/admin/queues/last", json={"name": "Last"}, headers=ADMIN)
+        over = await api.put("/v1/admin/queues/over", json={"name": "Over"}, headers=ADMIN)
+        edit = await api.put("/v1/admin/queues/q1", json={"name": "Edited"}, headers=ADMIN)
+    assert last.status_code == 201, last.text
+    assert over.status_code == 409 and over.json()["error"]["code"] == "queue_limit"
+    assert edit.status_code == 200
