@@ -55,8 +55,14 @@ class QueueOut(QueueIn):
     updated_at: datetime
 
 
+class QueueListed(QueueOut):
+    waiting: int = Field(description="Chats waiting in the queue now.")
+    oldest_waiting_since: datetime | None = Field(description="When its longest-waiting chat started waiting.")
+    oldest_waiting_s: float | None = Field(description="That chat's waiting time in seconds; null: none waiting.")
+
+
 class QueuesPage(BaseModel):
-    queues: list[QueueOut]
+    queues: list[QueueListed]
     next_cursor: str | None
 
 
@@ -180,7 +186,12 @@ async def put_queue(
     )
 
 
-@router.get("/v1/admin/queues", response_model=QueuesPage, tags=["routing"], summary="Queues by id, one page.")
+@router.get(
+    "/v1/admin/queues",
+    response_model=QueuesPage,
+    tags=["routing"],
+    summary="Queues by id, one page, each with its waiting chats and oldest wait.",
+)
 async def list_queues(
     limit: LimitParam = DEFAULT_LIMIT,
     cursor: CursorParam = None,
@@ -189,6 +200,10 @@ async def list_queues(
 ):
     after = decode_cursor(QUEUES_CURSOR, cursor, 1)
     rows, resume = await c.queues_page(limit, after[0] if after else None)
+    now = c.clock()
+    for row in rows:
+        oldest = row["oldest_waiting_since"]
+        row["oldest_waiting_s"] = (now - oldest).total_seconds() if oldest else None
     return {"queues": rows, "next_cursor": encode_cursor(QUEUES_CURSOR, [resume]) if resume else None}
 
 

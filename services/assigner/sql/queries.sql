@@ -359,10 +359,18 @@ SELECT queue_id, name, priority_step_s, sla_first_assignment_s, skills_relax_aft
 FROM assigner.queues WHERE queue_id = $1;
 
 -- name: queues_page
--- Queues by id after $2 (keyset), at most $1.
-SELECT queue_id, name, priority_step_s, sla_first_assignment_s, skills_relax_after_s, idle_timeout_s,
-       repeat_cooldown_s, created_at, updated_at
-FROM assigner.queues WHERE $2::text IS NULL OR queue_id > $2 ORDER BY queue_id LIMIT $1;
+-- Queues by id after $2 (keyset), at most $1, each with its waiting chats and the oldest one's
+-- waiting_since (the admin page's depth and oldest wait): only the page's queues are counted, each
+-- through its entries in the waiting-chat lane index.
+SELECT q.queue_id, q.name, q.priority_step_s, q.sla_first_assignment_s, q.skills_relax_after_s, q.idle_timeout_s,
+       q.repeat_cooldown_s, q.created_at, q.updated_at, w.waiting, w.oldest_waiting_since
+FROM (SELECT * FROM assigner.queues WHERE $2::text IS NULL OR queue_id > $2 ORDER BY queue_id LIMIT $1) q
+CROSS JOIN LATERAL (
+    SELECT count(*) AS waiting, min(c.waiting_since) AS oldest_waiting_since
+    FROM assigner.chats c
+    WHERE c.state = 'waiting_assignment' AND c.queue_id = q.queue_id
+) w
+ORDER BY q.queue_id;
 
 -- name: lock_queue_table
 -- Serialise queue creations (the 500-queue limit is counted under it) and deletions.
