@@ -442,6 +442,11 @@ def bench(
     scale_think_ms: float | None = typer.Option(
         None, help="Scale check: pause between release and next pull (default 1000)."
     ),
+    scale_routed: bool | None = typer.Option(
+        None,
+        "--scale-routed/--no-scale-routed",
+        help="Scale check over 20 queues and 8 skill sets, pullers with mixed profiles (issue #16).",
+    ),
     release_share: float | None = typer.Option(
         None, help="Share of pulled chats released instead of answered (default 0.1)."
     ),

@@ -44,6 +44,7 @@ class Options:
     scale_operators: int = 200
     scale_duration_s: float = 15.0  # measured pulls per size (after 2 s of warm-up)
     scale_think_ms: float = 1000.0  # pause between an operator's release and its next pull
+    scale_routed: bool = False  # the scale check over 20 queues, 8 skill sets, pullers with mixed profiles
     profile: bool = False  # py-spy record the services during the max phase
     database: str = "switchboard_bench"
     partitions: int = 6
