@@ -8,6 +8,7 @@ its 200 pullers with mixed profiles (queues, skills, capacity), and the plans of
 from __future__ import annotations
 
 import json
+import random
 
 import asyncpg
 
@@ -27,12 +28,8 @@ def profile(j: int) -> dict:
     """
     reach = 1 + j % 5
     queues = sorted({QUEUES[(j + 7 * i) % len(QUEUES)] for i in range(reach)})
-    skills = (
-        {"en"}
-        | ({"de"} if j % 2 else set())
-        | ({"billing"} if j % 3 == 0 else set())
-        | ({"fr"} if j % 4 == 1 else set())
-    )
+    rng = random.Random(j)  # the same mix every run, independent of the queues' pattern
+    skills = {"en"} | {s for s, share in (("de", 0.5), ("billing", 0.35), ("fr", 0.3)) if rng.random() < share}
     return {"queues": queues, "skills": sorted(skills), "capacity": 1 + j % 3}
 
 
