@@ -35,11 +35,10 @@ TABLES = (
     ("chat", domain.CHAT_COUNTERS),
     ("queue_day", domain.QUEUE_COUNTERS),
 )
-# What reconcile can recount from the assigner's records. Per queue that is `assigned` alone: the
-# assigner keeps no history of queue entries, answers, completions or first waits (a reopened chat
-# overwrites them), so those per-queue figures are proven by rebuild's replay instead. While the
-# assignments record no queue (a chat's own queue may have changed since), `assigned` is compared
-# per day over all queues together (`queue_days_total`).
+# What reconcile can recount from the assigner's records. Per queue that is `assigned` alone (each
+# assignment records the queue it started in): the assigner keeps no history of queue entries,
+# answers, completions or first waits (a reopened chat overwrites them), so those per-queue figures
+# are proven by rebuild's replay instead.
 RECOUNTED = TABLES[:3]
 QUEUE_ASSIGNED = ("assigned",)
 
@@ -138,26 +137,12 @@ async def reconcile(settings: Settings, *, quiesce_timeout_s: float = 30.0) -> R
                 "operator_total": _keyed(await conn.fetch(QUERIES.recount_operator_totals), ("operator_id",)),
                 "chat": _keyed(await conn.fetch(QUERIES.recount_chats), ("chat_id",)),
             }
+            expected["queue_day"] = _keyed(await conn.fetch(QUERIES.recount_queue_assigned), ("queue_id", "day"))
             actual = await store.figures(conn)
-            if await conn.fetchval(QUERIES.assignments_record_queue):
-                queue_table = "queue_day"
-                expected[queue_table] = _keyed(await conn.fetch(QUERIES.recount_queue_assigned), ("queue_id", "day"))
-            else:
-                queue_table = "queue_days_total"
-                expected[queue_table] = _keyed(await conn.fetch(QUERIES.recount_assigned_per_day), ("day",))
-                actual[queue_table] = assigned_per_day(actual["queue_day"])
     finally:
         await conn.close()
-    _compare_all(report, expected, actual, RECOUNTED + ((queue_table, QUEUE_ASSIGNED),))
+    _compare_all(report, expected, actual, RECOUNTED + (("queue_day", QUEUE_ASSIGNED),))
     return report
-
-
-def assigned_per_day(queue_days: dict[tuple, dict]) -> dict[tuple, dict]:
-    """Stats' per-queue `assigned` summed over the queues of each day, keyed (day,)."""
-    out: dict[tuple, dict] = {}
-    for (_, day), row in queue_days.items():
-        out.setdefault((day,), {"assigned": 0})["assigned"] += row["assigned"]
-    return out
 
 
 def _compare_all(report: Report, expected: dict, actual: dict, tables=TABLES) -> None:

@@ -269,8 +269,8 @@ class Ledger:
         if self.queues and outcome == "completed":
             self.facts.append(chat_completed(chat_id, at, queue_id=a.queue_id))
 
-    async def write(self, conn, *, with_queue: bool = False) -> None:
-        """Store the rows the assigner would hold after these facts (`with_queue`: assignments record their queue)."""
+    async def write(self, conn) -> None:
+        """Store the rows the assigner would hold after these facts (each assignment with its queue)."""
         await conn.executemany(
             "INSERT INTO assigner.chats (chat_id, state, assigned_operator_id, assignment_id, created_at, updated_at)"
             " VALUES ($1, $2, $3, $4, $5, $5)",
@@ -292,7 +292,7 @@ class Ledger:
         )
         await conn.executemany(
             "INSERT INTO assigner.assignments (assignment_id, chat_id, operator_id, via, started_at,"
-            " first_response_at, ended_at, outcome) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            " first_response_at, ended_at, outcome, queue_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             [
                 (
                     a.assignment_id,
@@ -303,15 +303,11 @@ class Ledger:
                     a.first_response_at,
                     a.ended_at,
                     a.outcome,
+                    a.queue_id,
                 )
                 for a in self.assignments.values()
             ],
         )
-        if with_queue:
-            await conn.executemany(
-                "UPDATE assigner.assignments SET queue_id = $2 WHERE assignment_id = $1",
-                [(a.assignment_id, a.queue_id) for a in self.assignments.values()],
-            )
 
 
 def random_run(
@@ -367,11 +363,11 @@ def random_run(
                 ledger.end(chat, "completed", at)
 
 
-async def publish(env, ledger: Ledger, *, with_queue: bool = False) -> None:
+async def publish(env, ledger: Ledger) -> None:
     """Write the ledger's assigner rows into the test database, then its facts to chat.lifecycle."""
     conn = await env.connect()
     try:
-        await ledger.write(conn, with_queue=with_queue)
+        await ledger.write(conn)
     finally:
         await conn.close()
     producer = make_producer(env.settings)

@@ -249,7 +249,7 @@ class Repository:
         At most three statements: first responses and ends (updates of existing assignments),
         then every insert in one (`write_changes`). `now` stamps the chats written.
         """
-        firsts, ends, starts, msgs = [], [], [], []
+        firsts, ends, starts, start_queues, msgs = [], [], [], [], []
         for chat_id, fact, _at in changes.facts:
             p = fact.payload
             if fact.type == "message_recorded":
@@ -260,6 +260,7 @@ class Repository:
                 ends.append((p.assignment_id, p.ended_at, p.outcome))
             elif fact.type == "chat_assigned":
                 starts.append((p.assignment_id, chat_id, p.operator_id, p.via, p.assigned_at))
+                start_queues.append(p.queue_id)
         if firsts:
             await conn.execute(self.q.mark_first_responses, *map(list, zip(*firsts)))
         if ends:
@@ -303,6 +304,7 @@ class Repository:
             [",".join(c.skills) for c in cs],
             [c.opened_at for c in cs],
             [c.first_assigned_at for c in cs],
+            start_queues,
         )
 
     async def erase_texts(self, conn: asyncpg.Connection, chat_id: str) -> int:

@@ -89,19 +89,7 @@ FROM msgs m FULL JOIN asg a USING (chat_id);
 -- Lifecycle facts the assigner has not published yet (non-zero: not quiescent).
 SELECT count(*) FROM assigner.outbox;
 
--- name: assignments_record_queue
--- Whether assigner.assignments records each assignment's queue (routing, docs/contract.md "Routing").
-SELECT EXISTS (
-    SELECT 1 FROM information_schema.columns
-    WHERE table_schema = 'assigner' AND table_name = 'assignments' AND column_name = 'queue_id'
-);
-
 -- name: recount_queue_assigned
 -- Per queue and UTC day: assignments started, by the queue each assignment records.
 SELECT queue_id, (started_at AT TIME ZONE 'UTC')::date AS day, count(*) AS assigned
 FROM assigner.assignments GROUP BY 1, 2;
-
--- name: recount_assigned_per_day
--- Per UTC day, all queues together: assignments started (while assignments record no queue).
-SELECT (started_at AT TIME ZONE 'UTC')::date AS day, count(*) AS assigned
-FROM assigner.assignments GROUP BY 1;

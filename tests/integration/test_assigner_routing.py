@@ -66,6 +66,14 @@ async def test_operators_get_only_their_queues_and_skills_in_rank_order(floor):
     assert got == ["bill-urgent", "bill-old", "bill-de", None]  # never default, never the vip chat
     plain, _ = await pull(assigner, "op-default")
     assert plain.chat_id == "plain"
+    # Each assignment records the queue it started in (reconcile recounts stats' per-queue figure).
+    rows = await fetch(assigner, "SELECT chat_id, queue_id FROM assigner.assignments")
+    assert {r["chat_id"]: r["queue_id"] for r in rows} == {
+        "bill-urgent": "billing",
+        "bill-old": "billing",
+        "bill-de": "billing",
+        "plain": "default",
+    }
 
 
 async def test_a_chat_whose_skills_nobody_has_goes_to_a_member_once_the_queue_relaxes_them(floor):

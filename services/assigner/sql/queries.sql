@@ -92,8 +92,8 @@ WITH chats_written AS (
         rank = EXCLUDED.rank
     RETURNING 1
 ), assignments_started AS (
-    INSERT INTO assigner.assignments (assignment_id, chat_id, operator_id, via, started_at)
-    SELECT * FROM unnest($13::uuid[], $14::text[], $15::text[], $16::text[], $17::timestamptz[])
+    INSERT INTO assigner.assignments (assignment_id, chat_id, operator_id, via, started_at, queue_id)
+    SELECT * FROM unnest($13::uuid[], $14::text[], $15::text[], $16::text[], $17::timestamptz[], $38::text[])
     RETURNING 1
 ), messages_stored AS (
     INSERT INTO assigner.messages (chat_id, message_id, seq, sender, operator_id, text, sent_at, recorded_at,
