@@ -340,6 +340,23 @@ class ChatRouted(Envelope):
     payload: ChatRoutedPayload
 
 
+class OperatorProfileChangedPayload(_Strict):
+    operator_id: OperatorId
+    display_name: str = Field(default="", max_length=255)
+    queues: list[QueueId] = Field(description="The queues it pulls from now (`default` alone once removed).")
+    skills: list[Skill] = Field(default_factory=list)
+    capacity: int | None = Field(default=None, ge=0, description="Null: SWITCHBOARD_OPERATOR_CAPACITY.")
+    removed: bool = Field(default=False, description="The profile was deleted (or lost a deleted queue: false).")
+    changed_at: datetime
+
+
+class OperatorProfileChanged(Envelope):
+    """An admin created, changed or removed an operator's profile. `chat_id` is operator_key(operator_id)."""
+
+    type: Literal["operator_profile_changed"] = "operator_profile_changed"
+    payload: OperatorProfileChangedPayload
+
+
 class OperatorStatusChanged(Envelope):
     """An operator's presence changed. Its `chat_id` (the Kafka key) is operator_key(operator_id)."""
 
@@ -362,6 +379,7 @@ LifecycleFact = (
     | ChatReopened
     | ChatRouted
     | OperatorStatusChanged
+    | OperatorProfileChanged
 )
 LifecycleEvent = Annotated[LifecycleFact, Field(discriminator="type")]
 LIFECYCLE_TYPES = frozenset(m.model_fields["type"].default for m in LifecycleFact.__args__)

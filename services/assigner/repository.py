@@ -33,6 +33,7 @@ FACT_MODELS = {
     "chat_reopened": events.ChatReopened,
     "chat_routed": events.ChatRouted,
     "operator_status_changed": events.OperatorStatusChanged,
+    "operator_profile_changed": events.OperatorProfileChanged,
 }
 
 

@@ -49,6 +49,25 @@ def _status_fact(
     return events.operator_key(operator_id), None, Decision(None, [Fact("operator_status_changed", payload)]), at
 
 
+def _profile_fact(profile: Profile, at: datetime, removed: bool = False) -> tuple[str, None, Decision, datetime]:
+    """The operator_profile_changed fact (delivery follows its queues), as Changes.add takes it."""
+    payload = events.OperatorProfileChangedPayload(
+        operator_id=profile.operator_id,
+        display_name=profile.display_name,
+        queues=list(profile.queues),
+        skills=sorted(profile.skills),
+        capacity=profile.capacity,
+        removed=removed,
+        changed_at=at,
+    )
+    return (
+        events.operator_key(profile.operator_id),
+        None,
+        Decision(None, [Fact("operator_profile_changed", payload)]),
+        at,
+    )
+
+
 class RoutingCommands:
     """Admins' and operators' routing commands over the assigner's pool, repository and clock."""
 
@@ -101,9 +120,10 @@ class RoutingCommands:
             cmd = domain.RouteChat(Route(queue_id=events.DEFAULT_QUEUE), now, by="queue_deleted")
             for chat in chats.values():
                 changes.add(chat.chat_id, chat, domain.decide(chat, cmd), now)
+            for row in await conn.fetch(self.q.drop_queue_from_operators, queue_id):
+                changes.add(*_profile_fact(profile_of(row), now))
             await self.repo.persist(conn, changes, now)
             await conn.execute(self.q.move_completed_chats, queue_id)
-            await conn.execute(self.q.drop_queue_from_operators, queue_id)
         return len(chats)
 
     # ---- operator profiles --------------------------------------------------------------------
@@ -122,6 +142,10 @@ class RoutingCommands:
                 sorted(profile.skills),
                 profile.capacity,
             )
+            now = self.clock()
+            changes = Changes()
+            changes.add(*_profile_fact(profile_of(row), now))
+            await self.repo.persist(conn, changes, now)
         return profile_view(profile_of(row)), not existed
 
     async def get_operator(self, operator_id: str, or_default: bool = False) -> dict | None:
@@ -147,6 +171,8 @@ class RoutingCommands:
                 raise routing.UnknownOperator(f"operator {operator_id} has no profile")
             self._return_chats(operator_id, chats, held, now, changes)
             changes.add(*_status_fact(operator_id, "offline", status or "available", "removed", now, len(held)))
+            if status is not None:
+                changes.add(*_profile_fact(routing.default_profile(operator_id), now, removed=True))
             return len(held)
 
         return await self._on_operator(operator_id, remove)

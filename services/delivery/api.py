@@ -149,7 +149,8 @@ async def operator_stream(
     me = reader.principal
     if me.role != "operator":
         raise ApiError(403, "forbidden_role", f"role {me.role!r} may not call this; needs operator")
-    return await _sse(request, domain.operator_stream(me.sub), resume, reader, domain.operator_queues(me.sub))
+    queues = tuple(await request.app.state.store.operator_queues(me.sub))
+    return await _sse(request, domain.operator_stream(me.sub), resume, reader, queues)
 
 
 async def _sse(

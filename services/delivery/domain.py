@@ -25,6 +25,7 @@ from shared.events import (
     ChatRouted,
     Envelope,
     MessageRecorded,
+    OperatorProfileChanged,
 )
 
 # Queue depth events: at most one per queue per stream this often (seconds).
@@ -66,10 +67,12 @@ class Holder:
 
 @dataclass
 class Plan:
-    """What a batch adds: stream events in order, and the chats whose holder changed (None: nobody)."""
+    """What a batch adds: stream events in order, the chats whose holder changed (None: nobody), and the
+    operators whose profile changed ((queues, display name) now; None: removed, back to `default`)."""
 
     events: list[StreamEvent] = field(default_factory=list)
     holders: dict[str, Holder | None] = field(default_factory=dict)
+    profiles: dict[str, tuple[tuple[str, ...], str] | None] = field(default_factory=dict)
 
 
 def display_name(operator_id: str | None) -> str | None:
@@ -169,6 +172,15 @@ def plan(facts: Iterable[Envelope], holders: dict[str, Holder]) -> Plan:
             out.events.append(
                 _event(chat_stream(chat), fact, "chat_completed", {"completed_at": _iso(fact.payload.completed_at)})
             )
+        elif isinstance(fact, OperatorProfileChanged):
+            pr = fact.payload
+            out.profiles[pr.operator_id] = None if pr.removed else (tuple(pr.queues), pr.display_name)
+            profile: dict = {
+                "queues": operator_queues(pr.queues),
+                "display_name": pr.display_name,
+                "removed": pr.removed,
+            }
+            out.events.append(_event(operator_stream(pr.operator_id), fact, "profile", profile))
     return out
 
 
@@ -215,14 +227,10 @@ def notify_payloads(keys: Iterable[str], max_bytes: int = NOTIFY_MAX_BYTES) -> l
 # ---- queue depth ------------------------------------------------------------------------
 
 
-def operator_queues(operator_id: str) -> tuple[str, ...]:
-    """The queues whose depth an operator's stream shows.
-
-    Every operator is a member of `default` only until operator profiles exist (the assigner's
-    §8 work, in progress). This is the one place to change: a later change feeds it from the
-    operators' profiles (operator facts on chat.lifecycle, or the assigner's API).
-    """
-    return (DEFAULT_QUEUE,)
+def operator_queues(profile_queues: Sequence[str] | None) -> list[str]:
+    """The queues whose depth an operator's stream shows: its profile's (operator_profile_changed
+    facts, kept in delivery.operator_queues), or `default` alone for an operator without a profile."""
+    return [DEFAULT_QUEUE] if profile_queues is None else list(profile_queues)
 
 
 def queue_chats_of(facts: Iterable[Envelope]) -> list[str]:

@@ -27,6 +27,7 @@ def make_apply(settings: Settings) -> ApplyBatch:
         planned = domain.plan(facts, before.holders)
         moves = domain.queue_moves(facts, before.waiting)
         await store.save_chat_state(conn, planned.holders, moves)
+        await store.save_operator_queues(conn, planned.profiles)
         await webhooks.enqueue(conn, domain.webhook_facts(facts, before.webhook_types))
         return await store.append(conn, planned.events)
 

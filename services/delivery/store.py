@@ -9,7 +9,15 @@ from pathlib import Path
 
 import asyncpg
 
-from services.delivery.domain import Holder, QueueMoves, StreamEvent, counts_per_stream, notify_payloads, positions
+from services.delivery.domain import (
+    Holder,
+    QueueMoves,
+    StreamEvent,
+    counts_per_stream,
+    notify_payloads,
+    operator_queues,
+    positions,
+)
 from shared.db import Queries
 from shared.retention import PruneJob
 from shared.settings import Settings
@@ -64,6 +72,22 @@ async def save_chat_state(conn: asyncpg.Connection, holders: dict[str, Holder | 
     )
 
 
+async def save_operator_queues(
+    conn: asyncpg.Connection, profiles: dict[str, tuple[tuple[str, ...], str] | None]
+) -> None:
+    """Record a poll's operator profile changes (the queues each operator's stream shows)."""
+    if not profiles:
+        return
+    kept = {op: p for op, p in sorted(profiles.items()) if p is not None}
+    await conn.execute(
+        QUERIES.save_operator_queues,
+        list(kept),
+        [",".join(q) for q, _ in kept.values()],
+        [name for _, name in kept.values()],
+        sorted(op for op, p in profiles.items() if p is None),
+    )
+
+
 async def append(conn: asyncpg.Connection, events: list[StreamEvent]) -> int:
     """Number and store a batch's stream events and wake their streams' readers, in one statement; returns how many."""
     if not events:
@@ -100,6 +124,12 @@ class Store:
         """A stream's events after `seq`, oldest first (`seq`, `type`, `occurred_at`, `data` as JSON text)."""
         async with self.pool.acquire() as conn:
             return await conn.fetch(QUERIES.events_after, stream, seq, limit)
+
+    async def operator_queues(self, operator_id: str) -> list[str]:
+        """The queues whose depth an operator's stream shows (its profile's, or `default` alone)."""
+        async with self.pool.acquire() as conn:
+            joined = await conn.fetchval(QUERIES.operator_queues, operator_id)
+        return operator_queues(None if joined is None else [q for q in joined.split(",") if q])
 
     async def last_seq(self, stream: str) -> int:
         """The last sequence a stream has given out (0: none yet)."""

@@ -80,6 +80,18 @@ class Hub:
             self._queue_waiters[q].add(wake)
         return wake
 
+    def requeue(self, wake: Wake, old: Sequence[str], new: Sequence[str]) -> None:
+        """Move a reader's depth wake-ups from the queues `old` to `new` (its operator's profile changed)."""
+        for q in set(old) - set(new):
+            waiters = self._queue_waiters.get(q)
+            if waiters is not None:
+                waiters.discard(wake)
+                if not waiters:
+                    del self._queue_waiters[q]
+        for q in new:
+            self._queue_waiters[q].add(wake)
+        wake.depth = True
+
     def unsubscribe(self, stream: str, wake: Wake, queues: Sequence[str] = ()) -> None:
         """Forget a reader's wake-up."""
         for table, key in ((self._waiters, stream), *((self._queue_waiters, q) for q in queues)):
@@ -176,7 +188,8 @@ async def stream_events(
     valid token; it resumes with Last-Event-ID. A resume point older than the replay window starts
     with a `gap` event (no id) naming the first sequence still there. With `queues` (an operator's),
     it also sends `queue_depth` events (no id): each queue's current depth once the replay is sent,
-    then each change, at most once a second per queue.
+    then each change, at most once a second per queue; a `profile` event (the operator's queues
+    changed) moves it to the new queues.
     """
     kind = stream.partition(":")[0]  # chat | operator: the metrics' label
     wake = hub.subscribe(stream, queues)
@@ -197,6 +210,13 @@ async def stream_events(
                     )
                 for row in rows:
                     after = row["seq"]
+                    if row["type"] == "profile" and queues:  # the operator's queues changed: follow them
+                        new = tuple(json.loads(row["data"])["queues"])
+                        hub.requeue(wake, queues, new)
+                        for gone in set(queues) - set(new):
+                            sent.pop(gone, None)
+                            sent_at.pop(gone, None)
+                        queues = new
                     EVENTS_PUSHED.labels(kind, row["type"]).inc()
                     if not replaying:
                         PUSH_LATENCY.labels(kind).observe(max(0.0, (now - row["occurred_at"]).total_seconds()))

@@ -2,6 +2,7 @@
 per-operator capacity and presence, under concurrency; a clock the test moves instead of sleeping."""
 
 import asyncio
+import json
 import random
 
 import pytest
@@ -12,7 +13,7 @@ from services.assigner.routing import Profile, Queue
 from services.assigner.routing_usecases import RoutingCommands
 from services.assigner.usecases import NOTHING, Assigner, OperatorCommand, Pulled
 from shared.db import create_pool
-from shared.events import Routing, UserMessage, UserMessagePayload, new_event_id, utcnow
+from shared.events import Routing, UserMessage, UserMessagePayload, new_event_id, operator_key, utcnow
 from tests.integration.test_assigner_usecases import MovedClock
 
 
@@ -141,6 +142,16 @@ async def test_deleting_a_queue_moves_its_waiting_chats_to_default_keeping_their
     assert (await commands.get_operator("op-s"))["queues"] == []
     with pytest.raises(routing.DefaultQueueKept):
         await commands.delete_queue("default")
+    # Each profile change is a fact (delivery follows an operator's queues): put, the lost queue, removal.
+    await commands.delete_operator("op-s")
+    facts = await fetch(
+        assigner,
+        "SELECT chat_id, envelope::json -> 'payload' AS p FROM assigner.outbox"
+        " WHERE type = 'operator_profile_changed' ORDER BY id",
+    )
+    payloads = [json.loads(f["p"]) for f in facts]
+    assert {f["chat_id"] for f in facts} == {operator_key("op-s")}
+    assert [(p["queues"], p["removed"]) for p in payloads] == [(["sales"], False), ([], False), (["default"], True)]
 
 
 async def test_many_operators_pulling_at_once_never_share_a_chat_exceed_their_capacity_or_lack_a_skill(floor):

@@ -153,7 +153,8 @@ async def test_a_queue_idle_override_sets_the_idle_deadline_and_travels_on_chat_
         for body in (pulled, current):
             deadline = datetime.fromisoformat(body["idle_deadline"]) - datetime.fromisoformat(body["assigned_at"])
             assert deadline == timedelta(seconds=900)
-        records = await harness.read_topic(env.settings, TOPIC_LIFECYCLE, min_records=4, timeout=20)
+        # the profile, the message, the chat routed, queued and assigned
+        records = await harness.read_topic(env.settings, TOPIC_LIFECYCLE, min_records=5, timeout=20)
     assigned = [json.loads(r.value) for r in records if json.loads(r.value)["type"] == "chat_assigned"]
     assert [f["payload"]["idle_timeout_s"] for f in assigned] == [900]
     assert assigned[0]["payload"]["queue_id"] == "slow"

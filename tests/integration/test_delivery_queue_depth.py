@@ -11,7 +11,10 @@ from shared.events import (
     ChatQueuedPayload,
     ChatRouted,
     ChatRoutedPayload,
+    OperatorProfileChanged,
+    OperatorProfileChangedPayload,
     new_event_id,
+    operator_key,
     utcnow,
 )
 from tests.e2e.servers import free_port, serving
@@ -117,3 +120,42 @@ async def test_the_operator_stream_shows_its_queues_depth_counting_each_fact_onc
                 await depths.until(0)
         finally:
             await conn.close()
+
+
+def profile_changed(operator_id: str, queues: list[str], removed: bool = False):
+    """An operator_profile_changed fact as the assigner's relay publishes it."""
+    at = utcnow()
+    payload = OperatorProfileChangedPayload(
+        operator_id=operator_id, display_name="Op", queues=queues, removed=removed, changed_at=at
+    )
+    return OperatorProfileChanged(
+        event_id=new_event_id(), chat_id=operator_key(operator_id), occurred_at=at, producer="test", payload=payload
+    )
+
+
+async def test_the_operator_stream_follows_its_profiles_queues_live_and_from_the_start(env):
+    settings = env.with_settings(delivery_heartbeat_s=1)
+    op = f"op {uuid.uuid4().hex[:6]}"  # a space: ids are any printable text
+    waiting = f"chat-{uuid.uuid4().hex[:6]}"
+    async with serving("delivery", settings, free_port()) as url, Producer(settings) as kafka:
+        await kafka.send(TOPIC_LIFECYCLE, queued(waiting, "sales"))
+        async with operator_stream(url, op, ignore=()) as sse:
+            first = await sse.next(timeout=20)
+            assert (first["event"], first["data"]["queue_id"]) == ("queue_depth", "default")  # no profile yet
+
+            await kafka.send(TOPIC_LIFECYCLE, profile_changed(op, ["sales"]))
+            profile = await sse.next(timeout=20)
+            assert profile["event"] == "profile" and profile["data"]["queues"] == ["sales"] and "id" in profile
+            depth = await sse.next(timeout=20)
+            assert (depth["event"], depth["data"]) == (
+                "queue_depth",
+                {"type": "queue_depth", "queue_id": "sales", "waiting": 1},
+            )
+
+        async with operator_stream(url, op, ignore=("profile",)) as again:  # a new stream starts in its queues
+            depth = await again.next(timeout=20)
+            assert depth["data"]["queue_id"] == "sales" and depth["data"]["waiting"] == 1
+            await kafka.send(TOPIC_LIFECYCLE, profile_changed(op, ["default"], removed=True))
+            depth = await again.next(timeout=20)
+            assert (depth["data"]["queue_id"], depth["data"]["waiting"]) == ("default", 0)
+            assert await again.quiet(1.5) == [], "a queue the operator left was still shown"

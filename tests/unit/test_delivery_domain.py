@@ -18,6 +18,10 @@ from shared.events import (
     ChatRoutedPayload,
     MessageRecorded,
     MessageRecordedPayload,
+    OperatorProfileChanged,
+    OperatorProfileChangedPayload,
+    new_event_id,
+    operator_key,
     utcnow,
 )
 
@@ -220,8 +224,30 @@ def test_a_repeated_or_unmatched_fact_never_counts_twice_or_below_zero():
     assert domain.queue_moves([routed("a", "sales")], {}).deltas == {}
 
 
-def test_every_operator_is_in_the_default_queue_until_profiles_exist():
-    assert domain.operator_queues("op-1") == ("default",)
+def test_an_operator_without_a_profile_is_in_the_default_queue_else_in_its_profiles_queues():
+    assert domain.operator_queues(None) == ["default"]
+    assert domain.operator_queues(("sales", "billing")) == ["sales", "billing"]
+    assert domain.operator_queues(()) == []
+
+
+def test_a_profile_change_is_an_operator_stream_event_and_the_latest_of_a_batch_is_kept():
+    def changed(queues, removed=False):
+        at = utcnow()
+        payload = OperatorProfileChangedPayload(
+            operator_id="op/1", display_name="Ann", queues=queues, removed=removed, changed_at=at
+        )
+        return OperatorProfileChanged(
+            event_id=new_event_id(), chat_id=operator_key("op/1"), occurred_at=at, producer="t", payload=payload
+        )
+
+    planned = domain.plan([changed(["sales"]), changed(["sales", "vip"])], {})
+    assert planned.profiles == {"op/1": (("sales", "vip"), "Ann")}
+    assert [(e.stream, e.type, e.data["queues"]) for e in planned.events] == [
+        (domain.operator_stream("op/1"), "profile", ["sales"]),
+        (domain.operator_stream("op/1"), "profile", ["sales", "vip"]),
+    ]
+    removed = domain.plan([changed(["default"], removed=True)], {})
+    assert removed.profiles == {"op/1": None} and removed.events[0].data["removed"] is True
 
 
 def test_a_stream_gets_each_queues_depth_once_at_first_then_changes_at_most_once_a_second():

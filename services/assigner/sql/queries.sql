@@ -411,7 +411,8 @@ UPDATE assigner.chats SET queue_id = 'default' WHERE queue_id = $1 AND state = '
 
 -- name: drop_queue_from_operators
 -- Operators are no longer members of a deleted queue.
-UPDATE assigner.operators SET queues = array_remove(queues, $1), updated_at = now() WHERE $1 = ANY(queues);
+UPDATE assigner.operators SET queues = array_remove(queues, $1), updated_at = now() WHERE $1 = ANY(queues)
+RETURNING operator_id, display_name, queues, skills, capacity, status;
 
 -- name: operator_by_id
 -- One operator profile.

@@ -195,3 +195,18 @@ LIMIT $3;
 -- Send a delivery again as soon as it is the oldest pending of its chat; returns its id when it exists.
 UPDATE delivery.webhook_deliveries SET status = 'pending', next_attempt_at = now(), delivered_at = NULL
 WHERE id = $1 AND endpoint_id = $2 RETURNING id;
+
+-- name: save_operator_queues
+-- A poll's operator profile changes: $1-$3 the operators' queues (comma-joined) and names now, $4 operators whose profile was removed
+-- (back to `default` only). Keys never repeat within an array.
+WITH saved AS (
+    INSERT INTO delivery.operator_queues AS o (operator_id, queues, display_name)
+    SELECT u.operator_id, string_to_array(u.queues, ','), u.display_name
+    FROM unnest($1::text[], $2::text[], $3::text[]) AS u(operator_id, queues, display_name)
+    ON CONFLICT (operator_id) DO UPDATE SET queues = excluded.queues, display_name = excluded.display_name
+)
+DELETE FROM delivery.operator_queues WHERE operator_id = ANY($4::text[]);
+
+-- name: operator_queues
+-- The queues of an operator with a profile (no row: `default` only), comma-joined.
+SELECT array_to_string(queues, ',') FROM delivery.operator_queues WHERE operator_id = $1;
