@@ -17,7 +17,7 @@ import asyncpg
 from services.assigner.allocation import Held
 from services.assigner.domain import AssignmentRecord, Chat, Decision, Fact
 from shared import events
-from shared.db import Queries
+from shared.db import Queries, from_row
 
 QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
 MESSAGES_SHOWN = 500
@@ -34,23 +34,8 @@ FACT_MODELS = {
 
 
 def chat_from_row(row) -> Chat:
-    """A domain Chat from a chats row (optionally joined with its assignment)."""
-    keys = row.keys()
-    return Chat(
-        chat_id=row["chat_id"],
-        state=row["state"],
-        assigned_operator_id=row["assigned_operator_id"],
-        last_operator_id=row["last_operator_id"],
-        assignment_id=row["assignment_id"],
-        waiting_since=row["waiting_since"],
-        queued_at=row["queued_at"],
-        operator_replied_at=row["operator_replied_at"],
-        last_user_message_at=row["last_user_message_at"],
-        message_count=row["message_count"],
-        created_at=row["created_at"],
-        assignment_started_at=row["assignment_started_at"] if "assignment_started_at" in keys else None,
-        assignment_responded=bool(row["assignment_responded"]) if "assignment_responded" in keys else False,
-    )
+    """A domain Chat from a chats row (the assignment_* columns only where it is joined with its assignment)."""
+    return from_row(Chat, row)
 
 
 class Changes:
