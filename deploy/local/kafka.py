@@ -7,12 +7,14 @@ already answering on the port is left alone.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import os
 import shutil
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +108,18 @@ def _java(lay: KafkaLayout, main: str, *args: str, heap: str = "-Xmx512m") -> li
     ]
 
 
+def cluster_id() -> str:
+    """A new KRaft cluster id, as `kafka-storage random-uuid` prints it (without starting a JVM for it).
+
+    Kafka's Uuid.randomUuid: a random (version 4) UUID in URL-safe base64 without padding, never one
+    that starts with "-" (it would read as an option); its version bits keep it off Kafka's reserved ids.
+    """
+    while True:
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not value.startswith("-"):
+            return value
+
+
 def configure(lay: KafkaLayout) -> None:
     """Write server.properties and format the KRaft log dir once."""
     template = (FILES / "server.properties.template").read_text()
@@ -114,16 +128,6 @@ def configure(lay: KafkaLayout) -> None:
     )
     if (lay.data_dir / "meta.properties").exists():
         return
-    cluster_id = (
-        subprocess.run(
-            _java(lay, "kafka.tools.StorageTool", "random-uuid", heap="-Xmx256m"),
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
     subprocess.run(
         _java(
             lay,
@@ -131,7 +135,7 @@ def configure(lay: KafkaLayout) -> None:
             "format",
             "--standalone",
             "-t",
-            cluster_id,
+            cluster_id(),
             "-c",
             str(lay.properties),
             "-g",
