@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -62,8 +63,21 @@ def _pom_digest() -> str:
     return hashlib.sha256((FILES / "pom.xml").read_bytes()).hexdigest()
 
 
+_FETCH = threading.Lock()  # a second caller (the tests fetch in the background) waits for the fetch under way
+
+
 def fetch_jars(lay: KafkaLayout, echo=print) -> None:
     """Resolve the broker's jars from Maven Central into the cache, unless already complete."""
+    with _FETCH:
+        _fetch_jars(lay, echo)
+
+
+def fetch_default_jars() -> None:
+    """The jars every broker of this checkout runs (the tests fetch them ahead of their first broker)."""
+    fetch_jars(layout(), echo=lambda *_: None)
+
+
+def _fetch_jars(lay: KafkaLayout, echo) -> None:
     marker = lay.jars / ".complete"
     if marker.exists() and marker.read_text().strip() == _pom_digest():
         return

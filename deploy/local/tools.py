@@ -6,12 +6,15 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
 
 from deploy.local.paths import REPO, cache_dir
 
 PROMTOOL_PACKAGE = "prometheus"
 COMPOSE_CHECK_SRC = REPO / "deploy" / "compose-check"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+# A second caller (the tests start the build in the background) waits for the build under way.
+_COMPOSE_CHECK_BUILD = threading.Lock()
 
 
 def _which_promtool() -> str | None:
@@ -61,6 +64,11 @@ def _go() -> str:
 
 def ensure_compose_check() -> str:
     """The path of `compose-check` (compose-go's loader, built from deploy/compose-check once per source change)."""
+    with _COMPOSE_CHECK_BUILD:
+        return _build_compose_check()
+
+
+def _build_compose_check() -> str:
     sources = sorted(p for p in COMPOSE_CHECK_SRC.iterdir() if p.suffix in {".go", ".mod", ".sum"})
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()[:16]
     binary = cache_dir() / "tools" / f"compose-check-{digest}"
