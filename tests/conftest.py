@@ -21,7 +21,7 @@ BOOTSTRAP = os.environ.get("SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:909
 PREFETCH = {
     "compose-check": ({"test_deploy_static.py"}, "deploy.local.tools:ensure_compose_check"),
     "kafka jars": (
-        {"test_ingest_broker_outage.py", "test_transient_failures.py", "test_survival_crash_restart.py"},
+        {"test_transient_failures.py", "test_survival_crash_restart.py"},
         "deploy.local.kafka:fetch_default_jars",
     ),
 }
