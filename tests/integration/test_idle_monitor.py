@@ -66,11 +66,18 @@ async def armed_ids(env) -> set[uuid.UUID]:
 
 async def tombstoned(env, assignment_id: uuid.UUID) -> bool:
     """True once the monitor has recorded the assignment as ended."""
+    return await _has_row(env, "ended_assignments", "assignment_id", assignment_id)
+
+
+async def applied(env, event_id: uuid.UUID) -> bool:
+    """True once the monitor has applied (recorded) the event."""
+    return await _has_row(env, "processed_events", "event_id", event_id)
+
+
+async def _has_row(env, table: str, column: str, value) -> bool:
     conn = await env.connect()
     try:
-        return await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM idle_monitor.ended_assignments WHERE assignment_id = $1)", assignment_id
-        )
+        return await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM idle_monitor.{table} WHERE {column} = $1)", value)
     finally:
         await conn.close()
 
@@ -168,17 +175,6 @@ async def test_a_start_arriving_after_its_end_arms_no_timer(env):
         assert late not in await armed_ids(env)
     events = [harness.record_json(r) for r in await harness.read_all(settings, TOPIC_TIMEOUTS)]
     assert [e["payload"]["assignment_id"] for e in events] == [str(alive)]
-
-
-async def applied(env, event_id: uuid.UUID) -> bool:
-    """True once the monitor has applied (recorded) the event."""
-    conn = await env.connect()
-    try:
-        return await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM idle_monitor.processed_events WHERE event_id = $1)", event_id
-        )
-    finally:
-        await conn.close()
 
 
 async def test_a_deadline_survives_an_idle_monitor_restart(env):
