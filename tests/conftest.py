@@ -19,10 +19,15 @@ BOOTSTRAP = os.environ.get("SWITCHBOARD_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:909
 
 # The tools a fresh clone builds or fetches on first use, and the test files that use them.
 PREFETCH = {
+    "promtool": ({"test_deploy_static.py", "test_metrics_exposition.py"}, "deploy.local.tools:ensure_promtool"),
     "compose-check": ({"test_deploy_static.py"}, "deploy.local.tools:ensure_compose_check"),
     "kafka jars": (
         {"test_transient_failures.py", "test_survival_crash_restart.py"},
         "deploy.local.kafka:fetch_default_jars",
+    ),
+    "chromium": (
+        {"test_console_browser.py", "test_delivery_console_browser.py", "test_delivery_widget_browser.py"},
+        "deploy.local.browser:ensure_chromium",
     ),
 }
 
@@ -31,8 +36,8 @@ def pytest_collection_finish(session):
     """Build and fetch, in a background thread at low priority, the tools later tests will need.
 
     On a fresh clone compose-check is a Go build (minutes on a cold Go cache) and the Kafka jars of
-    the tests' own brokers a Maven run; here they overlap the first tests instead of stalling the one
-    that needs them. Each ensure takes a lock, so that test waits for the work under way and then
+    the tests' own brokers a Maven run; on a fresh machine promtool and Chromium are apt installs.
+    Here they overlap the first tests instead of stalling the one that needs them. Each ensure takes a lock, so that test waits for the work under way and then
     uses it; a failure here is left to that test to report.
     """
     files = {item.path.name for item in session.items}

@@ -13,8 +13,10 @@ from deploy.local.paths import REPO, cache_dir
 PROMTOOL_PACKAGE = "prometheus"
 COMPOSE_CHECK_SRC = REPO / "deploy" / "compose-check"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-# A second caller (the tests start the build in the background) waits for the build under way.
+# A second caller (the tests start the work in the background) waits for the build under way; apt-get
+# runs one at a time (dpkg's own lock would fail the second), for promtool and Chromium alike.
 _COMPOSE_CHECK_BUILD = threading.Lock()
+APT = threading.Lock()
 
 
 def _which_promtool() -> str | None:
@@ -38,6 +40,14 @@ def _apt_install(package: str) -> subprocess.CompletedProcess:
 def ensure_promtool() -> str:
     """The path of promtool, installing Debian's `prometheus` package with apt-get when it is missing."""
     found = _which_promtool()
+    if found:
+        return found
+    with APT:
+        return _install_promtool()
+
+
+def _install_promtool() -> str:
+    found = _which_promtool()  # installed meanwhile, by the caller we waited for
     if found:
         return found
     result = _apt_install(PROMTOOL_PACKAGE)
