@@ -27,7 +27,7 @@ down: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy shared services/*/domain.py services/assigner/allocation.py
+	$(VENV)/bin/mypy shared services/*/domain.py services/assigner/allocation.py services/assigner/routing.py
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'

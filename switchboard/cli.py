@@ -442,6 +442,11 @@ def bench(
     scale_think_ms: float | None = typer.Option(
         None, help="Scale check: pause between release and next pull (default 1000)."
     ),
+    scale_routed: bool | None = typer.Option(
+        None,
+        "--scale-routed/--no-scale-routed",
+        help="Scale check over 20 queues and 8 skill sets, pullers with mixed profiles (issue #16).",
+    ),
     release_share: float | None = typer.Option(
         None, help="Share of pulled chats released instead of answered (default 0.1)."
     ),
@@ -455,6 +460,23 @@ def bench(
         None, help="Chat streams opened at half load to time operator replies (default 100, 0: none)."
     ),
     drain_timeout_s: float | None = typer.Option(None, help="Bound on each drain (default 90)."),
+    conversation_users: int | None = typer.Option(None, help="Conversation phase: users, all HTTP (default 200)."),
+    conversation_operators: int | None = typer.Option(None, help="Conversation phase: operators (default 100)."),
+    conversation_warmup_s: float | None = typer.Option(None, help="Conversation phase: warm-up seconds (default 5)."),
+    conversation_duration_s: float | None = typer.Option(
+        None, help="Conversation phase: measured seconds (default 30, 0 skips it)."
+    ),
+    messages_per_turn: int | None = typer.Option(
+        None, help="Conversation phase: user messages before waiting for the reply (default 3)."
+    ),
+    turns_per_chat: int | None = typer.Option(None, help="Conversation phase: turns before a new chat (default 5)."),
+    only_conversation: bool | None = typer.Option(
+        None, "--only-conversation/--all-phases", help="Only pgbench, the SQL peer and the conversation phase."
+    ),
+    sql_peer: bool | None = typer.Option(
+        None, "--sql-peer/--no-sql-peer", help="Run the SQL reference peer (pgbench -f turn.pgbench)."
+    ),
+    sql_peer_seconds: int | None = typer.Option(None, help="SQL reference peer duration (default 20)."),
     pgbench_seconds: int | None = typer.Option(None, help="pgbench duration (default 15)."),
     pgbench_clients: int | None = typer.Option(None, help="pgbench clients (default 8)."),
     pgbench_threads: int | None = typer.Option(None, help="pgbench threads (default 2)."),
@@ -470,7 +492,8 @@ def bench(
     keep: bool | None = typer.Option(None, "--keep/--no-keep", help="Keep the bench database and topics."),
     smoke: bool | None = typer.Option(None, "--smoke/--no-smoke", help="A few seconds with tiny numbers."),
 ) -> None:
-    """End-to-end benchmark: throughput, apply/pull latency, pgbench side by side, scale check (docs/performance.md)."""
+    """End-to-end benchmark: conversation turns, throughput, apply/pull latency, pgbench and the SQL peer side by
+    side, scale check (docs/performance.md)."""
     from switchboard.bench import main as bench_main
 
     options = {k: v for k, v in locals().items() if v is not None and k != "bench_main"}

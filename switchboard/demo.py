@@ -1,5 +1,9 @@
 """Demo traffic: simulated users write through ingest, simulated operators pull, reply, release.
 
+The demo first sets up a few queues and its operators' profiles (mixed teams, skills and one with
+capacity 2); users route their new chats across those queues (one in seven to a queue that does
+not exist, which falls back to `default`), with some priorities and skills.
+
 Only talks to the local services over HTTP (127.0.0.1); bounded by `duration` when given.
 """
 
@@ -28,6 +32,21 @@ OPENERS = [
     "how do I change my address?",
 ]
 FOLLOW_UPS = ["how are you?", "any news?", "thanks!", "one more thing…", "still broken", "ok great"]
+# Routing (docs/contract.md "Routing"): a few teams, skills and priorities, so the demo shows it.
+QUEUES = {
+    "sales": {"name": "Sales", "priority_step_s": 30, "sla_first_assignment_s": 45},
+    "support": {"name": "Support", "sla_first_assignment_s": 90, "skills_relax_after_s": 30},
+    "billing": {"name": "Billing", "sla_first_assignment_s": 120, "skills_relax_after_s": 60},
+}
+ROUTES = ["default", "default", "sales", "support", "support", "billing", "nowhere"]  # "nowhere" falls back
+SKILLS = [[], [], ["en"], ["de"], ["en", "refunds"]]
+# Operator i gets profile i % len(PROFILES): mixed teams and skills, so every queue has takers.
+PROFILES = [
+    {"queues": ["default", "support"], "skills": ["en"]},
+    {"queues": ["default", "sales", "billing"], "skills": ["en", "de"]},
+    {"queues": ["support", "billing"], "skills": ["de", "en", "refunds"], "capacity": 2},
+    {"queues": ["default", "sales"], "skills": []},
+]
 REPLIES = [
     "Hello! Let me check that for you.",
     "Sorry about that — looking into it now.",
@@ -55,21 +74,44 @@ class Demo:
         self.ingest_url = (ingest_url or f"{base}:{settings.ingest_port}").rstrip("/")
         self.assigner_url = (assigner_url or f"{base}:{settings.assigner_port}").rstrip("/")
         self.frontend = {"Authorization": f"Bearer {issue_token(settings.auth_secret, 'demo-web', 'frontend')}"}
+        self.admin = {"Authorization": f"Bearer {issue_token(settings.auth_secret, 'demo-admin', 'admin')}"}
         self.open_chats: list[str] = []
         self.stop_at: float | None = None
 
     def _running(self) -> bool:
         return self.stop_at is None or time.monotonic() < self.stop_at
 
-    async def say(self, client: httpx.AsyncClient, chat_id: str, text: str, operator_id: str | None = None) -> None:
+    async def configure(self, client: httpx.AsyncClient) -> None:
+        """The demo's queues and its operators' profiles (PUTs: the same on every start)."""
+        for queue_id, settings in QUEUES.items():
+            r = await client.put(f"{self.assigner_url}/v1/admin/queues/{queue_id}", json=settings, headers=self.admin)
+            r.raise_for_status()
+        for i in range(self.operators):
+            operator_id = f"demo-op-{i + 1}"
+            profile = {"display_name": f"Demo operator {i + 1}", **PROFILES[i % len(PROFILES)]}
+            r = await client.put(
+                f"{self.assigner_url}/v1/admin/operators/{operator_id}", json=profile, headers=self.admin
+            )
+            r.raise_for_status()
+
+    async def say(
+        self,
+        client: httpx.AsyncClient,
+        chat_id: str,
+        text: str,
+        operator_id: str | None = None,
+        routing: dict | None = None,
+    ) -> None:
         """Publish one message through ingest as the frontend would."""
-        body = {
+        body: dict = {
             "message_id": f"demo-{uuid.uuid4().hex[:12]}",
             "text": text,
             "sender": "operator" if operator_id else "user",
         }
         if operator_id:
             body["operator_id"] = operator_id
+        if routing:
+            body["routing"] = routing
         url = f"{self.ingest_url}/v1/chats/{chat_id}/messages"
         r = await client.post(url, json=body, headers=self.frontend)
         if r.status_code != 202:
@@ -83,7 +125,12 @@ class Demo:
             else:
                 chat_id = f"demo-{uuid.uuid4().hex[:8]}"
                 self.open_chats = (self.open_chats + [chat_id])[-200:]
-                await self.say(client, chat_id, random.choice(OPENERS))
+                routing = {
+                    "queue": random.choice(ROUTES),
+                    "priority": random.choice([0, 0, 0, 2, 5]),
+                    "skills": random.choice(SKILLS),
+                }
+                await self.say(client, chat_id, random.choice(OPENERS), routing=routing)
             await asyncio.sleep(random.expovariate(self.rate))
 
     async def operator(self, client: httpx.AsyncClient, operator_id: str) -> None:
@@ -122,6 +169,7 @@ class Demo:
         if duration:
             self.stop_at = time.monotonic() + duration
         async with httpx.AsyncClient(timeout=10) as client:
+            await self._resilient(lambda: self.configure(client))
             loops = [lambda: self.users(client)] + [
                 (lambda op=f"demo-op-{i + 1}": self.operator(client, op)) for i in range(self.operators)
             ]
@@ -133,7 +181,7 @@ class Demo:
             try:
                 await make_loop()
                 return
-            except httpx.HTTPError as exc:
+            except httpx.HTTPError as exc:  # HTTPStatusError too: a service still starting
                 log.warning("demo request failed; retrying", extra={"error": repr(exc)})
                 await asyncio.sleep(1.0)
 

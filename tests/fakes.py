@@ -15,6 +15,7 @@ import httpx
 from fastapi import FastAPI
 
 from services.ingest.domain import Claim, Draft, Key
+from services.stats.store import zero_queue
 from shared.settings import Settings
 from switchboard import services as registry
 from tests.harness import BoundedASGITransport, make_settings
@@ -77,8 +78,9 @@ class Untouched:
 class StatsStore:
     """Stats' reads over figures a test puts in `operators` (keyed by operator id, the same for any day)."""
 
-    def __init__(self, operators: dict[str, dict] | None = None):
+    def __init__(self, operators: dict[str, dict] | None = None, queues: dict[tuple[str, date], dict] | None = None):
         self.operators_by_id = operators or {}
+        self.queues_by_day = queues or {}  # (queue_id, day) -> a queue_daily row's counters
         self.days: list[date | None] = []
 
     async def operator(self, operator_id: str, day: date | None) -> dict:
@@ -92,6 +94,19 @@ class StatsStore:
         ids = sorted(i for i in self.operators_by_id if after is None or i > after)
         page = [{"operator_id": i, **self.operators_by_id[i]} for i in ids[:limit]]
         return page, (page[-1]["operator_id"] if len(ids) > limit else None)
+
+    async def queue(self, queue_id: str, day: date) -> dict:
+        """The queue's stored figures on the day, zeros when none; the day is recorded in `days`."""
+        self.days.append(day)
+        row = self.queues_by_day.get((queue_id, day))
+        return {"queue_id": queue_id, "day": day, **row} if row else zero_queue(queue_id, day)
+
+    async def queues(self, day: date, limit: int, after: str | None = None) -> tuple[list[dict], str | None]:
+        """One page of the queues stored for the day, sorted by id; the day is recorded in `days`."""
+        self.days.append(day)
+        ids = sorted(q for q, d in self.queues_by_day if d == day and (after is None or q > after))
+        page = [{"queue_id": q, "day": day, **self.queues_by_day[(q, day)]} for q in ids[:limit]]
+        return page, (page[-1]["queue_id"] if len(ids) > limit else None)
 
 
 def build(service: str, settings: Settings | None = None, **fakes) -> FastAPI:

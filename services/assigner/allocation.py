@@ -8,10 +8,11 @@ active assignments and the claimed waiting chats, and applies what these functio
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from services.assigner import routing
 from services.assigner.domain import WAITING, Chat
 
 
@@ -36,30 +37,23 @@ def may_pull(chat: Chat, operator_id: str, now: datetime, cooldown_s: float) -> 
 def match_pullers(pullers: list[str], candidates: list[Chat], now: datetime, cooldown_s: float) -> list[Chat | None]:
     """Give each puller, in arrival order, the oldest candidate it may take (invariant 3), or None.
 
-    `candidates` are waiting chats oldest first; each goes to at most one puller. A chat the first
-    puller may not take (it had it last, not cooled down) stays available for the next ones.
+    The unrouted case of routing.match (profile-less operators, chats of `default` without skills).
     """
-    taken: set[str] = set()
-    matched: list[Chat | None] = []
-    for operator_id in pullers:
-        pick = next(
-            (c for c in candidates if c.chat_id not in taken and may_pull(c, operator_id, now, cooldown_s)), None
-        )
-        if pick is not None:
-            taken.add(pick.chat_id)
-        matched.append(pick)
-    return matched
+    profiles = [routing.default_profile(op) for op in pullers]
+    return routing.match(profiles, candidates, {}, now, cooldown_s)
 
 
-def with_room(pullers: list[str], held: dict[str, int], capacity: int) -> list[bool]:
+def with_room(pullers: list[str], held: dict[str, int], capacity: int | Mapping[str, int]) -> list[bool]:
     """Capacity accounting of a batch of pulls in arrival order: a pull with room takes one place.
 
-    `held` counts each operator's active assignments (those this batch ended excluded).
+    `held` counts each operator's active assignments (those this batch ended excluded); `capacity` is
+    one for all or each operator's own.
     """
     counts = dict(held)
     room = []
     for operator_id in pullers:
-        fits = counts.get(operator_id, 0) < capacity
+        limit = capacity if isinstance(capacity, int) else capacity[operator_id]
+        fits = counts.get(operator_id, 0) < limit
         if fits:
             counts[operator_id] = counts.get(operator_id, 0) + 1
         room.append(fits)
@@ -72,7 +66,7 @@ def current_of(held: list[Held]) -> Held | None:
 
 
 def pull_candidates(claimed: list[Chat], pending: Iterable[Chat]) -> list[Chat]:
-    """The chats a batch of pulls competes for, oldest in the queue first.
+    """The chats a batch of pulls competes for, in rank order (oldest first when unrouted).
 
     `claimed` were locked from the queue; `pending` are the chats this batch already changed (not yet
     written): those put back to the queue (released) compete too, at the place they kept, and this
@@ -80,7 +74,7 @@ def pull_candidates(claimed: list[Chat], pending: Iterable[Chat]) -> list[Chat]:
     """
     changed = {c.chat_id: c for c in pending}
     merged = [c for c in claimed if c.chat_id not in changed] + [c for c in changed.values() if c.state == WAITING]
-    return sorted(merged, key=lambda c: (c.waiting_since, c.chat_id))
+    return sorted(merged, key=routing.rank_key)
 
 
 def cooled_before(now: datetime, cooldown_s: float) -> datetime:

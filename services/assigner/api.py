@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.assigner import domain, metrics
+from services.assigner import domain, metrics, routing
 from services.assigner.batcher import OperatorBatcher
 from services.assigner.usecases import Assigner, Pulled
 from shared.auth import Principal, require
@@ -43,6 +43,9 @@ class ChatOut(BaseModel):
     last_operator_id: str | None
     waiting_since: datetime | None
     message_count: int
+    queue_id: str = Field(default="default", description="The queue the chat waits in (docs/contract.md, Routing).")
+    priority: int = 0
+    skills: list[str] = Field(default_factory=list)
     messages: list[MessageOut]
 
 
@@ -131,6 +134,11 @@ DOMAIN_ERRORS: dict[type[domain.DomainError], tuple[int, str]] = {
     domain.ChatIsCompleted: (409, "chat_completed"),
     domain.OperatorAtCapacity: (409, "operator_at_capacity"),
     domain.InvalidCommand: (422, "invalid_command"),
+    routing.OperatorUnavailable: (409, "operator_unavailable"),
+    routing.UnknownQueue: (422, "unknown_queue"),
+    routing.UnknownOperator: (404, "operator_not_found"),
+    routing.QueueLimit: (409, "queue_limit"),
+    routing.DefaultQueueKept: (409, "default_queue"),
     domain.DomainError: (409, "conflict"),
 }
 
@@ -142,21 +150,29 @@ def domain_error(exc: domain.DomainError) -> ApiError:
 
 
 def _assignment_body(assigner: Assigner, pulled: Pulled, chat: dict) -> dict:
+    # A new assignment carries its queue's idle override; a current one reads its queue's.
+    idle_s = pulled.idle_timeout_s or chat.get("queue_idle_timeout_s") or assigner.settings.idle_timeout_s
     return {
         "assignment_id": pulled.assignment_id,
         "chat": chat,
         "assigned_at": pulled.assigned_at,
-        "idle_deadline": pulled.assigned_at + timedelta(seconds=assigner.settings.idle_timeout_s),
+        "idle_deadline": pulled.assigned_at + timedelta(seconds=idle_s),
     }
 
 
 NO_CONTENT = {204: {"description": "Nothing is waiting for this operator."}}
+UNAVAILABLE = {
+    409: {
+        "description": "The operator is away or offline (`operator_unavailable`).",
+        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+    }
+}
 
 
 @router.post(
     "/v1/assignments/next",
     response_model=AssignmentOut,
-    responses=NO_CONTENT,
+    responses={**NO_CONTENT, **UNAVAILABLE},
     tags=["operator"],
     summary="Pull the next chat (retry-safe: at capacity, returns the current assignment).",
 )

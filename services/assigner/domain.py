@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Literal, TypeVar
 
 from shared.events import (
+    DEFAULT_QUEUE,
     AssignmentEndedPayload,
     AssignmentIdle,
     ChatAnsweredPayload,
@@ -22,6 +23,7 @@ from shared.events import (
     ChatCompletedPayload,
     ChatQueuedPayload,
     ChatReopenedPayload,
+    ChatRoutedPayload,
     Envelope,
     MessageRecordedPayload,
     OperatorMessage,
@@ -96,6 +98,13 @@ class Chat:
     created_at: datetime | None = None
     assignment_started_at: datetime | None = None
     assignment_responded: bool = False
+    # Routing (docs/contract.md "Routing"): rank is written by the repository from these and the queue.
+    queue_id: str = DEFAULT_QUEUE
+    priority: int = 0
+    skills: tuple[str, ...] = ()
+    rank: datetime | None = None
+    opened_at: datetime | None = None  # opened or reopened: the first-assignment wait counts from here
+    first_assigned_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -110,11 +119,25 @@ class Fact:
 
 
 @dataclass(frozen=True)
+class Route:
+    """Routing attributes to apply: each one given wins, None keeps the chat's.
+
+    `requested_queue` is set when the queue asked for does not exist and `queue_id` is the fallback.
+    """
+
+    queue_id: str | None = None
+    priority: int | None = None
+    skills: tuple[str, ...] | None = None
+    requested_queue: str | None = None
+
+
+@dataclass(frozen=True)
 class ReceiveUserMessage:
     message_id: str
     text: str
     sent_at: datetime | None
     at: datetime
+    route: Route | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,8 @@ class AssignToPuller:
     operator_id: str
     assignment_id: uuid.UUID
     at: datetime
+    sla_s: int = 60  # the chat's queue's sla_first_assignment_s
+    idle_timeout_s: int | None = None  # the chat's queue's override, if any
 
 
 @dataclass(frozen=True)
@@ -159,6 +184,15 @@ class ReassignChat:
     operator_id: str
     assignment_id: uuid.UUID
     at: datetime
+    sla_s: int = 60
+    idle_timeout_s: int | None = None
+
+
+@dataclass(frozen=True)
+class RouteChat:
+    route: Route
+    at: datetime
+    by: Literal["admin", "queue_deleted"] = "admin"
 
 
 Command = (
@@ -169,6 +203,7 @@ Command = (
     | ReleaseAssignment
     | CompleteChat
     | ReassignChat
+    | RouteChat
 )
 
 
@@ -219,6 +254,7 @@ def _queued(reason: QueueReason, chat: Chat) -> Fact:
             reason=reason,
             waiting_since=_present(chat.waiting_since, "waiting_since", chat),
             queued_at=_present(chat.queued_at, "queued_at", chat),
+            queue_id=chat.queue_id,
         ),
     )
 
@@ -232,6 +268,7 @@ def _ended(chat: Chat, outcome: Outcome, at: datetime) -> Fact:
             outcome=outcome,
             started_at=_present(chat.assignment_started_at, "assignment_started_at", chat),
             ended_at=at,
+            queue_id=chat.queue_id,
         ),
     )
 
@@ -255,6 +292,37 @@ def _requeue(chat: Chat, at: datetime, reason: RequeueReason, last_operator: str
     return Decision(new, [_ended(chat, reason, at), _queued(reason, new)])
 
 
+def _routed(chat: Chat, route: Route | None, at: datetime, by, new: bool = False) -> tuple[Chat, list[Fact]]:
+    """The chat with the route applied, and its chat_routed fact when something changed (or fell back)."""
+    if route is None:
+        return chat, []
+    routed = replace(
+        chat,
+        queue_id=route.queue_id if route.queue_id is not None else chat.queue_id,
+        priority=route.priority if route.priority is not None else chat.priority,
+        skills=route.skills if route.skills is not None else chat.skills,
+    )
+    same = (routed.queue_id, routed.priority, routed.skills) == (chat.queue_id, chat.priority, chat.skills)
+    if same and route.requested_queue is None:
+        return chat, []
+    payload = ChatRoutedPayload(
+        queue_id=routed.queue_id,
+        priority=routed.priority,
+        skills=list(routed.skills),
+        previous_queue_id=None if new else chat.queue_id,
+        requested_queue=route.requested_queue,
+        by=by,
+        routed_at=at,
+    )
+    return routed, [Fact("chat_routed", payload)]
+
+
+def on_route(chat: Chat, cmd: RouteChat) -> Decision:
+    """An admin (or a queue's deletion) changes a chat's routing; a waiting chat keeps its waiting time."""
+    routed, facts = _routed(chat, cmd.route, cmd.at, cmd.by)
+    return Decision(routed if facts else None, facts)
+
+
 def on_user_message(chat: Chat | None, cmd: ReceiveUserMessage, chat_id: str) -> Decision:
     """A user wrote: queue a new or answered chat, reopen a completed one, keep an assigned one."""
     if chat is None:
@@ -266,16 +334,20 @@ def on_user_message(chat: Chat | None, cmd: ReceiveUserMessage, chat_id: str) ->
             last_user_message_at=cmd.at,
             message_count=1,
             created_at=cmd.at,
+            opened_at=cmd.at,
         )
-        return Decision(new, [_message(cmd, "user", new, None, None, None), _queued("new", new)])
+        new, routed = _routed(new, cmd.route, cmd.at, "user_message", new=True)
+        return Decision(new, [_message(cmd, "user", new, None, None, None), *routed, _queued("new", new)])
     counted = replace(chat, message_count=chat.message_count + 1, last_user_message_at=cmd.at)
+    counted, routed = _routed(counted, cmd.route, cmd.at, "user_message")
     if chat.state == WAITING:
-        return Decision(counted, [_message(cmd, "user", chat, None, None, None)])
+        return Decision(counted, [_message(cmd, "user", chat, None, None, None), *routed])
     if chat.state == ASSIGNED:
-        return Decision(counted, [_message(cmd, "user", chat, None, chat.assignment_id, None)])
+        return Decision(counted, [_message(cmd, "user", chat, None, chat.assignment_id, None), *routed])
     queued = replace(counted, state=WAITING, waiting_since=cmd.at, queued_at=cmd.at)
-    facts = [_message(cmd, "user", chat, None, None, None)]
+    facts = [_message(cmd, "user", chat, None, None, None), *routed]
     if chat.state == COMPLETED:
+        queued = replace(queued, opened_at=cmd.at, first_assigned_at=None)
         facts.append(Fact("chat_reopened", ChatReopenedPayload(reopened_at=cmd.at)))
         facts.append(_queued("reopened", queued))
     else:
@@ -286,7 +358,8 @@ def on_user_message(chat: Chat | None, cmd: ReceiveUserMessage, chat_id: str) ->
 def on_operator_message(chat: Chat | None, cmd: ReceiveOperatorMessage, chat_id: str) -> Decision:
     """An operator wrote: the assigned one's reply answers the chat and frees them."""
     op = cmd.operator_id
-    answered = Fact("chat_answered", ChatAnsweredPayload(operator_id=op, answered_at=cmd.at))
+    queue_id = chat.queue_id if chat is not None else DEFAULT_QUEUE
+    answered = Fact("chat_answered", ChatAnsweredPayload(operator_id=op, answered_at=cmd.at, queue_id=queue_id))
     if chat is None:
         # Outreach: an operator writes first; the chat waits for the user.
         new = Chat(
@@ -343,18 +416,27 @@ def on_pull(chat: Chat, cmd: AssignToPuller) -> Decision:
         assignment_id=cmd.assignment_id,
         assignment_started_at=cmd.at,
         assignment_responded=False,
+        first_assigned_at=chat.first_assigned_at or cmd.at,
     )
-    return Decision(
-        new,
-        [
-            Fact(
-                "chat_assigned",
-                ChatAssignedPayload(
-                    assignment_id=cmd.assignment_id, operator_id=cmd.operator_id, assigned_at=cmd.at, via="pull"
-                ),
-            )
-        ],
+    return Decision(new, [_assigned(chat, cmd, "pull")])
+
+
+def _assigned(chat: Chat, cmd: AssignToPuller | ReassignChat, via: Literal["pull", "reassign"]) -> Fact:
+    """chat_assigned, with the first-assignment wait and SLA on the first since the chat was (re)opened."""
+    first_ms = None
+    if chat.opened_at is not None and chat.first_assigned_at is None:
+        first_ms = max(0, (cmd.at - chat.opened_at) // timedelta(milliseconds=1))
+    payload = ChatAssignedPayload(
+        assignment_id=cmd.assignment_id,
+        operator_id=cmd.operator_id,
+        assigned_at=cmd.at,
+        via=via,
+        queue_id=chat.queue_id,
+        first_wait_ms=first_ms,
+        sla_met=None if first_ms is None else first_ms <= cmd.sla_s * 1000,
+        idle_timeout_s=cmd.idle_timeout_s,
     )
+    return Fact("chat_assigned", payload)
 
 
 def _check_own_active(chat: Chat, operator_id: str, assignment_id: uuid.UUID | None) -> None:
@@ -381,7 +463,8 @@ def on_complete(chat: Chat, cmd: CompleteChat) -> Decision:
     if chat.state == ASSIGNED:
         facts.append(_ended(chat, "completed", cmd.at))
     new = _unassigned(chat, state=COMPLETED, waiting_since=None, queued_at=None)
-    facts.append(Fact("chat_completed", ChatCompletedPayload(completed_by=cmd.by, completed_at=cmd.at)))
+    done = ChatCompletedPayload(completed_by=cmd.by, completed_at=cmd.at, queue_id=chat.queue_id)
+    facts.append(Fact("chat_completed", done))
     return Decision(new, facts)
 
 
@@ -402,15 +485,9 @@ def on_reassign(chat: Chat, cmd: ReassignChat) -> Decision:
         assignment_started_at=cmd.at,
         assignment_responded=False,
         last_operator_id=cmd.operator_id,
+        first_assigned_at=chat.first_assigned_at or cmd.at,
     )
-    facts.append(
-        Fact(
-            "chat_assigned",
-            ChatAssignedPayload(
-                assignment_id=cmd.assignment_id, operator_id=cmd.operator_id, assigned_at=cmd.at, via="reassign"
-            ),
-        )
-    )
+    facts.append(_assigned(chat, cmd, "reassign"))
     return Decision(new, facts)
 
 
@@ -435,17 +512,22 @@ def decide(chat: Chat | None, cmd: Command, chat_id: str | None = None) -> Decis
         return on_complete(chat, cmd)
     if isinstance(cmd, ReassignChat):
         return on_reassign(chat, cmd)
+    if isinstance(cmd, RouteChat):
+        return on_route(chat, cmd)
     raise TypeError(f"unknown command {cmd!r}")
 
 
 # ---- event -> command --------------------------------------------------------------------
 
 
-def command_of(event: Envelope, at: datetime) -> Command:
-    """The command an inbound message or idle timeout (chat.inbound, chat.timeouts) applies at `at`."""
+def command_of(event: Envelope, at: datetime, route: Route | None = None) -> Command:
+    """The command an inbound message or idle timeout (chat.inbound, chat.timeouts) applies at `at`.
+
+    `route` is a user message's routing with its queue resolved (an unknown one falls back to default).
+    """
     if isinstance(event, UserMessage):
         u = event.payload
-        return ReceiveUserMessage(message_id=u.message_id, text=u.text, sent_at=u.sent_at, at=at)
+        return ReceiveUserMessage(message_id=u.message_id, text=u.text, sent_at=u.sent_at, at=at, route=route)
     if isinstance(event, OperatorMessage):
         o = event.payload
         return ReceiveOperatorMessage(

@@ -31,15 +31,25 @@ def after_commit(changes: Changes) -> None:
 
 
 async def export_gauges(assigner: Assigner) -> None:
-    """Refresh chats-per-state, oldest-waiting, active-assignment and outbox gauges periodically."""
+    """Refresh chats-per-state, per-queue, operators-per-status, active-assignment and outbox gauges periodically."""
+    shown: set[str] = set()
     while True:
         try:
             summary = await assigner.queue_summary()
             for state, n in summary["chats_by_state"].items():
                 metrics.CHATS.labels(state).set(n)
-            metrics.OLDEST_WAITING.set(summary["oldest_waiting_age_s"])
             metrics.ASSIGNMENTS_ACTIVE.set(summary["active_assignments"])
             metrics.OUTBOX_BACKLOG.set(await assigner.outbox_backlog())
+            queues, statuses = await assigner.routing_gauges()
+            for gone in shown - set(queues):  # a deleted queue's series go away
+                metrics.QUEUE_WAITING.remove(gone)
+                metrics.OLDEST_WAITING.remove(gone)
+            shown = set(queues)
+            for queue_id, (waiting, age_s) in queues.items():
+                metrics.QUEUE_WAITING.labels(queue_id).set(waiting)
+                metrics.OLDEST_WAITING.labels(queue_id).set(age_s)
+            for status in ("available", "away", "offline"):
+                metrics.OPERATORS.labels(status).set(statuses.get(status, 0))
         except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
             log.warning("queue gauges not refreshed", extra={"error": repr(exc)})
         await asyncio.sleep(GAUGE_INTERVAL_S)

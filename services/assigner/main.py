@@ -7,10 +7,11 @@ from pathlib import Path
 from fastapi import FastAPI
 from faststream.kafka.publisher.usecase import DefaultPublisher
 
-from services.assigner import api, handlers
+from services.assigner import api, handlers, routing_api
 from services.assigner.batcher import OperatorBatcher
 from services.assigner.outbox import OutboxRelay
 from services.assigner.repository import QUERIES
+from services.assigner.routing_usecases import RoutingCommands
 from services.assigner.usecases import Assigner
 from shared.events import TOPIC_INBOUND, TOPIC_LIFECYCLE, TOPIC_TIMEOUTS
 from shared.http import service_app
@@ -47,6 +48,8 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
     async def wire(app: FastAPI) -> None:
         live = store if store is not None else Assigner(runtime.pool, settings)
         app.state.assigner = live
+        # Over a test's fake store the routing routes are not served (their commands need the pool).
+        app.state.routing = RoutingCommands(live) if isinstance(live, Assigner) else None
         app.state.batcher = batcher if batcher is not None else OperatorBatcher(live)
         if batcher is None:
             runtime.add_loop("operator-batches", app.state.batcher.run)
@@ -60,7 +63,7 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
         lifespan=runtime.lifespan(wire, connect=store is None, uses_kafka=settings.assigner_mode != "api"),
         readiness=runtime.readiness,
         broker=runtime.broker,
-        routers=(api.router,),
+        routers=(api.router, routing_api.router),
     )
     api.mount_console(app)
     return app

@@ -5,7 +5,16 @@ from prometheus_client import Counter, Gauge, Histogram
 from shared.metrics import LATENCY_BUCKETS
 
 CHATS = Gauge("switchboard_chats", "Chats per state.", ["state"])
-OLDEST_WAITING = Gauge("switchboard_queue_oldest_waiting_seconds", "Age of the longest-waiting chat (0 if none).")
+OLDEST_WAITING = Gauge(
+    "switchboard_queue_oldest_waiting_seconds", "Age of the longest-waiting chat per queue (0 if none).", ["queue"]
+)
+QUEUE_WAITING = Gauge("switchboard_queue_waiting_chats", "Chats waiting for an operator, per queue.", ["queue"])
+OPERATORS = Gauge(
+    "switchboard_operators", "Operators per presence status (profile-less holders as available).", ["status"]
+)
+ROUTING_FALLBACKS = Counter(
+    "switchboard_routing_fallbacks_total", "User messages routed to a queue that does not exist (sent to default)."
+)
 ASSIGNMENTS_ACTIVE = Gauge("switchboard_assignments_active", "Active assignments.")
 ASSIGNMENTS_STARTED = Counter("switchboard_assignments_started_total", "Assignments started.", ["via"])
 ASSIGNMENTS_ENDED = Counter("switchboard_assignments_ended_total", "Assignments ended, by outcome.", ["outcome"])

@@ -16,6 +16,7 @@ import asyncpg
 
 from services.assigner.allocation import Held
 from services.assigner.domain import AssignmentRecord, Chat, Decision, Fact
+from services.assigner.routing import Lane, LaneClaim, Profile, Queue
 from shared import events
 from shared.db import Queries, from_row
 
@@ -30,12 +31,24 @@ FACT_MODELS = {
     "chat_answered": events.ChatAnswered,
     "chat_completed": events.ChatCompleted,
     "chat_reopened": events.ChatReopened,
+    "chat_routed": events.ChatRouted,
+    "operator_status_changed": events.OperatorStatusChanged,
 }
 
 
 def chat_from_row(row) -> Chat:
     """A domain Chat from a chats row (the assignment_* columns only where it is joined with its assignment)."""
-    return from_row(Chat, row)
+    return from_row(Chat, row, skills=tuple)
+
+
+def profile_of(row) -> Profile:
+    """A routing Profile from an operators row (or its JSON)."""
+    return from_row(Profile, row, queues=tuple, skills=frozenset)
+
+
+def queue_of(row) -> Queue:
+    """A routing Queue from a queues row (or its JSON)."""
+    return from_row(Queue, row)
 
 
 class Changes:
@@ -118,6 +131,54 @@ class Repository:
         row = await conn.fetchrow(self.q.claim_next_chat, operator_id, cooled_before, given)
         return chat_from_row(row) if row is not None else None
 
+    # ---- routing ---------------------------------------------------------------------------
+
+    async def routing_context(
+        self, conn: asyncpg.Connection, operator_ids: list[str]
+    ) -> tuple[dict[str, Profile], dict[str, Queue], bool]:
+        """The pullers' profiles (those that have one), the queues they reach, whether any waiting chat is routed."""
+        row = await conn.fetchrow(self.q.routing_context, operator_ids)
+        profiles = {o["operator_id"]: profile_of(o) for o in json.loads(row["operators"])}
+        queues = {q["queue_id"]: queue_of(q) for q in json.loads(row["queues"])}
+        return profiles, queues, row["routed_waiting"]
+
+    async def waiting_lanes(self, conn: asyncpg.Connection, queue_ids: list[str]) -> list[Lane]:
+        """The (queue, skill set) pairs of waiting chats in these queues, each with its lowest rank."""
+        rows = await conn.fetch(self.q.waiting_lanes, queue_ids)
+        return [Lane(r["queue_id"], tuple(r["skills"]), r["head"]) for r in rows]
+
+    async def claim_lanes(
+        self,
+        conn: asyncpg.Connection,
+        claims: list[LaneClaim],
+        operator_id: str | None = None,
+        cooled_before: list[datetime] | None = None,
+        given: list[str] | None = None,
+    ) -> list[Chat]:
+        """Lock each lane's lowest-ranked waiting chats nobody else holds (SKIP LOCKED), one probe per lane."""
+        if not claims:
+            return []
+        rows = await conn.fetch(
+            self.q.claim_lanes,
+            [c.lane.queue_id for c in claims],
+            [",".join(c.lane.skills) for c in claims],
+            [c.limit for c in claims],
+            [c.relaxed_before for c in claims],
+            operator_id,
+            cooled_before if cooled_before is not None else [None] * len(claims),
+            given or [],
+        )
+        return [chat_from_row(r) for r in rows]
+
+    async def queue(self, conn: asyncpg.Connection, queue_id: str) -> Queue | None:
+        """One queue's settings (None: it does not exist)."""
+        row = await conn.fetchrow(self.q.queue_by_id, queue_id)
+        return queue_of(row) if row is not None else None
+
+    async def known_queues(self, conn: asyncpg.Connection, queue_ids: Iterable[str]) -> set[str]:
+        """Which of these queues exist (key-share locked until commit: a delete waits)."""
+        return {r["queue_id"] for r in await conn.fetch(self.q.queue_exists, sorted(set(queue_ids)))}
+
     # ---- assignments and operators -------------------------------------------------------
 
     async def assignments(
@@ -160,7 +221,7 @@ class Repository:
         At most three statements: first responses and ends (updates of existing assignments),
         then every insert in one (`write_changes`). `now` stamps the chats written.
         """
-        firsts, ends, starts, msgs = [], [], [], []
+        firsts, ends, starts, start_queues, msgs = [], [], [], [], []
         for chat_id, fact, _at in changes.facts:
             p = fact.payload
             if fact.type == "message_recorded":
@@ -171,6 +232,7 @@ class Repository:
                 ends.append((p.assignment_id, p.ended_at, p.outcome))
             elif fact.type == "chat_assigned":
                 starts.append((p.assignment_id, chat_id, p.operator_id, p.via, p.assigned_at))
+                start_queues.append(p.queue_id)
         if firsts:
             await conn.execute(self.q.mark_first_responses, *map(list, zip(*firsts)))
         if ends:
@@ -209,6 +271,12 @@ class Repository:
             [e.event_id for e in envs],
             [e.type for e in envs],
             [e.model_dump_json() for e in envs],
+            [c.queue_id for c in cs],
+            [c.priority for c in cs],
+            [",".join(c.skills) for c in cs],
+            [c.opened_at for c in cs],
+            [c.first_assigned_at for c in cs],
+            start_queues,
         )
 
     async def erase_texts(self, conn: asyncpg.Connection, chat_id: str) -> int:
@@ -238,6 +306,10 @@ class Repository:
                 "last_operator_id": r["last_operator_id"],
                 "waiting_since": r["waiting_since"],
                 "message_count": r["message_count"],
+                "queue_id": r["queue_id"],
+                "priority": r["priority"],
+                "skills": list(r["skills"]),
+                "queue_idle_timeout_s": r["queue_idle_timeout_s"],  # not shown: the idle deadline's
                 "messages": json.loads(r["messages"]),
             }
             for r in rows
@@ -256,6 +328,12 @@ class Repository:
         """Up to `limit` chats waiting or assigned since before `cutoff`, oldest first, after the keyset."""
         since, chat_id = after if after is not None else (None, None)
         return [dict(r) for r in await conn.fetch(self.q.stuck_chats_page, cutoff, limit, since, chat_id)]
+
+    async def routing_gauges(self, conn: asyncpg.Connection) -> tuple[list, dict[str, int]]:
+        """Per queue (queue_id, waiting chats, oldest waiting_since); operators per status."""
+        queues = [(r["queue_id"], r["waiting"], r["oldest"]) for r in await conn.fetch(self.q.queue_gauges)]
+        statuses = {r["status"]: r["n"] for r in await conn.fetch(self.q.operators_by_status)}
+        return queues, statuses
 
     async def outbox_backlog(self, conn: asyncpg.Connection) -> int:
         """Facts not yet published."""

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
 import asyncpg
 
-from services.assigner import allocation, domain, metrics
+from services.assigner import allocation, domain, metrics, routing
 from services.assigner.domain import Chat
 from services.assigner.repository import Changes, Repository
+from services.assigner.routing import Profile, Queue
 from shared import events
 from shared.retention import PruneJob
 from shared.settings import Settings
@@ -50,6 +51,7 @@ class Pulled:
     chat_id: str | None
     assigned_at: datetime | None
     new: bool
+    idle_timeout_s: int | None = None  # the chat's queue's override of the idle timeout, if any
 
 
 NOTHING = Pulled(None, None, None, new=False)
@@ -62,6 +64,8 @@ def count_outcomes(changes: Changes) -> None:
             metrics.ASSIGNMENTS_STARTED.labels(fact.payload.via).inc()
         elif fact.type == "assignment_ended":
             metrics.ASSIGNMENTS_ENDED.labels(fact.payload.outcome).inc()
+        elif fact.type == "chat_routed" and fact.payload.requested_queue is not None:
+            metrics.ROUTING_FALLBACKS.inc()
 
 
 class Assigner:
@@ -85,11 +89,17 @@ class Assigner:
         A message already stored (the same message under another event id) is applied once only.
         """
         message_ids = [e.payload.message_id for e in items if e.type in ("user_message", "operator_message")]
+        # Queues first (key-share locks), then chats: the order a queue's deletion takes them too.
+        asked = {e.payload.routing.queue for e in items if isinstance(e, events.UserMessage) and e.payload.routing}
+        asked.discard(None)
+        queues = await self.repo.known_queues(conn, asked) if asked else set()
+        queues.add(events.DEFAULT_QUEUE)
         chats, known = await self.repo.lock_chats_with_known(conn, {e.chat_id for e in items}, message_ids)
         changes = Changes()
         for event in items:
             at = self.clock()
-            cmd = domain.command_of(event, at)
+            route = routing.resolve(event.payload.routing, queues) if isinstance(event, events.UserMessage) else None
+            cmd = domain.command_of(event, at, route)
             if isinstance(cmd, (domain.ReceiveUserMessage, domain.ReceiveOperatorMessage)):
                 key = (event.chat_id, cmd.message_id)
                 if key in known:
@@ -180,39 +190,58 @@ class Assigner:
             return
         operators = sorted({commands[i].operator_id for i in pullers})
         await self.repo.lock_operators(conn, operators)
+        # Profiles and presence are read under the operators' locks: a status change waits for this batch.
+        found, queues, routed = await self.repo.routing_context(conn, operators)
+        profiles = {op: found.get(op) or routing.default_profile(op) for op in operators}
+        for i in pullers:
+            try:
+                routing.check_may_pull(profiles[commands[i].operator_id])
+            except domain.DomainError as exc:
+                results[i] = exc
+        pullers = [i for i in pullers if results[i] is None]
         ended = changes.ended_assignments()
         held = {
             op: [h for h in hs if h.assignment_id not in ended]
             for op, hs in (await self.repo.held_by(conn, operators)).items()
         }
         cooldown_s = self.settings.repeat_cooldown_s
+        capacity = {op: routing.capacity_of(p, self.settings.operator_capacity) for op, p in profiles.items()}
         room = allocation.with_room(
-            [commands[i].operator_id for i in pullers],
-            {op: len(hs) for op, hs in held.items()},
-            self.settings.operator_capacity,
+            [commands[i].operator_id for i in pullers], {op: len(hs) for op, hs in held.items()}, capacity
         )
         wanting = [i for i, fits in zip(pullers, room) if fits]
         if wanting:
+            wanters = [profiles[commands[i].operator_id] for i in wanting]
+            # Unrouted (no waiting chat routed, no puller with a profile): §3's global FIFO claim.
+            plain = not routed and not any(commands[i].operator_id in found for i in wanting)
             limit = len(wanting) + CLAIM_SLACK
-            claimed = await self.repo.claim_waiting(conn, limit)
+            if plain:
+                claimed = await self.repo.claim_waiting(conn, limit)
+            else:
+                lanes = await self.repo.waiting_lanes(conn, routing.queues_of(wanters))
+                claims = routing.claims(lanes, wanters, queues, self.clock(), CLAIM_SLACK)
+                claimed = await self.repo.claim_lanes(conn, claims)
             # After the reads and the claim: a new assignment starts after every end this transaction
             # saw, its own and those committed by others before the claim locked their chats, so the
             # recorded history never shows an operator over capacity or a chat held twice at once.
             now = self.clock()
             candidates = allocation.pull_candidates(claimed, changes.chats.values())
-            picks = allocation.match_pullers([commands[i].operator_id for i in wanting], candidates, now, cooldown_s)
+            picks = routing.match(wanters, candidates, queues, now, cooldown_s)
             given = [p.chat_id for p in picks if p is not None]
             for i, pick in zip(wanting, picks):
                 op = commands[i].operator_id
-                if allocation.looks_further(pick, len(claimed), limit):
-                    pick = await self.repo.claim_next(conn, op, allocation.cooled_before(now, cooldown_s), given)
+                further = allocation.looks_further(pick, len(claimed), limit) if plain else not pick and claimed
+                if further:
+                    # The spare-candidate fallback: every candidate was its own recent chat (or, routed,
+                    # one it may not take); one further down may be its own.
+                    pick = await self._further(conn, profiles[op], queues, plain, now, given)
                     if pick is not None:
                         given.append(pick.chat_id)
                         now = max(now, self.clock())  # this chat was locked just now: start after its last end
                 if pick is None:
                     results[i] = NOTHING
                     continue
-                results[i] = self._assign(pick, op, now, changes)
+                results[i] = self._assign(pick, op, now, changes, queues.get(pick.queue_id) or Queue())
                 if isinstance(results[i], Pulled):
                     held[op].append(allocation.Held(results[i].assignment_id, pick.chat_id, now))
         for i in pullers:
@@ -224,10 +253,43 @@ class Assigner:
                     else NOTHING
                 )
 
+    async def _further(
+        self,
+        conn: asyncpg.Connection,
+        profile: Profile,
+        queues: dict[str, Queue],
+        plain: bool,
+        now: datetime,
+        given: list[str],
+    ) -> Chat | None:
+        """One puller's next chat past those already claimed: the first it may take, locked (SKIP LOCKED)."""
+        op, default_s = profile.operator_id, self.settings.repeat_cooldown_s
+        if plain:
+            cooldown_s = routing.cooldown_of(queues.get(events.DEFAULT_QUEUE), default_s)
+            found = await self.repo.claim_next(conn, op, allocation.cooled_before(now, cooldown_s), given)
+            candidates = [found] if found is not None else []
+        else:
+            lanes = await self.repo.waiting_lanes(conn, list(profile.queues))
+            claims = routing.fallback_claims(lanes, profile, queues, now)
+            cooled = [
+                allocation.cooled_before(now, routing.cooldown_of(queues.get(c.lane.queue_id), default_s))
+                for c in claims
+            ]
+            candidates = sorted(await self.repo.claim_lanes(conn, claims, op, cooled, given), key=routing.rank_key)
+        return routing.match([profile], candidates, queues, now, default_s)[0]
+
     @staticmethod
-    def _assign(pick: Chat, operator_id: str, now: datetime, changes: Changes) -> Pulled | domain.DomainError:
+    def _assign(
+        pick: Chat, operator_id: str, now: datetime, changes: Changes, queue: Queue
+    ) -> Pulled | domain.DomainError:
         """Give the picked chat to the puller, or the refusal of this pull alone (its chat stays waiting)."""
-        cmd = domain.AssignToPuller(operator_id=operator_id, assignment_id=uuid.uuid4(), at=now)
+        cmd = domain.AssignToPuller(
+            operator_id=operator_id,
+            assignment_id=uuid.uuid4(),
+            at=now,
+            sla_s=queue.sla_first_assignment_s,
+            idle_timeout_s=queue.idle_timeout_s,
+        )
         try:
             decision = domain.decide(pick, cmd)
         except domain.DomainError as exc:
@@ -235,11 +297,13 @@ class Assigner:
         except ValueError as exc:
             return domain.InvalidCommand(f"pull refused: {exc}")
         changes.add(pick.chat_id, pick, decision, now)
-        return Pulled(cmd.assignment_id, pick.chat_id, now, new=True)
+        return Pulled(cmd.assignment_id, pick.chat_id, now, new=True, idle_timeout_s=queue.idle_timeout_s)
 
     # ---- admins: reassign, complete, erase ----------------------------------------------------
 
-    async def _command_on_chat(self, chat_id: str, command_at, operator_lock: str | None = None) -> tuple[Chat, dict]:
+    async def _command_on_chat(
+        self, chat_id: str, command_at, operator_lock: str | None = None
+    ) -> tuple[Chat, dict, domain.Decision]:
         """Apply one admin command to a chat in its own transaction; the chat after it, and its view.
 
         Locks in the order every transaction takes them: the chat, then (for a reassign) the target
@@ -254,19 +318,33 @@ class Assigner:
                 await self.repo.lock_operator(conn, operator_lock)
             cmd = command_at(self.clock())
             if isinstance(cmd, domain.ReassignChat):
-                held = await self.repo.held_by_one(conn, cmd.operator_id)
-                domain.check_room(cmd.operator_id, chat_id, [h.chat_id for h in held], self.settings.operator_capacity)
+                cmd = await self._checked_reassign(conn, chat, cmd)
             decision = domain.decide(chat, cmd)
             changes = Changes()
             changes.add(chat_id, chat, decision, cmd.at)
             await self.repo.persist(conn, changes, self.clock())
             view = (await self.repo.views(conn, [chat_id]))[chat_id]
         count_outcomes(changes)
-        return decision.chat or chat, view
+        return decision.chat or chat, view, decision
+
+    async def _checked_reassign(
+        self, conn: asyncpg.Connection, chat: Chat, cmd: domain.ReassignChat
+    ) -> domain.ReassignChat:
+        """A reassignment to an operator who is not offline and has room (its own capacity), with the
+        chat's queue's SLA and idle override."""
+        found, _, _ = await self.repo.routing_context(conn, [cmd.operator_id])
+        profile = found.get(cmd.operator_id) or routing.default_profile(cmd.operator_id)
+        if profile.status == "offline":
+            raise routing.OperatorUnavailable(f"operator {cmd.operator_id} is offline")
+        held = await self.repo.held_by_one(conn, cmd.operator_id)
+        capacity = routing.capacity_of(profile, self.settings.operator_capacity)
+        domain.check_room(cmd.operator_id, chat.chat_id, [h.chat_id for h in held], capacity)
+        queue = await self.repo.queue(conn, chat.queue_id) or Queue()
+        return replace(cmd, sla_s=queue.sla_first_assignment_s, idle_timeout_s=queue.idle_timeout_s)
 
     async def admin_complete(self, admin: str, chat_id: str) -> dict:
         """An admin completes a chat in any state; returns the chat's view as committed."""
-        _, view = await self._command_on_chat(chat_id, lambda now: domain.CompleteChat(by=f"admin:{admin}", at=now))
+        _, view, _ = await self._command_on_chat(chat_id, lambda now: domain.CompleteChat(by=f"admin:{admin}", at=now))
         return view
 
     async def reassign(self, chat_id: str, operator_id: str) -> tuple[Pulled, dict]:
@@ -277,14 +355,14 @@ class Assigner:
         chat of the same operator.
         """
         assignment_id = uuid.uuid4()
-        chat, view = await self._command_on_chat(
+        chat, view, decision = await self._command_on_chat(
             chat_id,
             lambda now: domain.ReassignChat(operator_id=operator_id, assignment_id=assignment_id, at=now),
             operator_lock=operator_id,
         )
-        return Pulled(
-            chat.assignment_id, chat_id, chat.assignment_started_at, new=chat.assignment_id == assignment_id
-        ), view
+        idle = next((f.payload.idle_timeout_s for f in decision.facts if f.type == "chat_assigned"), None)
+        new = chat.assignment_id == assignment_id
+        return Pulled(chat.assignment_id, chat_id, chat.assignment_started_at, new=new, idle_timeout_s=idle), view
 
     async def erase_chat_content(self, chat_id: str) -> int:
         """Remove every stored text of a chat (messages, unpublished facts), keeping every row; returns texts removed.
@@ -336,6 +414,13 @@ class Assigner:
         for row in page:
             del row["since"]
         return page, resume
+
+    async def routing_gauges(self) -> tuple[dict[str, tuple[int, float]], dict[str, int]]:
+        """Per queue: waiting chats and the oldest one's age in seconds; operators per status."""
+        async with self.pool.acquire() as conn:
+            rows, statuses = await self.repo.routing_gauges(conn)
+        now = self.clock()
+        return {q: (n, (now - oldest).total_seconds() if oldest else 0.0) for q, n, oldest in rows}, statuses
 
     async def outbox_backlog(self) -> int:
         """Facts committed and not yet published."""

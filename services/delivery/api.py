@@ -134,7 +134,9 @@ async def chat_stream(
         200: {
             "content": {"text/event-stream": {}},
             "description": "`message` (on a chat I hold), `assignment_started`, `assignment_ended` "
-            "(with its outcome); each `id` is the operator stream's sequence number.",
+            "(with its outcome); each `id` is the operator stream's sequence number. And `queue_depth` "
+            "(`queue_id`, `waiting`; no `id`) for each of my queues: once when the stream opens, then "
+            "when it changes, at most once a second per queue.",
         }
     },
 )
@@ -143,14 +145,16 @@ async def operator_stream(
     reader: Reader = Depends(_stream_reader),
     resume: int = Depends(_resume),
 ):
-    """New messages on the chats I hold and my assignments starting and ending, resumable like the chat stream."""
+    """New messages on the chats I hold, my assignments starting and ending (resumable like the chat stream), my queues' depth."""
     me = reader.principal
     if me.role != "operator":
         raise ApiError(403, "forbidden_role", f"role {me.role!r} may not call this; needs operator")
-    return await _sse(request, domain.operator_stream(me.sub), resume, reader)
+    return await _sse(request, domain.operator_stream(me.sub), resume, reader, domain.operator_queues(me.sub))
 
 
-async def _sse(request: Request, stream: str, after: int, reader: Reader) -> EventSourceResponse:
+async def _sse(
+    request: Request, stream: str, after: int, reader: Reader, queues: tuple[str, ...] = ()
+) -> EventSourceResponse:
     state = request.app.state
     if after:
         last = await state.store.last_seq(stream)
@@ -161,7 +165,7 @@ async def _sse(request: Request, stream: str, after: int, reader: Reader) -> Eve
                 f"Last-Event-ID {after} is ahead of this stream (last id {last})",
                 details=[{"field": "Last-Event-ID", "message": f"at most {last}", "type": "range"}],
             )
-    events = streams.stream_events(state.hub, state.store, stream, after, until=reader.expires_at)
+    events = streams.stream_events(state.hub, state.store, stream, after, until=reader.expires_at, queues=queues)
     return EventSourceResponse(
         events,
         ping=state.settings.delivery_heartbeat_s,

@@ -1,14 +1,15 @@
-"""Postgres access for delivery: the replay window (events per stream), chat holders, pruning."""
+"""Postgres access for delivery: the replay window (events per stream), chat holders, queue depths, pruning."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
 
-from services.delivery.domain import Holder, StreamEvent, counts_per_stream, number
+from services.delivery.domain import Holder, QueueMoves, StreamEvent, counts_per_stream, notify_payloads, positions
 from shared.db import Queries
 from shared.retention import PruneJob
 from shared.settings import Settings
@@ -18,47 +19,75 @@ QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
 PAGE = 500
 
 
-async def holders(conn: asyncpg.Connection, chat_ids: list[str]) -> dict[str, Holder]:
-    """Who holds these chats now."""
-    if not chat_ids:
-        return {}
-    rows = await conn.fetch(QUERIES.held_chats, chat_ids)
-    return {r["chat_id"]: Holder(r["operator_id"], r["assignment_id"]) for r in rows}
+@dataclass(frozen=True)
+class BatchState:
+    """What a poll reads before applying: the chats' holders and waiting queues, the types webhooks want."""
+
+    holders: dict[str, Holder]
+    waiting: dict[str, str]
+    webhook_types: frozenset[str]  # empty: no endpoint; `*` (domain.ANY_TYPE): some endpoint wants every type
 
 
-async def save_holders(conn: asyncpg.Connection, changed: dict[str, Holder | None]) -> None:
-    """Record new holders and forget chats nobody holds any more, in the caller's transaction."""
-    held = {chat: h for chat, h in sorted(changed.items()) if h is not None}
-    freed = sorted(chat for chat, h in changed.items() if h is None)
-    if held:
-        await conn.execute(
-            QUERIES.hold_chats,
-            list(held),
-            [h.operator_id for h in held.values()],
-            [h.assignment_id for h in held.values()],
-        )
-    if freed:
-        await conn.execute(QUERIES.release_chats, freed)
+async def batch_state(conn: asyncpg.Connection, held_chats: list[str], queue_chats: list[str]) -> BatchState:
+    """One read per poll: who holds `held_chats`, where `queue_chats` wait, what webhook endpoints want."""
+    holders: dict[str, Holder] = {}
+    waiting: dict[str, str] = {}
+    types: set[str] = set()
+    for r in await conn.fetch(QUERIES.batch_state, held_chats, queue_chats):
+        kind = r["kind"]
+        if kind == "held":
+            holders[r["chat_id"]] = Holder(r["value"], r["ref"])
+        elif kind == "waiting":
+            waiting[r["chat_id"]] = r["value"]
+        else:
+            types.add(r["value"])
+    return BatchState(holders, waiting, frozenset(types))
 
 
-async def append(conn: asyncpg.Connection, events: list[StreamEvent]) -> list[tuple[int, StreamEvent]]:
-    """Number and store a batch's stream events and wake their streams' readers, in the caller's transaction."""
-    if not events:
-        return []
-    counts = counts_per_stream(events)
-    rows = await conn.fetch(QUERIES.reserve_sequences, list(counts), list(counts.values()))
-    numbered = number(events, {r["stream"]: r["last_seq"] for r in rows})
+async def save_chat_state(conn: asyncpg.Connection, holders: dict[str, Holder | None], moves: QueueMoves) -> None:
+    """Record the chats' new holders and waiting queues and the queues' depths, and wake depth readers, in one statement."""
+    if not holders and not moves.chats and not moves.deltas:
+        return
+    held = {chat: h for chat, h in sorted(holders.items()) if h is not None}
+    waiting = {chat: q for chat, q in moves.chats.items() if q is not None}
     await conn.execute(
-        QUERIES.insert_stream_events,
-        [e.stream for _, e in numbered],
-        [seq for seq, _ in numbered],
-        [e.event_id for _, e in numbered],
-        [e.type for _, e in numbered],
-        [e.occurred_at for _, e in numbered],
-        [json.dumps(e.data) for _, e in numbered],
+        QUERIES.save_chat_state,
+        list(held),
+        [h.operator_id for h in held.values()],
+        [h.assignment_id for h in held.values()],
+        sorted(chat for chat, h in holders.items() if h is None),
+        list(waiting),
+        list(waiting.values()),
+        [chat for chat, q in moves.chats.items() if q is None],
+        list(moves.deltas),
+        list(moves.deltas.values()),
     )
-    await conn.fetchval(QUERIES.notify_streams, list(counts))
-    return numbered
+
+
+async def append(conn: asyncpg.Connection, events: list[StreamEvent]) -> int:
+    """Number and store a batch's stream events and wake their streams' readers, in one statement; returns how many."""
+    if not events:
+        return 0
+    counts = counts_per_stream(events)
+    dumped: dict[int, str] = {}  # a message shown on a chat and an operator stream shares its data: dump it once
+    data = []
+    for e in events:
+        text = dumped.get(id(e.data))
+        if text is None:
+            text = dumped[id(e.data)] = json.dumps(e.data)
+        data.append(text)
+    return await conn.fetchval(
+        QUERIES.append_stream_events,
+        list(counts),
+        list(counts.values()),
+        [e.stream for e in events],
+        positions(events),
+        [e.event_id for e in events],
+        [e.type for e in events],
+        [e.occurred_at for e in events],
+        data,
+        notify_payloads(counts),
+    )
 
 
 class Store:

@@ -1,11 +1,19 @@
-"""Every instance's chat streams: a LISTEN connection that wakes the streams of a chat, and the stream loop.
+"""Every instance's streams: a LISTEN connection that wakes the streams of a chat, and the stream loop.
 
-A consumer instance that stores stream events sends `NOTIFY delivery_stream, '<stream key>'` in the
-same transaction, so Postgres delivers it to every instance's listener only after the commit.
-A stream never takes events from the notification itself: it registers its wake-up first, then
-reads the table after the last sequence it sent, then waits to be woken. Replay and live delivery
-are the same read, so there is no gap between them and no duplicate. When the listener
-(re)connects it wakes every stream: notifications sent while it was away are not lost.
+A consumer instance that stores stream events sends `NOTIFY delivery_stream, '<stream key>\n...'`
+(the poll's streams, one payload as long as they fit) in the same transaction, so Postgres delivers
+it to every instance's listener only after the commit. A stream never takes events from the
+notification itself: it registers its wake-up first, then reads the table after the last sequence it
+sent, then waits to be woken. Replay and live delivery are the same read, so there is no gap between
+them and no duplicate. When the listener (re)connects it wakes every stream: notifications sent while
+it was away are not lost.
+
+Queue depth works the other way round: the consumer's NOTIFY `delivery_queue_depth` carries the new
+counts (`[[queue, waiting, version], ...]`), the hub keeps the latest of each queue (a higher version
+wins) and wakes the operator streams of that queue, which send it without a query, at most once a
+second per queue (`domain.depth_updates`). The hub loads every count when its listener (re)connects,
+after LISTEN, so nothing committed in between is missed. Depth events carry no `id`: they are not
+part of the stream's replay, and a reconnecting stream starts with the current depths.
 """
 
 from __future__ import annotations
@@ -15,18 +23,20 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 from sse_starlette import ServerSentEvent
 
-from services.delivery.store import PAGE, Store
+from services.delivery import domain
+from services.delivery.store import PAGE, QUERIES, Store
 from shared.events import utcnow
 
 log = logging.getLogger("switchboard.delivery")
 
 CHANNEL = "delivery_stream"
+DEPTH_CHANNEL = "delivery_queue_depth"
 
 OPEN_STREAMS = Gauge("switchboard_delivery_open_streams", "SSE streams this instance holds open.", ["stream"])
 EVENTS_PUSHED = Counter(
@@ -41,41 +51,83 @@ PUSH_LATENCY = Histogram(
 LISTENER_UP = Gauge("switchboard_delivery_listener_up", "1 while the LISTEN connection is open.")
 
 
+class Wake:
+    """A stream's wake-up: set when its events or one of its queues' depth changed (the flags say which)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.events = True  # read the stream's table (first: the replay)
+        self.depth = True  # look at the queues' depth (first: the current depths)
+
+
 class Hub:
-    """Wake-ups per chat for the streams this process holds, fed by a Postgres LISTEN connection."""
+    """Wake-ups per stream and per queue for the streams this process holds, fed by a Postgres LISTEN connection."""
 
     def __init__(self, database_url: str):
         self.database_url = database_url
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._waiters: dict[str, set[Wake]] = defaultdict(set)
+        self._queue_waiters: dict[str, set[Wake]] = defaultdict(set)
         self.connected = asyncio.Event()
+        # Each queue's waiting count as of its version; complete once `depths_loaded` (after a (re)connect).
+        self._depths: dict[str, tuple[int, int]] = {}
+        self.depths_loaded = False
 
-    def subscribe(self, stream: str) -> asyncio.Event:
-        """A wake-up event set whenever the stream has new events; call `unsubscribe` when done."""
-        event = asyncio.Event()
-        self._waiters[stream].add(event)
-        return event
+    def subscribe(self, stream: str, queues: Sequence[str] = ()) -> Wake:
+        """A wake-up for a stream's new events and its queues' depth changes; call `unsubscribe` when done."""
+        wake = Wake()
+        self._waiters[stream].add(wake)
+        for q in queues:
+            self._queue_waiters[q].add(wake)
+        return wake
 
-    def unsubscribe(self, stream: str, event: asyncio.Event) -> None:
+    def unsubscribe(self, stream: str, wake: Wake, queues: Sequence[str] = ()) -> None:
         """Forget a reader's wake-up."""
-        waiters = self._waiters.get(stream)
-        if waiters is not None:
-            waiters.discard(event)
-            if not waiters:
-                del self._waiters[stream]
+        for table, key in ((self._waiters, stream), *((self._queue_waiters, q) for q in queues)):
+            waiters = table.get(key)
+            if waiters is not None:
+                waiters.discard(wake)
+                if not waiters:
+                    del table[key]
 
     def wake(self, stream: str) -> None:
         """Wake every local reader of a stream."""
-        for event in self._waiters.get(stream, ()):
-            event.set()
+        for w in self._waiters.get(stream, ()):
+            w.events = True
+            w.event.set()
 
     def wake_all(self) -> None:
         """Wake every local stream (after the listener reconnected: notifications may have been missed)."""
         for waiters in self._waiters.values():
-            for event in waiters:
-                event.set()
+            for w in waiters:
+                w.events = w.depth = True
+                w.event.set()
+
+    def depth(self, queue: str) -> int:
+        """A queue's waiting count (a queue without one has no chat waiting)."""
+        held = self._depths.get(queue)
+        return 0 if held is None else held[0]
+
+    def set_depths(self, counts: Sequence[tuple[str, int, int]]) -> None:
+        """Take (queue, waiting, version) counts, each only if newer than the one held; wake the queues' streams."""
+        for queue, waiting, version in counts:
+            held = self._depths.get(queue)
+            if held is not None and held[1] >= version:
+                continue
+            self._depths[queue] = (waiting, version)
+            for w in self._queue_waiters.get(queue, ()):
+                if not w.depth:  # already flagged: the stream holds it back until its next second is due
+                    w.depth = True
+                    w.event.set()
 
     def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
-        self.wake(payload)
+        for stream in payload.split("\n"):
+            self.wake(stream)
+
+    def _on_depth(self, _conn, _pid, _channel, payload: str) -> None:
+        try:
+            self.set_depths([(str(q), int(n), int(v)) for q, n, v in json.loads(payload)])
+        except (ValueError, TypeError) as exc:  # not ours to crash the listener over; the next load repairs it
+            log.warning("queue depth notification not understood", extra={"error": repr(exc)})
 
     async def listen(self) -> None:
         """Hold a LISTEN connection until cancelled; reconnects (and wakes every stream) after a failure."""
@@ -87,6 +139,12 @@ class Hub:
                 closed = asyncio.Event()
                 conn.add_termination_listener(lambda _c, closed=closed: closed.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
+                await conn.add_listener(DEPTH_CHANNEL, self._on_depth)
+                # After LISTEN: a count committed since comes by notification, with a higher version.
+                self.set_depths(
+                    [(r["queue_id"], r["waiting"], r["version"]) for r in await conn.fetch(QUERIES.queue_depths)]
+                )
+                self.depths_loaded = True
                 self.connected.set()
                 LISTENER_UP.set(1)
                 self.wake_all()
@@ -110,40 +168,62 @@ class Hub:
 
 
 async def stream_events(
-    hub: Hub, store: Store, stream: str, after: int, until: float | None = None
+    hub: Hub, store: Store, stream: str, after: int, until: float | None = None, queues: Sequence[str] = ()
 ) -> AsyncIterator[ServerSentEvent]:
     """A stream's events after sequence `after`: the stored ones, then each new one as it commits.
 
     The stream ends at `until` (Unix time: the token's expiry), so a reader must come back with a
     valid token; it resumes with Last-Event-ID. A resume point older than the replay window starts
-    with a `gap` event (no id) naming the first sequence still there.
+    with a `gap` event (no id) naming the first sequence still there. With `queues` (an operator's),
+    it also sends `queue_depth` events (no id): each queue's current depth once the replay is sent,
+    then each change, at most once a second per queue.
     """
     kind = stream.partition(":")[0]  # chat | operator: the metrics' label
-    wake = hub.subscribe(stream)
+    wake = hub.subscribe(stream, queues)
     OPEN_STREAMS.labels(kind).inc()
     replaying = True
+    sent: dict[str, int] = {}
+    sent_at: dict[str, float] = {}
     try:
         while until is None or time.time() < until:
-            wake.clear()
-            rows = await store.events_after(stream, after)
-            now = utcnow()
-            if replaying and after > 0 and rows and rows[0]["seq"] > after + 1:
-                yield ServerSentEvent(
-                    data=json.dumps({"type": "gap", "after": after, "resumes_at": rows[0]["seq"]}), event="gap"
-                )
-            for row in rows:
-                after = row["seq"]
-                EVENTS_PUSHED.labels(kind, row["type"]).inc()
-                if not replaying:
-                    PUSH_LATENCY.labels(kind).observe(max(0.0, (now - row["occurred_at"]).total_seconds()))
-                yield ServerSentEvent(data=row["data"], event=row["type"], id=str(row["seq"]))
-            if len(rows) == PAGE:
-                continue
-            replaying = False
+            wake.event.clear()
+            if wake.events:
+                wake.events = False
+                rows = await store.events_after(stream, after)
+                now = utcnow()
+                if replaying and after > 0 and rows and rows[0]["seq"] > after + 1:
+                    yield ServerSentEvent(
+                        data=json.dumps({"type": "gap", "after": after, "resumes_at": rows[0]["seq"]}), event="gap"
+                    )
+                for row in rows:
+                    after = row["seq"]
+                    EVENTS_PUSHED.labels(kind, row["type"]).inc()
+                    if not replaying:
+                        PUSH_LATENCY.labels(kind).observe(max(0.0, (now - row["occurred_at"]).total_seconds()))
+                    yield ServerSentEvent(data=row["data"], event=row["type"], id=str(row["seq"]))
+                if len(rows) == PAGE:
+                    wake.events = True
+                    continue
+                replaying = False
+            wait = None if until is None else max(0.0, until - time.time())
+            if queues and wake.depth and hub.depths_loaded:
+                clock = time.monotonic()
+                send, due = domain.depth_updates(queues, {q: hub.depth(q) for q in queues}, sent, sent_at, clock)
+                for queue, waiting in send.items():
+                    sent[queue], sent_at[queue] = waiting, clock
+                    EVENTS_PUSHED.labels(kind, "queue_depth").inc()
+                    yield ServerSentEvent(
+                        data=json.dumps({"type": "queue_depth", "queue_id": queue, "waiting": waiting}),
+                        event="queue_depth",
+                    )
+                if due is None:
+                    wake.depth = False
+                else:  # held back: stays flagged (no wake-up per change meanwhile), looked at again when due
+                    wait = max(0.0, due - clock) if wait is None else min(wait, max(0.0, due - clock))
             try:
-                await asyncio.wait_for(wake.wait(), None if until is None else max(0.0, until - time.time()))
+                await asyncio.wait_for(wake.event.wait(), wait)
             except TimeoutError:
-                return
+                continue  # a held-back depth is due, or the token expired (the loop's condition)
     finally:
         OPEN_STREAMS.labels(kind).dec()
-        hub.unsubscribe(stream, wake)
+        hub.unsubscribe(stream, wake, queues)

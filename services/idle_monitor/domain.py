@@ -56,11 +56,19 @@ def deadline_for(assigned_at: datetime, idle_timeout_s: float) -> datetime:
     return assigned_at + timedelta(seconds=idle_timeout_s)
 
 
+def assignment_timeout_s(fact: ChatAssigned, idle_timeout_s: float) -> float:
+    """The idle timeout of an assignment: its queue's override when the fact carries one, else the global one."""
+    override = fact.payload.idle_timeout_s
+    return idle_timeout_s if override is None else override
+
+
 def plan_timer_changes(facts: Iterable[Envelope], idle_timeout_s: float) -> TimerChanges:
     """Decide, in partition order, which deadlines a batch of lifecycle facts arms and disarms.
 
-    An assignment that ends anywhere in the batch is never armed by it, whichever came
-    first; the store's tombstones extend the same rule across batches.
+    `idle_timeout_s` is the global timeout; a `chat_assigned` whose queue overrides it carries its
+    own `idle_timeout_s`, which sets that assignment's deadline once, at arming: nothing later in the
+    assignment (its messages included) moves it. An assignment that ends anywhere in the batch is
+    never armed by it, whichever came first; the store's tombstones extend the same rule across batches.
     """
     arm: dict[uuid.UUID, Deadline] = {}
     disarm: dict[uuid.UUID, Ended] = {}
@@ -74,7 +82,7 @@ def plan_timer_changes(facts: Iterable[Envelope], idle_timeout_s: float) -> Time
                 chat_id=fact.chat_id,
                 operator_id=p.operator_id,
                 assigned_at=p.assigned_at,
-                deadline=deadline_for(p.assigned_at, idle_timeout_s),
+                deadline=deadline_for(p.assigned_at, assignment_timeout_s(fact, idle_timeout_s)),
             )
         elif isinstance(fact, AssignmentEnded):
             e = fact.payload

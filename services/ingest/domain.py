@@ -16,6 +16,7 @@ from shared.events import (
     OperatorId,
     OperatorMessage,
     OperatorMessagePayload,
+    Routing,
     UserMessage,
     UserMessagePayload,
     check_sent_at,
@@ -55,6 +56,11 @@ class MessageIn(_Forbidding):
         description="When the frontend saw it (ISO 8601 with a zone), from 2000-01-01T00:00:00Z to one hour "
         "after the current time.",
     )
+    routing: Routing | None = Field(
+        None,
+        description='User messages only: `{"queue", "priority" (0-9), "skills" (up to 8 slugs)}`; the '
+        "latest values given win; an unknown queue sends the chat to `default` (docs/contract.md, Routing).",
+    )
 
     @field_validator("operator_id", mode="after")
     @classmethod
@@ -64,6 +70,13 @@ class MessageIn(_Forbidding):
             raise ValueError("operator_id is required when sender is 'operator'")
         if sender == "user" and value is not None:
             raise ValueError("operator_id must be absent when sender is 'user'")
+        return value
+
+    @field_validator("routing", mode="after")
+    @classmethod
+    def _routing_from_users(cls, value: Routing | None, info: ValidationInfo) -> Routing | None:
+        if value is not None and info.data.get("sender") == "operator":
+            raise ValueError("routing is only carried by user messages")
         return value
 
     @field_validator("sent_at", mode="after")
@@ -141,7 +154,9 @@ def to_event(
         return OperatorMessage(
             event_id=event_id, chat_id=chat_id, occurred_at=occurred_at, producer=PRODUCER, payload=by_operator
         )
-    by_user = UserMessagePayload(message_id=message.message_id, text=message.text, sent_at=message.sent_at)
+    by_user = UserMessagePayload(
+        message_id=message.message_id, text=message.text, sent_at=message.sent_at, routing=message.routing
+    )
     return UserMessage(event_id=event_id, chat_id=chat_id, occurred_at=occurred_at, producer=PRODUCER, payload=by_user)
 
 

@@ -8,17 +8,22 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
+from services.stats.domain import FIRST_WAIT_BOUNDS_S, FIRST_WAIT_BUCKETS, sla_attainment
 from services.stats.store import Store
 from shared.auth import Principal, require
 from shared.errors import ApiError
-from shared.events import ID_PATTERN, operator_id_problem
+from shared.events import ID_PATTERN, SLUG_PATTERN, operator_id_problem, utcnow
 from shared.pagination import DEFAULT_LIMIT, CursorParam, LimitParam, decode_cursor, encode_cursor
 
 router = APIRouter(tags=["stats"])
 OPERATORS_CURSOR = "stats.operators"
+QUEUES_CURSOR = "stats.queues"
 
 DAY_DESCRIPTION = "A UTC calendar day, YYYY-MM-DD; omitted: all time."
 DayParam = Annotated[str | None, Query(description=DAY_DESCRIPTION, examples=["2025-01-31"])]
+QueueDayParam = Annotated[
+    str | None, Query(description="A UTC calendar day, YYYY-MM-DD; omitted: today (UTC).", examples=["2025-01-31"])
+]
 
 
 class OperatorStats(BaseModel):
@@ -51,6 +56,48 @@ class ChatStats(BaseModel):
     user_messages: int
     operator_messages: int
     assignments: int
+
+
+class FirstWaitHistogram(BaseModel):
+    """First-assignment waits per bucket: `counts[i]` waited at most `bounds_s[i]` s (and more than the bound before)."""
+
+    bounds_s: list[int] = Field(description="Upper bounds in seconds, inclusive; fixed for every queue and day.")
+    counts: list[int] = Field(description="Per bucket, not cumulative; one more than `bounds_s`: the last is above it.")
+
+
+class QueueStats(BaseModel):
+    """One queue's figures for a UTC day (docs/stats.md, "Per queue")."""
+
+    queue_id: str
+    day: date
+    queued: int = Field(description="Chats that entered the queue (chat_queued, day of queued_at).")
+    assigned: int = Field(description="Assignments started from it, reassigns included (day of assigned_at).")
+    answered: int = Field(description="Chats an operator answered (chat_answered, day of answered_at).")
+    completed: int = Field(description="Chats completed (chat_completed, day of completed_at).")
+    first_wait_count: int = Field(description="First assignments since a chat was opened or reopened.")
+    first_wait_ms_sum: int = Field(description="Sum of their waits (queued to first assignment), in ms.")
+    sla_met: int = Field(description="First assignments within the queue's sla_first_assignment_s.")
+    sla_attainment: float | None = Field(description="sla_met / first_wait_count; null with no first assignment.")
+    first_wait_histogram: FirstWaitHistogram
+
+
+class QueueStatsList(BaseModel):
+    """The queues with figures on a UTC day, sorted by id."""
+
+    day: date
+    queues: list[QueueStats]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
+
+
+def queue_stats(row: dict) -> dict:
+    """A queue_daily row (or zeros) as the API shows it: the histogram gathered, the attainment computed."""
+    out = {k: v for k, v in row.items() if k not in FIRST_WAIT_BUCKETS}
+    out["sla_attainment"] = sla_attainment(row["first_wait_count"], row["sla_met"])
+    out["first_wait_histogram"] = {
+        "bounds_s": list(FIRST_WAIT_BOUNDS_S),
+        "counts": [row[name] for name in FIRST_WAIT_BUCKETS],
+    }
+    return out
 
 
 async def _store(request: Request) -> Store:
@@ -129,3 +176,41 @@ async def chat_stats(
 ):
     """User messages, operator messages and assignments of one chat."""
     return await store.chat(chat_id)
+
+
+@router.get(
+    "/v1/stats/queues",
+    response_model=QueueStatsList,
+    summary="Every queue's figures for a UTC day, default today (admin).",
+)
+async def queues_stats(
+    day: QueueDayParam = None,
+    limit: LimitParam = DEFAULT_LIMIT,
+    cursor: CursorParam = None,
+    principal: Principal = Depends(require("admin")),
+    store: Store = Depends(_store),
+):
+    """The queues that have figures on the day, sorted by id, one page at a time."""
+    parsed = parse_day(day) or utcnow().date()
+    after = decode_cursor(QUEUES_CURSOR, cursor, 1)
+    rows, resume = await store.queues(parsed, limit, after[0] if after else None)
+    next_cursor = encode_cursor(QUEUES_CURSOR, [resume]) if resume is not None else None
+    return {"day": parsed, "queues": [queue_stats(r) for r in rows], "next_cursor": next_cursor}
+
+
+# Stats does not own queues (the assigner does): a queue it has no figures for, known to the
+# assigner or not, reads as zeros, never 404, like an operator or a chat stats has not seen.
+@router.get(
+    "/v1/queues/{queue_id}/stats",
+    response_model=QueueStats,
+    summary="One queue's figures for a UTC day, default today (admin); zeros for a queue without figures.",
+)
+async def one_queue_stats(
+    queue_id: Annotated[str, Path(pattern=SLUG_PATTERN, description="The queue id (a slug).")],
+    day: QueueDayParam = None,
+    principal: Principal = Depends(require("admin")),
+    store: Store = Depends(_store),
+):
+    """Queued, assigned, answered, completed, first-assignment waits and SLA attainment of one queue."""
+    parsed = parse_day(day) or utcnow().date()
+    return queue_stats(await store.queue(queue_id, parsed))

@@ -1,13 +1,20 @@
-"""The chat.lifecycle subscriber: count each partition batch in the consumer's transaction."""
+"""The chat.lifecycle subscriber: count each partition batch in the consumer's transaction.
+
+Also the loop that publishes today's per-queue SLA figures as gauges (read from Postgres, so every
+stats instance reports the same values: aggregate with `max`, not `sum`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import asyncpg
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.stats import domain, store
+from shared.events import utcnow
 from shared.kafka.consumer import ApplyBatch
 from shared.kafka.decoding import Incoming
 
@@ -22,6 +29,18 @@ ASSIGNMENTS_ENDED = Counter(
     "switchboard_stats_assignments_ended_total", "Assignments ended, as counted by stats.", ["outcome"]
 )
 MESSAGES = Counter("switchboard_stats_messages_total", "Messages recorded, as counted by stats.", ["sender"])
+# Per queue: at most 500 queues (SPEC §8), so the label stays bounded.
+QUEUE_SLA_ATTAINMENT = Gauge(
+    "switchboard_queue_sla_attainment_ratio",
+    "Today's (UTC) first assignments within the queue's SLA target, over today's first assignments.",
+    ["queue"],
+)
+QUEUE_FIRST_ASSIGNMENTS = Gauge(
+    "switchboard_queue_first_assignments_today",
+    "First assignments (since a chat was opened or reopened) made from the queue today (UTC).",
+    ["queue"],
+)
+GAUGE_REFRESH_S = 15.0
 
 
 def make_apply(*, observe: bool = True) -> ApplyBatch:
@@ -48,3 +67,45 @@ def _observe(tally: domain.Tally) -> None:
         ASSIGNMENTS_ENDED.labels(outcome).inc(n)
     for sender, n in tally.messages.items():
         MESSAGES.labels(sender).inc(n)
+
+
+class QueueGauges:
+    """Sets the per-queue gauges from today's `queue_daily` rows; a queue without rows today has no series."""
+
+    def __init__(
+        self, reads: store.Store, *, clock: Callable[[], datetime] = utcnow, interval_s: float = GAUGE_REFRESH_S
+    ):
+        self.reads = reads
+        self.clock = clock
+        self.interval_s = interval_s
+        self._shown: set[str] = set()
+
+    async def refresh(self) -> None:
+        """Read today's figures and set both gauges; drop the series of queues with none today."""
+        rows = await self.reads.queue_sla(domain.utc_day(self.clock()))
+        shown = set()
+        for queue, first, met in rows:
+            QUEUE_FIRST_ASSIGNMENTS.labels(queue).set(first)
+            ratio = domain.sla_attainment(first, met)
+            if ratio is None:  # no first assignment yet: attainment is undefined, not 0 or 1
+                _forget(QUEUE_SLA_ATTAINMENT, queue)
+            else:
+                QUEUE_SLA_ATTAINMENT.labels(queue).set(ratio)
+            shown.add(queue)
+        for queue in self._shown - shown:  # a new UTC day: yesterday's figures no longer apply
+            _forget(QUEUE_FIRST_ASSIGNMENTS, queue)
+            _forget(QUEUE_SLA_ATTAINMENT, queue)
+        self._shown = shown
+
+    async def run(self) -> None:
+        """Refresh every `interval_s` (a failure propagates: the runtime restarts the loop after a backoff)."""
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.interval_s)
+
+
+def _forget(gauge: Gauge, queue: str) -> None:
+    try:
+        gauge.remove(queue)
+    except KeyError:
+        pass

@@ -41,6 +41,8 @@ def bootstrap(settings: Settings, *, store: stats_store.Store | None = None) -> 
         assert consumer is not None
         consumer.bind(handlers.make_apply(), pool=pool)
         app.state.pruner = runtime.add_pruner(stats_store.retention_jobs(settings), pool)
+        app.state.queue_gauges = handlers.QueueGauges(app.state.store)
+        runtime.add_loop("queue-gauges", app.state.queue_gauges.run)
 
     app = service_app(
         "stats",

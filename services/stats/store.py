@@ -7,7 +7,14 @@ from pathlib import Path
 
 import asyncpg
 
-from services.stats.domain import CHAT_COUNTERS, OPERATOR_COUNTERS, Settled, Tally, settle
+from services.stats.domain import (
+    CHAT_COUNTERS,
+    OPERATOR_COUNTERS,
+    QUEUE_COUNTERS,
+    Settled,
+    Tally,
+    settle,
+)
 from shared import db
 from shared.retention import PruneJob
 from shared.settings import Settings
@@ -60,6 +67,14 @@ async def apply_tally(conn: asyncpg.Connection, t: Tally) -> Settled:
         )
     if settled.chats:
         await conn.execute(QUERIES.add_chats, list(settled.chats), *_columns(settled.chats, CHAT_COUNTERS))
+    if settled.queue_days:
+        keys = list(settled.queue_days)
+        await conn.execute(
+            QUERIES.add_queue_days,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            *_columns(settled.queue_days, QUEUE_COUNTERS),
+        )
     return settled
 
 
@@ -75,6 +90,11 @@ def _columns(rows: dict, names: tuple[str, ...]) -> list[list[int]]:
 def zero_operator(operator_id: str) -> dict:
     """The figures of an operator stats has never seen."""
     return {"operator_id": operator_id, **{name: 0 for name in OPERATOR_COUNTERS}}
+
+
+def zero_queue(queue_id: str, day: date) -> dict:
+    """The figures of a queue with nothing counted on `day` (or one stats has never seen)."""
+    return {"queue_id": queue_id, "day": day, **{name: 0 for name in QUEUE_COUNTERS}}
 
 
 class Store:
@@ -105,6 +125,25 @@ class Store:
         page = [dict(r) for r in rows[:limit]]
         return page, (page[-1]["operator_id"] if len(rows) > limit else None)
 
+    async def queue(self, queue_id: str, day: date) -> dict:
+        """One queue's figures on a UTC day (zeros for a queue with none that day)."""
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(QUERIES.queue_day, queue_id, day)
+        return dict(row) if row else zero_queue(queue_id, day)
+
+    async def queues(self, day: date, limit: int, after: str | None = None) -> tuple[list[dict], str | None]:
+        """One page of the queues with figures on `day` (ids after `after`); the id to resume after, or None."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(QUERIES.queues_page_on_day, day, after, limit + 1)
+        page = [dict(r) for r in rows[:limit]]
+        return page, (page[-1]["queue_id"] if len(rows) > limit else None)
+
+    async def queue_sla(self, day: date) -> list[tuple[str, int, int]]:
+        """(queue, first assignments, SLA met) of every queue with figures on `day`."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(QUERIES.queue_sla_on_day, day)
+        return [(r["queue_id"], r["first_wait_count"], r["sla_met"]) for r in rows]
+
     async def chat(self, chat_id: str) -> dict:
         """One chat's figures (zeros for a chat stats has not seen)."""
         async with self.pool.acquire() as conn:
@@ -113,12 +152,14 @@ class Store:
 
 
 async def figures(conn: asyncpg.Connection) -> dict[str, dict[tuple, dict]]:
-    """Every stored figure, keyed for comparison: operator days, operator totals, chats."""
+    """Every stored figure, keyed for comparison: operator days, operator totals, chats, queue days."""
     days = await conn.fetch(QUERIES.all_operator_days)
     totals = await conn.fetch(QUERIES.operators_all_time)
     chats = await conn.fetch(QUERIES.all_chats)
+    queue_days = await conn.fetch(QUERIES.all_queue_days)
     return {
         "operator_day": {(r["operator_id"], r["day"]): dict(r) for r in days},
         "operator_total": {(r["operator_id"],): dict(r) for r in totals},
         "chat": {(r["chat_id"],): dict(r) for r in chats},
+        "queue_day": {(r["queue_id"], r["day"]): dict(r) for r in queue_days},
     }

@@ -5,7 +5,12 @@ What one run does (every load bounded in time; loopback only):
 1. Starts the four services as real subprocesses (`python -m switchboard run <service> --port P`) on
    free ports, with a database of their own (`switchboard_bench`, recreated) and a fresh topic prefix,
    or uses a running stack given by `--ingest-url/--assigner-url/--stats-url`.
-2. Runs pgbench's simple-update script (`pgbench -N`) on a scratch database of the same server.
+2. Runs pgbench's simple-update script (`pgbench -N`) on a scratch database of the same server, then
+   the SQL reference peer (`sql/peer/`: the whole job as Postgres functions, `pgbench -f turn.pgbench`).
+   Then the conversation phase: every user (a chat widget: chat token, chat stream, messages through
+   ingest) and every operator (pull, reply through ingest) over HTTP, closed loop, a user's next
+   messages only once its reply was read on its stream; CPU ms per turn of every process
+   (`--only-conversation`: this and the checks, nothing else).
 3. Closed-loop load through the public interfaces. Simulated users write user messages, through
    ingest's HTTP API or straight to `chat.inbound` with the same envelope; simulated operators pull
    (`POST /v1/assignments/next`), think, then reply through ingest (or Kafka), or release.
@@ -35,7 +40,8 @@ and topics), `client` (HTTP), `load` (users, operators, the backlog gate), `metr
 Prometheus metrics), `resources` (CPU and memory), `pgbench`, `checks` (lost, doubled, reconcile,
 stats lag; SQL in `sql/queries.sql`), `scale`, `profiling`, `report`, `plot`, `run` (one run from
 start to end), `push` (the sampled chat streams and push latency), `sse` (reading an event stream),
-`ingest` (`switchboard bench-ingest`, ingest alone), `idle_streams` (`switchboard bench-streams`:
+`conversation` (the conversation phase's users and operators) and `conversation_report` (its figures:
+CPU per turn, the comparison with the SQL peer), `ingest` (`switchboard bench-ingest`, ingest alone), `idle_streams` (`switchboard bench-streams`:
 one delivery instance holding thousands of idle chat streams).
 """
 

@@ -34,6 +34,25 @@ APPLIED = "switchboard_consumer_events_total"  # by group, topic and result: wha
 STREAM_OPEN_WAIT_S = 2.0  # an operator waits at most this for a sampled chat's stream before replying
 
 
+async def post_message(conn: Conn, chat_id: str, token: str, body: bytes, errors: dict[str, int]) -> bool:
+    """POST a message to ingest; True once it answered 202. A 503 or a lost connection is retried (the
+    same message_id: ingest deduplicates), at most four tries; failures are counted in `errors`."""
+    for attempt in range(4):
+        try:
+            status, _ = await conn.request("POST", f"/v1/chats/{quote(chat_id)}/messages", token, body)
+        except HttpError:
+            errors["ingest_connection"] += 1
+            await asyncio.sleep(0.1 * (attempt + 1))
+            continue
+        if status == 202:
+            return True
+        errors[f"ingest_{status}"] += 1
+        if status != 503:
+            return False
+        await asyncio.sleep(0.1 * (attempt + 1))
+    return False
+
+
 class Recorder:
     """Everything the load generator observed, per wall-clock second and per message."""
 
@@ -155,22 +174,7 @@ class Load:
             rec.user_unconfirmed.add(message_id)
 
     async def _post_ingest(self, conn: Conn, chat_id: str, body: bytes) -> bool:
-        for attempt in range(4):
-            try:
-                status, data = await conn.request(
-                    "POST", f"/v1/chats/{quote(chat_id)}/messages", self.frontend_token, body
-                )
-            except HttpError:
-                self.rec.errors["ingest_connection"] += 1
-                await asyncio.sleep(0.1 * (attempt + 1))
-                continue
-            if status == 202:
-                return True
-            self.rec.errors[f"ingest_{status}"] += 1
-            if status != 503:
-                return False
-            await asyncio.sleep(0.1 * (attempt + 1))  # same message_id: retry is safe
-        return False
+        return await post_message(conn, chat_id, self.frontend_token, body, self.rec.errors)
 
     async def _produce(self, chat_id: str, value: bytes) -> bool:
         try:

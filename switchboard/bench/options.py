@@ -25,6 +25,16 @@ class Options:
     half_duration_s: float = 30.0  # measured window at half the max throughput (0 skips the phase)
     push_streams: int = 100  # phase half: chat streams (SSE) opened to time operator replies (0: none)
     drain_timeout_s: float = 90.0  # bound on waiting for the assigner to catch up after a phase
+    # The conversation phase (conversation.py): every user and operator over HTTP, closed loop.
+    conversation_users: int = 200  # users, each in its own chat (a chat token, its stream, its messages)
+    conversation_operators: int = 100  # operators pulling over the assigner's API, replying through ingest
+    conversation_warmup_s: float = 5.0
+    conversation_duration_s: float = 30.0  # measured window (0 skips the phase)
+    messages_per_turn: int = 3  # user messages before the user waits for the operator's reply
+    turns_per_chat: int = 5  # a user opens a new chat (token, stream) after this many turns
+    only_conversation: bool = False  # only pgbench, the SQL peer and the conversation phase, then the checks
+    sql_peer: bool = True  # the SQL reference peer (sql/peer/) on a scratch database, with pgbench
+    sql_peer_seconds: int = 20
     pgbench: bool = True  # run pgbench -N on a scratch database of the same server
     pgbench_seconds: int = 15
     pgbench_clients: int = 8
@@ -34,6 +44,7 @@ class Options:
     scale_operators: int = 200
     scale_duration_s: float = 15.0  # measured pulls per size (after 2 s of warm-up)
     scale_think_ms: float = 1000.0  # pause between an operator's release and its next pull
+    scale_routed: bool = False  # the scale check over 20 queues, 8 skill sets, pullers with mixed profiles
     profile: bool = False  # py-spy record the services during the max phase
     database: str = "switchboard_bench"
     partitions: int = 6
@@ -59,6 +70,11 @@ SMOKE = dict(
     half_duration_s=2.0,
     push_streams=10,
     drain_timeout_s=60.0,
+    conversation_users=6,
+    conversation_operators=3,
+    conversation_warmup_s=1.0,
+    conversation_duration_s=3.0,
+    sql_peer_seconds=2,
     pgbench_seconds=2,
     pgbench_clients=2,
     pgbench_threads=1,
@@ -89,4 +105,10 @@ def make_options(**options) -> Options:
         raise ValueError("push_streams must be 0 (off) or more")
     if opts.users < 1 or opts.operators < 1:
         raise ValueError("users and operators must be at least 1")
+    if opts.conversation_users < 1 or opts.conversation_operators < 1:
+        raise ValueError("conversation users and operators must be at least 1")
+    if opts.messages_per_turn < 1 or opts.turns_per_chat < 1:
+        raise ValueError("messages_per_turn and turns_per_chat must be at least 1")
+    if opts.only_conversation and opts.conversation_duration_s <= 0:
+        raise ValueError("only_conversation needs a conversation_duration_s above 0")
     return opts

@@ -1,5 +1,5 @@
-"""pgbench's simple-update script on a scratch database of the same server: the database's own limit,
-measured in the same run as the system."""
+"""pgbench on scratch databases of the same server, in the same run as the system: its simple-update
+script (the database's own limit) and the SQL reference peer's conversation turn (sql/peer/)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import subprocess
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import asyncpg
 from rich.console import Console
 
 from switchboard.bench.options import Options
-from switchboard.bench.stack import drop_database, recreate_database
+from switchboard.bench.stack import drop_database, recreate_database, with_db
 
 console = Console(stderr=True)
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -61,8 +62,48 @@ def _pg_args(url: str) -> tuple[list[str], dict]:
     return args, env
 
 
+PEER_DIR = Path(__file__).parent / "sql" / "peer"  # the SQL reference peer, copied from the shared guides
+TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+
+
+def parse_pgbench(stdout: str) -> dict:
+    """TPS (without initial connection time, else the only one printed) and average latency of a run."""
+    m = TPS.search(stdout) or re.search(r"tps = ([0-9.]+)", stdout)
+    lat = re.search(r"latency average = ([0-9.]+) ms", stdout)
+    return {"tps": float(m.group(1)) if m else None, "latency_avg_ms": float(lat.group(1)) if lat else None}
+
+
 async def run_pgbench(base_url: str, name: str, opts: Options) -> dict:
     """`pgbench -i` then `pgbench -N -c C -j J -T S` on a scratch database; its TPS."""
+    return await _run(base_url, name, opts, ["-N"], opts.pgbench_seconds, "simple-update (-N)")
+
+
+async def run_sql_peer(base_url: str, name: str, opts: Options) -> dict:
+    """The SQL reference peer (sql/peer/): its schema on a scratch database, then `pgbench -n -f
+    turn.pgbench`; `turns_per_s` is pgbench's TPS (one turn = user message, pull, reply: 3 transactions)."""
+    result = await _run(
+        base_url,
+        name,
+        opts,
+        ["-f", str(PEER_DIR / "turn.pgbench")],
+        opts.sql_peer_seconds,
+        "sql reference peer (turn.pgbench)",
+        setup_sql=(PEER_DIR / "schema.sql").read_text(),
+    )
+    return {"turns_per_s": result["tps"], **result}
+
+
+async def _run(
+    base_url: str,
+    name: str,
+    opts: Options,
+    script: list[str],
+    seconds: int,
+    label: str,
+    setup_sql: str | None = None,
+) -> dict:
+    """`pgbench -i -s 1`, then `setup_sql`, then the script with the bench's clients and threads, on a
+    scratch database dropped afterwards."""
     binary = await asyncio.to_thread(pgbench_binary)
     await recreate_database(base_url, name)
     args, env = _pg_args(base_url)
@@ -77,38 +118,40 @@ async def run_pgbench(base_url: str, name: str, opts: Options) -> dict:
         )
         if init.returncode != 0:
             raise RuntimeError(f"pgbench -i failed: {init.stderr[-1000:]}")
+        if setup_sql:
+            conn = await asyncpg.connect(with_db(base_url, name))
+            try:
+                await conn.execute(setup_sql)  # no arguments: the simple protocol runs the whole script
+            finally:
+                await conn.close()
         cmd = [
             binary,
-            "-N",
+            *script,
             "-n",
             "-c",
             str(opts.pgbench_clients),
             "-j",
             str(opts.pgbench_threads),
             "-T",
-            str(opts.pgbench_seconds),
+            str(seconds),
             *args,
             name,
         ]
         done = await asyncio.to_thread(
-            subprocess.run, cmd, capture_output=True, text=True, env=env, timeout=opts.pgbench_seconds + 120
+            subprocess.run, cmd, capture_output=True, text=True, env=env, timeout=seconds + 120
         )
         if done.returncode != 0:
             raise RuntimeError(f"pgbench failed: {done.stderr[-1000:]}")
-        m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", done.stdout) or re.search(
-            r"tps = ([0-9.]+)", done.stdout
-        )
-        lat = re.search(r"latency average = ([0-9.]+) ms", done.stdout)
+        shown = [Path(a).name if a.endswith(".pgbench") else a for a in cmd[1 : len(script) + 8]]
         return {
-            "tps": float(m.group(1)) if m else None,
-            "latency_avg_ms": float(lat.group(1)) if lat else None,
-            "script": "simple-update (-N)",
+            **parse_pgbench(done.stdout),
+            "script": label,
             "clients": opts.pgbench_clients,
             "threads": opts.pgbench_threads,
-            "seconds": opts.pgbench_seconds,
+            "seconds": seconds,
             "scale": 1,
             "database": name,
-            "command": " ".join(cmd[:8] + ["..."] + [name]),
+            "command": " ".join(["pgbench", *shown, "...", name]),
             "binary": binary,
         }
     finally:

@@ -54,7 +54,7 @@ def write_plot(report: dict, path: Path) -> str | None:
     ax2.set_ylabel("milliseconds")
     ax2.set_xlabel("seconds since the load started")
     ax2.set_title("latency per second (by send/request time)")
-    colors = {"warm-up": "#eeeeee", "max": "#ddeeff", "half": "#e6ffe6", "drain": "#fff3dd"}
+    colors = {"warm-up": "#eeeeee", "conversation": "#f0e6ff", "max": "#ddeeff", "half": "#e6ffe6", "drain": "#fff3dd"}
     for name, a, b in report["phase_spans"]:
         for axis in (ax, ax2):
             axis.axvspan(a, b, color=colors.get(name, "#f5f5f5"), zorder=0)

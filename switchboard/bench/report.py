@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from switchboard.bench.conversation_report import print_conversation
 from switchboard.bench.quantiles import pct_ms, rnd, summary_ms
 
 if TYPE_CHECKING:  # the package's entry point imports this module without the bench extra (psutil)
@@ -116,23 +117,29 @@ def timeline(
 def headline(report: dict, load_pulls) -> None:
     """The figures of the first table, from the phases and the scale check (pull latency: both load phases)."""
     ph = report["phases"]
-    mx, half = ph["max"], ph.get("half") or {}
+    mx, half = ph.get("max") or {}, ph.get("half") or {}  # no `max` with only_conversation
+    conv = report.get("conversation") or {}
     pg = (report.get("pgbench") or {}).get("tps")
     sizes = (report.get("scale_check") or {}).get("sizes") or []
     pulls = [p[1] for p in load_pulls]
+    events = mx.get("user_events_per_s")
     report["headline"] = {
-        "user_events_per_s": mx["user_events_per_s"],
-        "turns_per_s": mx["turns_per_s"],
+        "user_events_per_s": events,
+        "turns_per_s": mx.get("turns_per_s"),
         "pgbench_tps": pg,
-        "events_per_pgbench_tps": round(mx["user_events_per_s"] / pg, 2) if pg else None,
+        "events_per_pgbench_tps": round(events / pg, 2) if pg and events is not None else None,
+        "conversation_turns_per_s": conv.get("turns_per_s"),
+        "sql_peer_turns_per_s": (report.get("sql_peer") or {}).get("turns_per_s"),
+        "conversation_ratio_to_sql_peer": (conv.get("comparison") or {}).get("ratio_to_sql_peer"),
+        "conversation_cpu_ms_per_turn": (conv.get("cpu_ms_per_turn") or {}).get("stack_total"),
         "apply_p50_ms_half": (half.get("apply_latency_ms") or {}).get("p50"),
         "apply_p99_ms_half": (half.get("apply_latency_ms") or {}).get("p99"),
         "push_p50_ms_half": (half.get("push_latency_ms") or {}).get("p50"),
         "push_p95_ms_half": (half.get("push_latency_ms") or {}).get("p95"),
         "push_p99_ms_half": (half.get("push_latency_ms") or {}).get("p99"),
         "push_count_half": (half.get("push_latency_ms") or {}).get("count"),
-        "apply_p50_ms_max": mx["apply_latency_ms"]["p50"],
-        "apply_p99_ms_max": mx["apply_latency_ms"]["p99"],
+        "apply_p50_ms_max": (mx.get("apply_latency_ms") or {}).get("p50"),
+        "apply_p99_ms_max": (mx.get("apply_latency_ms") or {}).get("p99"),
         "pull_p50_ms": pct_ms(pulls, 0.5),
         "pull_p99_ms": pct_ms(pulls, 0.99),
         "pull_p99_ms_200_operators": sizes[0]["pull_latency_ms"]["p99"] if sizes else None,
@@ -145,18 +152,21 @@ def resources(report: dict, watched: Watched) -> dict:
     """CPU per phase, CPU seconds in all and peak RSS of every watched process."""
     cpu_total = watched.cpu()
     rss = watched.peak_rss_mb()
-    max_cores = report["phases"]["max"]["cpu_cores"]
+    max_cores = (report["phases"].get("max") or {}).get("cpu_cores", {})
+    conv_cores = (report.get("conversation") or {}).get("cpu_cores", {})
     return {
         "processes": {
             name: {
                 "cpu_cores_max": max_cores.get(name),
                 "cpu_cores_half": (report["phases"].get("half") or {}).get("cpu_cores", {}).get(name),
+                "cpu_cores_conversation": conv_cores.get(name),
                 "cpu_seconds_total": rnd(cpu_total.get(name), 1),
                 "peak_rss_mb": rss.get(name),
             }
             for name in list(watched.pids) + ["postgres (all sessions)"]
         },
         "machine_busy_cores_max": max_cores.get("machine (all processes)"),
+        "machine_busy_cores_conversation": conv_cores.get("machine (all processes)"),
         "note": "cpu_cores = average cores used in the phase window; peak RSS = VmHWM; postgres and the "
         "Kafka broker are shared with anything else running on this machine",
     }
@@ -198,8 +208,14 @@ def targets(report: dict) -> list[dict]:
         None if p99 is None else p99 <= 10,
         "ms",
     )
-    r = (report.get("scale_check") or {}).get("p99_ratio_largest_to_smallest")
-    add("pull p99 at largest / smallest queue", r, "<= 1.5", None if r is None else r <= 1.5, "x")
+    sc = report.get("scale_check") or {}
+    r = sc.get("p99_ratio_largest_to_smallest")
+    routed = " (routed: 20 queues, 8 skill sets)" if sc.get("routed") else ""
+    add(f"pull p99 at largest / smallest queue{routed}", r, "<= 1.5", None if r is None else r <= 1.5, "x")
+    if sc.get("routed"):
+        plans = [s["claim_plan"].get("index_scans_only") for s in sc.get("sizes", [])]
+        only = all(plans) if plans else None
+        add("routed claim: EXPLAIN ANALYZE shows index scans only (every size)", only, "true", only)
     a = h.get("apply_p99_ms_half")
     add("apply p99 at half max throughput", a, "<= 200 ms", None if a is None else a <= 200, "ms")
     p = h.get("push_p99_ms_half")
@@ -228,39 +244,42 @@ def print_report(report: dict) -> None:
     def ms(x):
         return v(x, " ms")
 
-    t.add_row("sustained user-message events/s (applied)", v(h["user_events_per_s"]))
-    t.add_row("conversation turns/s", v(h["turns_per_s"]))
-    t.add_row("pgbench simple-update TPS (same run)", v(h["pgbench_tps"]))
-    t.add_row("events/s ÷ pgbench TPS", v(h["events_per_pgbench_tps"], "x", 2))
-    t.add_row("apply latency p50 / p99 (half load)", f"{ms(h['apply_p50_ms_half'])} / {ms(h['apply_p99_ms_half'])}")
-    push = (report["phases"].get("half") or {}).get("push_latency_ms") or {}
-    service = push.get("service_histogram_ms") or {}
-    t.add_row(
-        f"push latency p50 / p95 / p99 (half load, {h['push_count_half'] or 0} replies)",
-        f"{ms(h['push_p50_ms_half'])} / {ms(h['push_p95_ms_half'])} / {ms(h['push_p99_ms_half'])}",
-    )
-    consumer = push.get("service_consumer_apply_ms") or {}
-    t.add_row(
-        "push, delivery's histograms p50 / p99: fact -> committed, fact -> written",
-        f"{ms(consumer.get('p50'))} / {ms(consumer.get('p99'))}, {ms(service.get('p50'))} / {ms(service.get('p99'))}",
-    )
-    t.add_row("apply latency p50 / p99 (max load)", f"{ms(h['apply_p50_ms_max'])} / {ms(h['apply_p99_ms_max'])}")
-    t.add_row("pull latency p50 / p99 (load phases)", f"{ms(h['pull_p50_ms'])} / {ms(h['pull_p99_ms'])}")
-    t.add_row("stats lag p99 (half load)", v(h["stats_lag_p99_ms"], " ms"))
-    for s in (report.get("scale_check") or {}).get("sizes", []):
-        lat = s["pull_latency_ms"]
+    if report["phases"]:  # none with only_conversation: its own table below
+        t.add_row("sustained user-message events/s (applied)", v(h["user_events_per_s"]))
+        t.add_row("conversation turns/s (phase max)", v(h["turns_per_s"]))
+        t.add_row("pgbench simple-update TPS (same run)", v(h["pgbench_tps"]))
+        t.add_row("events/s ÷ pgbench TPS", v(h["events_per_pgbench_tps"], "x", 2))
+        t.add_row("apply latency p50 / p99 (half load)", f"{ms(h['apply_p50_ms_half'])} / {ms(h['apply_p99_ms_half'])}")
+        push = (report["phases"].get("half") or {}).get("push_latency_ms") or {}
+        service = push.get("service_histogram_ms") or {}
         t.add_row(
-            f"scale: pull p50 / p99 with {s['waiting_chats']:,} waiting",
-            f"{v(lat['p50'], ' ms')} / {v(lat['p99'], ' ms')}  ({s['pulls_per_s']:,.0f} pulls/s)",
+            f"push latency p50 / p95 / p99 (half load, {h['push_count_half'] or 0} replies)",
+            f"{ms(h['push_p50_ms_half'])} / {ms(h['push_p95_ms_half'])} / {ms(h['push_p99_ms_half'])}",
         )
-    sc = report.get("scale_check") or {}
-    if sc:
-        t.add_row("scale: p99 ratio largest/smallest", v(sc.get("p99_ratio_largest_to_smallest"), "x", 2))
-    for name, r in report["resources"]["processes"].items():
+        consumer = push.get("service_consumer_apply_ms") or {}
         t.add_row(
-            f"cpu cores (max phase) / peak RSS: {name}",
-            f"{v(r.get('cpu_cores_max'), '', 2)} / {v(r.get('peak_rss_mb'), ' MB')}",
+            "push, delivery's histograms p50 / p99: fact -> committed, fact -> written",
+            f"{ms(consumer.get('p50'))} / {ms(consumer.get('p99'))}, {ms(service.get('p50'))} / {ms(service.get('p99'))}",
         )
+        t.add_row("apply latency p50 / p99 (max load)", f"{ms(h['apply_p50_ms_max'])} / {ms(h['apply_p99_ms_max'])}")
+        t.add_row("pull latency p50 / p99 (load phases)", f"{ms(h['pull_p50_ms'])} / {ms(h['pull_p99_ms'])}")
+        t.add_row("stats lag p99 (half load)", v(h["stats_lag_p99_ms"], " ms"))
+        for s in (report.get("scale_check") or {}).get("sizes", []):
+            lat = s["pull_latency_ms"]
+            t.add_row(
+                f"scale: pull p50 / p99 with {s['waiting_chats']:,} waiting",
+                f"{v(lat['p50'], ' ms')} / {v(lat['p99'], ' ms')}  ({s['pulls_per_s']:,.0f} pulls/s; "
+                f"claim plan {s['claim_plan'].get('execution_ms')} ms"
+                f"{', index scans only' if s['claim_plan'].get('index_scans_only') else ''})",
+            )
+        sc = report.get("scale_check") or {}
+        if sc:
+            t.add_row("scale: p99 ratio largest/smallest", v(sc.get("p99_ratio_largest_to_smallest"), "x", 2))
+        for name, r in report["resources"]["processes"].items():
+            t.add_row(
+                f"cpu cores (max phase) / peak RSS: {name}",
+                f"{v(r.get('cpu_cores_max'), '', 2)} / {v(r.get('peak_rss_mb'), ' MB')}",
+            )
     integ = report["integrity"]
     t.add_row(
         "lost / unexpected user messages",
@@ -271,6 +290,7 @@ def print_report(report: dict) -> None:
         "reconcile differences (after load / at end)", f"{after_load.get('differences')} / {at_end.get('differences')}"
     )
     console.print(t)
+    print_conversation(report)
     tt = Table(title="Targets (figures, not assertions)")
     for col in ("target", "value", "wanted", "met"):
         tt.add_column(col)

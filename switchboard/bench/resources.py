@@ -15,6 +15,32 @@ def listener_pid(port: int) -> int | None:
     return None
 
 
+def pid_in_file(path: Path, first_line: bool = False) -> int | None:
+    """The live process whose pid a pid file holds (deploy/local's, or the first line of Postgres's
+    postmaster.pid), or None: no file, no number, or no such process (a stale file)."""
+    try:
+        text = path.read_text()
+        pid = int((text.splitlines() or [""])[0] if first_line else text.strip())
+    except (OSError, ValueError):
+        return None
+    return pid if psutil.pid_exists(pid) else None
+
+
+def kafka_pid(port: int) -> int | None:
+    """The local Kafka broker on `port`: the pid file `switchboard infra up` wrote (deploy/local), else
+    the process listening on the port (a broker started some other way)."""
+    from deploy.local.paths import local_dir
+
+    return pid_in_file(local_dir() / f"kafka-{port}" / "kafka.pid") or listener_pid(port)
+
+
+def postgres_pid(data_directory: str | None, port: int) -> int | None:
+    """The postmaster: the first line of `postmaster.pid` in the server's data directory (`SHOW
+    data_directory`), else the process listening on the port. Every session is its child."""
+    found = pid_in_file(Path(data_directory) / "postmaster.pid", first_line=True) if data_directory else None
+    return found or listener_pid(port)
+
+
 def peak_rss_kb(pid: int) -> int | None:
     """The kernel's high-water mark of a process's resident memory (VmHWM), in kB.
 

@@ -1,5 +1,7 @@
-"""One run of the benchmark from start to end: the stack, pgbench, phase `max` and its drain, phase
-`half` and its drain, the checks, the scale check, then the report written, plotted and printed."""
+"""One run of the benchmark from start to end: the stack, pgbench and the SQL reference peer, the
+conversation phase and its drain, phase `max` and its drain, phase `half` and its drain, the checks,
+the scale check, then the report written, plotted and printed (`only_conversation`: no `max`, `half`
+or scale check)."""
 
 from __future__ import annotations
 
@@ -22,10 +24,13 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from shared.settings import Settings
 from switchboard.bench.checks import integrity, load_messages, run_reconcile, stats_lag, wait_drained
+from switchboard.bench.conversation import conversation_phase
+from switchboard.bench.conversation_report import client_note, compare
+from switchboard.bench.idle_streams import raise_fd_limit
 from switchboard.bench.load import Load, Recorder
 from switchboard.bench.metrics import apply_summary
 from switchboard.bench.options import Options, make_options
-from switchboard.bench.pgbench import run_pgbench
+from switchboard.bench.pgbench import run_pgbench, run_sql_peer
 from switchboard.bench.plot import write_plot
 from switchboard.bench.profiling import collect_profiles, start_profiles
 from switchboard.bench.push import PushWatch
@@ -55,6 +60,7 @@ class Measured:
     cpu: dict[str, tuple[dict, dict]] = field(default_factory=dict)
     hists: dict[str, dict] = field(default_factory=dict)
     extras: dict[str, dict] = field(default_factory=lambda: {"max": {}, "half": {}})
+    conversation_window: tuple[float, float] | None = None
 
 
 async def run(settings: Settings, opts: Options) -> dict:
@@ -77,6 +83,10 @@ async def run(settings: Settings, opts: Options) -> dict:
             t = progress.add_task(
                 "starting   the four services" if not stack.external else "checking   the stack", total=None
             )
+            if opts.conversation_duration_s > 0:
+                # Three sockets an actor (two connections and a stream) on this side; the services
+                # started next inherit the limit (delivery holds every stream, ingest every user).
+                report["fd_limit"] = raise_fd_limit(3 * (opts.conversation_users + opts.conversation_operators))
             await stack.start()
             progress.update(t, total=1, completed=1, description="ready      services up")
             loopback = urlparse(stack.database_url).hostname in ("127.0.0.1", "localhost", "::1")
@@ -88,6 +98,7 @@ async def run(settings: Settings, opts: Options) -> dict:
                 server_settings={"application_name": "switchboard-bench", "statement_timeout": "0"},
             )
             report["pgbench"] = await _pgbench(stack, opts, progress) if opts.pgbench else None
+            report["sql_peer"] = await _sql_peer(stack, opts, progress) if opts.sql_peer else None
             load_pulls = await _load_and_check(stack, pool, opts, run_id, report, progress)
             report["resources"] = resources(report, stack.watched)
             headline(report, load_pulls)
@@ -139,25 +150,63 @@ async def _pgbench(stack: Stack, opts: Options, progress: Progress) -> dict:
     return result
 
 
+async def _sql_peer(stack: Stack, opts: Options, progress: Progress) -> dict:
+    t = progress.add_task(
+        f"sql peer   -f turn.pgbench -c {opts.pgbench_clients} -j {opts.pgbench_threads} -T {opts.sql_peer_seconds}",
+        total=None,
+    )
+    result = await run_sql_peer(stack.database_url, f"{opts.database}_sqlpeer", opts)
+    progress.update(t, total=1, completed=1, description=f"sql peer   {result['turns_per_s']:,.0f} turns/s")
+    return result
+
+
+async def _conversation(
+    stack: Stack, pool: asyncpg.Pool, opts: Options, run_id: str, rec: Recorder, report: dict, m: Measured, progress
+) -> None:
+    """The conversation phase, when it is on and delivery (where users read the replies) is there."""
+    if opts.conversation_duration_s <= 0:
+        return
+    if "delivery" not in stack.urls:
+        report["notes"].append("no conversation phase: its users read replies from delivery (--delivery-url)")
+        return
+    t0 = time.time()
+    conv, window = await conversation_phase(stack, pool, opts, run_id, rec, progress)
+    conv["comparison"] = compare(conv["turns_per_s"], report.get("sql_peer"), report.get("pgbench"))
+    report["conversation"] = conv
+    m.spans += [("warm-up", t0, window[0]), ("conversation", *window), ("drain", window[1], time.time())]
+    m.conversation_window = window
+    note = client_note(conv)
+    if note:
+        report["notes"].append(note)
+
+
 async def _load_and_check(
     stack: Stack, pool: asyncpg.Pool, opts: Options, run_id: str, report: dict, progress: Progress
 ) -> list:
     """Both load phases, the checks, the scale check; fills the report; returns the load phases' pulls."""
     rec = Recorder()
     scale_on = opts.scale_check if opts.scale_check is not None else not stack.external
+    scale_on = scale_on and not opts.only_conversation
+    m = Measured(t_load=time.time())
+    await _conversation(stack, pool, opts, run_id, rec, report, m, progress)
     async with Load(stack, opts, run_id, rec, progress) as load:
         monitor = asyncio.create_task(load.monitor())
         try:
-            m = Measured(t_load=time.time())
-            await _phase_max(load, pool, opts, report, m, progress)
-            if opts.half_duration_s > 0:
-                await _phase_half(load, pool, opts, m, progress)
+            if not opts.only_conversation:
+                await _phase_max(load, pool, opts, report, m, progress)
+                if opts.half_duration_s > 0:
+                    await _phase_half(load, pool, opts, m, progress)
             t_end = time.time()
             task = progress.add_task("check      lost / doubled, reconcile", total=None)
             users, ops, per_s = await load_messages(pool, run_id)
             integ = await integrity(pool, rec, users, ops)
             integ["reconcile"] = await run_reconcile(stack.settings)
-            lag = await stats_lag(stack.settings, pool, m.windows)
+            windows = dict(m.windows)
+            if m.conversation_window is not None:
+                windows["conversation"] = m.conversation_window
+            lag = await stats_lag(stack.settings, pool, windows)
+            if "conversation" in report:
+                report["conversation"]["stats_lag_ms"] = lag.get("conversation")
             lost = integ["user_messages_lost"] + integ["operator_messages_lost"]
             differences = integ["reconcile"]["differences"]
             progress.update(

@@ -12,6 +12,7 @@ import asyncpg
 from rich.progress import Progress
 
 from shared.db import Queries
+from switchboard.bench import routed
 from switchboard.bench.checks import QUERIES
 from switchboard.bench.load import Load
 from switchboard.bench.metrics import histogram, quantiles_ms
@@ -26,15 +27,22 @@ ASSIGNER_QUERIES = Queries(SERVICES_ROOT / "assigner" / "sql" / "queries.sql")
 CLAIM_EXPLAIN = "EXPLAIN (ANALYZE, FORMAT JSON) " + ASSIGNER_QUERIES.claim_waiting_chats
 CLAIM_PULLERS = 8
 WARMUP_S = 2.0  # pulls of each size's first seconds are not measured
+SCALE_PREFIX = "scale-op"  # the pullers are scale-op-<j>
 
 
-async def load_waiting_chats(pool: asyncpg.Pool, first: int, last: int, on_progress=None) -> None:
-    """Insert waiting chats scale-<n> for n in [first, last], waiting_since spread over the last day."""
+async def load_waiting_chats(
+    pool: asyncpg.Pool, first: int, last: int, on_progress=None, routed_chats: bool = False
+) -> None:
+    """Insert waiting chats scale-<n> for n in [first, last], waiting_since spread over the last day
+    (routed: over the routed check's queues, skill sets and priorities)."""
     chunk = 100_000
     for a in range(first, last + 1, chunk):
         b = min(last, a + chunk - 1)
-        async with pool.acquire() as conn:
-            await conn.execute(QUERIES.insert_waiting_chats, a, b, timeout=600)
+        if routed_chats:
+            await routed.load(pool, a, b)
+        else:
+            async with pool.acquire() as conn:
+                await conn.execute(QUERIES.insert_waiting_chats, a, b, timeout=600)
         if on_progress:
             on_progress(b - first + 1)
 
@@ -62,6 +70,8 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
     sizes = sorted(opts.scale_sizes)
     results = []
     loaded = 0
+    if opts.scale_routed:
+        await routed.configure(pool, SCALE_PREFIX, opts.scale_operators)
     for size in sizes:
         task = (
             progress.add_task(f"scale      loading {size:,} waiting chats", total=max(1, size - loaded))
@@ -71,7 +81,11 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
         load_started = time.monotonic()
         if size > loaded:
             await load_waiting_chats(
-                pool, loaded + 1, size, (lambda n, t=task: progress.update(t, completed=n)) if progress else None
+                pool,
+                loaded + 1,
+                size,
+                (lambda n, t=task: progress.update(t, completed=n)) if progress else None,
+                routed_chats=opts.scale_routed,
             )
         async with pool.acquire() as conn:
             await conn.execute(QUERIES.vacuum_chats, timeout=600)
@@ -96,6 +110,7 @@ async def scale_check(load: Load, pool: asyncpg.Pool, opts: Options, progress: P
     if small["pull_latency_ms"]["p50"] and large["pull_latency_ms"]["p50"]:
         ratio50 = round(large["pull_latency_ms"]["p50"] / small["pull_latency_ms"]["p50"], 2)
     return {
+        "routed": opts.scale_routed,
         "operators": opts.scale_operators,
         "think_ms": opts.scale_think_ms,
         "sizes": results,
@@ -108,12 +123,17 @@ async def _pull_at(
     load: Load, pool: asyncpg.Pool, opts: Options, progress: Progress | None, task, size: int, profile_this: bool
 ) -> dict:
     """The scale operators pulling and releasing for WARMUP_S + scale_duration_s; what they measured."""
-    plan = await claim_plan(pool)
+    if opts.scale_routed:
+        plan = await routed.claim_plan(pool, ASSIGNER_QUERIES.waiting_lanes, ASSIGNER_QUERIES.claim_lanes, SCALE_PREFIX)
+    else:
+        plan = await claim_plan(pool)
     before = await load.scrape()
     load.rec.pulls.clear()
     load.rec.releases.clear()
     load.running = True
-    actors = [asyncio.create_task(load.operator(j, prefix="scale-op", scale=True)) for j in range(opts.scale_operators)]
+    actors = [
+        asyncio.create_task(load.operator(j, prefix=SCALE_PREFIX, scale=True)) for j in range(opts.scale_operators)
+    ]
     total = opts.scale_duration_s + WARMUP_S
     if progress:
         progress.update(task, total=total, completed=0, description=f"scale      {size:,} waiting: pulling")

@@ -15,7 +15,7 @@ from rich.console import Console
 from shared.settings import Settings
 from switchboard.bench.options import Options
 from switchboard.bench.processes import REPO, ServiceProcesses, free_port, service_argv, wait_ready
-from switchboard.bench.resources import Watched, listener_pid
+from switchboard.bench.resources import Watched, kafka_pid, listener_pid, postgres_pid
 from switchboard.services import PROCESSES
 
 console = Console(stderr=True)
@@ -101,11 +101,12 @@ class Stack:
                     if pid:
                         self.watched.pids[name] = pid
         kafka_port = int(self.settings.kafka_bootstrap_servers.rsplit(":", 1)[1])
-        kafka_pid = await asyncio.to_thread(listener_pid, kafka_port)
-        if kafka_pid:
-            self.watched.pids["kafka broker"] = kafka_pid
-        pg_pid = await asyncio.to_thread(listener_pid, urlparse(self.database_url).port or 5432)
-        self.watched.postgres_pid = pg_pid
+        broker = await asyncio.to_thread(kafka_pid, kafka_port)
+        if broker:
+            self.watched.pids["kafka broker"] = broker
+        self.watched.postgres_pid = await asyncio.to_thread(
+            postgres_pid, await data_directory(self.database_url), urlparse(self.database_url).port or 5432
+        )
         self.watched.pids["bench client"] = os.getpid()
 
     async def stop(self) -> None:
@@ -141,6 +142,17 @@ async def recreate_database(base_url: str, name: str) -> None:
         await admin.execute(f"CREATE DATABASE {_ident(name)}")
     finally:
         await admin.close()
+
+
+async def data_directory(url: str) -> str | None:
+    """The server's data directory (where postmaster.pid is), or None when this role may not read it."""
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SHOW data_directory")
+    except asyncpg.PostgresError:
+        return None
+    finally:
+        await conn.close()
 
 
 async def drop_database(base_url: str, name: str) -> None:

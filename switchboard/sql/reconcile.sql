@@ -88,3 +88,8 @@ FROM msgs m FULL JOIN asg a USING (chat_id);
 -- name: outbox_backlog
 -- Lifecycle facts the assigner has not published yet (non-zero: not quiescent).
 SELECT count(*) FROM assigner.outbox;
+
+-- name: recount_queue_assigned
+-- Per queue and UTC day: assignments started, by the queue each assignment records.
+SELECT queue_id, (started_at AT TIME ZONE 'UTC')::date AS day, count(*) AS assigned
+FROM assigner.assignments GROUP BY 1, 2;

@@ -1,4 +1,5 @@
-"""`switchboard bench` in smoke mode: the four services as real subprocesses, a few seconds of load.
+"""`switchboard bench` in smoke mode: the four services as real subprocesses, a few seconds of load,
+the conversation phase in its smoke form (all phases, then that phase alone).
 
 Asserts the report's structure and that nothing was lost or doubled; never a timing figure. Also:
 every option docs/performance.md documents is an option of the command, and `python -m
@@ -81,6 +82,7 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
     }
     assert headline["user_events_per_s"] > 0 and headline["pgbench_tps"] > 0
     assert report["pgbench"]["script"] == "simple-update (-N)"
+    _assert_conversation(report)
 
     for name in ("max", "half"):
         phase = report["phases"][name]
@@ -125,6 +127,71 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
         assert report["plot"] == str(plot) and plot.stat().st_size > 0
     else:
         assert report["plot"] is None
+
+
+CONVERSATION_PROCESSES = (
+    "ingest",
+    "assigner",
+    "assigner_worker",
+    "idle_monitor",
+    "stats",
+    "delivery",
+    "kafka broker",
+    "postgres (all sessions)",
+)
+
+
+def _assert_conversation(report: dict) -> None:
+    """The conversation phase ran over HTTP, turns were answered, and its figures have their shape."""
+    peer = report["sql_peer"]
+    assert peer["script"] == "sql reference peer (turn.pgbench)" and peer["turns_per_s"] > 0
+    conv = report["conversation"]
+    assert conv["turns_per_s"] > 0 and conv["window_s"] > 0
+    assert conv["users"] == bench.SMOKE["conversation_users"] and conv["messages_per_turn"] == 3
+    assert conv["chats_opened"] >= conv["users"]
+    for sender in ("user", "operator"):
+        lat = conv["ingest_latency_ms"]["by_sender"][sender]
+        assert set(lat) >= LATENCY_KEYS and lat["count"] > 0
+    assert conv["pull_latency_ms"]["by_result"]["assigned"]["count"] > 0
+    assert conv["turn_latency_ms"]["count"] > 0  # users read the replies on their chat streams
+    assert conv["pulls_per_turn"]["assigned"] > 0
+    assert conv["drain"]["complete"] is True
+    assert conv["stats_lag_ms"]["count"] > 0
+    cost = conv["cpu_ms_per_turn"]
+    for name in CONVERSATION_PROCESSES:
+        assert cost["processes"][name] >= 0, name
+    assert cost["stack_total"] > 0 and cost["bench_client"] > 0
+    assert 0 < cost["bench_client_share_of_stack"]
+    vs = conv["comparison"]
+    assert vs["sql_peer_turns_per_s"] == peer["turns_per_s"] and vs["pgbench_tps"] == report["pgbench"]["tps"]
+    assert vs["ratio_to_sql_peer"] == round(conv["turns_per_s"] / peer["turns_per_s"], 3)
+    assert report["headline"]["conversation_turns_per_s"] == conv["turns_per_s"]
+    assert report["headline"]["conversation_cpu_ms_per_turn"] == cost["stack_total"]
+
+
+def test_only_the_conversation_phase_runs_with_its_checks(infra, tmp_path: Path):
+    settings = Settings(auth_secret=harness.TEST_SECRET, database_url=BASE_URL, kafka_bootstrap_servers=BOOTSTRAP)
+    output = tmp_path / "bench.json"
+
+    code = bench.main(
+        settings,
+        smoke=True,
+        only_conversation=True,
+        database=f"sb_bench_{uuid.uuid4().hex[:10]}",
+        output=str(output),
+        plot=str(tmp_path / "bench.png"),
+    )
+
+    report = json.loads(output.read_text())
+    assert code == 0, report["integrity"]
+    assert report["phases"] == {} and report["scale_check"] is None
+    _assert_conversation(report)
+    integrity = report["integrity"]
+    assert integrity["ok"] is True and integrity["user_messages_acked"] > 0
+    assert integrity["user_messages_lost"] == integrity["operator_messages_lost"] == 0
+    assert integrity["user_messages_unexpected"] == integrity["operator_messages_unexpected"] == 0
+    assert integrity["reconcile"]["differences"] == 0
+    assert report["headline"]["user_events_per_s"] is None  # no max phase was run
 
 
 def _bench_command():

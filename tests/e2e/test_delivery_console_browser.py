@@ -1,4 +1,4 @@
-"""The operator console on delivery's operator stream, in a real headless Chromium: live, without polling."""
+"""The operator console on delivery's operator stream, in a real headless Chromium: live, without polling, with its queue's depth."""
 
 import asyncio
 import contextlib
@@ -54,7 +54,10 @@ async def test_the_console_follows_its_chat_through_the_operator_stream_instead_
         await page.goto(f"{urls['assigner']}/console/")
         await page.fill("#token-input", issue_token(TEST_SECRET, "op-live", "operator"))
         await page.click("#signin-form button")
+        # The stream opens at sign-in: the operator's queues' depth before any assignment.
+        await page.wait_for_selector("#depth >> text=default: 1 waiting", timeout=15000)
         await page.click("#next")
+        await page.wait_for_selector("#depth >> text=default: 0 waiting", timeout=15000)
         await page.wait_for_selector(".msg.user >> text=hey")
         await eventually(lambda: _true(streams))
         await asyncio.sleep(1.5)  # the stream's replay may trigger one refresh
@@ -69,6 +72,16 @@ async def test_the_console_follows_its_chat_through_the_operator_stream_instead_
         await page.fill("#reply", "Fine, thanks!")
         await page.click("#send")
         await page.wait_for_selector("text=no longer assigned to you", timeout=15000)
+
+        # Another user starts a chat: the depth rises live, without a reload (only queue_depth events
+        # render it: no request of the page reads a depth).
+        r = await http.post(
+            f"{urls['ingest']}/v1/chats/{chat}-2/messages",
+            headers=bearer("web", "frontend"),
+            json={"message_id": uuid.uuid4().hex, "sender": "user", "text": "anyone?"},
+        )
+        assert r.status_code == 202, r.text
+        await page.wait_for_selector("#depth >> text=default: 1 waiting", timeout=15000)
 
 
 async def _true(items):

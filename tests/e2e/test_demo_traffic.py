@@ -24,4 +24,17 @@ async def test_the_demo_opens_chats_and_its_operators_answer_them(env):
                 return by_state if by_state["waiting_real_user_reply"] >= 1 else None
 
             by_state = await eventually(answered, timeout=20)
+            admin = token("boss", "admin")
+            queues = (await http.get(f"{urls['assigner']}/v1/admin/queues", headers=admin)).json()["queues"]
+            profile = (await http.get(f"{urls['assigner']}/v1/admin/operators/demo-op-2", headers=admin)).json()
+            in_queues = set()
+            for chat_id in demo.open_chats:
+                r = await http.get(f"{urls['assigner']}/v1/chats/{chat_id}", headers=admin)
+                if r.status_code == 200:
+                    in_queues.add(r.json()["queue_id"])
     assert sum(by_state.values()) >= 10
+    # The demo routes: its queues exist, its operators have profiles, and its chats went into them.
+    assert {"default", "sales", "support", "billing"} <= {q["queue_id"] for q in queues}
+    assert set(profile["queues"]) == {"default", "sales", "billing"}
+    assert profile["skills"] == ["de", "en"] and profile["display_name"] == "Demo operator 2"
+    assert in_queues - {"default"}, in_queues

@@ -13,8 +13,10 @@ from tests.integration.test_delivery_stream import open_sse
 ADMIN = token("boss", "admin")
 
 
-def operator_stream(url, operator_id, last_event_id=None):
-    return open_sse(f"{url}/v1/operators/me/stream", issue_token(TEST_SECRET, operator_id, "operator"), last_event_id)
+def operator_stream(url, operator_id, last_event_id=None, ignore=("queue_depth",)):
+    """An operator's stream; queue depth (tested in test_delivery_queue_depth.py) is skipped unless asked for."""
+    tok = issue_token(TEST_SECRET, operator_id, "operator")
+    return open_sse(f"{url}/v1/operators/me/stream", tok, last_event_id, ignore)
 
 
 def summary(events):

@@ -30,10 +30,12 @@ from tests.harness import TEST_SECRET, Producer, eventually, running, token
 class SSE:
     """A Server-Sent Events reader over a streaming httpx response: events and comments as they come."""
 
-    def __init__(self, response: httpx.Response):
+    def __init__(self, response: httpx.Response, ignore: tuple[str, ...] = ()):
         self.response = response
         self.lines = response.aiter_lines()
         self.comments = 0
+        self.ignore = ignore  # event types skipped (and counted) like comments
+        self.ignored = 0
 
     async def next(self, timeout: float = 20.0) -> dict:
         """The next event: {"id", "event", "data"} (data parsed as JSON); comments are counted and skipped."""
@@ -42,7 +44,10 @@ class SSE:
         async with asyncio.timeout(timeout):
             async for line in self.lines:
                 if line == "":
-                    if data or event:
+                    if event.get("event") in self.ignore:
+                        self.ignored += 1
+                        event, data = {}, []
+                    elif data or event:
                         event["data"] = json.loads("\n".join(data)) if data else None
                         return event
                     continue
@@ -74,14 +79,14 @@ class SSE:
 
 
 @contextlib.asynccontextmanager
-async def open_sse(url: str, tok: str, last_event_id: str | None = None):
-    """An open SSE stream at `url` (status checked by the caller through `.response`)."""
+async def open_sse(url: str, tok: str, last_event_id: str | None = None, ignore: tuple[str, ...] = ()):
+    """An open SSE stream at `url` (status checked by the caller through `.response`), skipping `ignore`d types."""
     headers = {"Authorization": f"Bearer {tok}"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
         async with client.stream("GET", url, headers=headers) as response:
-            yield SSE(response)
+            yield SSE(response, ignore)
 
 
 def stream(url: str, chat_id: str, tok: str, last_event_id: str | None = None):

@@ -13,7 +13,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from shared.events import TOPIC_LIFECYCLE
 from tests.e2e.servers import free_port
 from tests.harness import Producer, eventually, running, token
-from tests.integration.test_delivery_stream import recorded
+from tests.integration.test_delivery_stream import completed, recorded
 
 ADMIN = token("boss", "admin")
 FAST = dict(
@@ -234,3 +234,34 @@ async def test_webhook_admin_refuses_bad_input_with_clear_errors(env):
         assert r.json() == {"deliveries": [], "next_before": None}
         assert (await delivery.delete(f"/v1/admin/webhooks/{created.json()['id']}", headers=ADMIN)).status_code == 204
         assert (await delivery.get("/v1/admin/webhooks", headers=ADMIN)).json() == []
+
+
+async def test_facts_are_queued_only_for_endpoints_that_exist_and_want_their_type(env):
+    chat = f"chat-{uuid.uuid4().hex[:6]}"
+    nowhere = f"http://127.0.0.1:{free_port()}/"  # nothing listens: deliveries stay queued
+    async with running("delivery", env.with_settings(**FAST)) as delivery, Producer(env.settings) as kafka:
+        conn = await env.connect()
+        try:
+
+            async def applied(fact):
+                await kafka.send(TOPIC_LIFECYCLE, fact)
+                await eventually(
+                    lambda: conn.fetchval(
+                        "SELECT count(*) FROM delivery.processed_events WHERE event_id = $1", fact.event_id
+                    )
+                )
+
+            await applied(recorded(chat, "before any endpoint"))
+            assert await conn.fetchval("SELECT count(*) FROM delivery.webhook_deliveries") == 0
+            closing = await register(delivery, nowhere, event_types=["chat_completed"])
+            await applied(recorded(chat, "not wanted"))
+            await applied(completed(chat))
+            everything = await register(delivery, nowhere)
+            await applied(recorded(chat, "wanted by one"))
+            rows = await conn.fetch("SELECT endpoint_id::text, type FROM delivery.webhook_deliveries ORDER BY id")
+            assert [(r["endpoint_id"], r["type"]) for r in rows] == [
+                (closing["id"], "chat_completed"),
+                (everything["id"], "message_recorded"),
+            ]
+        finally:
+            await conn.close()

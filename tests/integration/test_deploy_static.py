@@ -31,6 +31,7 @@ REQUIRED_ALERTS = {
     "SwitchboardDeadLetterRecords",
     "SwitchboardOutboxBacklogGrowing",
     "SwitchboardServiceDown",
+    "SwitchboardQueueSlaAttainmentLow",
 }
 # What an SRE looks for first on the dashboard (issue 7).
 DASHBOARD_MUST_SHOW = {
@@ -297,6 +298,26 @@ def test_dashboard_shows_queue_latency_lag_dlq_outbox_throughput_and_http(dashbo
     assert "histogram_quantile(0.99, sum by (le) (rate(switchboard_pull_latency_seconds_bucket" in exprs
     assert "histogram_quantile(0.99, sum by (group, le) (rate(switchboard_event_apply_latency_seconds_bucket" in exprs
     assert "sum by (outcome)" in exprs
+
+
+def test_dashboard_has_a_queue_variable_that_filters_every_per_queue_panel(dashboard, documented):
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "queue"]
+    assert variable["type"] == "query" and variable["includeAll"] and variable["multi"]
+    assert variable["datasource"]["uid"] == "prometheus" and "queue)" in variable["definition"]
+    per_queue = {
+        "switchboard_queue_waiting_chats",
+        "switchboard_queue_oldest_waiting_seconds",
+        "switchboard_queue_sla_attainment_ratio",
+        "switchboard_queue_first_assignments_today",
+    }
+    filtered = set()
+    for title, expr in dashboard_exprs(dashboard):
+        for name in metric_names_in(expr, documented) & per_queue:
+            if "by (queue)" in expr:
+                assert f'{name}{{queue=~"$queue"}}' in expr, f"panel {title!r} does not follow the queue variable"
+                filtered.add(name)
+    assert filtered == per_queue
+    assert "max by (status) (switchboard_operators)" in " ".join(expr for _, expr in dashboard_exprs(dashboard))
 
 
 def test_grafana_provisioning_loads_the_dashboard_folder_compose_mounts():

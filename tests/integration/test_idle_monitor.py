@@ -14,20 +14,34 @@ from shared.events import (
     AssignmentEndedPayload,
     ChatAssigned,
     ChatAssignedPayload,
+    MessageRecorded,
+    MessageRecordedPayload,
     utcnow,
 )
 from tests import harness
 
 
-def chat_assigned(chat_id: str, assignment_id: uuid.UUID, operator_id: str = "op-1", at: datetime | None = None):
-    """A `chat_assigned` fact as the assigner's outbox publishes it."""
+def chat_assigned(
+    chat_id: str,
+    assignment_id: uuid.UUID,
+    operator_id: str = "op-1",
+    at: datetime | None = None,
+    idle_timeout_s: int | None = None,
+):
+    """A `chat_assigned` fact as the assigner's outbox publishes it (`idle_timeout_s`: its queue's override)."""
     at = at or utcnow()
     return ChatAssigned(
         event_id=uuid.uuid4(),
         chat_id=chat_id,
         occurred_at=at,
         producer="assigner",
-        payload=ChatAssignedPayload(assignment_id=assignment_id, operator_id=operator_id, assigned_at=at, via="pull"),
+        payload=ChatAssignedPayload(
+            assignment_id=assignment_id,
+            operator_id=operator_id,
+            assigned_at=at,
+            via="pull",
+            idle_timeout_s=idle_timeout_s,
+        ),
     )
 
 
@@ -46,6 +60,18 @@ def assignment_ended(chat_id: str, assignment_id: uuid.UUID, outcome: str = "ans
             started_at=now - timedelta(seconds=1),
             ended_at=now,
         ),
+    )
+
+
+def user_message_recorded(chat_id: str, message_id: str) -> MessageRecorded:
+    """A user's `message_recorded` fact."""
+    now = utcnow()
+    return MessageRecorded(
+        event_id=uuid.uuid4(),
+        chat_id=chat_id,
+        occurred_at=now,
+        producer="assigner",
+        payload=MessageRecordedPayload(message_id=message_id, sender="user", text="still there?", recorded_at=now),
     )
 
 
@@ -134,6 +160,41 @@ async def test_a_silent_assignment_fires_assignment_idle_within_a_second_of_its_
     assert sample(after, "switchboard_idle_fire_lateness_seconds_count") > sample(
         before, "switchboard_idle_fire_lateness_seconds_count"
     )
+
+
+async def test_a_queue_idle_timeout_override_sets_the_deadline_and_user_messages_do_not_move_it(env):
+    settings = env.with_settings(idle_timeout_s=300)  # the global timeout would not fire during the test
+    short, plain = uuid.uuid4(), uuid.uuid4()
+    async with harness.running("idle_monitor", settings), harness.Producer(settings) as producer:
+        await until_consuming(env, producer, settings)
+        fact = chat_assigned("chat-fast-queue", short, idle_timeout_s=2)
+        await producer.send(TOPIC_LIFECYCLE, fact)
+        await producer.send(TOPIC_LIFECYCLE, chat_assigned("chat-default-queue", plain))
+        # The user keeps writing while the operator stays silent: the queue's 2 s still hold.
+        for n in range(3):
+            await producer.send(
+                TOPIC_LIFECYCLE,
+                user_message_recorded("chat-fast-queue", f"m-{n}"),
+            )
+        events = await idle_events(settings, expect=1, timeout=15)
+        await harness.eventually(lambda: _not_armed(env, short))
+        armed = await _deadlines(env)
+        await asyncio.sleep(1.0)
+        later = await idle_events(settings, expect=2, timeout=1.0)
+    assert [e["payload"]["assignment_id"] for e in events] == [str(short)]
+    assert datetime.fromisoformat(events[0]["payload"]["deadline"]) == fact.payload.assigned_at + timedelta(seconds=2)
+    assert later == events  # the assignment of the queue without an override keeps the global 300 s
+    assert armed == {plain: timedelta(seconds=300)}
+
+
+async def _deadlines(env) -> dict[uuid.UUID, timedelta]:
+    """Each armed assignment's deadline minus its start."""
+    conn = await env.connect()
+    try:
+        rows = await conn.fetch("SELECT assignment_id, deadline - assigned_at AS span FROM idle_monitor.deadlines")
+        return {r["assignment_id"]: r["span"] for r in rows}
+    finally:
+        await conn.close()
 
 
 async def _not_armed(env, assignment_id: uuid.UUID) -> bool:

@@ -7,37 +7,16 @@ import os
 import sys
 from datetime import UTC, datetime
 
-from shared.events import TOPIC_LIFECYCLE, encode
-from shared.kafka import make_producer
 from switchboard.reconcile import SHADOW_SCHEMA, rebuild, reconcile
 from tests import harness
-from tests.stats_facts import Ledger, random_run
-
-
-async def _publish(env, ledger: Ledger) -> None:
-    conn = await env.connect()
-    try:
-        await ledger.write(conn)
-    finally:
-        await conn.close()
-    producer = make_producer(env.settings)
-    await producer.start()
-    try:
-        # Fire them all, then wait: an idempotent producer keeps each partition's (each chat's) order.
-        sends = [
-            await producer.send(env.settings.topic(TOPIC_LIFECYCLE), value=encode(f), key=f.chat_id.encode())
-            for f in ledger.facts
-        ]
-        await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
+from tests.stats_facts import Ledger, publish, random_run
 
 
 async def test_after_a_random_run_of_2000_facts_reconcile_finds_no_difference_and_rebuild_equals_live(env):
     ledger = Ledger()
     random_run(ledger, events=2000, operators=5, chats=60, seed=7, start=datetime(2025, 5, 31, 22, 30, tzinfo=UTC))
     assert len(ledger.facts) >= 2000
-    await _publish(env, ledger)
+    await publish(env, ledger)
     async with harness.running("stats", env.settings):
         report = await asyncio.wait_for(reconcile(env.settings, quiesce_timeout_s=60), 90)
         assert report.not_quiescent is None
@@ -56,7 +35,7 @@ async def test_after_a_random_run_of_2000_facts_reconcile_finds_no_difference_an
 async def test_reconcile_prints_each_difference_and_exits_1_and_rebuild_keeps_the_shadow_schema(env):
     ledger = Ledger()
     random_run(ledger, events=300, operators=3, chats=10, seed=11, start=datetime(2025, 1, 1, tzinfo=UTC))
-    await _publish(env, ledger)
+    await publish(env, ledger)
     async with harness.running("stats", env.settings):
         assert (await reconcile(env.settings)).differences == []
         conn = await env.connect()
@@ -100,7 +79,7 @@ async def test_reconcile_prints_each_difference_and_exits_1_and_rebuild_keeps_th
 async def test_the_reconcile_command_exits_0_when_stats_agrees(env):
     ledger = Ledger()
     random_run(ledger, events=100, operators=2, chats=5, seed=3, start=datetime(2025, 2, 1, tzinfo=UTC))
-    await _publish(env, ledger)
+    await publish(env, ledger)
     async with harness.running("stats", env.settings):
         code, out = await _cli(env, "reconcile")
         assert code == 0, out

@@ -51,18 +51,37 @@ ALLOWED = {
     ("assigner", "DELETE", "/v1/admin/chats/{chat_id}/content"): {"admin"},
     ("assigner", "GET", "/v1/admin/queue"): {"admin"},
     ("assigner", "GET", "/v1/admin/stuck-chats"): {"admin"},
+    ("assigner", "GET", "/v1/admin/queues"): {"admin"},
+    ("assigner", "PUT", "/v1/admin/queues/{queue_id}"): {"admin"},
+    ("assigner", "GET", "/v1/admin/queues/{queue_id}"): {"admin"},
+    ("assigner", "DELETE", "/v1/admin/queues/{queue_id}"): {"admin"},
+    ("assigner", "GET", "/v1/admin/operators"): {"admin"},
+    ("assigner", "PUT", "/v1/admin/operators/{operator_id}"): {"admin"},
+    ("assigner", "GET", "/v1/admin/operators/{operator_id}"): {"admin"},
+    ("assigner", "DELETE", "/v1/admin/operators/{operator_id}"): {"admin"},
+    ("assigner", "PUT", "/v1/admin/operators/{operator_id}/status"): {"admin"},
+    ("assigner", "PUT", "/v1/operators/me/status"): {"operator"},
+    ("assigner", "GET", "/v1/operators/me"): {"operator"},
+    ("assigner", "POST", "/v1/admin/chats/{chat_id}/route"): {"admin"},
     ("idle_monitor", "GET", "/v1/admin/timers"): {"admin"},
     ("stats", "GET", "/v1/operators/{operator_id}/stats"): {"operator", "admin"},
     ("stats", "GET", "/v1/stats/operators"): {"admin"},
     ("stats", "GET", "/v1/chats/{chat_id}/stats"): {"admin"},
+    ("stats", "GET", "/v1/stats/queues"): {"admin"},
+    ("stats", "GET", "/v1/queues/{queue_id}/stats"): {"admin"},
 }
 # Bodies that would be valid, so that only the token can be the reason for a refusal.
 BODIES = {
     "/v1/chats/{chat_id}/messages": {"message_id": "m-sec", "sender": "user", "text": "hi"},
     "/v1/messages:batch": {"messages": [{"chat_id": "c-sec", "message_id": "m-sec", "sender": "user", "text": "hi"}]},
     "/v1/admin/chats/{chat_id}/reassign": {"operator_id": "op-sec"},
+    "/v1/admin/queues/{queue_id}": {"name": "Sec"},
+    "/v1/admin/operators/{operator_id}": {"queues": ["default"]},
+    "/v1/admin/operators/{operator_id}/status": {"status": "away"},
+    "/v1/operators/me/status": {"status": "away"},
+    "/v1/admin/chats/{chat_id}/route": {"priority": 1},
 }
-PATH_VALUES = {"chat_id": "c-sec", "assignment_id": str(uuid.uuid4()), "operator_id": "op-sec"}
+PATH_VALUES = {"chat_id": "c-sec", "assignment_id": str(uuid.uuid4()), "operator_id": "op-sec", "queue_id": "q-sec"}
 OTHER_SECRET = "not-the-switchboard-secret-0123456789abcdef"
 
 

@@ -12,6 +12,10 @@ from shared.events import (
     ChatAssignedPayload,
     ChatCompleted,
     ChatCompletedPayload,
+    ChatQueued,
+    ChatQueuedPayload,
+    ChatRouted,
+    ChatRoutedPayload,
     MessageRecorded,
     MessageRecordedPayload,
     utcnow,
@@ -142,8 +146,102 @@ def test_each_stream_gets_its_reserved_block_in_partition_order():
         [message("b", "b1"), message("a", "a1"), message("b", "b2"), message("a", "a2"), message("b", "b3")], {}
     ).events
     assert domain.counts_per_stream(events) == {"chat:a": 2, "chat:b": 3}
-    numbered = domain.number(events, {"chat:a": 12, "chat:b": 3})
-    assert [(seq, e.data["text"]) for seq, e in numbered] == [(1, "b1"), (11, "a1"), (2, "b2"), (12, "a2"), (3, "b3")]
+    # Postgres gives the event at place k of its stream's block the sequence last_seq - count + k.
+    assert domain.positions(events) == [1, 1, 2, 2, 3]
+
+
+def test_a_message_on_a_held_chat_shares_one_body_between_the_chat_and_the_operator_stream():
+    a = uuid.uuid4()
+    chat_event, operator_event = domain.plan([message("c", "hi")], {"c": Holder("op-1", a)}).events
+    assert (chat_event.stream, operator_event.stream) == ("chat:c", "operator:op-1")
+    assert chat_event.data is operator_event.data  # serialised once by the store
+
+
+def test_wake_ups_fit_in_as_few_notify_payloads_as_postgres_accepts():
+    assert domain.notify_payloads(["chat:a", "operator:op 1"]) == ["chat:a\noperator:op 1"]
+    keys = [f"operator:{'x' * 250}-{i}" for i in range(100)]
+    payloads = domain.notify_payloads(keys)
+    assert len(payloads) > 1 and all(len(p.encode()) < 8000 for p in payloads)
+    assert [k for p in payloads for k in p.split("\n")] == keys
+    assert domain.notify_payloads([]) == []
+
+
+def queued(chat, queue="default"):
+    now = utcnow()
+    return ChatQueued(
+        event_id=uuid.uuid4(),
+        chat_id=chat,
+        occurred_at=now,
+        producer="t",
+        payload=ChatQueuedPayload(reason="new", waiting_since=now, queued_at=now, queue_id=queue),
+    )
+
+
+def routed(chat, queue):
+    now = utcnow()
+    return ChatRouted(
+        event_id=uuid.uuid4(),
+        chat_id=chat,
+        occurred_at=now,
+        producer="t",
+        payload=ChatRoutedPayload(queue_id=queue, priority=0, skills=[], by="admin", routed_at=now),
+    )
+
+
+def completed(chat):
+    return ChatCompleted(
+        event_id=uuid.uuid4(),
+        chat_id=chat,
+        occurred_at=utcnow(),
+        producer="t",
+        payload=ChatCompletedPayload(completed_by="boss", completed_at=utcnow()),
+    )
+
+
+def test_queued_chats_count_in_their_queue_until_assigned_or_completed_and_routing_moves_a_waiting_chat():
+    moves = domain.queue_moves(
+        [queued("a"), queued("b", "sales"), queued("c"), routed("c", "sales"), assigned("a", "op-1", uuid.uuid4())],
+        {},
+    )
+    assert moves.chats == {"b": "sales", "c": "sales"}
+    assert moves.deltas == {"sales": 2}
+    moves = domain.queue_moves([completed("b"), routed("x", "sales"), queued("c")], {"b": "sales", "c": "sales"})
+    assert moves.chats == {"b": None, "c": "default"}
+    assert moves.deltas == {"default": 1, "sales": -2}
+    assert domain.queue_chats_of([queued("b"), message("z", "hi"), routed("a", "q")]) == ["a", "b"]
+
+
+def test_a_repeated_or_unmatched_fact_never_counts_twice_or_below_zero():
+    assert domain.queue_moves([queued("a"), queued("a")], {"a": "default"}).deltas == {}
+    # Queued before delivery followed queues: leaving it changes nothing.
+    left = domain.queue_moves([assigned("old", "op-1", uuid.uuid4()), completed("older")], {})
+    assert (left.chats, left.deltas) == ({}, {})
+    # A chat routed while nobody waits for it stays out of every queue.
+    assert domain.queue_moves([routed("a", "sales")], {}).deltas == {}
+
+
+def test_every_operator_is_in_the_default_queue_until_profiles_exist():
+    assert domain.operator_queues("op-1") == ("default",)
+
+
+def test_a_stream_gets_each_queues_depth_once_at_first_then_changes_at_most_once_a_second():
+    send, due = domain.depth_updates(["default", "sales"], {"sales": 3}, {}, {}, now=100.0)
+    assert (send, due) == ({"default": 0, "sales": 3}, None)
+    sent, sent_at = dict(send), {"default": 100.0, "sales": 100.0}
+    # Unchanged: nothing, nothing held back.
+    assert domain.depth_updates(["default", "sales"], {"sales": 3}, sent, sent_at, now=100.2) == ({}, None)
+    # Changed within the second: held back until it is due.
+    assert domain.depth_updates(["default", "sales"], {"sales": 4}, sent, sent_at, now=100.2) == ({}, 101.0)
+    assert domain.depth_updates(["default", "sales"], {"sales": 4}, sent, sent_at, now=101.0) == ({"sales": 4}, None)
+    # Changed and changed back before it was due: nothing to say.
+    assert domain.depth_updates(["default", "sales"], {"sales": 3}, sent, sent_at, now=101.5) == ({}, None)
+
+
+def test_only_the_facts_some_webhook_endpoint_wants_are_queued_for_webhooks():
+    facts = [message("c", "hi"), queued("c"), completed("c")]
+    assert domain.webhook_facts(facts, frozenset()) == []
+    assert domain.webhook_facts(facts, frozenset({"*", "chat_queued"})) == facts
+    assert domain.webhook_facts(facts, frozenset({"chat_completed", "chat_queued"})) == facts[1:]
 
 
 def test_retry_delays_grow_exponentially_with_jitter_up_to_the_cap():

@@ -14,19 +14,33 @@ from shared.events import (
     ChatAssignedPayload,
     ChatQueued,
     ChatQueuedPayload,
+    MessageRecorded,
+    MessageRecordedPayload,
     encode,
 )
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
-def assigned(assignment_id: uuid.UUID, chat_id: str = "c1", operator_id: str = "op1", at: datetime = T0):
+def assigned(
+    assignment_id: uuid.UUID,
+    chat_id: str = "c1",
+    operator_id: str = "op1",
+    at: datetime = T0,
+    idle_timeout_s: int | None = None,
+):
     return ChatAssigned(
         event_id=uuid.uuid4(),
         chat_id=chat_id,
         occurred_at=at,
         producer="assigner",
-        payload=ChatAssignedPayload(assignment_id=assignment_id, operator_id=operator_id, assigned_at=at, via="pull"),
+        payload=ChatAssignedPayload(
+            assignment_id=assignment_id,
+            operator_id=operator_id,
+            assigned_at=at,
+            via="pull",
+            idle_timeout_s=idle_timeout_s,
+        ),
     )
 
 
@@ -61,6 +75,51 @@ def test_a_started_assignment_arms_a_deadline_one_timeout_after_it_started():
     changes = domain.plan_timer_changes([assigned(a, chat_id="c9", operator_id="op7")], 300)
     assert changes.disarm == ()
     assert changes.arm == (domain.Deadline(a, "c9", "op7", T0, T0 + timedelta(seconds=300)),)
+
+
+def test_an_assignment_whose_queue_overrides_the_idle_timeout_gets_a_deadline_from_the_override():
+    short, long_, plain = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    changes = domain.plan_timer_changes(
+        [
+            assigned(short, chat_id="c1", idle_timeout_s=30),
+            assigned(long_, chat_id="c2", idle_timeout_s=1800),
+            assigned(plain, chat_id="c3"),
+        ],
+        300,
+    )
+    assert {d.assignment_id: d.deadline - T0 for d in changes.arm} == {
+        short: timedelta(seconds=30),
+        long_: timedelta(seconds=1800),
+        plain: timedelta(seconds=300),
+    }
+
+
+def test_messages_of_an_overridden_assignment_never_move_its_deadline_back_to_the_global_timeout():
+    a = uuid.uuid4()
+
+    def message(sender: str, seconds: int) -> MessageRecorded:
+        at = T0 + timedelta(seconds=seconds)
+        return MessageRecorded(
+            event_id=uuid.uuid4(),
+            chat_id="c1",
+            occurred_at=at,
+            producer="assigner",
+            payload=MessageRecordedPayload(
+                message_id=f"m{seconds}",
+                sender=sender,
+                operator_id="op2" if sender == "operator" else None,
+                text="hi",
+                recorded_at=at,
+            ),
+        )
+
+    # The user writes on, another operator chips in: the held assignment keeps its queue's 45 s.
+    batch = [assigned(a, idle_timeout_s=45), message("user", 5), message("operator", 10), message("user", 20)]
+    changes = domain.plan_timer_changes(batch, 300)
+    assert [(d.assignment_id, d.deadline) for d in changes.arm] == [(a, T0 + timedelta(seconds=45))]
+    assert changes.disarm == ()
+    later = domain.plan_timer_changes([message("user", 40), message("user", 44)], 300)
+    assert later.empty  # a later batch of its messages neither re-arms nor disarms it
 
 
 def test_an_ended_assignment_is_disarmed_whatever_its_outcome():

@@ -7,6 +7,7 @@
 -- `assignment_stale` flags such rows; the store re-reads them (read_chats) now that it holds the lock.
 SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.assignment_id, c.waiting_since,
        c.queued_at, c.operator_replied_at, c.last_user_message_at, c.message_count, c.created_at,
+       c.queue_id, c.priority, c.skills, c.rank, c.opened_at, c.first_assigned_at,
        a.started_at AS assignment_started_at,
        coalesce(a.first_response_at IS NOT NULL, false) AS assignment_responded,
        (c.assignment_id IS NOT NULL AND a.assignment_id IS DISTINCT FROM c.assignment_id) AS assignment_stale
@@ -21,6 +22,7 @@ FOR UPDATE OF c;
 -- statement's fresh snapshot sees what the writer it waited for committed.
 SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.assignment_id, c.waiting_since,
        c.queued_at, c.operator_replied_at, c.last_user_message_at, c.message_count, c.created_at,
+       c.queue_id, c.priority, c.skills, c.rank, c.opened_at, c.first_assigned_at,
        a.started_at AS assignment_started_at,
        coalesce(a.first_response_at IS NOT NULL, false) AS assignment_responded
 FROM assigner.chats c
@@ -35,6 +37,7 @@ WHERE c.chat_id = ANY($1::text[]);
 -- `assignment_stale` are re-read as in lock_chats.
 SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.assignment_id, c.waiting_since,
        c.queued_at, c.operator_replied_at, c.last_user_message_at, c.message_count, c.created_at,
+       c.queue_id, c.priority, c.skills, c.rank, c.opened_at, c.first_assigned_at,
        a.started_at AS assignment_started_at,
        coalesce(a.first_response_at IS NOT NULL, false) AS assignment_responded,
        (c.assignment_id IS NOT NULL AND a.assignment_id IS DISTINCT FROM c.assignment_id) AS assignment_stale,
@@ -52,12 +55,24 @@ FOR UPDATE OF c;
 -- ends) run before it, as their own statements: an assignment ended and one started on the same
 -- chat must not meet in one statement (the one-active-per-chat index checks each row as it goes).
 WITH chats_written AS (
+    -- rank = waiting_since - priority x the queue's priority_step_s (docs/contract.md "Routing").
     INSERT INTO assigner.chats AS c (chat_id, state, assigned_operator_id, last_operator_id, assignment_id,
                                      waiting_since, queued_at, operator_replied_at, last_user_message_at,
-                                     message_count, created_at, updated_at)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::timestamptz[],
-                         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int[],
-                         $11::timestamptz[], $12::timestamptz[])
+                                     message_count, created_at, updated_at, queue_id, priority, skills,
+                                     opened_at, first_assigned_at, rank)
+    SELECT r.chat_id, r.state, r.assigned_operator_id, r.last_operator_id, r.assignment_id, r.waiting_since,
+           r.queued_at, r.operator_replied_at, r.last_user_message_at, r.message_count, r.created_at,
+           r.updated_at, r.queue_id, r.priority, string_to_array(r.skills, ','), r.opened_at,
+           r.first_assigned_at,
+           r.waiting_since - make_interval(secs => r.priority * coalesce(q.priority_step_s, 60))
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::timestamptz[],
+                $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::int[],
+                $11::timestamptz[], $12::timestamptz[], $33::text[], $34::smallint[],
+                $35::text[], $36::timestamptz[], $37::timestamptz[])
+         AS r(chat_id, state, assigned_operator_id, last_operator_id, assignment_id, waiting_since, queued_at,
+              operator_replied_at, last_user_message_at, message_count, created_at, updated_at, queue_id,
+              priority, skills, opened_at, first_assigned_at)
+    LEFT JOIN assigner.queues q ON q.queue_id = r.queue_id
     ON CONFLICT (chat_id) DO UPDATE SET
         state = EXCLUDED.state,
         assigned_operator_id = EXCLUDED.assigned_operator_id,
@@ -68,11 +83,17 @@ WITH chats_written AS (
         operator_replied_at = EXCLUDED.operator_replied_at,
         last_user_message_at = EXCLUDED.last_user_message_at,
         message_count = EXCLUDED.message_count,
-        updated_at = EXCLUDED.updated_at
+        updated_at = EXCLUDED.updated_at,
+        queue_id = EXCLUDED.queue_id,
+        priority = EXCLUDED.priority,
+        skills = EXCLUDED.skills,
+        opened_at = EXCLUDED.opened_at,
+        first_assigned_at = EXCLUDED.first_assigned_at,
+        rank = EXCLUDED.rank
     RETURNING 1
 ), assignments_started AS (
-    INSERT INTO assigner.assignments (assignment_id, chat_id, operator_id, via, started_at)
-    SELECT * FROM unnest($13::uuid[], $14::text[], $15::text[], $16::text[], $17::timestamptz[])
+    INSERT INTO assigner.assignments (assignment_id, chat_id, operator_id, via, started_at, queue_id)
+    SELECT * FROM unnest($13::uuid[], $14::text[], $15::text[], $16::text[], $17::timestamptz[], $38::text[])
     RETURNING 1
 ), messages_stored AS (
     INSERT INTO assigner.messages (chat_id, message_id, seq, sender, operator_id, text, sent_at, recorded_at,
@@ -121,7 +142,8 @@ ORDER BY started_at, assignment_id;
 -- The oldest waiting chat this operator may take (not theirs last, unless cooled down), skipping locked
 -- rows and the chats in $3 (already given to other pullers by this transaction).
 SELECT chat_id, state, assigned_operator_id, last_operator_id, assignment_id, waiting_since, queued_at,
-       operator_replied_at, last_user_message_at, message_count, created_at
+       operator_replied_at, last_user_message_at, message_count, created_at,
+       queue_id, priority, skills, rank, opened_at, first_assigned_at
 FROM assigner.chats
 WHERE state = 'waiting_assignment'
   AND (last_operator_id IS DISTINCT FROM $1::text OR queued_at <= $2::timestamptz)
@@ -133,7 +155,8 @@ FOR UPDATE SKIP LOCKED;
 -- name: claim_waiting_chats
 -- The $1 oldest waiting chats nobody else holds, locked: candidates for a batch of pulls.
 SELECT chat_id, state, assigned_operator_id, last_operator_id, assignment_id, waiting_since, queued_at,
-       operator_replied_at, last_user_message_at, message_count, created_at
+       operator_replied_at, last_user_message_at, message_count, created_at,
+       queue_id, priority, skills, rank, opened_at, first_assigned_at
 FROM assigner.chats
 WHERE state = 'waiting_assignment'
 ORDER BY waiting_since, chat_id
@@ -161,6 +184,8 @@ WHERE assignment_id = ANY($1::uuid[]);
 -- Several chats as the API shows them, each with its most recent messages (up to $2, oldest first)
 -- as a JSON array: one round trip for every chat a batch of pulls hands out.
 SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.waiting_since, c.message_count,
+       c.queue_id, c.priority, c.skills,
+       (SELECT q.idle_timeout_s FROM assigner.queues q WHERE q.queue_id = c.queue_id) AS queue_idle_timeout_s,
        coalesce((
            SELECT json_agg(json_build_object(
                       'message_id', m.message_id, 'sender', m.sender, 'operator_id', m.operator_id,
@@ -259,3 +284,177 @@ WHERE ((c.state = 'waiting_assignment' AND c.waiting_since < $1)
        OR (coalesce(a.started_at, c.waiting_since), c.chat_id) > ($3::timestamptz, $4::text))
 ORDER BY coalesce(a.started_at, c.waiting_since), c.chat_id
 LIMIT $2;
+
+-- ---- routing (docs/contract.md "Routing") ----
+
+-- name: routing_context
+-- The pullers' profiles (absent: no profile), the queues they (and profile-less operators) reach, and
+-- whether any waiting chat is routed at all (if none, the pull keeps the global FIFO claim).
+SELECT
+    (SELECT coalesce(json_agg(o), '[]') FROM (
+        SELECT operator_id, display_name, queues, skills, capacity, status
+        FROM assigner.operators WHERE operator_id = ANY($1::text[])) o)::text AS operators,
+    (SELECT coalesce(json_agg(q), '[]') FROM (
+        SELECT queue_id, name, priority_step_s, sla_first_assignment_s, skills_relax_after_s, idle_timeout_s,
+               repeat_cooldown_s
+        FROM assigner.queues
+        WHERE queue_id = 'default'
+           OR queue_id IN (SELECT unnest(queues) FROM assigner.operators WHERE operator_id = ANY($1::text[]))) q
+    )::text AS queues,
+    EXISTS (SELECT 1 FROM assigner.chats
+            WHERE state = 'waiting_assignment' AND (queue_id <> 'default' OR priority <> 0 OR skills <> '{}'))
+        AS routed_waiting;
+
+-- name: waiting_lanes
+-- The distinct (queue, skill set) pairs of waiting chats in the queues $1, each with its lowest rank: a
+-- skip scan of chats_lane_idx, two index probes per lane, however many chats wait.
+WITH RECURSIVE lanes AS (
+    (SELECT queue_id, skills FROM assigner.chats
+     WHERE state = 'waiting_assignment' AND queue_id = ANY($1::text[])
+     ORDER BY queue_id, skills LIMIT 1)
+    UNION ALL
+    SELECT n.queue_id, n.skills FROM lanes l
+    CROSS JOIN LATERAL (
+        SELECT c.queue_id, c.skills FROM assigner.chats c
+        WHERE c.state = 'waiting_assignment' AND c.queue_id = ANY($1::text[])
+          AND (c.queue_id, c.skills) > (l.queue_id, l.skills)
+        ORDER BY c.queue_id, c.skills LIMIT 1) n
+)
+SELECT l.queue_id, l.skills, h.rank AS head FROM lanes l
+CROSS JOIN LATERAL (
+    SELECT c.rank FROM assigner.chats c
+    WHERE c.state = 'waiting_assignment' AND c.queue_id = l.queue_id AND c.skills = l.skills
+    ORDER BY c.rank, c.chat_id LIMIT 1) h;
+
+-- name: claim_lanes
+-- Per lane ($1 queue, $2 skills joined by ',', $3 how many, $4 only chats waiting since then or null),
+-- its lowest-ranked waiting chats nobody else holds, locked: one index probe per lane. With $5 (an
+-- operator), only chats it may take by invariant 3 ($6: per lane, queued at or before then if it had
+-- them last), past the chats in $7 (already given by this transaction).
+SELECT c.* FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[], $6::timestamptz[])
+    AS l(queue_id, skills, k, relaxed_before, cooled_before)
+CROSS JOIN LATERAL (
+    SELECT chat_id, state, assigned_operator_id, last_operator_id, assignment_id, waiting_since, queued_at,
+           operator_replied_at, last_user_message_at, message_count, created_at,
+           queue_id, priority, skills, rank, opened_at, first_assigned_at
+    FROM assigner.chats ch
+    WHERE ch.state = 'waiting_assignment' AND ch.queue_id = l.queue_id
+      AND ch.skills = string_to_array(l.skills, ',')
+      AND (l.relaxed_before IS NULL OR ch.waiting_since <= l.relaxed_before)
+      AND ($5::text IS NULL OR ch.last_operator_id IS DISTINCT FROM $5::text OR ch.queued_at <= l.cooled_before)
+      AND ch.chat_id <> ALL($7::text[])
+    ORDER BY ch.rank, ch.chat_id
+    LIMIT l.k
+    FOR UPDATE SKIP LOCKED
+) c;
+
+-- name: queue_exists
+-- Which of the queues $1 exist, key-share locked until commit (a concurrent delete waits).
+SELECT queue_id FROM assigner.queues WHERE queue_id = ANY($1::text[]) FOR KEY SHARE;
+
+-- name: queue_by_id
+-- One queue.
+SELECT queue_id, name, priority_step_s, sla_first_assignment_s, skills_relax_after_s, idle_timeout_s,
+       repeat_cooldown_s, created_at, updated_at
+FROM assigner.queues WHERE queue_id = $1;
+
+-- name: queues_page
+-- Queues by id after $2 (keyset), at most $1, each with its waiting chats and the oldest one's
+-- waiting_since (the admin page's depth and oldest wait): only the page's queues are counted, each
+-- through its entries in the waiting-chat lane index.
+SELECT q.queue_id, q.name, q.priority_step_s, q.sla_first_assignment_s, q.skills_relax_after_s, q.idle_timeout_s,
+       q.repeat_cooldown_s, q.created_at, q.updated_at, w.waiting, w.oldest_waiting_since
+FROM (SELECT * FROM assigner.queues WHERE $2::text IS NULL OR queue_id > $2 ORDER BY queue_id LIMIT $1) q
+CROSS JOIN LATERAL (
+    SELECT count(*) AS waiting, min(c.waiting_since) AS oldest_waiting_since
+    FROM assigner.chats c
+    WHERE c.state = 'waiting_assignment' AND c.queue_id = q.queue_id
+) w
+ORDER BY q.queue_id;
+
+-- name: lock_queue_table
+-- Serialise queue creations (the 500-queue limit is counted under it) and deletions.
+SELECT pg_advisory_xact_lock(hashtext('assigner.queues'));
+
+-- name: count_queues
+-- How many queues exist.
+SELECT count(*) FROM assigner.queues;
+
+-- name: upsert_queue
+-- Create or replace a queue's settings; returns whether it existed before.
+INSERT INTO assigner.queues AS q (queue_id, name, priority_step_s, sla_first_assignment_s, skills_relax_after_s,
+                                  idle_timeout_s, repeat_cooldown_s)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (queue_id) DO UPDATE SET
+    name = EXCLUDED.name, priority_step_s = EXCLUDED.priority_step_s,
+    sla_first_assignment_s = EXCLUDED.sla_first_assignment_s, skills_relax_after_s = EXCLUDED.skills_relax_after_s,
+    idle_timeout_s = EXCLUDED.idle_timeout_s, repeat_cooldown_s = EXCLUDED.repeat_cooldown_s, updated_at = now()
+RETURNING (xmax <> 0) AS existed;
+
+-- name: rerank_queue
+-- The ranks of a queue's waiting chats after its priority_step_s changed.
+UPDATE assigner.chats c
+SET rank = c.waiting_since - make_interval(secs => c.priority * $2::int)
+WHERE c.state = 'waiting_assignment' AND c.queue_id = $1;
+
+-- name: delete_queue
+-- Remove a queue (the trigger keeps `default`); returns whether it existed.
+DELETE FROM assigner.queues WHERE queue_id = $1 RETURNING queue_id;
+
+-- name: chats_in_queue
+-- The open (not completed) chats of a queue, locked in chat_id order: a deleted queue's chats move.
+SELECT chat_id FROM assigner.chats WHERE queue_id = $1 AND state <> 'completed' ORDER BY chat_id FOR UPDATE;
+
+-- name: move_completed_chats
+-- A deleted queue's completed chats read as `default` (they reopen there).
+UPDATE assigner.chats SET queue_id = 'default' WHERE queue_id = $1 AND state = 'completed';
+
+-- name: drop_queue_from_operators
+-- Operators are no longer members of a deleted queue.
+UPDATE assigner.operators SET queues = array_remove(queues, $1), updated_at = now() WHERE $1 = ANY(queues);
+
+-- name: operator_by_id
+-- One operator profile.
+SELECT operator_id, display_name, queues, skills, capacity, status, created_at, updated_at
+FROM assigner.operators WHERE operator_id = $1;
+
+-- name: operators_page
+-- Operator profiles by id after $2 (keyset), at most $1.
+SELECT operator_id, display_name, queues, skills, capacity, status, created_at, updated_at
+FROM assigner.operators WHERE $2::text IS NULL OR operator_id > $2 ORDER BY operator_id LIMIT $1;
+
+-- name: upsert_operator
+-- Create or replace an operator's profile (its status is kept; a new one is available).
+INSERT INTO assigner.operators AS o (operator_id, display_name, queues, skills, capacity)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (operator_id) DO UPDATE SET
+    display_name = EXCLUDED.display_name, queues = EXCLUDED.queues, skills = EXCLUDED.skills,
+    capacity = EXCLUDED.capacity, updated_at = now()
+RETURNING operator_id, display_name, queues, skills, capacity, status, created_at, updated_at;
+
+-- name: set_operator_status
+-- Set an operator's status, creating a default profile if it had none; returns the status before.
+WITH before AS (SELECT status FROM assigner.operators WHERE operator_id = $1)
+INSERT INTO assigner.operators AS o (operator_id, status) VALUES ($1, $2)
+ON CONFLICT (operator_id) DO UPDATE SET status = EXCLUDED.status, updated_at = now()
+RETURNING coalesce((SELECT status FROM before), 'available') AS previous;
+
+-- name: delete_operator
+-- Remove an operator's profile; returns its status, if it had one.
+DELETE FROM assigner.operators WHERE operator_id = $1 RETURNING status;
+
+-- name: queue_gauges
+-- Waiting chats and the oldest waiting_since per queue (every queue, zero included).
+SELECT q.queue_id, count(c.chat_id) AS waiting, min(c.waiting_since) AS oldest
+FROM assigner.queues q
+LEFT JOIN assigner.chats c ON c.queue_id = q.queue_id AND c.state = 'waiting_assignment'
+GROUP BY q.queue_id;
+
+-- name: operators_by_status
+-- Operators per status: profiles, plus operators holding chats without a profile (available).
+SELECT status, count(*) AS n FROM (
+    SELECT status FROM assigner.operators
+    UNION ALL
+    SELECT 'available' FROM (SELECT DISTINCT operator_id FROM assigner.assignments WHERE ended_at IS NULL) a
+    WHERE NOT EXISTS (SELECT 1 FROM assigner.operators o WHERE o.operator_id = a.operator_id)
+) s GROUP BY status;

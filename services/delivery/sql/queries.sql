@@ -1,20 +1,25 @@
 -- Named queries of delivery (see shared/db.py: `-- name:` then a description line).
 
--- name: reserve_sequences
--- Take `n` more sequence numbers for each stream (streams sorted: a stable lock order); returns each one's last after the take.
-INSERT INTO delivery.stream_sequences AS s (stream, last_seq)
-SELECT * FROM unnest($1::text[], $2::bigint[])
-ON CONFLICT (stream) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq
-RETURNING stream, last_seq;
-
--- name: insert_stream_events
--- Append stream events (their sequences already reserved).
-INSERT INTO delivery.stream_events (stream, seq, event_id, type, occurred_at, data)
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::timestamptz[], $6::jsonb[]);
-
--- name: notify_streams
--- Wake every instance's readers of these streams; Postgres delivers a NOTIFY only when the transaction commits.
-SELECT count(pg_notify('delivery_stream', stream)) FROM unnest($1::text[]) AS t (stream);
+-- name: append_stream_events
+-- Reserve each stream's block of sequences ($1 streams, sorted: a stable lock order; $2 counts), store the events
+-- ($3.. in any order; $4 the event's place in its stream's block), and wake their readers with the NOTIFY payloads
+-- $9 (Postgres delivers a NOTIFY only when the transaction commits). Returns how many events were stored.
+WITH reserved AS (
+    INSERT INTO delivery.stream_sequences AS s (stream, last_seq)
+    SELECT * FROM unnest($1::text[], $2::bigint[])
+    ON CONFLICT (stream) DO UPDATE SET last_seq = s.last_seq + excluded.last_seq
+    RETURNING stream, last_seq
+), stored AS (
+    INSERT INTO delivery.stream_events (stream, seq, event_id, type, occurred_at, data)
+    SELECT e.stream, r.last_seq - c.n + e.k, e.event_id, e.type, e.occurred_at, e.data
+    FROM unnest($3::text[], $4::bigint[], $5::uuid[], $6::text[], $7::timestamptz[], $8::jsonb[])
+        AS e (stream, k, event_id, type, occurred_at, data)
+    JOIN reserved r ON r.stream = e.stream
+    JOIN unnest($1::text[], $2::bigint[]) AS c (stream, n) ON c.stream = e.stream
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM stored) AS stored,
+       (SELECT count(pg_notify('delivery_stream', p)) FROM unnest($9::text[]) AS p) AS notified;
 
 -- name: events_after
 -- A stream's events after a sequence, oldest first, at most $3.
@@ -28,19 +33,52 @@ LIMIT $3;
 -- The last sequence a stream has given out (no row: none yet).
 SELECT last_seq FROM delivery.stream_sequences WHERE stream = $1;
 
--- name: held_chats
--- Who holds these chats now.
-SELECT chat_id, operator_id, assignment_id FROM delivery.held_chats WHERE chat_id = ANY($1::text[]);
+-- name: batch_state
+-- What a poll needs to know, in one read: who holds the chats $1 (`held`: value = operator, ref = assignment), which
+-- queue the chats $2 wait in (`waiting`: value = queue), and the event types webhook endpoints want (`webhook`: value =
+-- a type, `*` = every type; no such row: no endpoint, so the poll queues no webhook work).
+SELECT 'held' AS kind, chat_id, operator_id AS value, assignment_id AS ref
+FROM delivery.held_chats WHERE chat_id = ANY($1::text[])
+UNION ALL
+SELECT 'waiting', chat_id, queue_id, NULL FROM delivery.waiting_chats WHERE chat_id = ANY($2::text[])
+UNION ALL
+SELECT DISTINCT 'webhook', NULL::text, t.type, NULL::uuid
+FROM delivery.webhook_endpoints e,
+     unnest(CASE WHEN cardinality(e.event_types) = 0 THEN ARRAY['*'] ELSE e.event_types END) AS t (type);
 
--- name: hold_chats
--- Record the current holder of chats (one row per chat).
-INSERT INTO delivery.held_chats AS h (chat_id, operator_id, assignment_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[])
-ON CONFLICT (chat_id) DO UPDATE SET operator_id = excluded.operator_id, assignment_id = excluded.assignment_id;
+-- name: save_chat_state
+-- A poll's changes to the chats' holders ($1-$3 held now, $4 held by nobody) and waiting queues ($5-$6 waiting now,
+-- $7 no longer waiting), and the queues' depth deltas ($8 queues, sorted: a stable lock order; $9 deltas). The new
+-- depths wake every instance's operator streams: one NOTIFY `delivery_queue_depth` with [[queue, waiting, version], ...]
+-- per 50 queues (delivered at commit). Keys never repeat within an array, so no row is touched twice.
+WITH held AS (
+    INSERT INTO delivery.held_chats AS h (chat_id, operator_id, assignment_id)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[])
+    ON CONFLICT (chat_id) DO UPDATE SET operator_id = excluded.operator_id, assignment_id = excluded.assignment_id
+), freed AS (
+    DELETE FROM delivery.held_chats WHERE chat_id = ANY($4::text[])
+), waiting AS (
+    INSERT INTO delivery.waiting_chats AS w (chat_id, queue_id)
+    SELECT * FROM unnest($5::text[], $6::text[])
+    ON CONFLICT (chat_id) DO UPDATE SET queue_id = excluded.queue_id
+), gone AS (
+    DELETE FROM delivery.waiting_chats WHERE chat_id = ANY($7::text[])
+), depths AS (
+    INSERT INTO delivery.queue_depths AS d (queue_id, waiting, version)
+    SELECT q, n, 1 FROM unnest($8::text[], $9::integer[]) AS t (q, n)
+    ON CONFLICT (queue_id) DO UPDATE SET waiting = d.waiting + excluded.waiting, version = d.version + 1
+    RETURNING queue_id, waiting, version
+)
+SELECT count(pg_notify('delivery_queue_depth', payload)) AS notified
+FROM (
+    SELECT json_agg(json_build_array(queue_id, waiting, version) ORDER BY queue_id)::text AS payload
+    FROM (SELECT *, (row_number() OVER (ORDER BY queue_id) - 1) / 50 AS chunk FROM depths) AS c
+    GROUP BY chunk
+) AS p;
 
--- name: release_chats
--- Forget the holders of chats nobody holds any more.
-DELETE FROM delivery.held_chats WHERE chat_id = ANY($1::text[]);
+-- name: queue_depths
+-- Every queue's waiting count and version (the listener loads them when it (re)connects).
+SELECT queue_id, waiting, version FROM delivery.queue_depths;
 
 -- name: prune_stream_events
 -- Delete up to $2 stream events recorded before $1; returns (removed, claimed) for shared.retention.

@@ -133,3 +133,59 @@ FROM operator_totals
 WHERE $1::text IS NULL OR operator_id > $1::text
 ORDER BY operator_id
 LIMIT $2;
+
+-- ---- per queue and UTC day (docs/stats.md, "Per queue") ----
+
+-- name: add_queue_days
+-- Add a batch's increments to the per-queue, per-day counters (one row per key, keys sorted).
+INSERT INTO queue_daily AS q (queue_id, day, queued, assigned, answered, completed, first_wait_count,
+                              first_wait_ms_sum, sla_met, first_wait_le_5s, first_wait_le_15s,
+                              first_wait_le_30s, first_wait_le_60s, first_wait_le_120s, first_wait_le_300s,
+                              first_wait_le_600s, first_wait_over_600s)
+SELECT * FROM unnest($1::text[], $2::date[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+                     $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[],
+                     $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[])
+ON CONFLICT (queue_id, day) DO UPDATE SET
+    queued               = q.queued + excluded.queued,
+    assigned             = q.assigned + excluded.assigned,
+    answered             = q.answered + excluded.answered,
+    completed            = q.completed + excluded.completed,
+    first_wait_count     = q.first_wait_count + excluded.first_wait_count,
+    first_wait_ms_sum    = q.first_wait_ms_sum + excluded.first_wait_ms_sum,
+    sla_met              = q.sla_met + excluded.sla_met,
+    first_wait_le_5s     = q.first_wait_le_5s + excluded.first_wait_le_5s,
+    first_wait_le_15s    = q.first_wait_le_15s + excluded.first_wait_le_15s,
+    first_wait_le_30s    = q.first_wait_le_30s + excluded.first_wait_le_30s,
+    first_wait_le_60s    = q.first_wait_le_60s + excluded.first_wait_le_60s,
+    first_wait_le_120s   = q.first_wait_le_120s + excluded.first_wait_le_120s,
+    first_wait_le_300s   = q.first_wait_le_300s + excluded.first_wait_le_300s,
+    first_wait_le_600s   = q.first_wait_le_600s + excluded.first_wait_le_600s,
+    first_wait_over_600s = q.first_wait_over_600s + excluded.first_wait_over_600s;
+
+-- name: queue_day
+-- One queue's figures on one UTC day (no row: all zeros).
+SELECT queue_id, day, queued, assigned, answered, completed, first_wait_count, first_wait_ms_sum, sla_met,
+       first_wait_le_5s, first_wait_le_15s, first_wait_le_30s, first_wait_le_60s, first_wait_le_120s,
+       first_wait_le_300s, first_wait_le_600s, first_wait_over_600s
+FROM queue_daily WHERE queue_id = $1 AND day = $2;
+
+-- name: queues_page_on_day
+-- One page of the queues with figures on UTC day $1 (ids after $2, or from the first when NULL; at most $3).
+SELECT queue_id, day, queued, assigned, answered, completed, first_wait_count, first_wait_ms_sum, sla_met,
+       first_wait_le_5s, first_wait_le_15s, first_wait_le_30s, first_wait_le_60s, first_wait_le_120s,
+       first_wait_le_300s, first_wait_le_600s, first_wait_over_600s
+FROM queue_daily
+WHERE day = $1 AND ($2::text IS NULL OR queue_id > $2::text)
+ORDER BY queue_id
+LIMIT $3;
+
+-- name: queue_sla_on_day
+-- Every queue's first assignments and SLA-met count on UTC day $1 (the per-queue gauges).
+SELECT queue_id, first_wait_count, sla_met FROM queue_daily WHERE day = $1 ORDER BY queue_id;
+
+-- name: all_queue_days
+-- Every per-queue, per-day row (for reconcile and rebuild comparisons).
+SELECT queue_id, day, queued, assigned, answered, completed, first_wait_count, first_wait_ms_sum, sla_met,
+       first_wait_le_5s, first_wait_le_15s, first_wait_le_30s, first_wait_le_60s, first_wait_le_120s,
+       first_wait_le_300s, first_wait_le_600s, first_wait_over_600s
+FROM queue_daily;

@@ -39,9 +39,32 @@ WHERE event_id = ANY($1::uuid[]);
 
 -- name: insert_waiting_chats
 -- Waiting chats scale-<n> for n in [$1, $2], waiting_since spread over the last day.
-INSERT INTO assigner.chats (chat_id, state, waiting_since, queued_at, message_count, created_at, updated_at)
-SELECT 'scale-' || lpad(g::text, 8, '0'), 'waiting_assignment', ts, ts, 0, now(), now()
+INSERT INTO assigner.chats (chat_id, state, waiting_since, queued_at, rank, message_count, created_at, updated_at)
+SELECT 'scale-' || lpad(g::text, 8, '0'), 'waiting_assignment', ts, ts, ts, 0, now(), now()
 FROM (SELECT g, now() - random() * interval '1 day' AS ts FROM generate_series($1::int, $2::int) g) s;
+
+-- name: insert_routed_waiting_chats
+-- The routed scale check's waiting chats scale-<n> for n in [$1, $2]: queue $3[n % 20], skill set
+-- $4[(n / 20) % 8] (comma-joined), priority n % 10, rank = waiting_since - priority * $5 seconds.
+INSERT INTO assigner.chats (chat_id, state, waiting_since, queued_at, rank, queue_id, priority, skills,
+                            message_count, created_at, updated_at)
+SELECT 'scale-' || lpad(g::text, 8, '0'), 'waiting_assignment', ts, ts, ts - make_interval(secs => (g % 10) * $5),
+       ($3::text[])[1 + g % cardinality($3::text[])],
+       g % 10,
+       string_to_array(($4::text[])[1 + (g / cardinality($3::text[])) % cardinality($4::text[])], ','),
+       0, now(), now()
+FROM (SELECT g, now() - random() * interval '1 day' AS ts FROM generate_series($1::int, $2::int) g) s;
+
+-- name: insert_routed_queue
+-- One of the routed scale check's queues ($1 id, $2 name, $3 priority_step_s); skills never relax.
+INSERT INTO assigner.queues (queue_id, name, priority_step_s) VALUES ($1, $2, $3)
+ON CONFLICT (queue_id) DO UPDATE SET name = EXCLUDED.name, priority_step_s = EXCLUDED.priority_step_s;
+
+-- name: insert_routed_operator
+-- One routed scale-check puller's profile ($1 id, $2 queues, $3 skills, $4 capacity), available.
+INSERT INTO assigner.operators (operator_id, display_name, queues, skills, capacity) VALUES ($1, $1, $2, $3, $4)
+ON CONFLICT (operator_id) DO UPDATE SET queues = EXCLUDED.queues, skills = EXCLUDED.skills,
+                                        capacity = EXCLUDED.capacity, status = 'available';
 
 -- name: vacuum_chats
 -- Fresh planner statistics and visibility map after a bulk load.
