@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import asyncpg
 import asyncpg.pool
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    D = TypeVar("D", bound=DataclassInstance)
+else:
+    D = TypeVar("D")
 
 # Postgres (or the way to it) is down, restarting or overloaded: answered 503 with Retry-After by
 # every API (shared.http), the request may be retried and nothing half-done is visible (every write
@@ -127,3 +137,15 @@ async def ping(pool: asyncpg.Pool) -> bool:
             return await conn.fetchval("SELECT 1", timeout=2) == 1
     except Exception:
         return False
+
+
+def from_row(cls: type[D], row: Mapping[str, Any], **convert: Callable[[Any], Any]) -> D:
+    """A dataclass from a row (or its JSON): each field from the column of its name.
+
+    A field the row has no column for keeps its default (a query may leave out a join); a column
+    no field names is ignored (a query may return more than the dataclass holds). `convert` names
+    what a column's value goes through first (`skills=tuple`: an array read as a list).
+    """
+    columns = set(row.keys())
+    values = {f.name: row[f.name] for f in dataclasses.fields(cls) if f.name in columns}
+    return cls(**{name: convert[name](value) if name in convert else value for name, value in values.items()})

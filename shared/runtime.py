@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -43,7 +45,37 @@ class Runtime:
         self._loops: list[asyncio.Task] = []
         self._loop_backoffs: dict[str, Backoff] = {}
         self._kafka_checked = (0.0, False)
+        self._on_stop: list[Callable[[], Awaitable[Any]]] = []
         self.uses_kafka = True
+
+    def lifespan(
+        self, wire: Callable[[Any], Awaitable[None]], *, connect: bool = True, **start_options: bool
+    ) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+        """A service's lifespan (FastAPI's `lifespan=`): start, then `wire(app)`, then the consumers; stop on exit.
+
+        `wire` is what the service adds of its own: its store on `app.state`, its consumers' appliers,
+        its loops (`add_loop`), what to close (`on_stop`). `connect=False` (a test's fakes) starts no
+        Postgres and no Kafka; `wire` still runs, as do the loops it adds. `start_options` go to `start`.
+        """
+
+        @asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[None]:
+            app.state.settings = self.settings
+            if connect:
+                await self.start(**start_options)
+            try:
+                await wire(app)
+                await self.start_consumers()
+                yield
+            finally:
+                await self.stop()
+
+        return lifespan
+
+    def on_stop(self, close: Callable[[], Awaitable[Any]]) -> None:
+        """Run `close` at `stop`: after the consumers and loops stopped, before the producer and the pool
+        close (so what it flushes may still use them); the last registered runs first."""
+        self._on_stop.append(close)
 
     async def start(self, *, with_producer: bool = True, uses_kafka: bool = True) -> None:
         """Connect to Postgres, apply this schema's migrations, create topics, start the producer.
@@ -146,6 +178,12 @@ class Runtime:
                 log.warning("background loop did not stop within 10 s", extra={"loop": task.get_name()})
             except (asyncio.CancelledError, Exception):
                 pass
+        for close in reversed(self._on_stop):
+            try:
+                await close()
+            except Exception:
+                log.exception("closing a part of the service failed")
+        self._on_stop.clear()
         if self.producer:
             try:  # the broker's producer flushes what is queued (and its admin client closes); bounded
                 await asyncio.wait_for(self.broker.stop(), 20)

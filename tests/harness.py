@@ -14,7 +14,7 @@ from urllib.parse import urlparse, urlunparse
 
 import asyncpg
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import migrations
@@ -223,6 +223,43 @@ async def read_topic(settings: Settings, topic: str, *, min_records: int = 1, ti
     finally:
         await consumer.stop()
     return records
+
+
+async def read_all(settings: Settings, topic: str, *, timeout: float = 20.0) -> list:
+    """Every record of a logical topic, from the beginning up to its end offsets now, in partition order.
+
+    For "exactly these" and "none" checks once every writer has stopped or flushed (a service's
+    lifespan ended, a quiescent reconcile): what Kafka acknowledged is all there will be, so it reads
+    that once instead of waiting out a timeout for records that must not come (read_topic).
+    """
+    name = settings.topic(topic)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([name])
+    finally:
+        await admin.close()
+    partitions = [
+        TopicPartition(name, p["partition"]) for p in sorted(described["partitions"], key=lambda p: p["partition"])
+    ]
+    assert partitions, f"{name} has no partitions: {described}"
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: dict[TopicPartition, list] = {tp: [] for tp in partitions}
+        deadline = time.monotonic() + timeout
+        while left := [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, f"{name}: {left} not read to {ends} within {timeout}s"
+            for tp, recs in (await consumer.getmany(*left, timeout_ms=200)).items():
+                records[tp].extend(r for r in recs if r.offset < ends[tp])
+        return [r for tp in partitions for r in records[tp]]
+    finally:
+        await consumer.stop()
 
 
 def record_json(record) -> dict:

@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 
+from deploy.local.tools import APT
+
 ENV = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 # Flags for a sandbox without outside network: no background fetches, no component updates.
 FLAGS = [
@@ -25,6 +27,11 @@ def ensure_chromium() -> str:
     found = os.environ.get("SWITCHBOARD_CHROMIUM") or shutil.which("chromium")
     if found:
         return found
+    with APT:
+        return shutil.which("chromium") or _install_chromium()
+
+
+def _install_chromium() -> str:
     install = ["apt-get", "install", "-y", "-qq", "chromium"]
     if subprocess.run(install, env=ENV, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update", "-qq"], env=ENV, check=True, capture_output=True)

@@ -7,12 +7,15 @@ already answering on the port is left alone.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,8 +63,21 @@ def _pom_digest() -> str:
     return hashlib.sha256((FILES / "pom.xml").read_bytes()).hexdigest()
 
 
+_FETCH = threading.Lock()  # a second caller (the tests fetch in the background) waits for the fetch under way
+
+
 def fetch_jars(lay: KafkaLayout, echo=print) -> None:
     """Resolve the broker's jars from Maven Central into the cache, unless already complete."""
+    with _FETCH:
+        _fetch_jars(lay, echo)
+
+
+def fetch_default_jars() -> None:
+    """The jars every broker of this checkout runs (the tests fetch them ahead of their first broker)."""
+    fetch_jars(layout(), echo=lambda *_: None)
+
+
+def _fetch_jars(lay: KafkaLayout, echo) -> None:
     marker = lay.jars / ".complete"
     if marker.exists() and marker.read_text().strip() == _pom_digest():
         return
@@ -106,6 +122,18 @@ def _java(lay: KafkaLayout, main: str, *args: str, heap: str = "-Xmx512m") -> li
     ]
 
 
+def cluster_id() -> str:
+    """A new KRaft cluster id, as `kafka-storage random-uuid` prints it (without starting a JVM for it).
+
+    Kafka's Uuid.randomUuid: a random (version 4) UUID in URL-safe base64 without padding, never one
+    that starts with "-" (it would read as an option); its version bits keep it off Kafka's reserved ids.
+    """
+    while True:
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not value.startswith("-"):
+            return value
+
+
 def configure(lay: KafkaLayout) -> None:
     """Write server.properties and format the KRaft log dir once."""
     template = (FILES / "server.properties.template").read_text()
@@ -114,16 +142,6 @@ def configure(lay: KafkaLayout) -> None:
     )
     if (lay.data_dir / "meta.properties").exists():
         return
-    cluster_id = (
-        subprocess.run(
-            _java(lay, "kafka.tools.StorageTool", "random-uuid", heap="-Xmx256m"),
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
     subprocess.run(
         _java(
             lay,
@@ -131,7 +149,7 @@ def configure(lay: KafkaLayout) -> None:
             "format",
             "--standalone",
             "-t",
-            cluster_id,
+            cluster_id(),
             "-c",
             str(lay.properties),
             "-g",

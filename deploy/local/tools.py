@@ -6,12 +6,17 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
 
 from deploy.local.paths import REPO, cache_dir
 
 PROMTOOL_PACKAGE = "prometheus"
 COMPOSE_CHECK_SRC = REPO / "deploy" / "compose-check"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+# A second caller (the tests start the work in the background) waits for the build under way; apt-get
+# runs one at a time (dpkg's own lock would fail the second), for promtool and Chromium alike.
+_COMPOSE_CHECK_BUILD = threading.Lock()
+APT = threading.Lock()
 
 
 def _which_promtool() -> str | None:
@@ -35,6 +40,14 @@ def _apt_install(package: str) -> subprocess.CompletedProcess:
 def ensure_promtool() -> str:
     """The path of promtool, installing Debian's `prometheus` package with apt-get when it is missing."""
     found = _which_promtool()
+    if found:
+        return found
+    with APT:
+        return _install_promtool()
+
+
+def _install_promtool() -> str:
+    found = _which_promtool()  # installed meanwhile, by the caller we waited for
     if found:
         return found
     result = _apt_install(PROMTOOL_PACKAGE)
@@ -61,6 +74,11 @@ def _go() -> str:
 
 def ensure_compose_check() -> str:
     """The path of `compose-check` (compose-go's loader, built from deploy/compose-check once per source change)."""
+    with _COMPOSE_CHECK_BUILD:
+        return _build_compose_check()
+
+
+def _build_compose_check() -> str:
     sources = sorted(p for p in COMPOSE_CHECK_SRC.iterdir() if p.suffix in {".go", ".mod", ".sum"})
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()[:16]
     binary = cache_dir() / "tools" / f"compose-check-{digest}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -46,11 +45,7 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
     if worker and store is None:
         inbound = runtime.consume(GROUP_ID, [TOPIC_INBOUND, TOPIC_TIMEOUTS], after_commit=handlers.after_commit)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        app.state.settings = settings
-        if store is None:
-            await runtime.start(uses_kafka=settings.assigner_mode != "api")
+    async def wire(app: FastAPI) -> None:
         live = store if store is not None else Assigner(runtime.pool, settings)
         app.state.assigner = live
         # Over a test's fake store the routing routes are not served (their commands need the pool).
@@ -60,17 +55,12 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
             runtime.add_loop("operator-batches", app.state.batcher.run)
         if inbound is not None and lifecycle is not None:
             app.state.pruner = _start_worker(settings, runtime, live, inbound, lifecycle)
-        await runtime.start_consumers()
-        try:
-            yield
-        finally:
-            await runtime.stop()
 
     app = service_app(
         "assigner",
         settings,
         title="Switchboard assigner",
-        lifespan=lifespan,
+        lifespan=runtime.lifespan(wire, connect=store is None, uses_kafka=settings.assigner_mode != "api"),
         readiness=runtime.readiness,
         broker=runtime.broker,
         routers=(api.router, routing_api.router),

@@ -18,7 +18,7 @@ from services.assigner.allocation import Held
 from services.assigner.domain import AssignmentRecord, Chat, Decision, Fact
 from services.assigner.routing import Lane, LaneClaim, Profile, Queue
 from shared import events
-from shared.db import Queries
+from shared.db import Queries, from_row
 
 QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
 MESSAGES_SHOWN = 500
@@ -38,46 +38,18 @@ FACT_MODELS = {
 
 
 def chat_from_row(row) -> Chat:
-    """A domain Chat from a chats row (optionally joined with its assignment)."""
-    keys = row.keys()
-    return Chat(
-        chat_id=row["chat_id"],
-        state=row["state"],
-        assigned_operator_id=row["assigned_operator_id"],
-        last_operator_id=row["last_operator_id"],
-        assignment_id=row["assignment_id"],
-        waiting_since=row["waiting_since"],
-        queued_at=row["queued_at"],
-        operator_replied_at=row["operator_replied_at"],
-        last_user_message_at=row["last_user_message_at"],
-        message_count=row["message_count"],
-        created_at=row["created_at"],
-        assignment_started_at=row["assignment_started_at"] if "assignment_started_at" in keys else None,
-        assignment_responded=bool(row["assignment_responded"]) if "assignment_responded" in keys else False,
-        queue_id=row["queue_id"],
-        priority=row["priority"],
-        skills=tuple(row["skills"]),
-        rank=row["rank"],
-        opened_at=row["opened_at"],
-        first_assigned_at=row["first_assigned_at"],
-    )
+    """A domain Chat from a chats row (the assignment_* columns only where it is joined with its assignment)."""
+    return from_row(Chat, row, skills=tuple)
 
 
 def profile_of(row) -> Profile:
     """A routing Profile from an operators row (or its JSON)."""
-    return Profile(
-        operator_id=row["operator_id"],
-        display_name=row["display_name"],
-        queues=tuple(row["queues"]),
-        skills=frozenset(row["skills"]),
-        capacity=row["capacity"],
-        status=row["status"],
-    )
+    return from_row(Profile, row, queues=tuple, skills=frozenset)
 
 
 def queue_of(row) -> Queue:
     """A routing Queue from a queues row (or its JSON)."""
-    return Queue(**{k: row[k] for k in Queue.__dataclass_fields__})
+    return from_row(Queue, row)
 
 
 class Changes:

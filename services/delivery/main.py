@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -33,26 +32,20 @@ def create_app(settings: Settings) -> FastAPI:
         checks["listener"] = hub.connected.is_set()
         return checks
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await runtime.start()
+    async def wire(app: FastAPI) -> None:
         st = store.Store(runtime.pool)
         app.state.store = st
-        app.state.settings = settings
         app.state.hub = hub
         consumer.bind(handlers.make_apply(settings))
         runtime.add_loop("delivery-listen", hub.listen)
         app.state.pruner = runtime.add_pruner(st.retention_jobs(settings))
         runtime.add_loop("delivery-webhooks", webhooks.Sender(settings, runtime.pool).run)
-        await runtime.start_consumers()
-        yield
-        await runtime.stop()
 
     app = service_app(
         "delivery",
         settings,
         title="Switchboard delivery",
-        lifespan=lifespan,
+        lifespan=runtime.lifespan(wire),
         readiness=readiness,
         broker=runtime.broker,
         routers=(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -46,14 +45,10 @@ def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
         checks["ticker"] = bool(tickers) and all(t.healthy for t in tickers)
         return checks
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        app.state.settings = settings
+    async def wire(app: FastAPI) -> None:
         if store is not None:
             app.state.store = store
-            yield
             return
-        await runtime.start()
         live = Store(runtime.pool)
         app.state.store = live
         assert consumer is not None
@@ -63,17 +58,12 @@ def bootstrap(settings: Settings, *, store: Store | None = None) -> FastAPI:
         tickers.append(ticker)
         runtime.add_loop("idle-ticker", ticker.run)
         app.state.pruner = runtime.add_pruner(live.retention_jobs(settings))
-        await runtime.start_consumers()
-        try:
-            yield
-        finally:
-            await runtime.stop()
 
     app = service_app(
         "idle_monitor",
         settings,
         title="Switchboard idle monitor",
-        lifespan=lifespan,
+        lifespan=runtime.lifespan(wire, connect=store is None),
         readiness=readiness,
         broker=runtime.broker,
         routers=(api.router,),

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from services.idle_monitor.domain import Deadline, TimerChanges
-from shared.db import Queries
+from shared.db import Queries, from_row
 from shared.retention import PruneJob
 from shared.settings import Settings
 from shared.tracking import EventIds
@@ -25,16 +25,6 @@ class Applied:
 
     armed: int
     disarmed: int
-
-
-def _deadline(row: asyncpg.Record) -> Deadline:
-    return Deadline(
-        assignment_id=row["assignment_id"],
-        chat_id=row["chat_id"],
-        operator_id=row["operator_id"],
-        assigned_at=row["assigned_at"],
-        deadline=row["deadline"],
-    )
 
 
 class Store:
@@ -66,7 +56,7 @@ class Store:
 
     async def claim_due(self, conn: asyncpg.Connection, now: datetime, limit: int) -> list[Deadline]:
         """Lock the deadlines due at `now` that no other instance holds (caller's transaction)."""
-        return [_deadline(r) for r in await conn.fetch(self.q.claim_due_deadlines, now, limit)]
+        return [from_row(Deadline, r) for r in await conn.fetch(self.q.claim_due_deadlines, now, limit)]
 
     async def delete_fired(self, conn: asyncpg.Connection, assignment_ids: Sequence[uuid.UUID]) -> None:
         """Delete deadlines whose fire Kafka acknowledged (caller's transaction)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,13 +32,9 @@ def bootstrap(settings: Settings, *, store: Store | None = None, publisher: Publ
     owns_publisher = publisher is None
     live_publisher = publisher if publisher is not None else Publisher(settings, runtime.broker)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def wire(app: FastAPI) -> None:
         state = app.state
         if store is None:
-            # The publisher connects the broker's producer itself: Kafka may be down at startup,
-            # and then the first publish starts a producer.
-            await runtime.start(with_producer=False)
             state.store = Store(runtime.pool)
             # Acknowledged keys past the dedup window go; a message id sent again after that is a new event
             # to ingest, and the assigner still stores the message once (it knows every message id it stored).
@@ -50,25 +45,22 @@ def bootstrap(settings: Settings, *, store: Store | None = None, publisher: Publ
             state.store = store
         if owns_publisher:
             await live_publisher.start()
+            runtime.on_stop(live_publisher.stop)
         # The API and the coalescer read `store` and `publisher` from app.state on every request or
         # round, so a test may swap the publisher of a running app.
         state.publisher = live_publisher
         state.coalescer = handlers.Coalescer(state)
         state.coalescer.start()
-        try:
-            yield
-        finally:
-            await state.coalescer.stop()
-            if owns_publisher:
-                await live_publisher.stop()
-            await runtime.stop()
+        runtime.on_stop(state.coalescer.stop)  # before the publisher's: the last rounds still publish
 
     # Per-route limits are enforced while reading the body; this is the largest (a full batch).
     app = service_app(
         "ingest",
         settings,
         title="Switchboard ingest",
-        lifespan=lifespan,
+        # The publisher connects the broker's producer itself: Kafka may be down at startup,
+        # and then the first publish starts a producer.
+        lifespan=runtime.lifespan(wire, connect=store is None, with_producer=False),
         readiness=runtime.readiness,
         broker=runtime.broker,
         routers=(api.router,),

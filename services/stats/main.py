@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -31,33 +30,25 @@ def bootstrap(settings: Settings, *, store: stats_store.Store | None = None) -> 
     if store is None:
         consumer = runtime.consume(GROUP_ID, [TOPIC_LIFECYCLE], fetch_min_bytes=LIFECYCLE_FETCH_MIN_BYTES)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def wire(app: FastAPI) -> None:
         if store is not None:
             app.state.store = store
-            yield
             return
-        await runtime.start()
         # Sessions of this pool resolve the unqualified stats queries in the live schema.
         pool = await stats_store.create_pool(settings, SCHEMA)
+        runtime.on_stop(pool.close)
         app.state.store = stats_store.Store(pool)
         assert consumer is not None
         consumer.bind(handlers.make_apply(), pool=pool)
         app.state.pruner = runtime.add_pruner(stats_store.retention_jobs(settings), pool)
         app.state.queue_gauges = handlers.QueueGauges(app.state.store)
         runtime.add_loop("queue-gauges", app.state.queue_gauges.run)
-        await runtime.start_consumers()
-        try:
-            yield
-        finally:
-            await runtime.stop()
-            await pool.close()
 
     app = service_app(
         "stats",
         settings,
         title="Switchboard stats",
-        lifespan=lifespan,
+        lifespan=runtime.lifespan(wire, connect=store is None),
         readiness=runtime.readiness,
         broker=runtime.broker,
         routers=(api.router,),

@@ -144,3 +144,12 @@ async def test_an_operator_takes_a_chat_sees_new_messages_and_replies_in_the_bro
         assert await admin.locator('#stuck tr[data-chat="stuck-129"]').count() == 1
         assert not await admin.locator("#stuck-next").is_enabled()
         await admin.screenshot(path=str(SHOTS / f"admin-stuck-page-2{shot}.png"))
+
+        # The session both pages share (console.js): signing out shows the sign-in card again, and a
+        # token of another role does not open the admin board.
+        await admin.click("#signout")
+        await admin.locator("#signin").wait_for(state="visible")
+        assert await admin.locator("#board").is_hidden() and await admin.locator("#signout").is_hidden()
+        await admin.fill("#signin-form input", issue_token(TEST_SECRET, "op-x", "operator"))
+        await admin.click("#signin-form button")
+        assert await admin.locator("#signin").is_visible() and await admin.locator("#board").is_hidden()

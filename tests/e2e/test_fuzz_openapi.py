@@ -119,13 +119,9 @@ def report(failures: dict) -> str:
     return "\n\n".join(f"{label}:\n{text}" for label, text in failures.items())
 
 
+# One pass with every check: the generation is derandomized, so a second pass per check set would
+# send the very same requests again.
 @pytest.mark.parametrize("service", SERVICES)
-def test_generated_requests_with_valid_tokens_never_get_a_5xx(fleet, service):
-    failures = fuzz(fleet[service].url, service, [not_a_server_error])
-    assert not failures, report(failures)
-
-
-@pytest.mark.parametrize("service", SERVICES)
-def test_every_answer_to_generated_requests_matches_the_openapi_document(fleet, service):
-    failures = fuzz(fleet[service].url, service, CONFORMANCE)
+def test_generated_requests_with_valid_tokens_never_get_a_5xx_and_every_answer_matches_the_document(fleet, service):
+    failures = fuzz(fleet[service].url, service, [not_a_server_error, *CONFORMANCE])
     assert not failures, report(failures)

@@ -52,5 +52,25 @@ const Switchboard = (() => {
     form.addEventListener("submit", (ev) => { ev.preventDefault(); setToken(input.value); onReady(); });
   }
 
-  return { token, setToken, clearToken, claims, loadConfig, call, el, signIn, get config() { return config; } };
+  // The session both pages share: the sign-in card (#signin, #signin-form), the header's #who and
+  // #signout, and the page's own part (`content`), shown only to a token of `role`. Once signed in,
+  // the config is loaded and `onReady(claims)` runs; signing out (the button, or the page calling the
+  // returned `signOut` on a 401) forgets the token and runs `onSignOut` first.
+  function session({ role, content, onReady, onSignOut }) {
+    const $ = (id) => document.getElementById(id);
+    async function show() {
+      const c = claims();
+      const ok = !!c && c.role === role;
+      $("signin").hidden = ok; content.hidden = !ok; $("signout").hidden = !ok;
+      $("who").textContent = ok ? `signed in as ${c.sub}` : "";
+      if (ok) { await loadConfig(); await onReady(c); }
+    }
+    function signOut() { clearToken(); if (onSignOut) onSignOut(); show(); }
+    $("signout").onclick = signOut;
+    signIn($("signin-form"), show);
+    show();
+    return { signOut };
+  }
+
+  return { token, setToken, clearToken, claims, loadConfig, call, el, session, get config() { return config; } };
 })();
