@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import asyncapi, metrics
@@ -33,7 +34,22 @@ ERROR_SCHEMA = {
         }
     },
 }
+
+
 # Typed as FastAPI's `responses` parameter (OpenAPI response objects by status code).
+def error_entries(texts: dict[int, str], *codes: int) -> dict:
+    """OpenAPI responses for the error statuses `codes` a route may answer, described by `texts`."""
+    return {c: {"description": texts[c], "content": {"application/json": {"schema": ERROR_SCHEMA}}} for c in codes}
+
+
+def json_body(schema: type[BaseModel] | dict) -> dict:
+    """`openapi_extra` declaring a required JSON body, for a route that reads its body itself after the
+    token check (docs/contract.md §4: 401 before any 422), so OpenAPI still documents it."""
+    if not isinstance(schema, dict):
+        schema = schema.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": desc, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
     for code, desc in {

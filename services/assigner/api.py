@@ -19,7 +19,7 @@ from services.assigner.usecases import Assigner, Pulled
 from shared.auth import Principal, require
 from shared.errors import ApiError, field_errors, validation_error
 from shared.events import ID_PATTERN, OperatorId
-from shared.http import ERROR_SCHEMA
+from shared.http import error_entries, json_body
 from shared.pagination import DEFAULT_LIMIT, CursorParam, LimitParam, decode_cursor, encode_cursor, invalid_cursor
 
 router = APIRouter()
@@ -97,7 +97,7 @@ class ContentErased(BaseModel):
 def errors(*codes: int) -> dict:
     """OpenAPI entries for the error statuses a route may answer."""
     text = {404: "No such chat or assignment.", 409: "The chat or assignment is not in a state that allows it."}
-    return {c: {"description": text[c], "content": {"application/json": {"schema": ERROR_SCHEMA}}} for c in codes}
+    return error_entries(text, *codes)
 
 
 async def _body(request: Request, model: type[BaseModel]):
@@ -161,12 +161,7 @@ def _assignment_body(assigner: Assigner, pulled: Pulled, chat: dict) -> dict:
 
 
 NO_CONTENT = {204: {"description": "Nothing is waiting for this operator."}}
-UNAVAILABLE = {
-    409: {
-        "description": "The operator is away or offline (`operator_unavailable`).",
-        "content": {"application/json": {"schema": ERROR_SCHEMA}},
-    }
-}
+UNAVAILABLE = error_entries({409: "The operator is away or offline (`operator_unavailable`)."}, 409)
 
 
 @router.post(
@@ -265,9 +260,7 @@ async def chat(
     tags=["admin"],
     summary="Give a chat to an operator; a current assignment ends as reassigned.",
     responses=errors(404, 409),
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": ReassignIn.model_json_schema()}}}
-    },
+    openapi_extra=json_body(ReassignIn),
 )
 async def reassign(
     chat_id: str, request: Request, assigner: Assigner = Depends(_assigner), _: Principal = Depends(require("admin"))

@@ -28,7 +28,7 @@ from shared.events import (
     Skill,
     check_operator_id,
 )
-from shared.http import ERROR_SCHEMA
+from shared.http import error_entries, json_body
 from shared.pagination import DEFAULT_LIMIT, CursorParam, LimitParam, decode_cursor, encode_cursor
 
 router = APIRouter()
@@ -148,7 +148,7 @@ def errors(*codes: int) -> dict:
         404: "No such queue, operator profile or chat (an id holding a line break matches no route: 404).",
         409: "Refused by the current state: `default` kept, 500 queues, operator away or offline.",
     }
-    return {c: {"description": text[c], "content": {"application/json": {"schema": ERROR_SCHEMA}}} for c in codes}
+    return error_entries(text, *codes)
 
 
 QueuePath = Annotated[str, Path(description="The queue id (a slug).")]
@@ -164,9 +164,7 @@ OperatorPath = Annotated[str, Path(description="The operator id (a token's `sub`
     tags=["routing"],
     summary="Create or replace a queue (200 replaced, 201 created; at most 500 queues).",
     responses={201: {"description": "Created.", "model": QueueOut}, **errors(409)},
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": QueueIn.model_json_schema()}}}
-    },
+    openapi_extra=json_body(QueueIn),
 )
 async def put_queue(
     queue_id: QueuePath,
@@ -251,9 +249,7 @@ async def delete_queue(
     tags=["routing"],
     summary="Set an operator's presence (offline returns its chats to their queues at once).",
     responses=errors(404, 409),
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": StatusIn.model_json_schema()}}}
-    },
+    openapi_extra=json_body(StatusIn),
 )
 async def admin_status(
     operator_id: OperatorPath,
@@ -274,9 +270,7 @@ async def admin_status(
     tags=["operator"],
     summary="Set my presence: available, away (no new chats) or offline (my chats go back to their queues).",
     responses=errors(409),
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": StatusIn.model_json_schema()}}}
-    },
+    openapi_extra=json_body(StatusIn),
 )
 async def my_status(
     request: Request, me: Principal = Depends(require("operator")), c: RoutingCommands = Depends(_commands)
@@ -313,9 +307,7 @@ async def list_operators(
     tags=["routing"],
     summary="Create or replace an operator's profile (200 replaced, 201 created; its status is kept).",
     responses={201: {"description": "Created.", "model": OperatorOut}, **errors(404, 409)},
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": OperatorIn.model_json_schema()}}}
-    },
+    openapi_extra=json_body(OperatorIn),
 )
 async def put_operator(
     operator_id: OperatorPath,
@@ -386,9 +378,7 @@ async def delete_operator(
     tags=["routing"],
     summary="Set a chat's queue (must exist), priority or skills; a waiting chat keeps its waiting time.",
     responses=errors(404, 409),
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": RouteIn.model_json_schema()}}}
-    },
+    openapi_extra=json_body(RouteIn),
 )
 async def route_chat(
     chat_id: str, request: Request, _: Principal = Depends(require("admin")), c: RoutingCommands = Depends(_commands)

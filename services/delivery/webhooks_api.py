@@ -15,6 +15,7 @@ from services.delivery.store import QUERIES
 from shared.auth import Principal, require
 from shared.errors import ApiError
 from shared.events import LIFECYCLE_TYPES
+from shared.http import json_body
 
 router = APIRouter(tags=["webhooks"])
 MAX_URL = 2048
@@ -125,9 +126,7 @@ def _pool(request: Request):
     status_code=201,
     response_model=WebhookOut,
     summary="Register a webhook endpoint.",
-    openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": WebhookIn.model_json_schema()}}}
-    },
+    openapi_extra=json_body(WebhookIn),
 )
 async def create_webhook(request: Request, _: Principal = Depends(require("admin"))):
     """Facts of the chosen types are POSTed to the URL, signed per Standard Webhooks, from now on."""

@@ -19,7 +19,7 @@ from services.ingest.domain import BatchIn, BatchItemIn, MessageIn
 from shared.auth import Principal, require
 from shared.errors import ApiError, describe, validation_error
 from shared.events import ID_PATTERN, new_event_id, utcnow
-from shared.http import ERROR_SCHEMA
+from shared.http import ERROR_SCHEMA, json_body
 
 router = APIRouter()
 
@@ -60,10 +60,6 @@ class BatchOut(BaseModel):
 
 def _error_response(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
-
-
-def _request_body(schema: dict) -> dict:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _batch_schema() -> dict:
@@ -119,7 +115,7 @@ COMMON_RESPONSES = {
         "request already got it accepted."
     ),
     responses=COMMON_RESPONSES,
-    openapi_extra=_request_body(MessageIn.model_json_schema()),
+    openapi_extra=json_body(MessageIn),
 )
 async def post_message(
     request: Request,
@@ -169,7 +165,7 @@ async def post_message(
         "`error.details.results`) when some were not. Retrying the whole batch is always safe."
     ),
     responses=COMMON_RESPONSES,
-    openapi_extra=_request_body(_batch_schema()),
+    openapi_extra=json_body(_batch_schema()),
 )
 async def post_batch(request: Request, _: Principal = Depends(require("frontend"))):
     """Validate each message, publish the valid ones together, answer per message."""
