@@ -215,12 +215,16 @@ class BatchConsumer(Generic[R]):
     def _handler(self) -> Callable[..., Awaitable[None]]:
         """The subscriber's handler, its `events` typed with the envelope union of the group's topics."""
 
-        async def on_poll(events: list, message: KafkaMessage) -> None:
-            await self._on_poll(message)
+        context = self.broker.context
+
+        async def on_poll(events: list) -> None:
+            # The message comes from FastStream's context, not as a `KafkaMessage` parameter: a context
+            # parameter makes fast_depends resolve it in a worker thread (a sync resolver run through
+            # anyio's thread pool) and a task group, on every poll of every consumer.
+            await self._on_poll(context.get_local("message"))
 
         on_poll.__annotations__ = {
             "events": list.__class_getitem__(payload_type(list(self.logical.values()))),
-            "message": KafkaMessage,
             "return": None,
         }
         on_poll.__name__ = on_poll.__qualname__ = f"apply_{self.group_id.replace('.', '_').replace('-', '_')}"

@@ -71,7 +71,10 @@ async def enqueue(publisher: DefaultPublisher, value: bytes, *, key: bytes, head
     FastStream's in-memory `TestKafkaBroker` delivers during the call and returns no future; an
     already acknowledged one stands for it there.
     """
-    sent = await publisher.publish(value, key=key, headers=headers, no_confirm=True)
+    # The event id (CloudEvents' id) as FastStream's correlation id, so it draws no uuid4 per record.
+    sent = await publisher.publish(
+        value, key=key, headers=headers, correlation_id=headers.get("ce_id"), no_confirm=True
+    )
     if sent is None:
         sent = asyncio.get_running_loop().create_future()
         sent.set_result(None)

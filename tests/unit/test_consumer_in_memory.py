@@ -107,8 +107,12 @@ async def test_poison_goes_to_the_dead_letters_with_its_reason_and_never_to_the_
     settings, broker, _consumer, applied, dead_letters = build()
     good = user_message("chat-2")
     async with TestKafkaBroker(broker) as test:
-        await test.publish(b"not json", settings.topic(TOPIC_INBOUND), key=b"chat-2")
-        await test.publish(good.model_dump_json().encode(), settings.topic(TOPIC_INBOUND), key=b"another-chat")
+        # In memory every record is at offset 0: two partitions keep the two poison records apart (the
+        # dead letters remember a sent offset until its commit, which runs in the background).
+        await test.publish(b"not json", settings.topic(TOPIC_INBOUND), key=b"chat-2", partition=0)
+        await test.publish(
+            good.model_dump_json().encode(), settings.topic(TOPIC_INBOUND), key=b"another-chat", partition=1
+        )
     assert applied == []
     reasons = [headers["dlq.reason"] for _, headers in dead_letters]
     assert len(reasons) == 2
