@@ -107,6 +107,8 @@ class Chat:
     first_assigned_at: datetime | None = None
 
 
+# The frozen dataclasses below (facts, commands) are alike in shape to other services' own (ingest's
+# Key, the idle monitor's Ended): plain records of each domain, with no logic to share.
 @dataclass(frozen=True)
 class Fact:
     """A lifecycle fact to record and publish: `type` and payload of a chat.lifecycle event."""

@@ -1,6 +1,8 @@
 """HTTP API of routing (docs/contract.md "Routing"): queues, operator profiles, presence, a chat's route.
 
 Bodies are read after the token was checked (docs/contract.md §4: 401 before any 422), as api.py does.
+Its routes are declared in the same FastAPI decorator form as api.py's (`duplicates` sees their shape
+alike); the body reading, errors and OpenAPI entries they share come from api.py and shared.http.
 """
 
 from __future__ import annotations

@@ -88,6 +88,7 @@ class _Rebalance(ConsumerRebalanceListener):
         forget: Callable[[set], None],
         assigned: Callable[[set], Awaitable[None]],
     ):
+        # Plain attribute assignments (alike in shape to shared/retry.py's constructor, nothing shared).
         self._lock = lock
         self._group = group
         self._logical = logical
