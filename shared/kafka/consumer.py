@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # shared.tracking imports this package (Incoming): no import 
     from shared.tracking import EventIds
 
 log = logging.getLogger("switchboard.kafka")
+GAP_WATCH_S = 5.0  # how often the gap watch looks for fetched records that never reached the handler
 
 MAX_BACKOFF_S = 5.0
 
@@ -261,7 +262,8 @@ class BatchConsumer(Generic[R]):
         self._stopping.set()
         if self._watch is not None:
             self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+            # Bounded: a cancellation swallowed by `wait_for` (3.11) leaves the watch to see `_stopping`.
+            await asyncio.wait({self._watch}, timeout=GAP_WATCH_S + 1)
         try:  # the batch in flight (holding the lock) finishes; later polls are left unapplied
             async with asyncio.timeout(30):
                 async with self._lock:
@@ -305,7 +307,7 @@ class BatchConsumer(Generic[R]):
                 "committed offsets unknown after assignment", extra={"group": self.group_id, "error": repr(exc)}
             )
 
-    async def _gap_watch(self, every_s: float = 5.0) -> None:
+    async def _gap_watch(self, every_s: float = GAP_WATCH_S) -> None:
         """Rewind records that were fetched but never reached the handler.
 
         FastStream's consume loop restarts after a crash between a poll and the handler without
@@ -315,7 +317,9 @@ class BatchConsumer(Generic[R]):
         caught in `_on_poll`).
         """
         suspects: dict[TopicPartition, int] = {}
-        while True:
+        # Ends on `_stopping` too, not only on cancellation: Python 3.11's `wait_for` can swallow a
+        # cancellation that arrives as its inner call completes, and the loop would then run on.
+        while not self._stopping.is_set():
             await asyncio.sleep(every_s)
             consumer = self.subscriber.consumer
             if consumer is None:

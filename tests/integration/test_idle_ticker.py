@@ -25,7 +25,7 @@ class UnacknowledgingPublisher:
     def __init__(self):
         self.sent = 0
 
-    async def publish(self, value, *, key=None, headers=None, no_confirm=False):
+    async def publish(self, value, *, key=None, headers=None, correlation_id=None, no_confirm=False):
         self.sent += 1
         failed = asyncio.get_running_loop().create_future()
         failed.set_exception(ConnectionError("broker unreachable"))
