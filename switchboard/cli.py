@@ -180,6 +180,9 @@ def _stop_like_ctrl_c() -> None:
     """Make SIGTERM and SIGHUP (and the death of the parent, e.g. `make`) stop `up` as Ctrl-C does."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _interrupt)
+    # A shell without job control starts background commands with SIGINT ignored, and Python keeps
+    # an ignored SIGINT ignored: in the foreground `up`, Ctrl-C stops everything whoever started it.
+    signal.signal(signal.SIGINT, _interrupt)
     if sys.platform.startswith("linux"):
         # A parent that dies without passing its signal on (make forwards SIGTERM but not SIGHUP)
         # must not leave `up` and its services behind: have the kernel send us SIGTERM then.
@@ -289,8 +292,10 @@ def down() -> None:
     """Stop the services, the demo, and the Kafka and Postgres this project started."""
     from deploy.local import process
 
-    for name in ("demo", *registry.PROCESSES):
-        if process.stop(_pid_file(name)):
+    names = ("demo", *registry.PROCESSES)
+    stopped = set(process.stop_all([_pid_file(name) for name in names]))
+    for name in names:
+        if _pid_file(name) in stopped:
             console.print(f"{name} stopped")
     infra_down()
 

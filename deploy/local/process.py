@@ -50,24 +50,39 @@ def spawn(argv: list[str], *, pid_file: Path, log_file: Path, env: dict | None =
 
 def stop(pid_file: Path, *, timeout_s: float = 30) -> bool:
     """SIGTERM the recorded process, SIGKILL it after `timeout_s`; True if one was running."""
-    pid = read_pid(pid_file)
-    if pid is None:
-        pid_file.unlink(missing_ok=True)
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if read_pid(pid_file) is None:
-            break
-        time.sleep(0.2)
-    else:
+    return bool(stop_all([pid_file], timeout_s=timeout_s))
+
+
+def stop_all(pid_files: list[Path], *, timeout_s: float = 30) -> list[Path]:
+    """SIGTERM every recorded process at once, wait for them together, SIGKILL what is left after
+    `timeout_s`; returns the pid files whose process was running.
+
+    Together, not one after another: each service takes seconds to finish its batch, leave its
+    consumer group and close, and six of them in turn could outlast what a launcher is given to stop.
+    """
+    running: dict[Path, int] = {}
+    for pid_file in pid_files:
+        pid = read_pid(pid_file)
+        if pid is None:
+            pid_file.unlink(missing_ok=True)
+            continue
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    pid_file.unlink(missing_ok=True)
-    return True
+        running[pid_file] = pid
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(read_pid(f) is not None for f in running):
+        time.sleep(0.2)
+    for pid_file, pid in running.items():
+        if read_pid(pid_file) is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        pid_file.unlink(missing_ok=True)
+    return list(running)
