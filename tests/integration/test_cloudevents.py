@@ -16,10 +16,10 @@ from services.idle_monitor import domain as idle_domain
 from services.idle_monitor.handlers import Ticker
 from services.idle_monitor.store import Store
 from shared import db
-from shared.events import TOPIC_DLQ, TOPIC_INBOUND, TOPIC_LIFECYCLE, TOPIC_TIMEOUTS, utcnow
+from shared.events import TOPIC_DLQ, TOPIC_INBOUND, TOPIC_LIFECYCLE, TOPIC_TIMEOUTS, cloudevent_headers, utcnow
 from shared.kafka.broker import make_broker
 from shared.kafka.deadletter import MARKER_NAMESPACE
-from shared.kafka.publishers import declare
+from shared.kafka.publishers import declare, enqueue
 from tests import harness
 from tests.harness import eventually, read_topic, record_json, running, token
 from tests.integration.test_idle_ticker import arm, due_deadline
@@ -105,3 +105,25 @@ async def test_a_dead_letter_carries_cloudevents_headers_naming_its_marker_and_c
     assert RFC3339.match(headers["ce_time"]) and datetime.fromisoformat(headers["ce_time"]) >= started
     assert headers["content-type"] == "application/octet-stream"
     assert headers["dlq.source_offset"] == str(poison.offset)
+
+
+async def test_enqueue_writes_the_record_fast_streams_publish_would_write(env):
+    """`enqueue` hands records to the broker's producer directly (no FastStream command per record):
+    the record on the topic is the one `publisher.publish` writes, value, key and headers in order."""
+    settings = env.settings
+    broker = make_broker(settings, "assigner")
+    publisher = declare(broker, settings, TOPIC_LIFECYCLE)
+    await broker.connect()
+    try:
+        headers = cloudevent_headers(uuid.uuid4(), "chat_queued", "assigner", utcnow())
+        value = b'{"same": "record"}'
+        direct = await enqueue(publisher, value, key=b"chat-fast", headers=headers)
+        await direct
+        await publisher.publish(value, key=b"chat-fast", headers=headers, correlation_id=headers["ce_id"])
+        first, second = await read_topic(settings, TOPIC_LIFECYCLE, min_records=2, timeout=10)
+    finally:
+        await broker.stop()
+    assert (first.partition, first.offset + 1) == (second.partition, second.offset)
+    assert (first.key, first.value) == (second.key, second.value) == (b"chat-fast", value)
+    assert list(first.headers) == list(second.headers)
+    assert headers_of(first)["correlation_id"] == headers["ce_id"]
