@@ -36,6 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
         st = store.Store(runtime.pool)
         app.state.store = st
         app.state.hub = hub
+        hub.read_with(st)
         consumer.bind(handlers.make_apply(settings))
         runtime.add_loop("delivery-listen", hub.listen)
         app.state.pruner = runtime.add_pruner(st.retention_jobs(settings))

@@ -125,6 +125,11 @@ class Store:
         async with self.pool.acquire() as conn:
             return await conn.fetch(QUERIES.events_after, stream, seq, limit)
 
+    async def events_after_many(self, streams: list[str], seqs: list[int], limit: int = PAGE) -> list[asyncpg.Record]:
+        """Each stream's events after its sequence in one statement (`stream` added), oldest first per stream."""
+        async with self.pool.acquire() as conn:
+            return await conn.fetch(QUERIES.events_after_many, streams, seqs, limit)
+
     async def operator_queues(self, operator_id: str) -> list[str]:
         """The queues whose depth an operator's stream shows (its profile's, or `default` alone)."""
         async with self.pool.acquire() as conn:

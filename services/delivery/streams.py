@@ -8,6 +8,13 @@ sent, then waits to be woken. Replay and live delivery are the same read, so the
 them and no duplicate. When the listener (re)connects it wakes every stream: notifications sent while
 it was away are not lost.
 
+One read per notification, not one per stream: once the hub has a store (`Hub.read_with`), a
+notification makes it read the new events of every local stream it names in one statement (each
+stream after the lowest position of its readers) and hand each reader its rows. A reader takes
+them only where they continue exactly after the last sequence it sent; anything else (a gap, a
+full page, a failed read, a reconnect) makes it read the table itself, as before. Either way the
+rows are the table's, read after the commit that notified: the same no-gap, no-duplicate read.
+
 Queue depth works the other way round: the consumer's NOTIFY `delivery_queue_depth` carries the new
 counts (`[[queue, waiting, version], ...]`), the hub keeps the latest of each queue (a higher version
 wins) and wakes the operator streams of that queue, which send it without a query, at most once a
@@ -49,15 +56,44 @@ PUSH_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 LISTENER_UP = Gauge("switchboard_delivery_listener_up", "1 while the LISTEN connection is open.")
+STREAM_READS = Counter(
+    "switchboard_delivery_stream_reads_total",
+    "Reads of the stream events table: one shared by the streams a notification names, or one stream's own.",
+    ["read"],
+)
 
 
 class Wake:
     """A stream's wake-up: set when its events or one of its queues' depth changed (the flags say which)."""
 
-    def __init__(self) -> None:
+    def __init__(self, after: int = 0) -> None:
         self.event = asyncio.Event()
         self.events = True  # read the stream's table (first: the replay)
         self.depth = True  # look at the queues' depth (first: the current depths)
+        self.after = after  # the last sequence the reader sent: the hub's shared reads start after it
+        self.rows: list = []  # rows the hub read for this reader, in read order (they may overlap)
+
+    def take(self) -> list | None:
+        """The hub's rows that continue after `after`, in order; None when the table must be read instead.
+
+        Rows at or before `after` were sent already (a read that overlapped an earlier one); a row
+        past `after + 1` means a gap the hub's read could not fill (or a page it cut): read the table.
+        """
+        rows, self.rows = self.rows, []
+        if self.events:
+            self.events = False
+            return None
+        out: list = []
+        nxt = self.after + 1
+        for row in rows:
+            seq = row["seq"]
+            if seq < nxt:
+                continue
+            if seq > nxt:
+                return None
+            out.append(row)
+            nxt += 1
+        return out
 
 
 class Hub:
@@ -65,6 +101,9 @@ class Hub:
 
     def __init__(self, database_url: str):
         self.database_url = database_url
+        self.store: Store | None = None  # with one, a notification's streams are read once for all (`read_with`)
+        self._pending: set[str] = set()
+        self._reading: asyncio.Task | None = None
         self._waiters: dict[str, set[Wake]] = defaultdict(set)
         self._queue_waiters: dict[str, set[Wake]] = defaultdict(set)
         self.connected = asyncio.Event()
@@ -72,9 +111,13 @@ class Hub:
         self._depths: dict[str, tuple[int, int]] = {}
         self.depths_loaded = False
 
-    def subscribe(self, stream: str, queues: Sequence[str] = ()) -> Wake:
+    def read_with(self, store: Store) -> None:
+        """Read the new events of the streams a notification names in one statement, through `store`."""
+        self.store = store
+
+    def subscribe(self, stream: str, queues: Sequence[str] = (), after: int = 0) -> Wake:
         """A wake-up for a stream's new events and its queues' depth changes; call `unsubscribe` when done."""
-        wake = Wake()
+        wake = Wake(after)
         self._waiters[stream].add(wake)
         for q in queues:
             self._queue_waiters[q].add(wake)
@@ -132,8 +175,46 @@ class Hub:
                     w.event.set()
 
     def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
-        for stream in payload.split("\n"):
-            self.wake(stream)
+        if self.store is None:
+            for stream in payload.split("\n"):
+                self.wake(stream)
+            return
+        self._pending.update(s for s in payload.split("\n") if s in self._waiters)
+        if self._pending and (self._reading is None or self._reading.done()):
+            self._reading = asyncio.get_running_loop().create_task(self._read_pending(), name="delivery-stream-read")
+
+    async def _read_pending(self) -> None:
+        """Read the notified streams' new events in one statement per round and hand them to their readers.
+
+        Notifications arriving during a read are gathered into the next round. A failed read wakes
+        the streams to read the table themselves.
+        """
+        assert self.store is not None
+        while self._pending:
+            streams = [s for s in self._pending if s in self._waiters]
+            self._pending.clear()
+            if not streams:
+                continue
+            afters = [min(w.after for w in self._waiters[s]) for s in streams]
+            try:
+                rows = await self.store.events_after_many(streams, afters, PAGE)
+                STREAM_READS.labels("shared").inc()
+            except Exception as exc:
+                log.warning("shared stream read failed; each stream reads itself", extra={"error": repr(exc)})
+                for stream in streams:
+                    self.wake(stream)
+                continue
+            by_stream: dict[str, list] = defaultdict(list)
+            for row in rows:
+                by_stream[row["stream"]].append(row)
+            for stream in streams:
+                found = by_stream.get(stream, [])
+                for w in self._waiters.get(stream, ()):
+                    if len(found) >= PAGE:  # more may follow: the reader pages through the table itself
+                        w.events = True
+                    else:
+                        w.rows.extend(found)
+                    w.event.set()
 
     def _on_depth(self, _conn, _pid, _channel, payload: str) -> None:
         try:
@@ -192,7 +273,7 @@ async def stream_events(
     changed) moves it to the new queues.
     """
     kind = stream.partition(":")[0]  # chat | operator: the metrics' label
-    wake = hub.subscribe(stream, queues)
+    wake = hub.subscribe(stream, queues, after)
     OPEN_STREAMS.labels(kind).inc()
     replaying = True
     sent: dict[str, int] = {}
@@ -200,9 +281,12 @@ async def stream_events(
     try:
         while until is None or time.time() < until:
             wake.event.clear()
-            if wake.events:
-                wake.events = False
-                rows = await store.events_after(stream, after)
+            if wake.events or wake.rows:
+                rows = wake.take()
+                own = rows is None
+                if rows is None:
+                    rows = await store.events_after(stream, after)
+                    STREAM_READS.labels("own").inc()
                 now = utcnow()
                 if replaying and after > 0 and rows and rows[0]["seq"] > after + 1:
                     yield ServerSentEvent(
@@ -217,11 +301,12 @@ async def stream_events(
                             sent.pop(gone, None)
                             sent_at.pop(gone, None)
                         queues = new
+                    wake.after = after
                     EVENTS_PUSHED.labels(kind, row["type"]).inc()
                     if not replaying:
                         PUSH_LATENCY.labels(kind).observe(max(0.0, (now - row["occurred_at"]).total_seconds()))
                     yield ServerSentEvent(data=row["data"], event=row["type"], id=str(row["seq"]))
-                if len(rows) == PAGE:
+                if own and len(rows) == PAGE:
                     wake.events = True
                     continue
                 replaying = False

@@ -29,6 +29,19 @@ WHERE stream = $1 AND seq > $2
 ORDER BY seq
 LIMIT $3;
 
+-- name: events_after_many
+-- Several streams' events, each after its own sequence ($1 streams, $2 sequences), oldest first per
+-- stream, at most $3 per stream: one probe of the primary key per stream.
+SELECT w.stream, e.seq, e.type, e.occurred_at, e.data::text AS data
+FROM unnest($1::text[], $2::bigint[]) AS w (stream, after)
+CROSS JOIN LATERAL (
+    SELECT seq, type, occurred_at, data
+    FROM delivery.stream_events
+    WHERE stream = w.stream AND seq > w.after
+    ORDER BY seq
+    LIMIT $3
+) AS e;
+
 -- name: last_seq
 -- The last sequence a stream has given out (no row: none yet).
 SELECT last_seq FROM delivery.stream_sequences WHERE stream = $1;
