@@ -79,7 +79,7 @@ async def enqueue(publisher: DefaultPublisher, value: bytes, *, key: bytes, head
     """
     config = getattr(publisher, "_outer_config", None)  # FastStream's publisher config: its producer slot
     producer = getattr(config, "producer", None)
-    if isinstance(producer, ResilientProducer) and not config.broker_middlewares:
+    if isinstance(producer, ResilientProducer) and not getattr(config, "broker_middlewares", ()):
         return await producer.send(publisher.topic, value, key=key, headers=headers)
     # The event id (CloudEvents' id) as FastStream's correlation id, so it draws no uuid4 per record.
     sent = await publisher.publish(
