@@ -448,7 +448,7 @@ class BatchConsumer(Generic[R]):
                         for tp in live:
                             consumer.seek(tp, firsts[tp])
                     self._next.update({tp: firsts[tp] for tp in live})
-        await self._export_lag(consumer)
+        self._export_lag(consumer)
         if failed:
             await self._backoff.wait()
         elif not self._retrying:
@@ -542,15 +542,18 @@ class BatchConsumer(Generic[R]):
             self.after_commit(result[0])
         return applied
 
-    async def _export_lag(self, consumer: AIOKafkaConsumer) -> None:
+    def _export_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Per owned partition, the records between the next offset to apply and the high watermark.
+
+        Read from what the consumer already knows (the watermark of its last fetch, the offsets this
+        group handled): no await. Awaiting `position()` per partition (each through `wait_for`, a task)
+        cost the poll cycle 6 ms on average and 52 ms at p99 on a busy machine, in both the hand-written
+        and the FastStream consumer (docs/performance.md, seventh session).
+        """
         for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is None:
-                continue
-            try:
-                pos = await asyncio.wait_for(consumer.position(tp), 1)
-            except Exception:
+            high, applied_to = consumer.highwater(tp), self._next.get(tp)
+            if high is None or applied_to is None:
                 continue
             metrics.CONSUMER_LAG.labels(self.group_id, self.logical[tp.topic], str(tp.partition)).set(
-                max(0, high - pos)
+                max(0, high - applied_to)
             )

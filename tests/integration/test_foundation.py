@@ -5,6 +5,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from services.idle_monitor.main import MIGRATIONS as TRACKED_MIGRATIONS
 from shared import db, migrations
@@ -155,3 +156,61 @@ async def test_a_poison_record_goes_to_the_dead_letter_topic_and_the_partition_k
     assert headers["dlq.source_topic"] == env.settings.topic(TOPIC_INBOUND).encode()
     assert "dlq.source_partition" in headers and "dlq.source_offset" in headers
     assert [r["event_id"] for r in await effects(env)] == [good.event_id]
+
+
+async def test_the_lag_gauge_counts_the_records_not_yet_applied(env):
+    """While every batch fails the lag is every record produced; once they apply it is zero."""
+    await _plumbing(env)
+    pool = await db.create_pool(env.database_url, min_size=1, max_size=2)
+    failing = True
+
+    async def apply(conn, batch):
+        if failing:
+            raise RuntimeError("not yet")
+        await conn.executemany(
+            "INSERT INTO plumbing.effects (event_id, text) VALUES ($1, $2)",
+            [(i.event.event_id, i.event.payload.text) for i in batch],
+        )
+
+    broker = make_broker(env.settings, "plumbing-lag")
+    consumer = BatchConsumer(
+        settings=env.settings,
+        pool=pool,
+        broker=broker,
+        group_id="plumbing-lag",
+        topics=[TOPIC_INBOUND],
+        tracker=EventIds(TRACKED_SCHEMA),
+        apply=apply,
+    )
+    group = env.settings.group("plumbing-lag")
+
+    def lag() -> float:
+        return sum(
+            s.value
+            for m in REGISTRY.collect()
+            if m.name == "switchboard_consumer_lag_records"
+            for s in m.samples
+            if s.labels["group"] == group
+        )
+
+    events = [user_message(f"chat-{i}", f"text {i}") for i in range(20)]
+    async with Producer(env.settings) as kafka:
+        for e in events:
+            await kafka.send(TOPIC_INBOUND, e)
+    await consumer.start()
+    try:
+
+        async def all_behind():
+            return lag() == len(events)
+
+        await eventually(all_behind, timeout=30)
+        failing = False
+
+        async def caught_up():
+            return lag() == 0 and len(await effects(env)) == len(events)
+
+        await eventually(caught_up, timeout=30)
+    finally:
+        await consumer.stop()
+        await broker.stop()
+        await pool.close()
