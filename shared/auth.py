@@ -229,15 +229,23 @@ def jwks_verifier(settings) -> JwksVerifier | None:
     )
 
 
+def check_role(principal: Principal, roles: tuple[str, ...]) -> Principal:
+    """The principal, if its role is one of `roles`; else ApiError 403."""
+    if principal.role not in roles:
+        raise ApiError(403, "forbidden_role", f"role {principal.role!r} may not call this; needs {' or '.join(roles)}")
+    return principal
+
+
+async def authorize(request: Request, *roles: str) -> Principal:
+    """What `require(*roles)` does, for a route served outside FastAPI's dependencies (shared.http.HotRoute)."""
+    return check_role(await _principal(request), roles)
+
+
 def require(*roles: str):
     """A FastAPI dependency admitting only tokens whose role is one of `roles`."""
     # async on purpose: a plain function would be run in FastAPI's thread pool, two hops per request.
 
     async def dependency(principal: Principal = Depends(_principal)) -> Principal:
-        if principal.role not in roles:
-            raise ApiError(
-                403, "forbidden_role", f"role {principal.role!r} may not call this; needs {' or '.join(roles)}"
-            )
-        return principal
+        return check_role(principal, roles)
 
     return dependency

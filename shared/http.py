@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -14,6 +15,7 @@ from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path, get_route_path
 
 from shared import asyncapi, metrics
 from shared.auth import jwks_verifier
@@ -112,6 +114,64 @@ def _with_challenge(exc: ApiError) -> dict[str, str]:
     return headers
 
 
+def api_error_response(exc: ApiError) -> JSONResponse:
+    """The JSON error an ApiError becomes, on FastAPI's routes and on the hot routes alike."""
+    return JSONResponse(exc.body(), status_code=exc.status, headers=_with_challenge(exc))
+
+
+def database_down_response(exc: Exception) -> JSONResponse:
+    """503 for a database that does not answer (one of DATABASE_DOWN), with Retry-After."""
+    body = {
+        "error": {
+            "code": "postgres_unavailable",
+            "message": f"the database is unavailable ({type(exc).__name__}); retry shortly",
+        }
+    }
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+
+
+HotEndpoint = Callable[[Request, dict[str, str]], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class HotRoute:
+    """A route served without FastAPI's routing, dependency solving and response-model encoding.
+
+    For the few requests every conversation turn makes (ingest's message post). The same route stays
+    declared on FastAPI for OpenAPI, with an endpoint calling the same code; `path` is its template,
+    which the request metrics label it with. The endpoint gets the request and the path parameters,
+    authenticates itself, and returns a Response; an ApiError or a database outage it raises becomes
+    the same JSON error FastAPI's handlers send.
+    """
+
+    method: str
+    path: str
+    endpoint: HotEndpoint
+
+
+class _Hot:
+    """Pure ASGI middleware serving the app's HotRoutes, inside CORS and the request metrics."""
+
+    def __init__(self, app, routes: tuple[HotRoute, ...]):
+        self.app = app
+        self.routes = [(r.method, compile_path(r.path)[0], r) for r in routes]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            path = get_route_path(scope)
+            for method, regex, route in self.routes:
+                if scope["method"] == method and (match := regex.match(path)) is not None:
+                    scope["route"] = route  # the metrics' route label: its template
+                    try:
+                        response = await route.endpoint(Request(scope, receive), match.groupdict())
+                    except ApiError as exc:
+                        response = api_error_response(exc)
+                    except DATABASE_DOWN as exc:
+                        response = database_down_response(exc)
+                    return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def create_app(
     service: str,
     *,
@@ -123,15 +183,19 @@ def create_app(
     version: str = "1.0.0",
     cors_origins: tuple[str, ...] = ("*",),
     jwks=None,
+    hot_routes: tuple[HotRoute, ...] = (),
 ) -> FastAPI:
     """A FastAPI app with Switchboard's error shape, `/healthz`, `/readyz`, `/metrics` and request metrics.
 
     `jwks` (shared.auth.JwksVerifier) also admits an identity provider's RS256/ES256 tokens.
+    `hot_routes` are served ahead of FastAPI's router (see HotRoute), behind CORS and the metrics.
     """
     app = FastAPI(title=title, version=version, lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.auth_secret = auth_secret
     app.state.jwks = jwks
     app.state.service = service
+    if hot_routes:  # added first: the innermost middleware, so CORS and the metrics wrap it
+        app.add_middleware(_Hot, routes=hot_routes)
     # Bearer tokens, never cookies: the browser console on another port may call every service.
     app.add_middleware(
         CORSMiddleware,
@@ -143,16 +207,10 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status, headers=_with_challenge(exc))
+        return api_error_response(exc)
 
     async def _database_down(_: Request, exc: Exception):
-        body = {
-            "error": {
-                "code": "postgres_unavailable",
-                "message": f"the database is unavailable ({type(exc).__name__}); retry shortly",
-            }
-        }
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+        return database_down_response(exc)
 
     for kind in DATABASE_DOWN:
         app.add_exception_handler(kind, _database_down)
@@ -198,6 +256,7 @@ def service_app(
     routers: tuple[APIRouter, ...] = (),
     max_body_bytes: int = 1024 * 1024,
     broker: KafkaBroker | None = None,
+    hot_routes: tuple[HotRoute, ...] = (),
 ) -> FastAPI:
     """A service's app as every `bootstrap()` builds it: tokens from its settings (HS256, and the JWKS provider
     when one is configured), `app.state.settings`, and its routers.
@@ -214,6 +273,7 @@ def service_app(
         auth_secret=settings.auth_secret,
         jwks=jwks_verifier(settings),
         max_body_bytes=max_body_bytes,
+        hot_routes=hot_routes,
     )
     app.state.settings = settings
     app.state.broker = broker

@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.assigner import domain, metrics, routing
 from services.assigner.batcher import OperatorBatcher
 from services.assigner.usecases import Assigner, Pulled
-from shared.auth import Principal, require
+from shared.auth import Principal, authorize, require
 from shared.errors import ApiError, field_errors, validation_error
 from shared.events import ID_PATTERN, OperatorId
-from shared.http import error_entries, json_body
+from shared.http import HotRoute, error_entries, json_body
 from shared.pagination import DEFAULT_LIMIT, CursorParam, LimitParam, decode_cursor, encode_cursor, invalid_cursor
 
 router = APIRouter()
@@ -161,21 +161,34 @@ def _assignment_body(assigner: Assigner, pulled: Pulled, chat: dict) -> dict:
 
 
 NO_CONTENT = {204: {"description": "Nothing is waiting for this operator."}}
+PULL_PATH = "/v1/assignments/next"
 UNAVAILABLE = error_entries({409: "The operator is away or offline (`operator_unavailable`)."}, 409)
 
 
 @router.post(
-    "/v1/assignments/next",
+    PULL_PATH,
     response_model=AssignmentOut,
     responses={**NO_CONTENT, **UNAVAILABLE},
     tags=["operator"],
     summary="Pull the next chat (retry-safe: at capacity, returns the current assignment).",
 )
-async def pull_next(
-    assigner: Assigner = Depends(_assigner),
-    batcher: OperatorBatcher = Depends(_batcher),
-    me: Principal = Depends(require("operator")),
-):
+async def pull_next(request: Request, me: Principal = Depends(require("operator"))) -> Response:
+    """Declared here for OpenAPI; requests are served by `pull_next_hot` (the same code, no dependency solving)."""
+    return await pull(request, me)
+
+
+async def pull_next_hot(request: Request, params: dict[str, str]) -> Response:
+    """`pull_next` as a HotRoute (shared.http): the token checked as `require("operator")` does, then the pull."""
+    return await pull(request, await authorize(request, "operator"))
+
+
+HOT_ROUTES = (HotRoute("POST", PULL_PATH, pull_next_hot),)
+
+
+async def pull(request: Request, me: Principal) -> Response:
+    """The operator's next chat (or its current one): 200 with the assignment, or 204."""
+    assigner: Assigner = request.app.state.assigner
+    batcher: OperatorBatcher = request.app.state.batcher
     started = time.perf_counter()
     try:
         pulled, view = await batcher.pull(me.sub)

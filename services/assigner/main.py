@@ -64,6 +64,7 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
         readiness=runtime.readiness,
         broker=runtime.broker,
         routers=(api.router, routing_api.router),
+        hot_routes=api.HOT_ROUTES,
     )
     api.mount_console(app)
     return app

@@ -11,17 +11,19 @@ import math
 import uuid
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from services.ingest import domain, handlers, metrics
 from services.ingest.domain import BatchIn, BatchItemIn, MessageIn
-from shared.auth import Principal, require
+from shared.auth import Principal, authorize, require
 from shared.errors import ApiError, describe, validation_error
 from shared.events import ID_PATTERN, new_event_id, utcnow
-from shared.http import ERROR_SCHEMA, json_body
+from shared.http import ERROR_SCHEMA, HotRoute, json_body
 
 router = APIRouter()
+MESSAGE_PATH = "/v1/chats/{chat_id}/messages"
+POSTERS = ("frontend", "operator", "chat")  # who may post a message (a chat token: to its own chat only)
 
 
 class AcceptedOut(BaseModel):
@@ -104,7 +106,7 @@ COMMON_RESPONSES = {
 
 
 @router.post(
-    "/v1/chats/{chat_id}/messages",
+    MESSAGE_PATH,
     status_code=202,
     response_model=AcceptedOut,
     tags=["messages"],
@@ -120,9 +122,28 @@ COMMON_RESPONSES = {
 async def post_message(
     request: Request,
     chat_id: str = Path(description="The chat; also the Kafka key.", json_schema_extra={"pattern": ID_PATTERN}),
-    me: Principal = Depends(require("frontend", "operator", "chat")),
+    me: Principal = Depends(require(*POSTERS)),
 ) -> AcceptedOut:
-    """Validate one message, publish its event, answer with its event id."""
+    """Validate one message, publish its event, answer with its event id.
+
+    Declared here for OpenAPI; requests are served by `post_message_hot` (the same code without
+    FastAPI's dependency solving and response encoding, a third of ingest's CPU per message).
+    """
+    return await accept_message(request, chat_id, me)
+
+
+async def post_message_hot(request: Request, params: dict[str, str]) -> Response:
+    """`post_message` as a HotRoute: the token first (401 before any 422), then the same code."""
+    me = await authorize(request, *POSTERS)
+    out = await accept_message(request, params["chat_id"], me)
+    return Response(out.__pydantic_serializer__.to_json(out), status_code=202, media_type="application/json")
+
+
+HOT_ROUTES = (HotRoute("POST", MESSAGE_PATH, post_message_hot),)
+
+
+async def accept_message(request: Request, chat_id: str, me: Principal) -> AcceptedOut:
+    """One message of `chat_id` posted by `me`: checked, published, answered with its event id."""
     if me.role == "chat" and me.sub != chat_id:
         # A chat token (delivery's widget) belongs to one chat: no other chat, whatever the body.
         metrics.rejected("chat_mismatch")

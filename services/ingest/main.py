@@ -64,6 +64,7 @@ def bootstrap(settings: Settings, *, store: Store | None = None, publisher: Publ
         readiness=runtime.readiness,
         broker=runtime.broker,
         routers=(api.router,),
+        hot_routes=api.HOT_ROUTES,
         max_body_bytes=MAX_BATCH_BYTES,
     )
     return app
