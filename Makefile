@@ -1,7 +1,9 @@
 # The two commands of the README: `make run` and `make test`. Both create .venv when needed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?=
+# Two processes, each test file whole in one of them (its module fixtures start once): most tests wait
+# on Kafka, Postgres or a subprocess, so two overlap well on two cores. `PYTEST_ARGS=` runs serially.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: run test down bench bench-streams lint
 

@@ -13,13 +13,13 @@ import logging
 import os
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.local import process
+from deploy.local.locks import SharedLock
 from deploy.local.paths import FILES, cache_dir, local_dir
 
 
@@ -63,7 +63,8 @@ def _pom_digest() -> str:
     return hashlib.sha256((FILES / "pom.xml").read_bytes()).hexdigest()
 
 
-_FETCH = threading.Lock()  # a second caller (the tests fetch in the background) waits for the fetch under way
+# A second caller (the tests fetch in the background, in every pytest-xdist worker) waits for the fetch under way.
+_FETCH = SharedLock(lambda: cache_dir() / "locks" / "kafka-jars.lock")
 
 
 def fetch_jars(lay: KafkaLayout, echo=print) -> None:

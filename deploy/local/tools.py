@@ -6,17 +6,18 @@ import hashlib
 import os
 import shutil
 import subprocess
-import threading
 
+from deploy.local.locks import SharedLock, machine_lock
 from deploy.local.paths import REPO, cache_dir
 
 PROMTOOL_PACKAGE = "prometheus"
 COMPOSE_CHECK_SRC = REPO / "deploy" / "compose-check"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-# A second caller (the tests start the work in the background) waits for the build under way; apt-get
-# runs one at a time (dpkg's own lock would fail the second), for promtool and Chromium alike.
-_COMPOSE_CHECK_BUILD = threading.Lock()
-APT = threading.Lock()
+# A second caller (the tests start the work in the background, in every pytest-xdist worker) waits for
+# the build under way; apt-get runs one at a time on the machine (dpkg's own lock would fail the
+# second), for promtool and Chromium alike.
+_COMPOSE_CHECK_BUILD = SharedLock(lambda: cache_dir() / "locks" / "compose-check.lock")
+APT = machine_lock("apt")
 
 
 def _which_promtool() -> str | None:
