@@ -220,7 +220,11 @@ def up(
             return
         console.print("Ctrl-C (or SIGTERM, SIGHUP) stops everything this command started.")
         while True:
-            signal.pause()
+            # Not signal.pause(): a signal that lands after the interpreter's last check and before the
+            # pause() call runs its handler only at the next signal, so `up` would sleep through a stop
+            # (seen once: make SIGKILLed, the kernel's parent-death SIGTERM to `up` went unanswered).
+            # A bounded sleep runs a pending handler within half a second whatever the timing.
+            time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     _shield_cleanup()
