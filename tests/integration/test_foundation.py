@@ -62,26 +62,32 @@ class Crash(Exception):
     pass
 
 
-async def run_consumer(env, *, crash_before_commit: bool, expect: int):
-    """Consume chat.inbound into plumbing.effects; optionally die after the transaction, before the commit."""
-    pool = await db.create_pool(env.database_url, min_size=1, max_size=2)
+async def store_effects(conn, batch):
+    await conn.executemany(
+        "INSERT INTO plumbing.effects (event_id, text) VALUES ($1, $2)",
+        [(i.event.event_id, i.event.payload.text) for i in batch],
+    )
 
-    async def apply(conn, batch):
-        await conn.executemany(
-            "INSERT INTO plumbing.effects (event_id, text) VALUES ($1, $2)",
-            [(i.event.event_id, i.event.payload.text) for i in batch],
-        )
 
-    broker = make_broker(env.settings, "plumbing")
+def plumbing_consumer(env, pool, group_id: str, apply) -> tuple:
+    """A broker and a consumer group of chat.inbound applying with `apply`, event ids in a real schema."""
+    broker = make_broker(env.settings, group_id)
     consumer = BatchConsumer(
         settings=env.settings,
         pool=pool,
         broker=broker,
-        group_id="plumbing",
+        group_id=group_id,
         topics=[TOPIC_INBOUND],
         tracker=EventIds(TRACKED_SCHEMA),
         apply=apply,
     )
+    return broker, consumer
+
+
+async def run_consumer(env, *, crash_before_commit: bool, expect: int):
+    """Consume chat.inbound into plumbing.effects; optionally die after the transaction, before the commit."""
+    pool = await db.create_pool(env.database_url, min_size=1, max_size=2)
+    broker, consumer = plumbing_consumer(env, pool, "plumbing", store_effects)
     await consumer.start()
     if crash_before_commit:
 
@@ -167,21 +173,9 @@ async def test_the_lag_gauge_counts_the_records_not_yet_applied(env):
     async def apply(conn, batch):
         if failing:
             raise RuntimeError("not yet")
-        await conn.executemany(
-            "INSERT INTO plumbing.effects (event_id, text) VALUES ($1, $2)",
-            [(i.event.event_id, i.event.payload.text) for i in batch],
-        )
+        await store_effects(conn, batch)
 
-    broker = make_broker(env.settings, "plumbing-lag")
-    consumer = BatchConsumer(
-        settings=env.settings,
-        pool=pool,
-        broker=broker,
-        group_id="plumbing-lag",
-        topics=[TOPIC_INBOUND],
-        tracker=EventIds(TRACKED_SCHEMA),
-        apply=apply,
-    )
+    broker, consumer = plumbing_consumer(env, pool, "plumbing-lag", apply)
     group = env.settings.group("plumbing-lag")
 
     def lag() -> float:
