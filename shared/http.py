@@ -137,7 +137,7 @@ HotEndpoint = Callable[[Request, dict[str, str]], Awaitable[Response]]
 class HotRoute:
     """A route served without FastAPI's routing, dependency solving and response-model encoding.
 
-    For the few requests every conversation turn makes (ingest's message post). The same route stays
+    For the requests every conversation turn makes (ingest's message post, the assigner's pull). The route stays
     declared on FastAPI for OpenAPI, with an endpoint calling the same code; `path` is its template,
     which the request metrics label it with. The endpoint gets the request and the path parameters,
     authenticates itself, and returns a Response; an ApiError or a database outage it raises becomes
