@@ -57,6 +57,9 @@ log = logging.getLogger("switchboard.kafka")
 # After this many send timeouts of uninterrupted failure, try a fresh producer.
 REPLACE_AFTER_TIMEOUTS = 3
 CLOSE_TIMEOUT_S = 10.0
+# Bytes one partition's batch may hold: under max_request_size (2 MiB) and the broker's
+# message.max.bytes (4 MiB, deploy/local/files/server.properties.template; 1 MiB is Kafka's default).
+MAX_BATCH_BYTES = 1024 * 1024
 
 
 class CachingPartitioner:
@@ -89,6 +92,10 @@ def producer_options(settings: Settings) -> dict:
         acks="all",
         enable_idempotence=True,
         linger_ms=2,
+        # aiokafka buffers at most one batch per partition and blocks `send` until it is drained;
+        # at its default (16 KiB, ~20 records) a round of the outbox relay waited for a produce
+        # round trip every 20 records per partition (docs/performance.md, eighth session).
+        max_batch_size=MAX_BATCH_BYTES,
         partitioner=CachingPartitioner(),
         request_timeout_ms=int(settings.kafka_send_timeout_s * 1000),
         max_request_size=2 * 1024 * 1024,
