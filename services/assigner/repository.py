@@ -100,10 +100,13 @@ class Repository:
         return {r["chat_id"]: chat_from_row(r) for r in await self._fresh(conn, rows)}
 
     async def lock_chats_with_known(
-        self, conn: asyncpg.Connection, chat_ids: Iterable[str], message_ids: Iterable[str]
+        self, conn: asyncpg.Connection, chat_ids: Iterable[str], messages: Iterable[tuple[str, str]]
     ) -> tuple[dict[str, Chat], set[tuple[str, str]]]:
-        """Lock and load chats, with the (chat_id, message_id) pairs among `message_ids` they already store."""
-        rows = await conn.fetch(self.q.lock_chats_with_known, sorted(set(chat_ids)), sorted(set(message_ids)))
+        """Lock and load chats, with those of the (chat_id, message_id) pairs in `messages` they already store."""
+        pairs = sorted(set(messages))
+        rows = await conn.fetch(
+            self.q.lock_chats_with_known, sorted(set(chat_ids)), [c for c, _ in pairs], [m for _, m in pairs]
+        )
         chats = {r["chat_id"]: chat_from_row(r) for r in await self._fresh(conn, rows)}
         return chats, {(r["chat_id"], m) for r in rows for m in r["known_message_ids"]}
 

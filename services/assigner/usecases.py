@@ -88,13 +88,13 @@ class Assigner:
 
         A message already stored (the same message under another event id) is applied once only.
         """
-        message_ids = [e.payload.message_id for e in items if e.type in ("user_message", "operator_message")]
+        messages = [(e.chat_id, e.payload.message_id) for e in items if e.type in ("user_message", "operator_message")]
         # Queues first (key-share locks), then chats: the order a queue's deletion takes them too.
         asked = {e.payload.routing.queue for e in items if isinstance(e, events.UserMessage) and e.payload.routing}
         asked.discard(None)
         queues = await self.repo.known_queues(conn, asked) if asked else set()
         queues.add(events.DEFAULT_QUEUE)
-        chats, known = await self.repo.lock_chats_with_known(conn, {e.chat_id for e in items}, message_ids)
+        chats, known = await self.repo.lock_chats_with_known(conn, {e.chat_id for e in items}, messages)
         changes = Changes()
         for event in items:
             at = self.clock()

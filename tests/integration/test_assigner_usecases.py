@@ -98,3 +98,27 @@ async def test_a_chat_is_stuck_and_ages_in_the_queue_as_the_clock_moves(env):
         assert summary["oldest_waiting_age_s"] == 301.0
     finally:
         await pool.close()
+
+
+async def test_a_message_id_known_in_one_chat_is_new_in_another_and_a_retry_is_applied_once(env):
+    clock = MovedClock()
+    pool = await create_pool(env.database_url, min_size=1, max_size=2)
+    try:
+        assigner = Assigner(pool, env.settings, clock=clock)
+        async with pool.acquire() as conn, conn.transaction():
+            await assigner.apply_events(conn, [user_message("chat-a", "first", message_id="m-1")])
+        # One batch: chat-a's message again under a new event id, the same message id in chat-b, and a new one in chat-a.
+        batch = [
+            user_message("chat-a", "first", message_id="m-1"),
+            user_message("chat-b", "other chat", message_id="m-1"),
+            user_message("chat-a", "second", message_id="m-2"),
+        ]
+        async with pool.acquire() as conn, conn.transaction():
+            changes = await assigner.apply_events(conn, batch)
+        recorded = [(chat_id, f.payload.message_id) for chat_id, f, _ in changes.facts if f.type == "message_recorded"]
+        assert recorded == [("chat-b", "m-1"), ("chat-a", "m-2")]
+        async with pool.acquire() as conn:
+            rows = await conn.fetch("SELECT chat_id, message_id, seq FROM assigner.messages ORDER BY chat_id, seq")
+        assert [tuple(r) for r in rows] == [("chat-a", "m-1", 1), ("chat-a", "m-2", 2), ("chat-b", "m-1", 1)]
+    finally:
+        await pool.close()
