@@ -43,6 +43,12 @@ SESSION_SETTINGS = {
     "idle_in_transaction_session_timeout": "30000",
     "statement_timeout": "30000",
     "timezone": "UTC",
+    # A page read at random costs little more than one read in order when the data is cached or on
+    # SSD (Postgres' default, 4, prices a spinning disk). At 4, the plans a session caches for its
+    # prepared statements while the tables are still small scan them whole (an `ingest.message_keys`
+    # ack then took ever longer as the table grew, 1 -> 12 ms); at 1.1 they probe the indexes
+    # whatever the tables' size (tests/integration/test_query_plans.py).
+    "random_page_cost": "1.1",
 }
 
 
