@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 import asyncpg
 
 from services.assigner import metrics
+from services.assigner.outbox import OutboxRelay
 from services.assigner.repository import Changes
 from services.assigner.usecases import Assigner, count_outcomes
 from shared.kafka import Incoming
@@ -34,9 +36,12 @@ def make_apply(assigner: Assigner):
     return on_inbound_or_timeouts
 
 
-def after_commit(changes: Changes) -> None:
-    """Count assignment outcomes once their transaction committed."""
+def after_commit(changes: Changes, relays: Sequence[OutboxRelay] = ()) -> None:
+    """Once a batch's transaction committed: count its assignment outcomes, wake the relay for its facts."""
     count_outcomes(changes)
+    if changes.facts:
+        for relay in relays:
+            relay.wake()
 
 
 async def export_gauges(assigner: Assigner) -> None:

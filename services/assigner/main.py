@@ -42,8 +42,13 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
     # The outbox relay's publisher, declared in the wiring (before the broker starts).
     lifecycle = declare(runtime.broker, settings, TOPIC_LIFECYCLE) if worker else None
     inbound = None
+    relays: list[OutboxRelay] = []  # the worker's relay, once the lifespan built it (woken after each commit)
     if worker and store is None:
-        inbound = runtime.consume(GROUP_ID, [TOPIC_INBOUND, TOPIC_TIMEOUTS], after_commit=handlers.after_commit)
+        inbound = runtime.consume(
+            GROUP_ID,
+            [TOPIC_INBOUND, TOPIC_TIMEOUTS],
+            after_commit=lambda changes: handlers.after_commit(changes, relays),
+        )
 
     async def wire(app: FastAPI) -> None:
         live = store if store is not None else Assigner(runtime.pool, settings)
@@ -54,7 +59,7 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
         if batcher is None:
             runtime.add_loop("operator-batches", app.state.batcher.run)
         if inbound is not None and lifecycle is not None:
-            app.state.pruner = _start_worker(settings, runtime, live, inbound, lifecycle)
+            app.state.pruner = _start_worker(settings, runtime, live, inbound, lifecycle, relays)
 
     app = service_app(
         "assigner",
@@ -71,11 +76,17 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
 
 
 def _start_worker(
-    settings: Settings, runtime: Runtime, store: Assigner, inbound: BatchConsumer, lifecycle: DefaultPublisher
+    settings: Settings,
+    runtime: Runtime,
+    store: Assigner,
+    inbound: BatchConsumer,
+    lifecycle: DefaultPublisher,
+    relays: list[OutboxRelay],
 ) -> Pruner:
     """Start the worker's parts: the consumer's applier, the outbox relay, the queue gauges, retention (its pruner)."""
     inbound.bind(handlers.make_apply(store))
     relay = OutboxRelay(runtime.pool, lifecycle, settings, QUERIES)
+    relays.append(relay)
     runtime.add_loop("outbox-relay", relay.run)
     runtime.add_loop("queue-gauges", lambda: handlers.export_gauges(store))
     return runtime.add_pruner(store.retention_jobs())

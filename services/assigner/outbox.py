@@ -37,6 +37,13 @@ class OutboxRelay:
         self.publisher = publisher  # chat.lifecycle, declared on the broker in the wiring
         self.settings = settings
         self.q = queries
+        # Set when this process committed facts (`wake`): the relay starts its next round at once
+        # instead of at the end of its poll interval (which still finds the API process's facts).
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """Facts were just committed in this process: publish them without waiting for the next poll."""
+        self._woken.set()
 
     async def publish_once(self) -> int:
         """Publish one batch; returns how many facts left (0 when idle or another relay holds the lock)."""
@@ -77,4 +84,12 @@ class OutboxRelay:
                 await backoff.wait()
                 continue
             if sent < self.settings.outbox_batch_size:
-                await asyncio.sleep(self.settings.outbox_poll_interval_s)
+                await self._pause()
+
+    async def _pause(self) -> None:
+        """Wait for the poll interval, or less if facts were committed meanwhile (then at once)."""
+        try:
+            await asyncio.wait_for(self._woken.wait(), self.settings.outbox_poll_interval_s)
+        except TimeoutError:
+            pass
+        self._woken.clear()

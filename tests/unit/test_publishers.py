@@ -3,6 +3,7 @@ topic, typed by its envelope model, with its key and CloudEvents headers; what t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import uuid
@@ -11,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 from aiokafka import TopicPartition
 from faststream.kafka import KafkaMessage, TestKafkaBroker
 
+from services.assigner import handlers
 from services.assigner.outbox import OutboxRelay
-from services.assigner.repository import QUERIES
+from services.assigner.repository import QUERIES, Changes
 from services.idle_monitor import domain as idle_domain
 from services.idle_monitor.handlers import Ticker
 from services.ingest import domain as ingest_domain
@@ -34,7 +36,7 @@ from shared.events import (
 from shared.kafka.broker import make_broker
 from shared.kafka.deadletter import DeadLetters, Poisoned
 from shared.kafka.publishers import declare
-from tests.harness import make_settings
+from tests.harness import eventually, make_settings
 
 SETTINGS = make_settings("postgresql://postgres@127.0.0.1/x", "pfx.", kafka_bootstrap_servers="127.0.0.1:1")
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
@@ -149,6 +151,52 @@ async def test_the_outbox_relay_publishes_in_id_order_with_headers_then_deletes_
     for (_, _, headers), fact in zip(got, facts):
         assert_cloudevent(headers, fact.event_id, "chat_queued", "assigner", fact.occurred_at)
     assert conn.deleted == [[10, 11, 12]]
+
+
+class OnceConn(FakeConn):
+    """A connection whose outbox hands out its rows once (then they are published), counting the reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    async def fetch(self, query, *args):
+        self.reads += 1
+        rows, self.rows = self.rows, []
+        return rows
+
+
+async def test_the_relay_publishes_facts_committed_in_its_process_without_waiting_for_its_poll_interval():
+    settings = SETTINGS.model_copy(update={"outbox_poll_interval_s": 60.0})
+    broker = make_broker(settings, "assigner")
+    got = received(broker, TOPIC_LIFECYCLE)
+    fact = ChatQueued(
+        event_id=uuid.uuid4(),
+        chat_id="c1",
+        occurred_at=T0,
+        producer="assigner",
+        payload=ChatQueuedPayload(reason="new", waiting_since=T0, queued_at=T0),
+    )
+    conn = OnceConn()
+    relay = OutboxRelay(FakePool(conn), declare(broker, settings, TOPIC_LIFECYCLE), settings, QUERIES)
+    async with TestKafkaBroker(broker):
+        task = asyncio.create_task(relay.run())
+        try:
+            await eventually(lambda: asyncio.sleep(0, result=conn.reads == 1), timeout=5)  # idle: pausing 60 s
+            row = {"id": 1, "chat_id": "c1", "event_id": fact.event_id, "type": fact.type}
+            conn.rows = [row | {"envelope": encode(fact).decode(), "occurred_at": T0.isoformat()}]
+            handlers.after_commit(Changes(), [relay])  # a commit with no facts leaves it pausing
+            await asyncio.sleep(0.2)
+            assert conn.reads == 1 and got == []
+            committed = Changes()
+            committed.facts.append(("c1", fact, T0))
+            handlers.after_commit(committed, [relay])
+            await eventually(lambda: asyncio.sleep(0, result=len(got) == 1), timeout=5)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert ChatQueued.model_validate_json(got[0][1]) == fact
 
 
 class FakeTimers:
