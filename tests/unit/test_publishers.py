@@ -26,7 +26,6 @@ from shared.events import (
     TOPIC_TIMEOUTS,
     AssignmentIdle,
     ChatQueued,
-    ChatQueuedPayload,
     InboundEvent,
     LifecycleEvent,
     TimeoutEvent,
@@ -37,6 +36,7 @@ from shared.kafka.broker import make_broker
 from shared.kafka.deadletter import DeadLetters, Poisoned
 from shared.kafka.publishers import declare
 from tests.harness import eventually, make_settings
+from tests.stats_facts import chat_queued
 
 SETTINGS = make_settings("postgresql://postgres@127.0.0.1/x", "pfx.", kafka_bootstrap_servers="127.0.0.1:1")
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
@@ -120,16 +120,7 @@ class FakePool:
 async def test_the_outbox_relay_publishes_in_id_order_with_headers_then_deletes_the_rows():
     broker = make_broker(SETTINGS, "assigner")
     got = received(broker, TOPIC_LIFECYCLE)
-    facts = [
-        ChatQueued(
-            event_id=uuid.uuid4(),
-            chat_id=chat,
-            occurred_at=T0 + timedelta(seconds=n),
-            producer="assigner",
-            payload=ChatQueuedPayload(reason="new", waiting_since=T0, queued_at=T0),
-        )
-        for n, chat in enumerate(["c1", "c2", "c1"])
-    ]
+    facts = [chat_queued(chat, T0 + timedelta(seconds=n)) for n, chat in enumerate(["c1", "c2", "c1"])]
     rows = [
         {
             "id": n + 10,
@@ -170,13 +161,7 @@ async def test_the_relay_publishes_facts_committed_in_its_process_without_waitin
     settings = SETTINGS.model_copy(update={"outbox_poll_interval_s": 60.0})
     broker = make_broker(settings, "assigner")
     got = received(broker, TOPIC_LIFECYCLE)
-    fact = ChatQueued(
-        event_id=uuid.uuid4(),
-        chat_id="c1",
-        occurred_at=T0,
-        producer="assigner",
-        payload=ChatQueuedPayload(reason="new", waiting_since=T0, queued_at=T0),
-    )
+    fact = chat_queued("c1", T0)
     conn = OnceConn()
     relay = OutboxRelay(FakePool(conn), declare(broker, settings, TOPIC_LIFECYCLE), settings, QUERIES)
     async with TestKafkaBroker(broker):
