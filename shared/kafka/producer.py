@@ -57,9 +57,11 @@ log = logging.getLogger("switchboard.kafka")
 # After this many send timeouts of uninterrupted failure, try a fresh producer.
 REPLACE_AFTER_TIMEOUTS = 3
 CLOSE_TIMEOUT_S = 10.0
-# Bytes one partition's batch may hold: under max_request_size (2 MiB) and the broker's
-# message.max.bytes (4 MiB, deploy/local/files/server.properties.template; 1 MiB is Kafka's default).
-MAX_BATCH_BYTES = 1024 * 1024
+# Bytes one partition's batch may hold: a whole relay round for a partition (500 facts of ~1 KB over
+# the topic's partitions), and half of Kafka's default message.max.bytes (1 MiB; the local broker
+# allows 4 MiB, deploy/local/files/server.properties.template), so a broker left at its defaults
+# never refuses a full batch.
+MAX_BATCH_BYTES = 512 * 1024
 
 
 class CachingPartitioner:
