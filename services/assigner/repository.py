@@ -123,6 +123,20 @@ class Repository:
         reread = {r["chat_id"]: r for r in await conn.fetch(self.q.read_chats, stale)}
         return [reread.get(r["chat_id"], r) if r["assignment_stale"] else r for r in rows]
 
+    async def lock_chats_of_assignments(
+        self, conn: asyncpg.Connection, assignment_ids: Iterable[uuid.UUID]
+    ) -> tuple[dict[uuid.UUID, AssignmentRecord], dict[str, Chat]]:
+        """Assignment records by id (absent ids are absent) and their chats, locked in chat_id order."""
+        rows = await conn.fetch(self.q.lock_chats_of_assignments, list(set(assignment_ids)))
+        records = {
+            a: AssignmentRecord(a, r["chat_id"], op, ended, outcome)
+            for r in rows
+            for a, op, ended, outcome in zip(
+                r["requested_ids"], r["requested_operators"], r["requested_ended"], r["requested_outcomes"]
+            )
+        }
+        return records, {r["chat_id"]: chat_from_row(r) for r in await self._fresh(conn, rows)}
+
     async def claim_waiting(self, conn: asyncpg.Connection, limit: int) -> list[Chat]:
         """Lock the `limit` oldest waiting chats nobody else holds (SKIP LOCKED)."""
         return [chat_from_row(r) for r in await conn.fetch(self.q.claim_waiting_chats, limit)]
@@ -139,12 +153,19 @@ class Repository:
 
     async def routing_context(
         self, conn: asyncpg.Connection, operator_ids: list[str]
-    ) -> tuple[dict[str, Profile], dict[str, Queue], bool]:
-        """The pullers' profiles (those that have one), the queues they reach, whether any waiting chat is routed."""
+    ) -> tuple[dict[str, Profile], dict[str, Queue], bool, dict[str, list[Held]]]:
+        """The pullers' profiles (those that have one), the queues they reach, whether any waiting chat is
+        routed, and each puller's active assignments, oldest first."""
         row = await conn.fetchrow(self.q.routing_context, operator_ids)
         profiles = {o["operator_id"]: profile_of(o) for o in json.loads(row["operators"])}
         queues = {q["queue_id"]: queue_of(q) for q in json.loads(row["queues"])}
-        return profiles, queues, row["routed_waiting"]
+        held: dict[str, list[Held]] = {op: [] for op in operator_ids}
+        if row["held_ids"] is not None:
+            for op, a, chat_id, started in zip(
+                row["held_operators"], row["held_ids"], row["held_chats"], row["held_started"]
+            ):
+                held[op].append(Held(a, chat_id, started))
+        return profiles, queues, row["routed_waiting"], held
 
     async def waiting_lanes(self, conn: asyncpg.Connection, queue_ids: list[str]) -> list[Lane]:
         """The (queue, skill set) pairs of waiting chats in these queues, each with its lowest rank."""
@@ -185,18 +206,6 @@ class Repository:
 
     # ---- assignments and operators -------------------------------------------------------
 
-    async def assignments(
-        self, conn: asyncpg.Connection, ids: Iterable[uuid.UUID]
-    ) -> dict[uuid.UUID, AssignmentRecord]:
-        """Assignment records by id (absent ids are absent)."""
-        rows = await conn.fetch(self.q.assignments_by_ids, list(set(ids)))
-        return {
-            r["assignment_id"]: AssignmentRecord(
-                r["assignment_id"], r["chat_id"], r["operator_id"], r["ended_at"], r["outcome"]
-            )
-            for r in rows
-        }
-
     async def lock_operator(self, conn: asyncpg.Connection, operator_id: str) -> None:
         """Serialise an operator's pulls and reassignments to it until commit."""
         await conn.execute(self.q.lock_operator, operator_id)
@@ -204,13 +213,6 @@ class Repository:
     async def lock_operators(self, conn: asyncpg.Connection, operator_ids: list[str]) -> None:
         """lock_operator for several operators, in sorted order (no deadlock)."""
         await conn.execute(self.q.lock_operators, sorted(operator_ids))
-
-    async def held_by(self, conn: asyncpg.Connection, operator_ids: list[str]) -> dict[str, list[Held]]:
-        """Active assignments of each operator, oldest first."""
-        held: dict[str, list[Held]] = {op: [] for op in operator_ids}
-        for r in await conn.fetch(self.q.active_assignments_of_many, list(operator_ids)):
-            held[r["operator_id"]].append(Held(r["assignment_id"], r["chat_id"], r["started_at"]))
-        return held
 
     async def held_by_one(self, conn: asyncpg.Connection, operator_id: str) -> list[Held]:
         """One operator's active assignments, oldest first."""
@@ -222,25 +224,27 @@ class Repository:
     async def persist(self, conn: asyncpg.Connection, changes: Changes, now: datetime) -> None:
         """Write chats, assignments, messages and outbox rows of a transaction, set-based.
 
-        At most three statements: first responses and ends (updates of existing assignments),
-        then every insert in one (`write_changes`). `now` stamps the chats written.
+        At most two statements: first responses and ends (updates of existing assignments, one row
+        each), then every insert in one (`write_changes`). `now` stamps the chats written.
         """
-        firsts, ends, starts, start_queues, msgs = [], [], [], [], []
+        updates: dict[uuid.UUID, list] = {}  # assignment -> [first response, end, outcome]
+        starts, start_queues, msgs = [], [], []
         for chat_id, fact, _at in changes.facts:
             p = fact.payload
             if fact.type == "message_recorded":
                 msgs.append((chat_id, p))
                 if p.first_response_ms is not None:
-                    firsts.append((p.assignment_id, p.recorded_at))
+                    update = updates.setdefault(p.assignment_id, [None, None, None])
+                    update[0] = update[0] or p.recorded_at
             elif fact.type == "assignment_ended":
-                ends.append((p.assignment_id, p.ended_at, p.outcome))
+                update = updates.setdefault(p.assignment_id, [None, None, None])
+                if update[1] is None:
+                    update[1:] = [p.ended_at, p.outcome]
             elif fact.type == "chat_assigned":
                 starts.append((p.assignment_id, chat_id, p.operator_id, p.via, p.assigned_at))
                 start_queues.append(p.queue_id)
-        if firsts:
-            await conn.execute(self.q.mark_first_responses, *map(list, zip(*firsts)))
-        if ends:
-            await conn.execute(self.q.end_assignments, *map(list, zip(*ends)))
+        if updates:
+            await conn.execute(self.q.update_assignments, list(updates), *map(list, zip(*updates.values())))
         if not (changes.chats or starts or msgs or changes.facts):
             return
         cs = list(changes.chats.values())

@@ -150,8 +150,7 @@ class Assigner:
         changes: Changes,
     ) -> None:
         """Releases and completions of a batch, on the chats of their assignments (locked)."""
-        records = await self.repo.assignments(conn, (commands[i].assignment_id for i in enders))
-        chats = await self.repo.lock_chats(conn, {r.chat_id for r in records.values()})
+        records, chats = await self.repo.lock_chats_of_assignments(conn, (commands[i].assignment_id for i in enders))
         now = self.clock()  # read under the locks: times follow commit order
         for i in enders:
             c = commands[i]
@@ -190,8 +189,9 @@ class Assigner:
             return
         operators = sorted({commands[i].operator_id for i in pullers})
         await self.repo.lock_operators(conn, operators)
-        # Profiles and presence are read under the operators' locks: a status change waits for this batch.
-        found, queues, routed = await self.repo.routing_context(conn, operators)
+        # Profiles, presence and held chats are read under the operators' locks: a status change or
+        # another pull of theirs waits for this batch.
+        found, queues, routed, held_now = await self.repo.routing_context(conn, operators)
         profiles = {op: found.get(op) or routing.default_profile(op) for op in operators}
         for i in pullers:
             try:
@@ -200,10 +200,7 @@ class Assigner:
                 results[i] = exc
         pullers = [i for i in pullers if results[i] is None]
         ended = changes.ended_assignments()
-        held = {
-            op: [h for h in hs if h.assignment_id not in ended]
-            for op, hs in (await self.repo.held_by(conn, operators)).items()
-        }
+        held = {op: [h for h in hs if h.assignment_id not in ended] for op, hs in held_now.items()}
         cooldown_s = self.settings.repeat_cooldown_s
         capacity = {op: routing.capacity_of(p, self.settings.operator_capacity) for op, p in profiles.items()}
         room = allocation.with_room(
@@ -332,11 +329,11 @@ class Assigner:
     ) -> domain.ReassignChat:
         """A reassignment to an operator who is not offline and has room (its own capacity), with the
         chat's queue's SLA and idle override."""
-        found, _, _ = await self.repo.routing_context(conn, [cmd.operator_id])
+        found, _, _, held_now = await self.repo.routing_context(conn, [cmd.operator_id])
         profile = found.get(cmd.operator_id) or routing.default_profile(cmd.operator_id)
         if profile.status == "offline":
             raise routing.OperatorUnavailable(f"operator {cmd.operator_id} is offline")
-        held = await self.repo.held_by_one(conn, cmd.operator_id)
+        held = held_now[cmd.operator_id]
         capacity = routing.capacity_of(profile, self.settings.operator_capacity)
         domain.check_room(cmd.operator_id, chat.chat_id, [h.chat_id for h in held], capacity)
         queue = await self.repo.queue(conn, chat.queue_id) or Queue()

@@ -3,10 +3,11 @@
 import uuid
 from datetime import timedelta
 
+from services.assigner import domain
 from services.assigner.usecases import NOTHING, Assigner, OperatorCommand
 from shared.db import create_pool
 from shared.events import utcnow
-from tests.harness import user_message
+from tests.harness import operator_message, user_message
 
 
 class MovedClock:
@@ -120,5 +121,75 @@ async def test_a_message_id_known_in_one_chat_is_new_in_another_and_a_retry_is_a
         async with pool.acquire() as conn:
             rows = await conn.fetch("SELECT chat_id, message_id, seq FROM assigner.messages ORDER BY chat_id, seq")
         assert [tuple(r) for r in rows] == [("chat-a", "m-1", 1), ("chat-a", "m-2", 2), ("chat-b", "m-1", 1)]
+    finally:
+        await pool.close()
+
+
+async def test_one_batch_ends_checks_and_pulls_with_one_read_of_the_assignments_and_their_chats(env):
+    clock = MovedClock()
+    pool = await create_pool(env.database_url, min_size=1, max_size=2)
+    try:
+        assigner = Assigner(pool, env.settings, clock=clock)
+        await queued(assigner, clock, "chat-1", "chat-2", "chat-3", "chat-4")
+        (a, _), (b, _) = await pull(assigner, "op-a"), await pull(assigner, "op-b")
+        # An ended assignment still names its chat: releasing it again is refused as ended, not unknown.
+        await release(assigner, "op-b", b.assignment_id)
+        (b2, _) = await pull(assigner, "op-b")
+        unknown = uuid.uuid4()
+        results, _ = await assigner.operator_batch(
+            [
+                OperatorCommand("release", "op-b", a.assignment_id),  # not theirs
+                OperatorCommand("release", "op-a", unknown),
+                OperatorCommand("release", "op-b", b.assignment_id),  # ended already
+                OperatorCommand("complete", "op-a", a.assignment_id),
+                OperatorCommand("complete", "op-b", b2.assignment_id),
+                OperatorCommand("pull", "op-a"),
+            ]
+        )
+        assert [type(r) for r in results[:3]] == [
+            domain.NotYourAssignment,
+            domain.UnknownAssignment,
+            domain.AssignmentNotActive,
+        ]
+        assert results[3:5] == [a.chat_id, b2.chat_id]
+        pulled, view = results[5]
+        assert pulled.new and view["assigned_operator_id"] == "op-a"
+        assert pulled.chat_id == b.chat_id  # the released chat kept its place, ahead of chat-4
+        async with pool.acquire() as conn:
+            ended = {
+                r["assignment_id"]: r["outcome"]
+                for r in await conn.fetch("SELECT assignment_id, outcome FROM assigner.assignments")
+            }
+        assert ended == {
+            a.assignment_id: "completed",
+            b.assignment_id: "released",
+            b2.assignment_id: "completed",
+            pulled.assignment_id: None,
+        }
+    finally:
+        await pool.close()
+
+
+async def test_an_operators_first_reply_that_frees_them_sets_the_first_response_and_the_end_together(env):
+    clock = MovedClock()
+    pool = await create_pool(env.database_url, min_size=1, max_size=2)
+    try:
+        assigner = Assigner(pool, env.settings, clock=clock)
+        await queued(assigner, clock, "chat-r")
+        got, _ = await pull(assigner, "op-a")
+        clock.advance(2)
+        async with pool.acquire() as conn, conn.transaction():
+            changes = await assigner.apply_events(
+                conn, [operator_message("chat-r", "op-a", "first"), operator_message("chat-r", "op-a", "second")]
+            )
+        facts = {f.type: f.payload for _, f, _ in changes.facts}
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT first_response_at, ended_at, outcome FROM assigner.assignments WHERE assignment_id = $1",
+                got.assignment_id,
+            )
+        assert row["outcome"] == "answered" and row["ended_at"] == facts["assignment_ended"].ended_at
+        first = next(f.payload for _, f, _ in changes.facts if f.type == "message_recorded")
+        assert first.first_response_ms is not None and row["first_response_at"] == first.recorded_at
     finally:
         await pool.close()

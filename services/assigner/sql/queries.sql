@@ -54,8 +54,8 @@ FOR UPDATE OF c;
 -- name: write_changes
 -- One round trip for a transaction's inserts: chats upserted, assignments started, messages stored,
 -- facts queued for the relay (in fact order). Updates of existing assignments (first responses,
--- ends) run before it, as their own statements: an assignment ended and one started on the same
--- chat must not meet in one statement (the one-active-per-chat index checks each row as it goes).
+-- ends) run before it, as their own statement (update_assignments): an assignment ended and one started
+-- on the same chat must not meet in one statement (the one-active-per-chat index checks each row as it goes).
 WITH chats_written AS (
     -- rank = waiting_since - priority x the queue's priority_step_s (docs/contract.md "Routing").
     INSERT INTO assigner.chats AS c (chat_id, state, assigned_operator_id, last_operator_id, assignment_id,
@@ -114,19 +114,18 @@ WITH chats_written AS (
 SELECT (SELECT count(*) FROM chats_written), (SELECT count(*) FROM assignments_started),
        (SELECT count(*) FROM messages_stored), (SELECT count(*) FROM facts_queued);
 
--- name: mark_first_responses
--- Remember when each assignment got its operator's first message.
+-- name: update_assignments
+-- First responses and ends of existing assignments, in one statement (one row per assignment: the caller
+-- merges an assignment's first response and its end). A first response is kept once set, an end too.
 UPDATE assigner.assignments a
-SET first_response_at = u.at
-FROM unnest($1::uuid[], $2::timestamptz[]) AS u(assignment_id, at)
-WHERE a.assignment_id = u.assignment_id AND a.first_response_at IS NULL;
-
--- name: end_assignments
--- End active assignments with their outcome.
-UPDATE assigner.assignments a
-SET ended_at = u.ended_at, outcome = u.outcome
-FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS u(assignment_id, ended_at, outcome)
-WHERE a.assignment_id = u.assignment_id AND a.ended_at IS NULL;
+SET first_response_at = coalesce(a.first_response_at, u.first_response_at),
+    ended_at = coalesce(a.ended_at, u.ended_at),
+    outcome = CASE WHEN a.ended_at IS NULL AND u.ended_at IS NOT NULL THEN u.outcome ELSE a.outcome END
+FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::text[])
+     AS u(assignment_id, first_response_at, ended_at, outcome)
+WHERE a.assignment_id = u.assignment_id
+  AND ((a.first_response_at IS NULL AND u.first_response_at IS NOT NULL)
+       OR (a.ended_at IS NULL AND u.ended_at IS NOT NULL));
 
 -- name: lock_operator
 -- Serialise one operator's pulls and reassignments to it (capacity is checked under this lock). Lock
@@ -169,18 +168,30 @@ FOR UPDATE SKIP LOCKED;
 -- lock_operator for several operators, in the order given (the caller sorts them: no deadlock).
 SELECT pg_advisory_xact_lock(hashtext('assigner.operator:' || o)) FROM unnest($1::text[]) AS o;
 
--- name: active_assignments_of_many
--- Active assignments of several operators, oldest first per operator.
-SELECT operator_id, assignment_id, chat_id, started_at
-FROM assigner.assignments
-WHERE operator_id = ANY($1::text[]) AND ended_at IS NULL
-ORDER BY operator_id, started_at, assignment_id;
-
--- name: assignments_by_ids
--- Assignment records by id (absent ids are absent).
-SELECT assignment_id, chat_id, operator_id, ended_at, outcome
-FROM assigner.assignments
-WHERE assignment_id = ANY($1::uuid[]);
+-- name: lock_chats_of_assignments
+-- lock_chats for the chats of the assignments $1, each with the requested assignments it has (their
+-- ids, operators, ends and outcomes as arrays): the records an ending checks and the chats it changes,
+-- in one round trip. The records are read with this statement's snapshot, like the joined assignment
+-- (a concurrent end is then seen on the chat, which is re-checked under its lock); rows flagged
+-- `assignment_stale` are re-read as in lock_chats.
+SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.assignment_id, c.waiting_since,
+       c.queued_at, c.operator_replied_at, c.last_user_message_at, c.message_count, c.created_at,
+       c.queue_id, c.priority, c.skills, c.rank, c.opened_at, c.first_assigned_at,
+       a.started_at AS assignment_started_at,
+       coalesce(a.first_response_at IS NOT NULL, false) AS assignment_responded,
+       (c.assignment_id IS NOT NULL AND a.assignment_id IS DISTINCT FROM c.assignment_id) AS assignment_stale,
+       r.ids AS requested_ids, r.operators AS requested_operators, r.ended AS requested_ended,
+       r.outcomes AS requested_outcomes
+FROM assigner.chats c
+LEFT JOIN assigner.assignments a ON a.assignment_id = c.assignment_id
+CROSS JOIN LATERAL (
+    SELECT array_agg(x.assignment_id) AS ids, array_agg(x.operator_id) AS operators,
+           array_agg(x.ended_at) AS ended, array_agg(x.outcome) AS outcomes
+    FROM assigner.assignments x
+    WHERE x.assignment_id = ANY($1::uuid[]) AND x.chat_id = c.chat_id) r
+WHERE c.chat_id IN (SELECT chat_id FROM assigner.assignments WHERE assignment_id = ANY($1::uuid[]))
+ORDER BY c.chat_id
+FOR UPDATE OF c;
 
 -- name: chat_views
 -- Several chats as the API shows them, each with its most recent messages (up to $2, oldest first)
@@ -290,8 +301,10 @@ LIMIT $2;
 -- ---- routing (docs/contract.md "Routing") ----
 
 -- name: routing_context
--- The pullers' profiles (absent: no profile), the queues they (and profile-less operators) reach, and
--- whether any waiting chat is routed at all (if none, the pull keeps the global FIFO claim).
+-- The pullers' profiles (absent: no profile), the queues they (and profile-less operators) reach,
+-- whether any waiting chat is routed at all (if none, the pull keeps the global FIFO claim), and their
+-- active assignments, oldest first per operator (as arrays): all a batch of pulls reads, in one round
+-- trip. Run under the operators' locks, so what it reads is what this transaction may rely on.
 SELECT
     (SELECT coalesce(json_agg(o), '[]') FROM (
         SELECT operator_id, display_name, queues, skills, capacity, status
@@ -305,7 +318,15 @@ SELECT
     )::text AS queues,
     EXISTS (SELECT 1 FROM assigner.chats
             WHERE state = 'waiting_assignment' AND (queue_id <> 'default' OR priority <> 0 OR skills <> '{}'))
-        AS routed_waiting;
+        AS routed_waiting,
+    h.operators AS held_operators, h.ids AS held_ids, h.chats AS held_chats, h.started AS held_started
+FROM (
+    SELECT array_agg(operator_id ORDER BY operator_id, started_at, assignment_id) AS operators,
+           array_agg(assignment_id ORDER BY operator_id, started_at, assignment_id) AS ids,
+           array_agg(chat_id ORDER BY operator_id, started_at, assignment_id) AS chats,
+           array_agg(started_at ORDER BY operator_id, started_at, assignment_id) AS started
+    FROM assigner.assignments
+    WHERE operator_id = ANY($1::text[]) AND ended_at IS NULL) h;
 
 -- name: waiting_lanes
 -- The distinct (queue, skill set) pairs of waiting chats in the queues $1, each with its lowest rank: a
