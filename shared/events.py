@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
@@ -452,8 +454,21 @@ ADAPTERS: dict[str, TypeAdapter] = {
 
 
 def new_event_id() -> uuid.UUID:
-    """A fresh random event id."""
-    return uuid.uuid4()
+    """A fresh id for an event (or any row the system creates): a UUIDv7 (RFC 9562).
+
+    Its first 48 bits are the Unix time in milliseconds and the remaining 74 free bits random, so it is
+    as unique as a UUIDv4 while ids made close in time sort close together: the primary-key indexes
+    they are inserted into (the event-id claims, the outbox, assignments) grow at their right edge
+    instead of at a random page, which dirties and logs fewer pages per insert.
+    """
+    return uuid7(time.time_ns() // 1_000_000)
+
+
+def uuid7(unix_ms: int, random: bytes | None = None) -> uuid.UUID:
+    """The UUIDv7 of a millisecond timestamp and 10 random bytes (drawn from os.urandom if not given)."""
+    rand = int.from_bytes(random if random is not None else os.urandom(10), "big")
+    rand_a, rand_b = (rand >> 64) & 0xFFF, rand & ((1 << 62) - 1)
+    return uuid.UUID(int=(unix_ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
 
 
 def encode(event: BaseModel) -> bytes:

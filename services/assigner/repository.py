@@ -74,7 +74,7 @@ class Changes:
             if fact.type == "message_recorded":
                 self.message_seq.append(decision.chat.message_count)
                 self.handled_by.append(before.assigned_operator_id if before else None)
-                self.message_event_ids.append(event_id or uuid.uuid4())
+                self.message_event_ids.append(event_id or events.new_event_id())
 
     def ended_assignments(self) -> set[uuid.UUID]:
         """Assignments these changes end."""
@@ -83,7 +83,9 @@ class Changes:
 
 def _envelope(chat_id: str, fact: Fact, at: datetime):
     model = FACT_MODELS[fact.type]
-    return model(event_id=uuid.uuid4(), chat_id=chat_id, occurred_at=at, producer="assigner", payload=fact.payload)
+    return model(
+        event_id=events.new_event_id(), chat_id=chat_id, occurred_at=at, producer="assigner", payload=fact.payload
+    )
 
 
 class Repository:

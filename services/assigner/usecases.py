@@ -282,7 +282,7 @@ class Assigner:
         """Give the picked chat to the puller, or the refusal of this pull alone (its chat stays waiting)."""
         cmd = domain.AssignToPuller(
             operator_id=operator_id,
-            assignment_id=uuid.uuid4(),
+            assignment_id=events.new_event_id(),
             at=now,
             sla_s=queue.sla_first_assignment_s,
             idle_timeout_s=queue.idle_timeout_s,
@@ -351,7 +351,7 @@ class Assigner:
         chat when it already held it: what was done, not a later re-read that may see another
         chat of the same operator.
         """
-        assignment_id = uuid.uuid4()
+        assignment_id = events.new_event_id()
         chat, view, decision = await self._command_on_chat(
             chat_id,
             lambda now: domain.ReassignChat(operator_id=operator_id, assignment_id=assignment_id, at=now),

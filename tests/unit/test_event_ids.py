@@ -1,0 +1,30 @@
+"""Event ids are UUIDv7 (RFC 9562): time-ordered at millisecond grain, random below it."""
+
+import time
+import uuid
+
+from shared.events import new_event_id, uuid7
+
+
+def test_the_fields_are_where_rfc_9562_puts_them():
+    ms = 0x0123_4567_89AB
+    got = uuid7(ms, bytes(range(1, 11)))
+    assert got.version == 7 and got.variant == uuid.RFC_4122
+    assert got.int >> 80 == ms
+    # rand_a is the 12 low bits of the first 16 random bits; rand_b the low 62 bits of the rest.
+    assert (got.int >> 64) & 0xFFF == 0x0102 & 0xFFF
+    assert got.int & ((1 << 62) - 1) == int.from_bytes(bytes(range(3, 11)), "big") & ((1 << 62) - 1)
+
+
+def test_a_new_id_carries_the_current_millisecond_and_sorts_after_an_older_one():
+    before = time.time_ns() // 1_000_000
+    first = new_event_id()
+    after = time.time_ns() // 1_000_000
+    assert before <= first.int >> 80 <= after and first.version == 7
+    time.sleep(0.002)
+    assert new_event_id() > first
+
+
+def test_ids_made_in_the_same_millisecond_differ():
+    ids = {uuid7(1_700_000_000_000) for _ in range(10_000)}
+    assert len(ids) == 10_000
