@@ -20,6 +20,7 @@ from services.assigner.domain import Chat
 from services.assigner.repository import Changes, Repository
 from services.assigner.routing import Profile, Queue
 from shared import events
+from shared.db import DATABASE_DOWN
 from shared.retention import PruneJob
 from shared.settings import Settings
 from shared.tracking import EventIds
@@ -119,27 +120,46 @@ class Assigner:
         """Apply operators' pulls, releases and completions together, in one transaction.
 
         Returns one result per command, in order (a `(Pulled, view)` pair for a pull, the chat id for
-        a release or completion, or the domain.DomainError that refused it) and the changes, whose
+        a release or completion, the domain.DomainError that refused it, or for a pull the database
+        error that kept its view from being read after the commit) and the changes, whose
         outcomes the caller counts once committed. Lock order: chats of released/completed
         assignments (sorted, may wait), then the pullers' advisory locks (sorted, may wait), then
         waiting chats with SKIP LOCKED (never waits): no cycle with the consumer or another batch.
         """
         results: list[object] = [None] * len(commands)
         changes = Changes()
-        async with self.pool.acquire() as conn, conn.transaction():
-            enders = [i for i, c in enumerate(commands) if c.kind != "pull"]
-            if enders:
-                await self._endings(conn, commands, enders, results, changes)
-            pullers = [i for i, c in enumerate(commands) if c.kind == "pull"]
-            if pullers:
-                await self._pulls(conn, commands, pullers, results, changes)
-            await self.repo.persist(conn, changes, self.clock())
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                enders = [i for i, c in enumerate(commands) if c.kind != "pull"]
+                if enders:
+                    await self._endings(conn, commands, enders, results, changes)
+                pullers = [i for i, c in enumerate(commands) if c.kind == "pull"]
+                if pullers:
+                    await self._pulls(conn, commands, pullers, results, changes)
+                await self.repo.persist(conn, changes, self.clock())
+            # The pulled chats' views are read once committed, as GET /v1/assignments/current reads
+            # them: the chats' locks are not held through this read (the consumer applying a pulled
+            # chat's next user message waits for them), and a view shows what others may already see.
             shown = sorted({r.chat_id for r in results if isinstance(r, Pulled) and r.chat_id is not None})
-            views = await self.repo.views(conn, shown) if shown else {}
+            views = await self._views_after_commit(conn, shown, results)
+        for i, r in enumerate(results):
+            if isinstance(r, Pulled):
+                results[i] = (r, views.get(r.chat_id) if r.chat_id is not None else None)
+        return results, changes
+
+    async def _views_after_commit(self, conn: asyncpg.Connection, shown: list[str], results: list) -> dict[str, dict]:
+        """The views of the pulled chats. If Postgres fails now, the pulls' callers get that error (a
+        503; the chats they were given stay theirs, as GET /v1/assignments/current shows) while the
+        batch's releases and completions, committed, keep their answers."""
+        if not shown:
+            return {}
+        try:
+            return await self.repo.views(conn, shown)
+        except DATABASE_DOWN as exc:
             for i, r in enumerate(results):
                 if isinstance(r, Pulled):
-                    results[i] = (r, views.get(r.chat_id) if r.chat_id is not None else None)
-        return results, changes
+                    results[i] = exc
+            return {}
 
     async def _endings(
         self,

@@ -193,3 +193,41 @@ async def test_an_operators_first_reply_that_frees_them_sets_the_first_response_
         assert first.first_response_ms is not None and row["first_response_at"] == first.recorded_at
     finally:
         await pool.close()
+
+
+async def test_a_pulls_chat_is_unlocked_while_its_view_is_read_and_a_failed_read_fails_only_the_pulls(env):
+    clock = MovedClock()
+    pool = await create_pool(env.database_url, min_size=1, max_size=3)
+    try:
+        assigner = Assigner(pool, env.settings, clock=clock)
+        await queued(assigner, clock, "chat-v1", "chat-v2")
+        first, _ = await pull(assigner, "op-a")
+        read = assigner.repo.views
+        lockable = []
+
+        async def views_checking_locks(conn, chat_ids):
+            # Another session may lock the chat at once: the batch's transaction has committed.
+            async with pool.acquire() as other, other.transaction():
+                rows = await other.fetch(
+                    "SELECT chat_id FROM assigner.chats WHERE chat_id = ANY($1::text[]) FOR UPDATE NOWAIT", chat_ids
+                )
+            lockable.extend(r["chat_id"] for r in rows)
+            return await read(conn, chat_ids)
+
+        assigner.repo.views = views_checking_locks
+        got, view = await pull(assigner, "op-b")
+        assert lockable == [got.chat_id] == ["chat-v2"] and view["assigned_operator_id"] == "op-b"
+
+        async def views_failing(conn, chat_ids):
+            raise ConnectionResetError("the connection dropped after the commit")
+
+        assigner.repo.views = views_failing
+        results, _ = await assigner.operator_batch(
+            [OperatorCommand("release", "op-a", first.assignment_id), OperatorCommand("pull", "op-c")]
+        )
+        assert results[0] == "chat-v1" and isinstance(results[1], ConnectionResetError)
+        assigner.repo.views = read
+        current = await assigner.current("op-c")  # the pull was committed: the released chat-v1 is op-c's
+        assert current.chat_id == "chat-v1" and not current.new
+    finally:
+        await pool.close()
