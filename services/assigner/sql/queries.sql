@@ -173,7 +173,8 @@ SELECT pg_advisory_xact_lock(hashtext('assigner.operator:' || o)) FROM unnest($1
 -- ids, operators, ends and outcomes as arrays): the records an ending checks and the chats it changes,
 -- in one round trip. The records are read with this statement's snapshot, like the joined assignment
 -- (a concurrent end is then seen on the chat, which is re-checked under its lock); rows flagged
--- `assignment_stale` are re-read as in lock_chats.
+-- `assignment_stale` are re-read as in lock_chats. Its chat columns are lock_chats' on purpose (SQL has no
+-- shared column list; chat_from_row reads them by name), as in lock_chats_with_known.
 SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.assignment_id, c.waiting_since,
        c.queued_at, c.operator_replied_at, c.last_user_message_at, c.message_count, c.created_at,
        c.queue_id, c.priority, c.skills, c.rank, c.opened_at, c.first_assigned_at,
