@@ -437,6 +437,10 @@ def bench(
     warmup_s: float | None = typer.Option(None, help="Warm-up seconds (default 10)."),
     duration_s: float | None = typer.Option(None, help="Measured seconds at max load (default 60)."),
     half_duration_s: float | None = typer.Option(None, help="Measured seconds at half load (default 30)."),
+    half_rate: float | None = typer.Option(
+        None,
+        help="User messages/s of the half phase (default: half of what max applied), to compare two codes at one rate.",
+    ),
     direct_kafka: bool | None = typer.Option(
         None, "--direct-kafka/--no-direct-kafka", help="Most users produce straight to chat.inbound (default on)."
     ),

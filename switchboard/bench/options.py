@@ -23,6 +23,7 @@ class Options:
     warmup_s: float = 10.0  # load before the measured window of the max phase
     duration_s: float = 60.0  # measured window of the max phase
     half_duration_s: float = 30.0  # measured window at half the max throughput (0 skips the phase)
+    half_rate: float = 0.0  # user messages/s of the half phase (0: half of what `max` applied)
     push_streams: int = 100  # phase half: chat streams (SSE) opened to time operator replies (0: none)
     drain_timeout_s: float = 90.0  # bound on waiting for the assigner to catch up after a phase
     # The conversation phase (conversation.py): every user and operator over HTTP, closed loop.
@@ -101,6 +102,8 @@ def make_options(**options) -> Options:
     opts = Options(**values)
     if opts.reply_via not in ("ingest", "kafka"):
         raise ValueError("reply_via must be 'ingest' or 'kafka'")
+    if opts.half_rate < 0:
+        raise ValueError("half_rate must be 0 (half of max) or more")
     if opts.push_streams < 0:
         raise ValueError("push_streams must be 0 (off) or more")
     if opts.users < 1 or opts.operators < 1:

@@ -283,13 +283,19 @@ async def _phase_max(
     )
 
 
+def half_phase_rate(requested: float, applied_per_s: dict[int, int], max_window: tuple[float, float]) -> float:
+    """The half phase's pace in user messages a second: `requested` (`--half-rate`) when above 0, else half
+    of what `max` applied a second over the whole seconds of its window (at least 1)."""
+    if requested > 0:
+        return requested
+    secs = range(math.ceil(max_window[0]), math.floor(max_window[1]))
+    return max(1.0, sum(applied_per_s.get(s, 0) for s in secs) / max(1, len(secs)) / 2)
+
+
 async def _phase_half(load: Load, pool: asyncpg.Pool, opts: Options, m: Measured, progress: Progress) -> None:
-    """Users paced at half the applied rate of `max` (after 2 s of warm-up); then drain."""
-    _, _, per_s = await load_messages(pool, load.run_id)
-    start_max, end_max = m.windows["max"]
-    secs = range(math.ceil(start_max), math.floor(end_max))
-    max_rate = sum(per_s["user"].get(s, 0) for s in secs) / max(1, len(secs))
-    rate = max(1.0, max_rate / 2)
+    """Users paced at half the applied rate of `max` (or at `--half-rate`; after 2 s of warm-up); then drain."""
+    applied = {} if opts.half_rate > 0 else (await load_messages(pool, load.run_id))[2]["user"]
+    rate = half_phase_rate(opts.half_rate, applied, m.windows["max"])
     m.extras["half"]["target_rate"] = round(rate, 1)
     task = progress.add_task("half", total=opts.half_duration_s + 2)
     delivery = load.stack.urls.get("delivery")
