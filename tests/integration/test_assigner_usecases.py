@@ -117,6 +117,29 @@ async def test_a_message_id_known_in_one_chat_is_new_in_another_and_a_retry_is_a
     assert [tuple(r) for r in rows] == [("chat-a", "m-1", 1), ("chat-a", "m-2", 2), ("chat-b", "m-1", 1)]
 
 
+async def test_the_consumer_lock_returns_exactly_the_stored_messages_among_those_asked_per_chat(assigner):
+    # Three chats with stored messages, probed together with new ones and a chat not stored yet: each
+    # chat comes back locked with its own known ids only (the same id in another chat is not known there).
+    stored = [("chat-k1", "m-1"), ("chat-k1", "m-2"), ("chat-k1", "m-3"), ("chat-k2", "m-1"), ("chat-k3", "m-9")]
+    async with assigner.pool.acquire() as conn, conn.transaction():
+        await assigner.apply_events(conn, [user_message(c, "hi", message_id=m) for c, m in stored])
+    asked = [
+        ("chat-k1", "m-1"),
+        ("chat-k1", "m-3"),
+        ("chat-k1", "m-4"),
+        ("chat-k2", "m-2"),
+        ("chat-k2", "m-1"),
+        ("chat-k3", "m-1"),
+        ("chat-new", "m-1"),
+    ]
+    async with assigner.pool.acquire() as conn, conn.transaction():
+        chats, known = await assigner.repo.lock_chats_with_known(
+            conn, ["chat-k1", "chat-k2", "chat-k3", "chat-new"], asked
+        )
+    assert sorted(chats) == ["chat-k1", "chat-k2", "chat-k3"]
+    assert known == {("chat-k1", "m-1"), ("chat-k1", "m-3"), ("chat-k2", "m-1")}
+
+
 async def test_one_batch_ends_checks_and_pulls_with_one_read_of_the_assignments_and_their_chats(assigner):
     clock, pool = assigner.clock, assigner.pool
     await queued(assigner, clock, "chat-1", "chat-2", "chat-3", "chat-4")

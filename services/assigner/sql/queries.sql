@@ -32,21 +32,27 @@ WHERE c.chat_id = ANY($1::text[]);
 -- name: lock_chats_with_known
 -- lock_chats for the consumer, each chat with those of the messages ($2 chat ids, $3 message ids, pairwise) it
 -- already stores (a message is applied once, whatever its event id): one primary-key probe per message, not one per
--- message id and chat. One round trip instead of two; the ids are read before the lock is granted, so a concurrent
+-- message id and chat. The pairs are probed once and grouped by chat, then joined to the locked chats (a subquery
+-- per chat re-read every pair for every chat: chats x messages rows, a poll of 500 read 250,000). One round trip
+-- instead of two; the ids are read with the statement's snapshot, before the lock is granted, so a concurrent
 -- writer of the same message is caught by the messages primary key instead (the batch fails and is retried, then
 -- sees it). Rows flagged `assignment_stale` are re-read as in lock_chats.
+WITH known AS (
+    SELECT m.chat_id, array_agg(m.message_id) AS message_ids
+    FROM unnest($2::text[], $3::text[]) AS k (chat_id, message_id)
+    JOIN assigner.messages m ON m.chat_id = k.chat_id AND m.message_id = k.message_id
+    GROUP BY m.chat_id
+)
 SELECT c.chat_id, c.state, c.assigned_operator_id, c.last_operator_id, c.assignment_id, c.waiting_since,
        c.queued_at, c.operator_replied_at, c.last_user_message_at, c.message_count, c.created_at,
        c.queue_id, c.priority, c.skills, c.rank, c.opened_at, c.first_assigned_at,
        a.started_at AS assignment_started_at,
        coalesce(a.first_response_at IS NOT NULL, false) AS assignment_responded,
        (c.assignment_id IS NOT NULL AND a.assignment_id IS DISTINCT FROM c.assignment_id) AS assignment_stale,
-       (SELECT coalesce(array_agg(m.message_id), '{}')
-        FROM unnest($2::text[], $3::text[]) AS k (chat_id, message_id)
-        JOIN assigner.messages m ON m.chat_id = k.chat_id AND m.message_id = k.message_id
-        WHERE k.chat_id = c.chat_id) AS known_message_ids
+       coalesce(known.message_ids, '{}') AS known_message_ids
 FROM assigner.chats c
 LEFT JOIN assigner.assignments a ON a.assignment_id = c.assignment_id
+LEFT JOIN known ON known.chat_id = c.chat_id
 WHERE c.chat_id = ANY($1::text[])
 ORDER BY c.chat_id
 FOR UPDATE OF c;
