@@ -1,8 +1,9 @@
-"""The half phase's pace: half of what `max` applied, or the rate asked for (`--half-rate`)."""
+"""The half phase's pace: half of what `max` applied, or the rate asked for (`--half-rate`), and targets named by it."""
 
 import pytest
 
 from switchboard.bench.options import make_options
+from switchboard.bench.report import targets
 from switchboard.bench.run import half_phase_rate
 
 
@@ -26,3 +27,21 @@ def test_a_negative_half_rate_is_refused():
         make_options(half_rate=-1)
     assert make_options(half_rate=850.0).half_rate == 850.0
     assert make_options().half_rate == 0.0
+
+
+def _targets_with(half_rate: float) -> list[str]:
+    report = {
+        "headline": {"apply_p99_ms_half": 300.0, "push_p99_ms_half": 400.0},
+        "options": {"scale_operators": 200, "half_rate": half_rate},
+        "integrity": {"ok": True},
+    }
+    return [t["name"] for t in targets(report)]
+
+
+def test_the_latency_targets_name_the_rate_they_were_read_at():
+    assert "apply p99 at half max throughput" in _targets_with(0.0)
+    assert "push p99 (reply accepted -> on the chat stream) at half load" in _targets_with(0.0)
+    named = _targets_with(400.0)
+    assert "apply p99 at --half-rate 400/s" in named
+    assert "push p99 (reply accepted -> on the chat stream) at --half-rate 400/s" in named
+    assert not any("half max" in n or "half load" in n for n in named)
