@@ -52,6 +52,7 @@ from switchboard.bench.profiling import collect_profiles, start_profiles
 from switchboard.bench.quantiles import pct
 from switchboard.bench.sse import SseStream
 from switchboard.bench.stack import Stack
+from switchboard.bench.tasks import cancel_and_wait
 
 REPLY_WAIT_S = 15.0  # a user whose reply has not come after this long gives the chat up (counted)
 OPERATOR_WAIT_S = 5.0  # an operator waits at most this for the rest of a turn's user messages (counted)
@@ -198,8 +199,7 @@ class Conversation:
                         self.seen.turns.append((seen_at, seen_at - last_ack))
                 finally:
                     self._waiting.discard(replies)
-                    reader.cancel()
-                    await asyncio.gather(reader, return_exceptions=True)
+                    await cancel_and_wait(reader)
                     await stream.close()
         finally:
             await delivery.close()
@@ -303,8 +303,7 @@ class Conversation:
                 n += 1
         finally:
             self._waiting.discard(inbox)
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            await cancel_and_wait(reader)
             await stream.close()
             await assigner.close()
             await ingest.close()

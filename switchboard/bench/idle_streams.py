@@ -23,6 +23,7 @@ from shared.settings import Settings
 from switchboard.bench.client import Conn, HttpError, http_get
 from switchboard.bench.metrics import metric_sum, parse_metrics
 from switchboard.bench.sse import SseStream
+from switchboard.bench.tasks import cancel_and_wait
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_STREAMS = 20_000
@@ -174,9 +175,7 @@ async def _measure(base: str, pid: int, secret: str, streams: int, hold_s: float
     still_open = len(held.streams) - held.ended_early
     heartbeats = [s.parser.comments - before for s, before in zip(held.streams, beats0, strict=True)]
     t1 = time.monotonic()
-    for task in held.tasks:
-        task.cancel()
-    await asyncio.gather(*held.tasks, return_exceptions=True)
+    await cancel_and_wait(*held.tasks)
     await asyncio.gather(*(s.close() for s in held.streams))
     closing_s = time.monotonic() - t1
     # The service notices each closed connection on its own: wait (bounded) until it holds none.

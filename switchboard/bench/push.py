@@ -24,6 +24,7 @@ from switchboard.bench.client import Conn, HttpError, http_get
 from switchboard.bench.metrics import histogram, histogram_quantile, parse_metrics
 from switchboard.bench.quantiles import pct_ms, summary_ms
 from switchboard.bench.sse import SseStream
+from switchboard.bench.tasks import cancel_and_wait
 
 PUSH_HISTOGRAM = "switchboard_delivery_push_latency_seconds"
 APPLY_HISTOGRAM = "switchboard_event_apply_latency_seconds"  # the shared consumer's: occurred_at -> commit
@@ -184,9 +185,7 @@ class PushWatch:
                 break
             await asyncio.sleep(0.2)
         hists_after = await self._histograms()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         for stream in self._streams:
             self.heartbeats += stream.parser.comments
             await stream.close()

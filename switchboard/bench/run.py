@@ -46,6 +46,7 @@ from switchboard.bench.report import (
 )
 from switchboard.bench.scale import scale_check
 from switchboard.bench.stack import Stack
+from switchboard.bench.tasks import cancel_and_wait
 
 console = Console(stderr=True)
 
@@ -243,11 +244,7 @@ async def _load_and_check(
                 integ["reconcile_final"] = integ["reconcile"]
             report["integrity"] = integ
         finally:
-            monitor.cancel()
-            try:
-                await monitor
-            except (asyncio.CancelledError, Exception):
-                pass
+            await cancel_and_wait(monitor)
     return load_pulls
 
 
