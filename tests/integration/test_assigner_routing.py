@@ -265,3 +265,32 @@ async def test_the_routed_claim_and_the_lane_scan_are_index_probes_however_many_
     top = json.loads(raw)[0]["Plan"]
     buffers = top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
     assert top["Actual Rows"] == 3 and buffers <= 20 * 3, (buffers, top["Actual Rows"])
+
+
+async def test_the_lane_scan_finds_every_lane_with_its_lowest_waiting_rank(floor):
+    # One probe per lane gives both the lane and its head: checked against a plain GROUP BY over
+    # lanes of mixed sizes, with held chats (outside the partial index) ranked before every head.
+    assigner, _, _ = floor
+    async with assigner.pool.acquire() as conn:
+        await conn.execute("INSERT INTO assigner.queues (queue_id, name) VALUES ('qa', 'A'), ('qb', 'B'), ('qc', 'C')")
+        await conn.execute("""
+            INSERT INTO assigner.chats (chat_id, state, waiting_since, queued_at, rank, queue_id, skills, priority,
+                                        message_count, created_at, updated_at, assigned_operator_id, assignment_id)
+            SELECT 'l-' || g, CASE WHEN g % 7 = 0 THEN 'assigned' ELSE 'waiting_assignment' END,
+                   now() - (g * 37 % 1000) * interval '1 second', now(),
+                   now() - (g * 37 % 1000) * interval '1 second' - (g % 10) * interval '1 minute',
+                   (ARRAY['qa', 'qb', 'qc'])[g % 3 + 1],
+                   string_to_array((ARRAY['', 'de', 'billing,de', 'fr', 'en,fr'])[g * 13 % 5 + 1], ','), g % 10,
+                   1, now(), now(), CASE WHEN g % 7 = 0 THEN 'op-held' END,
+                   CASE WHEN g % 7 = 0 THEN gen_random_uuid() END
+            FROM generate_series(1, 2000) g WHERE g % 3 <> 2 OR g % 5 < 2""")
+        expected = {
+            (r["queue_id"], tuple(r["skills"])): r["head"]
+            for r in await conn.fetch("""
+                SELECT queue_id, skills, min(rank) AS head FROM assigner.chats
+                WHERE state = 'waiting_assignment' AND queue_id IN ('qa', 'qc') GROUP BY queue_id, skills""")
+        }
+        found = await assigner.repo.waiting_lanes(conn, ["qa", "qc", "empty"])
+    assert len({k for k in expected if k[0] == "qa"}) == 5 and len({k for k in expected if k[0] == "qc"}) >= 2
+    assert {(lane.queue_id, lane.skills): lane.head for lane in found} == expected
+    assert len(found) == len(expected)  # each lane once
