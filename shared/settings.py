@@ -17,6 +17,7 @@ SERVICE_PORTS = {
     "stats": 8004,
     "assigner_worker": 8005,
     "delivery": 8006,
+    "assigner_relay": 8007,
 }
 
 
@@ -47,11 +48,11 @@ class Settings(BaseSettings):
     idle_check_interval_s: float = Field(0.2, gt=0)
     repeat_cooldown_s: float = Field(60, ge=0)
     operator_capacity: int = Field(1, ge=1)
-    assigner_mode: Literal["all", "api", "worker"] = Field(
+    assigner_mode: Literal["all", "api", "worker", "relay"] = Field(
         "all",
         description="all: one assigner process does everything; api: HTTP only (operators, admins); "
-        "worker: the inbound/timeouts consumer, outbox relay and queue gauges only, "
-        "so its batches never hold up an operator's request.",
+        "worker: the inbound/timeouts consumer only, so its batches never hold up an operator's request; "
+        "relay: the outbox relay, queue gauges and retention, so a relay round never holds up a batch.",
     )
 
     consumer_max_records: int = Field(500, ge=1)
@@ -73,6 +74,7 @@ class Settings(BaseSettings):
     idle_monitor_port: int = SERVICE_PORTS["idle_monitor"]
     stats_port: int = SERVICE_PORTS["stats"]
     assigner_worker_port: int = SERVICE_PORTS["assigner_worker"]
+    assigner_relay_port: int = SERVICE_PORTS["assigner_relay"]
     ingest_url: str = Field("http://127.0.0.1:8001", description="Ingest as browsers reach it (console replies).")
     stats_url: str = Field("http://127.0.0.1:8004", description="Stats as browsers reach it (admin page).")
     log_level: str = "INFO"

@@ -112,13 +112,16 @@ def migrate() -> None:
 
 @app.command()
 def run(
-    service: str = typer.Argument(..., help="ingest | assigner | assigner_worker | idle_monitor | stats | delivery"),
+    service: str = typer.Argument(
+        ..., help="ingest | assigner | assigner_worker | assigner_relay | idle_monitor | stats | delivery"
+    ),
     port: int | None = typer.Option(None, help="Override the service's HTTP port."),
 ) -> None:
     """Run one service in the foreground (HTTP and its Kafka loops).
 
     `assigner` alone does all of the assigner's work unless SWITCHBOARD_ASSIGNER_MODE says otherwise;
-    `assigner_worker` is the assigner in worker mode (consumer, outbox relay, gauges) on its own port.
+    `assigner_worker` is the assigner in worker mode (the consumer) on its own port, `assigner_relay`
+    in relay mode (outbox relay, queue gauges, retention) on another.
     """
     import uvicorn
 

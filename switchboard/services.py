@@ -15,13 +15,15 @@ if TYPE_CHECKING:
 NAMES = ("ingest", "assigner", "idle_monitor", "stats", "delivery")
 
 # The processes `switchboard up` and the benchmark start, with the service each runs and the settings
-# it gets. The assigner runs as two: its HTTP API and its worker (the inbound/timeouts consumer, the
-# outbox relay and the queue gauges), so a consumer batch never holds up an operator's pull.
+# it gets. The assigner runs as three: its HTTP API, its worker (the inbound/timeouts consumer) and
+# its relay (the outbox relay, the queue gauges and retention), so a consumer batch never holds up an
+# operator's pull and a relay round never lengthens a consumer batch's cycle.
 # `switchboard run assigner` on its own still does everything (SWITCHBOARD_ASSIGNER_MODE=all).
 PROCESSES = {
     "ingest": ("ingest", {}),
     "assigner": ("assigner", {"SWITCHBOARD_ASSIGNER_MODE": "api"}),
     "assigner_worker": ("assigner", {"SWITCHBOARD_ASSIGNER_MODE": "worker"}),
+    "assigner_relay": ("assigner", {"SWITCHBOARD_ASSIGNER_MODE": "relay"}),
     "idle_monitor": ("idle_monitor", {}),
     "stats": ("stats", {}),
     "delivery": ("delivery", {}),

@@ -15,7 +15,6 @@ from services.assigner.routing_usecases import RoutingCommands
 from services.assigner.usecases import Assigner
 from shared.events import TOPIC_INBOUND, TOPIC_LIFECYCLE, TOPIC_TIMEOUTS
 from shared.http import service_app
-from shared.kafka.consumer import BatchConsumer
 from shared.kafka.publishers import declare
 from shared.retention import Pruner
 from shared.runtime import Runtime
@@ -29,8 +28,11 @@ GROUP_ID = "assigner"
 def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: OperatorBatcher | None = None) -> FastAPI:
     """Wire the assigner in one place: use cases over Postgres, inbound/timeouts consumer, outbox relay, HTTP API.
 
-    SWITCHBOARD_ASSIGNER_MODE splits it: `api` serves HTTP only, `worker` runs the consumer, the
-    relay, the gauges and the retention loop (its HTTP port still answers /healthz, /readyz and /metrics).
+    SWITCHBOARD_ASSIGNER_MODE splits it: `api` serves HTTP only, `worker` runs the consumer, `relay`
+    the outbox relay, the gauges and the retention loop (the last two ports still answer /healthz,
+    /readyz and /metrics). The relay has a process of its own because its rounds, in the worker's
+    event loop, lengthened every consumer batch's cycle, and with it apply latency
+    (docs/performance.md, fourteenth session).
 
     With settings alone (production) the store is built on a Postgres pool at startup. A `store`
     passed in (a test's fake: any object with the methods the API calls) serves the HTTP API alone,
@@ -38,12 +40,14 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
     batcher (by default one over the store, run until shutdown).
     """
     runtime = Runtime(settings, "assigner", SCHEMA, MIGRATIONS)
-    worker = settings.assigner_mode in ("all", "worker")
+    mode = settings.assigner_mode
+    worker = mode in ("all", "worker") and store is None
+    relaying = mode in ("all", "relay") and store is None
     # The outbox relay's publisher, declared in the wiring (before the broker starts).
-    lifecycle = declare(runtime.broker, settings, TOPIC_LIFECYCLE) if worker else None
+    lifecycle = declare(runtime.broker, settings, TOPIC_LIFECYCLE) if mode in ("all", "relay") else None
     inbound = None
-    relays: list[OutboxRelay] = []  # the worker's relay, once the lifespan built it (woken after each commit)
-    if worker and store is None:
+    relays: list[OutboxRelay] = []  # the relay of this process, if any (woken after each of its commits)
+    if worker:
         inbound = runtime.consume(
             GROUP_ID,
             [TOPIC_INBOUND, TOPIC_TIMEOUTS],
@@ -58,14 +62,16 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
         app.state.batcher = batcher if batcher is not None else OperatorBatcher(live)
         if batcher is None:
             runtime.add_loop("operator-batches", app.state.batcher.run)
-        if inbound is not None and lifecycle is not None:
-            app.state.pruner = _start_worker(settings, runtime, live, inbound, lifecycle, relays)
+        if inbound is not None:
+            inbound.bind(handlers.make_apply(live))
+        if relaying and lifecycle is not None:
+            app.state.pruner = _start_relay(settings, runtime, live, lifecycle, relays)
 
     app = service_app(
         "assigner",
         settings,
         title="Switchboard assigner",
-        lifespan=runtime.lifespan(wire, connect=store is None, uses_kafka=settings.assigner_mode != "api"),
+        lifespan=runtime.lifespan(wire, connect=store is None, uses_kafka=mode != "api"),
         readiness=runtime.readiness,
         broker=runtime.broker,
         routers=(api.router, routing_api.router),
@@ -75,16 +81,14 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
     return app
 
 
-def _start_worker(
+def _start_relay(
     settings: Settings,
     runtime: Runtime,
     store: Assigner,
-    inbound: BatchConsumer,
     lifecycle: DefaultPublisher,
     relays: list[OutboxRelay],
 ) -> Pruner:
-    """Start the worker's parts: the consumer's applier, the outbox relay, the queue gauges, retention (its pruner)."""
-    inbound.bind(handlers.make_apply(store))
+    """Start the relay's parts: the outbox relay, the queue gauges, retention (its pruner)."""
     relay = OutboxRelay(runtime.pool, lifecycle, settings, QUERIES)
     relays.append(relay)
     runtime.add_loop("outbox-relay", relay.run)

@@ -57,7 +57,7 @@ from switchboard.bench.tasks import cancel_and_wait
 REPLY_WAIT_S = 15.0  # a user whose reply has not come after this long gives the chat up (counted)
 OPERATOR_WAIT_S = 5.0  # an operator waits at most this for the rest of a turn's user messages (counted)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.05, 0.8  # an operator's pause after an empty or `current` pull, doubling
-PROFILED = ("assigner", "assigner_worker", "ingest", "idle_monitor", "stats", "delivery")
+PROFILED = ("assigner", "assigner_worker", "assigner_relay", "ingest", "idle_monitor", "stats", "delivery")
 USER_TEXT = "hello, I need help"
 REPLY_TEXT = "Thanks, let me look into that."
 

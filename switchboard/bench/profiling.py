@@ -19,7 +19,7 @@ def start_profiles(
     pids: dict[str, int],
     seconds: float,
     out_dir: Path,
-    names=("assigner", "assigner_worker", "ingest", "stats"),
+    names=("assigner", "assigner_worker", "assigner_relay", "ingest", "stats"),
     suffix: str = "",
 ) -> list[tuple[str, subprocess.Popen, Path]]:
     """Start py-spy on each named process for `seconds`; (name, py-spy process, output file) of each."""

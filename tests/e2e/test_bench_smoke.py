@@ -101,7 +101,7 @@ def test_a_smoke_bench_writes_a_complete_report_and_loses_nothing(infra, tmp_pat
     assert push["streams_opened"] > 0 and push["streams_failed"] == {} and push["duplicates"] == 0
 
     processes = report["resources"]["processes"]
-    for service in ("ingest", "assigner", "assigner_worker", "idle_monitor", "stats", "bench client"):
+    for service in ("ingest", "assigner", "assigner_worker", "assigner_relay", "idle_monitor", "stats", "bench client"):
         assert processes[service]["peak_rss_mb"] > 0
         assert processes[service]["cpu_seconds_total"] >= 0
     # Found by the port it listens on; Postgres counts every session, those that ended too.
@@ -133,6 +133,7 @@ CONVERSATION_PROCESSES = (
     "ingest",
     "assigner",
     "assigner_worker",
+    "assigner_relay",
     "idle_monitor",
     "stats",
     "delivery",

@@ -1,6 +1,6 @@
 """Crash and restart under load, on the deployed topology: a Kafka broker and a PostgreSQL cluster
 of this test's own (so both can be restarted without touching the shared ones), ingest, the
-assigner as two API processes and two workers, two idle monitors and two stats.
+assigner as two API processes, two workers and two relays, two idle monitors and two stats.
 
 Users write through Kafka and through ingest; operators pull, reply, release and complete over
 HTTP, each operator's requests spread over both API instances; an admin reassigns; sleepy
@@ -50,12 +50,15 @@ COOLDOWN_S = 1.0
 RETRYABLE = (httpx.TransportError,)
 API = "assigner", {"SWITCHBOARD_ASSIGNER_MODE": "api"}
 WORKER = "assigner_worker", {}
+RELAY = "assigner_relay", {}
 TOPOLOGY = {  # instance -> (`switchboard run` command, extra environment), as `switchboard up` runs them, doubled
     "ingest": ("ingest", {}),
     "assigner-api-1": API,
     "assigner-api-2": API,
     "assigner-worker-1": WORKER,
     "assigner-worker-2": WORKER,
+    "assigner-relay-1": RELAY,
+    "assigner-relay-2": RELAY,
     "idle_monitor-1": ("idle_monitor", {}),
     "idle_monitor-2": ("idle_monitor", {}),
     "stats-1": ("stats", {}),
@@ -65,8 +68,10 @@ APIS = ("assigner-api-1", "assigner-api-2")
 # Faults each instance arms in turn, as (point, arrival): the process SIGKILLs itself on that
 # arrival at the point, is restarted at once with the next fault armed, and after the last with none.
 FAULT_PLAN = {
-    "assigner-worker-1": [("outbox_after_ack", 6), ("consumer_after_apply", 20)],
-    "assigner-worker-2": [("consumer_after_apply", 25), ("outbox_after_ack", 10)],
+    "assigner-worker-1": [("consumer_after_apply", 20)],
+    "assigner-worker-2": [("consumer_after_apply", 25)],
+    "assigner-relay-1": [("outbox_after_ack", 6)],
+    "assigner-relay-2": [("outbox_after_ack", 10)],
     "idle_monitor-1": [("consumer_after_apply", 8), ("consumer_after_apply", 10)],
     "stats-1": [("consumer_after_apply", 12), ("consumer_after_apply", 6)],
 }
