@@ -42,8 +42,8 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
     runtime = Runtime(settings, "assigner", SCHEMA, MIGRATIONS)
     mode = settings.assigner_mode
     worker = mode in ("all", "worker") and store is None
-    relaying = mode in ("all", "relay") and store is None
-    # The outbox relay's publisher, declared in the wiring (before the broker starts).
+    # The outbox relay's publisher, declared in the wiring (before the broker starts) whenever this
+    # mode relays, so the process's AsyncAPI document names it even over a test's fake store.
     lifecycle = declare(runtime.broker, settings, TOPIC_LIFECYCLE) if mode in ("all", "relay") else None
     inbound = None
     relays: list[OutboxRelay] = []  # the relay of this process, if any (woken after each of its commits)
@@ -64,7 +64,7 @@ def bootstrap(settings: Settings, *, store: Assigner | None = None, batcher: Ope
             runtime.add_loop("operator-batches", app.state.batcher.run)
         if inbound is not None:
             inbound.bind(handlers.make_apply(live))
-        if relaying and lifecycle is not None:
+        if lifecycle is not None and store is None:
             app.state.pruner = _start_relay(settings, runtime, live, lifecycle, relays)
 
     app = service_app(
