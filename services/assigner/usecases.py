@@ -357,7 +357,10 @@ class Assigner:
         capacity = routing.capacity_of(profile, self.settings.operator_capacity)
         domain.check_room(cmd.operator_id, chat.chat_id, [h.chat_id for h in held], capacity)
         queue = await self.repo.queue(conn, chat.queue_id) or Queue()
-        return replace(cmd, sla_s=queue.sla_first_assignment_s, idle_timeout_s=queue.idle_timeout_s)
+        # The assignment starts after the held read, as a pull's does: an end the read saw committed
+        # (the consumer takes no operator lock) may carry a time later than `cmd.at`.
+        at = max(cmd.at, self.clock())
+        return replace(cmd, at=at, sla_s=queue.sla_first_assignment_s, idle_timeout_s=queue.idle_timeout_s)
 
     async def admin_complete(self, admin: str, chat_id: str) -> dict:
         """An admin completes a chat in any state; returns the chat's view as committed."""

@@ -231,3 +231,38 @@ async def test_a_pulls_chat_is_unlocked_while_its_view_is_read_and_a_failed_read
     assigner.repo.views = read
     current = await assigner.current("op-c")  # the pull was committed: the released chat-v1 is op-c's
     assert current.chat_id == "chat-v1" and not current.new
+
+
+async def test_a_reassignment_starts_after_an_end_its_room_check_saw_committed(assigner):
+    # An admin reassigns a chat to an operator at capacity (one, the default) while the consumer
+    # applies that operator's reply, which frees them. Here the reply commits, with a later time,
+    # between the reassignment's clock read and its read of the operator's held chats: the room
+    # check sees the operator free, so the new assignment must start no earlier than that end, or
+    # the recorded history shows the operator over capacity.
+    clock, pool = assigner.clock, assigner.pool
+    await queued(assigner, clock, "chat-held", "chat-given")
+    held, _ = await pull(assigner, "op-a")
+    assert held.chat_id == "chat-held"
+    clock.advance(1)
+    reads = assigner.repo.routing_context
+
+    async def reply_commits_first(conn, operator_ids):
+        if operator_ids == ["op-a"] and not reply_commits_first.done:
+            reply_commits_first.done = True
+            clock.advance(1)  # the consumer's time, read after the reassignment's
+            async with pool.acquire() as other, other.transaction():
+                await assigner.apply_events(other, [operator_message("chat-held", "op-a", "done")])
+        return await reads(conn, operator_ids)
+
+    reply_commits_first.done = False
+    assigner.repo.routing_context = reply_commits_first
+    got, _ = await assigner.reassign("chat-given", "op-a")
+    assert got.new and reply_commits_first.done
+    async with pool.acquire() as conn:
+        rows = {
+            r["chat_id"]: r
+            for r in await conn.fetch(
+                "SELECT chat_id, started_at, ended_at FROM assigner.assignments WHERE operator_id = 'op-a'"
+            )
+        }
+    assert rows["chat-given"]["started_at"] >= rows["chat-held"]["ended_at"], rows
