@@ -8,6 +8,7 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -104,17 +105,29 @@ def check_sent_at(value: datetime | None, now: datetime | None = None) -> dateti
     return value
 
 
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("datetime must carry a timezone (UTC)")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters (PostgreSQL cannot store them)")
+    return value
+
+
+# Every datetime of the contract carries a zone; every free text is storable (no NUL). Checked on
+# these fields alone, not by a validator on every field of every model: the consumers decode and
+# the assigner builds several models per record, and a Python call per field was a measurable
+# share of the worker's time per record (docs/performance.md, sixteenth session). Ids, queue ids
+# and skills need no NUL check: their patterns (and the operator id's printable check) refuse it.
+Instant = Annotated[datetime, AfterValidator(_aware)]
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _aware(cls, value):
-        if isinstance(value, datetime) and value.tzinfo is None:
-            raise ValueError("datetime must carry a timezone (UTC)")
-        if isinstance(value, str) and "\x00" in value:
-            raise ValueError("text must not contain NUL characters (PostgreSQL cannot store them)")
-        return value
 
 
 class Envelope(_Strict):
@@ -123,8 +136,8 @@ class Envelope(_Strict):
     event_id: uuid.UUID = Field(description="Unique id; consumers apply each id once.")
     schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Envelope version.")
     chat_id: ChatId
-    occurred_at: datetime = Field(description="When the fact happened (UTC, ISO 8601).")
-    producer: str = Field(min_length=1, max_length=64, description="Who produced it.")
+    occurred_at: Instant = Field(description="When the fact happened (UTC, ISO 8601).")
+    producer: Text = Field(min_length=1, max_length=64, description="Who produced it.")
 
 
 # ---- chat.inbound ---------------------------------------------------------------------
@@ -145,8 +158,8 @@ class Routing(_Strict):
 
 class UserMessagePayload(_Strict):
     message_id: MessageId
-    text: str = Field(min_length=1, max_length=4000)
-    sent_at: datetime | None = None
+    text: Text = Field(min_length=1, max_length=4000)
+    sent_at: Instant | None = None
     routing: Routing | None = Field(default=None, description="Optional routing attributes (latest win).")
 
     @field_validator("sent_at", mode="after")
@@ -158,8 +171,8 @@ class UserMessagePayload(_Strict):
 class OperatorMessagePayload(_Strict):
     message_id: MessageId
     operator_id: OperatorId
-    text: str = Field(min_length=1, max_length=4000)
-    sent_at: datetime | None = None
+    text: Text = Field(min_length=1, max_length=4000)
+    sent_at: Instant | None = None
 
     @field_validator("sent_at", mode="after")
     @classmethod
@@ -189,7 +202,7 @@ InboundEvent = Annotated[UserMessage | OperatorMessage, Field(discriminator="typ
 class AssignmentIdlePayload(_Strict):
     assignment_id: uuid.UUID
     operator_id: OperatorId
-    deadline: datetime
+    deadline: Instant
 
 
 class AssignmentIdle(Envelope):
@@ -208,9 +221,9 @@ class MessageRecordedPayload(_Strict):
     message_id: MessageId
     sender: Sender
     operator_id: OperatorId | None = None
-    text: str
-    sent_at: datetime | None = None
-    recorded_at: datetime
+    text: Text
+    sent_at: Instant | None = None
+    recorded_at: Instant
     assignment_id: uuid.UUID | None = Field(
         default=None, description="The author's active assignment on this chat, if any."
     )
@@ -221,15 +234,15 @@ class MessageRecordedPayload(_Strict):
 
 class ChatQueuedPayload(_Strict):
     reason: QueueReason
-    waiting_since: datetime
-    queued_at: datetime
+    waiting_since: Instant
+    queued_at: Instant
     queue_id: QueueId = DEFAULT_QUEUE
 
 
 class ChatAssignedPayload(_Strict):
     assignment_id: uuid.UUID
     operator_id: OperatorId
-    assigned_at: datetime
+    assigned_at: Instant
     via: Literal["pull", "reassign"]
     queue_id: QueueId = DEFAULT_QUEUE
     first_wait_ms: int | None = Field(
@@ -246,20 +259,20 @@ class AssignmentEndedPayload(_Strict):
     assignment_id: uuid.UUID
     operator_id: OperatorId
     outcome: Outcome
-    started_at: datetime
-    ended_at: datetime
+    started_at: Instant
+    ended_at: Instant
     queue_id: QueueId = DEFAULT_QUEUE
 
 
 class ChatAnsweredPayload(_Strict):
     operator_id: OperatorId
-    answered_at: datetime
+    answered_at: Instant
     queue_id: QueueId = DEFAULT_QUEUE
 
 
 class ChatCompletedPayload(_Strict):
-    completed_by: str
-    completed_at: datetime
+    completed_by: Text
+    completed_at: Instant
     queue_id: QueueId = DEFAULT_QUEUE
 
 
@@ -268,9 +281,9 @@ class ChatRoutedPayload(_Strict):
     priority: Priority
     skills: list[Skill] = Field(max_length=MAX_SKILLS)
     previous_queue_id: QueueId | None = None
-    requested_queue: str | None = Field(default=None, description="Set when it named an unknown queue (fallback).")
+    requested_queue: Text | None = Field(default=None, description="Set when it named an unknown queue (fallback).")
     by: Literal["user_message", "admin", "queue_deleted"]
-    routed_at: datetime
+    routed_at: Instant
 
 
 class OperatorStatusChangedPayload(_Strict):
@@ -278,12 +291,12 @@ class OperatorStatusChangedPayload(_Strict):
     status: OperatorStatus
     previous_status: OperatorStatus
     by: Literal["self", "admin", "removed"]
-    changed_at: datetime
+    changed_at: Instant
     returned_chats: int = Field(default=0, ge=0, description="Held chats put back in their queues (offline).")
 
 
 class ChatReopenedPayload(_Strict):
-    reopened_at: datetime
+    reopened_at: Instant
 
 
 class MessageRecorded(Envelope):
@@ -344,12 +357,12 @@ class ChatRouted(Envelope):
 
 class OperatorProfileChangedPayload(_Strict):
     operator_id: OperatorId
-    display_name: str = Field(default="", max_length=255)
+    display_name: Text = Field(default="", max_length=255)
     queues: list[QueueId] = Field(description="The queues it pulls from now (`default` alone once removed).")
     skills: list[Skill] = Field(default_factory=list)
     capacity: int | None = Field(default=None, ge=0, description="Null: SWITCHBOARD_OPERATOR_CAPACITY.")
     removed: bool = Field(default=False, description="The profile was deleted (or lost a deleted queue: false).")
-    changed_at: datetime
+    changed_at: Instant
 
 
 class OperatorProfileChanged(Envelope):
@@ -385,6 +398,10 @@ LifecycleFact = (
 )
 LifecycleEvent = Annotated[LifecycleFact, Field(discriminator="type")]
 LIFECYCLE_TYPES = frozenset(m.model_fields["type"].default for m in LifecycleFact.__args__)
+# Each fact's payload model and its type (encode_fact): every fact type has a payload model of its own.
+_FACT_TYPES: dict[type[BaseModel], str] = {
+    m.model_fields["payload"].annotation: m.model_fields["type"].default for m in LifecycleFact.__args__
+}
 # Kafka header carrying the event type on records the assigner's relay publishes, so a consumer
 # that acts on a few types skips the others without parsing them.
 TYPE_HEADER = "type"
@@ -464,9 +481,32 @@ def new_event_id() -> uuid.UUID:
     return uuid7(time.time_ns() // 1_000_000)
 
 
+# os.urandom is a system call; an id needs 10 bytes. They are drawn 4 KiB at a time (one call per 409
+# ids instead of one per id: the assigner makes two or three ids per record it applies). A forked
+# child starts with an empty pool, so parent and child never hand out the same bytes.
+_RANDOM_POOL = 4096
+_random = bytearray()
+
+
+def _random_bytes(n: int) -> bytes:
+    global _random
+    if len(_random) < n:
+        _random = bytearray(os.urandom(_RANDOM_POOL))
+    taken = bytes(_random[-n:])
+    del _random[-n:]
+    return taken
+
+
+def _forget_random() -> None:
+    _random.clear()
+
+
+os.register_at_fork(after_in_child=_forget_random)
+
+
 def uuid7(unix_ms: int, random: bytes | None = None) -> uuid.UUID:
-    """The UUIDv7 of a millisecond timestamp and 10 random bytes (drawn from os.urandom if not given)."""
-    rand = int.from_bytes(random if random is not None else os.urandom(10), "big")
+    """The UUIDv7 of a millisecond timestamp and 10 random bytes (from os.urandom, pooled, if not given)."""
+    rand = int.from_bytes(random if random is not None else _random_bytes(10), "big")
     rand_a, rand_b = (rand >> 64) & 0xFFF, rand & ((1 << 62) - 1)
     return uuid.UUID(int=(unix_ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
 
@@ -474,6 +514,36 @@ def uuid7(unix_ms: int, random: bytes | None = None) -> uuid.UUID:
 def encode(event: BaseModel) -> bytes:
     """Serialise an event envelope to the JSON bytes put on Kafka."""
     return event.model_dump_json().encode()
+
+
+_INSTANT_JSON = TypeAdapter(datetime)
+_json_string = encode_basestring  # a JSON string as pydantic writes it (non-ASCII kept, controls escaped)
+_ENVELOPE_JSON = (
+    '{{"event_id":"{}","schema_version":1,"chat_id":{},"occurred_at":{},"producer":{},"type":"{}","payload":{}}}'
+)
+
+
+def encode_fact(
+    event_id: uuid.UUID, chat_id: str, occurred_at: datetime, producer: str, fact_type: str, payload: BaseModel
+) -> str:
+    """A lifecycle fact's envelope JSON, exactly as `model_dump_json()` of its envelope model writes it,
+    without building (and validating again) the envelope model: the assigner writes one per fact to
+    its outbox, and building the model was a sixth of its worker's time (docs/performance.md,
+    sixteenth session).
+
+    The payload was validated when its model was built; a payload of another type's model is refused
+    here (ValueError), as the envelope model would refuse it.
+    """
+    if _FACT_TYPES.get(type(payload)) != fact_type:
+        raise ValueError(f"a {type(payload).__name__} is not the payload of a {fact_type!r} fact")
+    return _ENVELOPE_JSON.format(
+        event_id,
+        _json_string(chat_id),
+        _INSTANT_JSON.dump_json(_aware(occurred_at)).decode(),
+        _json_string(producer),
+        fact_type,
+        payload.model_dump_json(),
+    )
 
 
 def decode_json(raw: bytes | None) -> dict:

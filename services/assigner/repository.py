@@ -22,19 +22,7 @@ from shared.db import Queries, from_row
 
 QUERIES = Queries(Path(__file__).parent / "sql" / "queries.sql")
 MESSAGES_SHOWN = 500
-
-FACT_MODELS = {
-    "message_recorded": events.MessageRecorded,
-    "chat_queued": events.ChatQueued,
-    "chat_assigned": events.ChatAssigned,
-    "assignment_ended": events.AssignmentEnded,
-    "chat_answered": events.ChatAnswered,
-    "chat_completed": events.ChatCompleted,
-    "chat_reopened": events.ChatReopened,
-    "chat_routed": events.ChatRouted,
-    "operator_status_changed": events.OperatorStatusChanged,
-    "operator_profile_changed": events.OperatorProfileChanged,
-}
+PRODUCER = "assigner"  # the envelope's `producer` of every fact the assigner records
 
 
 def chat_from_row(row) -> Chat:
@@ -79,13 +67,6 @@ class Changes:
     def ended_assignments(self) -> set[uuid.UUID]:
         """Assignments these changes end."""
         return {f.payload.assignment_id for _, f, _ in self.facts if f.type == "assignment_ended"}
-
-
-def _envelope(chat_id: str, fact: Fact, at: datetime):
-    model = FACT_MODELS[fact.type]
-    return model(
-        event_id=events.new_event_id(), chat_id=chat_id, occurred_at=at, producer="assigner", payload=fact.payload
-    )
 
 
 class Repository:
@@ -250,7 +231,7 @@ class Repository:
         if not (changes.chats or starts or msgs or changes.facts):
             return
         cs = list(changes.chats.values())
-        envs = [_envelope(chat_id, fact, at) for chat_id, fact, at in changes.facts]
+        fact_ids = [events.new_event_id() for _ in changes.facts]
         await conn.execute(
             self.q.write_changes,
             [c.chat_id for c in cs],
@@ -277,10 +258,13 @@ class Repository:
             [p.assignment_id for _, p in msgs],
             changes.handled_by,
             changes.message_event_ids,
-            [e.chat_id for e in envs],
-            [e.event_id for e in envs],
-            [e.type for e in envs],
-            [e.model_dump_json() for e in envs],
+            [chat_id for chat_id, _, _ in changes.facts],
+            fact_ids,
+            [fact.type for _, fact, _ in changes.facts],
+            [
+                events.encode_fact(event_id, chat_id, at, PRODUCER, fact.type, fact.payload)
+                for event_id, (chat_id, fact, at) in zip(fact_ids, changes.facts, strict=True)
+            ],
             [c.queue_id for c in cs],
             [c.priority for c in cs],
             [",".join(c.skills) for c in cs],

@@ -28,3 +28,28 @@ def test_a_new_id_carries_the_current_millisecond_and_sorts_after_an_older_one()
 def test_ids_made_in_the_same_millisecond_differ():
     ids = {uuid7(1_700_000_000_000) for _ in range(10_000)}
     assert len(ids) == 10_000
+
+
+def test_ids_drawn_across_many_refills_of_the_random_pool_all_differ():
+    # 10 bytes an id, 4 KiB a refill: 5,000 ids take the pool through a dozen refills.
+    ids = {uuid7(1_700_000_000_000) for _ in range(5_000)}
+    assert len(ids) == 5_000
+
+
+def test_a_forked_child_draws_other_random_bytes_than_its_parent():
+    import os
+
+    new_event_id()  # the parent's pool holds bytes now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, then gone
+        os.write(write, new_event_id().bytes)
+        os._exit(0)
+    os.close(write)
+    child = uuid.UUID(bytes=os.read(read, 16))
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = new_event_id()
+    # The random bits (all but the 48-bit millisecond and the version/variant bits) differ.
+    random_bits = ((1 << 80) - 1) & ~(0xF << 76) & ~(0b11 << 62)
+    assert child.int & random_bits != parent.int & random_bits
