@@ -51,3 +51,9 @@ CONSUMER_HEALTHY = Gauge(
     "1 while the consumer group's loop is alive and has not been failing longer than SWITCHBOARD_CONSUMER_STALL_S.",
     ["group"],
 )
+GC_PAUSE = Histogram(
+    "switchboard_gc_pause_seconds",
+    "Garbage collections of a service process, by generation (2 is a full collection); the event loop waits meanwhile.",
+    ["generation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from shared import db, migrations
+from shared import db, gc_tuning, migrations
 from shared.kafka.admin import ensure_topics, kafka_ready
 from shared.kafka.broker import broker_producer, make_broker
 from shared.kafka.consumer import BatchConsumer
@@ -66,6 +66,7 @@ class Runtime:
             try:
                 await wire(app)
                 await self.start_consumers()
+                gc_tuning.settle()  # what startup built is frozen out of later collections (a tuned process only)
                 yield
             finally:
                 await self.stop()

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     outbox_batch_size: int = Field(500, ge=1)
     outbox_poll_interval_s: float = Field(0.05, gt=0)
 
+    gc_threshold0: int = Field(
+        20000,
+        ge=0,
+        description="A service process's young-generation GC threshold (Python's is 700; 0 keeps Python's). "
+        "Higher means fewer collections; startup objects are frozen out of them either way (shared/gc_tuning.py).",
+    )
+
     db_pool_min: int = Field(2, ge=1)
     db_pool_max: int = Field(20, ge=1)
     http_host: str = "127.0.0.1"

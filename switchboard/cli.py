@@ -125,7 +125,7 @@ def run(
     """
     import uvicorn
 
-    from shared import logs
+    from shared import gc_tuning, logs
 
     if service not in registry.PROCESSES:
         names = ", ".join(registry.PROCESSES)
@@ -136,6 +136,7 @@ def run(
         os.environ.update(overrides)
     settings = _settings()
     logs.configure(service, settings.log_level)
+    gc_tuning.tune(settings.gc_threshold0)
     application = registry.module(code).create_app(settings)
     uvicorn.run(
         application,
