@@ -53,3 +53,26 @@ def test_a_forked_child_draws_other_random_bytes_than_its_parent():
     # The random bits (all but the 48-bit millisecond and the version/variant bits) differ.
     random_bits = ((1 << 80) - 1) & ~(0xF << 76) & ~(0b11 << 62)
     assert child.int & random_bits != parent.int & random_bits
+
+
+def test_threads_drawing_ids_at_once_never_get_the_same_one():
+    # A repeated id would be skipped as a duplicate by every consumer: its event lost. Switching
+    # threads every microsecond makes a race in the shared random pool show at once.
+    import sys
+    import threading
+
+    drawn: list[list[uuid.UUID]] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [
+            threading.Thread(target=lambda: drawn.append([new_event_id() for _ in range(20_000)])) for _ in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    ids = [i for batch in drawn for i in batch]
+    assert len(ids) == 160_000 and len(set(ids)) == 160_000
