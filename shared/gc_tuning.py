@@ -24,7 +24,7 @@ import time
 from shared.metrics import GC_PAUSE
 
 _tuned = False
-_started: list[float] = []
+_started = 0.0  # when the running collection started (collections never overlap)
 
 
 def tune(threshold0: int) -> None:
@@ -47,7 +47,8 @@ def settle() -> None:
 
 
 def _observe(phase: str, info: dict) -> None:
+    global _started
     if phase == "start":
-        _started.append(time.perf_counter())
-    elif _started:
-        GC_PAUSE.labels(str(info["generation"])).observe(time.perf_counter() - _started.pop())
+        _started = time.perf_counter()
+    else:
+        GC_PAUSE.labels(str(info["generation"])).observe(time.perf_counter() - _started)
